@@ -1,0 +1,122 @@
+#!/usr/bin/env node
+import { createRequire } from 'node:module'
+import pino, { type Logger } from 'pino'
+import { ConfigError, helpText, parseConfig, type Config } from './config.js'
+import { ChatRootPeer } from './root-peer.js'
+import { formatStats, type StatsSnapshot } from './stats.js'
+
+/** How long a graceful shutdown may take before the process exits anyway. */
+const SHUTDOWN_TIMEOUT = 10_000
+const COMMANDS = ['start']
+
+main(process.argv.slice(2)).catch(err => {
+  console.error(`root-peer: ${err?.stack ?? err}`)
+  process.exit(1)
+})
+
+async function main (argv: string[]): Promise<void> {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(helpText())
+    return
+  }
+  let command = 'start'
+  if (argv.length > 0 && !argv[0].startsWith('-')) command = argv.shift()!
+  if (!COMMANDS.includes(command)) usageError(`unknown command ${JSON.stringify(command)} (commands: ${COMMANDS.join(', ')})`)
+
+  let config: Readonly<Config>
+  try {
+    config = parseConfig(argv)
+  } catch (err) {
+    if (err instanceof ConfigError) usageError(err.message)
+    throw err
+  }
+  await start(config)
+}
+
+function usageError (message: string): never {
+  console.error(`root-peer: ${message}`)
+  process.exit(2)
+}
+
+async function start (config: Readonly<Config>): Promise<void> {
+  const pretty = wantsPretty()
+  const log = pino({
+    level: config.logLevel,
+    base: { pid: process.pid },
+    ...(pretty ? { transport: { target: 'pino-pretty', options: { colorize: true, ignore: 'pid,hostname' } } } : {})
+  })
+  const rootPeer = new ChatRootPeer(config)
+  wireLogs(rootPeer, log, pretty)
+
+  let stopping = false
+  const stop = (signal: string): void => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting at once')
+      process.exit(1)
+    }
+    stopping = true
+    log.info({ signal }, 'shutting down: finishing appends in flight, saving state')
+    setTimeout(() => {
+      log.error({ timeoutMs: SHUTDOWN_TIMEOUT }, 'shutdown took too long: exiting')
+      process.exit(1)
+    }, SHUTDOWN_TIMEOUT).unref()
+    rootPeer.close().then(() => {
+      log.info('stopped')
+      log.flush()
+      process.exit(0)
+    }, err => {
+      log.error({ err }, 'shutdown failed')
+      process.exit(1)
+    })
+  }
+  process.on('SIGINT', () => stop('SIGINT'))
+  process.on('SIGTERM', () => stop('SIGTERM'))
+  process.on('uncaughtException', err => {
+    log.fatal({ err }, 'uncaught exception')
+    process.exit(1)
+  })
+
+  log.info({ storageDir: config.storageDir, bootstrap: config.bootstrap ?? 'public DHT', dhtHost: config.dhtHost }, 'starting root peer')
+  try {
+    await rootPeer.ready()
+  } catch (err) {
+    log.fatal({ err, storageDir: config.storageDir }, 'could not start')
+    process.exit(1)
+  }
+}
+
+function wantsPretty (): boolean {
+  if (process.env.NODE_ENV === 'production' || !process.stdout.isTTY) return false
+  try {
+    createRequire(import.meta.url).resolve('pino-pretty')
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** The library emits events; this is the only place they become log lines. */
+function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
+  rootPeer.on('ready', ({ publicKey }) => log.info({ publicKey, rooms: rootPeer.stats().totalRooms }, `root peer ready: ${publicKey}`))
+  rootPeer.on('dht-bootstrapped', ({ nodes }) => {
+    if (nodes > 0) log.info({ nodes }, 'DHT bootstrapped')
+    else log.warn('DHT bootstrap found no nodes: check DHT_BOOTSTRAP and the network; clients cannot find this root peer yet')
+  })
+  rootPeer.on('discovery-announced', () => log.info('announced on the discovery topic'))
+  rootPeer.on('discovery-error', err => log.warn({ err }, 'announcing on the discovery topic failed'))
+  rootPeer.on('peer-connected', peerId => log.info({ peerId }, 'peer connected'))
+  rootPeer.on('peer-disconnected', peerId => log.info({ peerId }, 'peer disconnected'))
+  rootPeer.on('peer-error', (peerId, err) => log.debug({ peerId, err: err.message }, 'connection error'))
+  rootPeer.on('peer-refused', (peerId, err) => log.warn({ peerId, code: err.code }, 'peer refused'))
+  rootPeer.on('room-registered', ({ roomName, peerId, messageCount }) => log.info({ roomName, peerId, messageCount }, 'room registered'))
+  rootPeer.on('room-recovered', ({ roomName }) => log.warn({ roomName }, 'room missing from the state file recovered from the room index'))
+  rootPeer.on('message-stored', ({ roomName, messageIndex }) => log.debug({ roomName, messageIndex }, 'message stored'))
+  rootPeer.on('frame-refused', (peerId, err) => log.debug({ peerId, code: err.code, reason: err.message }, 'frame refused'))
+  rootPeer.on('append-error', ({ roomName, err }) => log.error({ roomName, err }, 'append failed'))
+  rootPeer.on('state-file-recovered', ({ problem, movedTo }) => log.warn({ problem, movedTo }, `state file was ${problem}: kept aside as ${movedTo}, rebuilt from storage`))
+  rootPeer.on('state-save-error', err => log.error({ err }, 'saving the state file failed'))
+  rootPeer.on('stats', (s: StatsSnapshot) => {
+    if (pretty) log.info('\n' + formatStats(s))
+    else log.info({ rooms: s.totalRooms, messages: s.totalMessages, peers: s.activePeers, uptimeSeconds: s.uptimeSeconds, busiestRooms: s.busiestRooms.map(r => ({ name: r.name, messages: r.messageCount })) }, 'stats')
+  })
+}

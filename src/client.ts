@@ -1,0 +1,321 @@
+import { EventEmitter } from 'node:events'
+import HyperDHT from 'hyperdht'
+import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
+import crypto from 'hypercore-crypto'
+import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from './config.js'
+import { RootPeerError, type ErrorCode } from './errors.js'
+import type { Limits, StoredRecord } from './protocol.js'
+
+export interface RootPeerClientOptions {
+  /** DHT bootstrap nodes (a loopback testnet in tests); omitted: the public DHT */
+  bootstrap?: BootstrapNode[]
+  /** address the client's DHT socket binds; 127.0.0.1 on a loopback testnet */
+  dhtHost?: string
+  discoveryTopic?: string
+  /** accept only the root peer with this public key (hex or bytes) */
+  rootPublicKey?: string | Buffer
+  /** a swarm the app already runs; connections that are not a root peer are left alone */
+  swarm?: Hyperswarm
+  /** ms a register or sync request waits for its answer */
+  requestTimeout?: number
+}
+
+export interface SyncedMessage extends StoredRecord { messageIndex: number }
+
+export interface SyncPage {
+  roomName: string
+  messages: SyncedMessage[]
+  totalMessages: number
+  nextIndex: number
+  hasMore: boolean
+}
+
+export interface MessageAck { id: string, messageIndex: number, duplicate: boolean }
+
+interface Outgoing {
+  roomName: string
+  message: unknown
+  id: string
+  resolve: (ack: MessageAck) => void
+  reject: (err: RootPeerError) => void
+  retries: number
+  timer: NodeJS.Timeout | null
+}
+
+interface Pending {
+  resolve: (frame: any) => void
+  reject: (err: RootPeerError) => void
+  timer: NodeJS.Timeout
+}
+
+/** Errors after which a message is resent (the seeds' schedule); any other refusal is final. */
+const TRANSIENT: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'INTERNAL_ERROR', 'RATE_LIMITED', 'TOO_MANY_PEERS', 'STORAGE_FULL'])
+const RESEND_BACKOFF = [1000, 5000, 15000, 60000]
+const RECONNECT_BACKOFF = [250, 500, 1000, 2000, 5000, 10000]
+
+/**
+ * A chat app's side of the protocol: finds a root peer on the discovery topic, registers rooms,
+ * sends messages until they are acked (resending after a reconnect), and syncs rooms page by page.
+ *
+ * Events: `connect` (publicKey hex, announcement), `disconnect` (publicKey hex), `error-frame` (frame).
+ */
+export class RootPeerClient extends EventEmitter {
+  readonly swarm: Hyperswarm
+  announcement: { version: number, publicKey: string, limits: Limits } | null = null
+  private readonly ownsSwarm: boolean
+  private readonly topic: Buffer
+  private readonly pinned: Buffer | null
+  private readonly requestTimeout: number
+  private conn: NoiseStream | null = null
+  private rootKey: Buffer | null = null
+  private discovery: PeerDiscovery | null = null
+  private readonly rooms = new Set<string>()
+  private readonly outbox = new Map<string, Outgoing>()
+  private readonly pending = new Map<string, Pending>()
+  private nextRequest = 1
+  private reconnects = 0
+  private reconnectTimer: NodeJS.Timeout | null = null
+  private closed = false
+  private readonly onConnection = (conn: NoiseStream): void => this.handleConnection(conn)
+
+  constructor (opts: RootPeerClientOptions = {}) {
+    super()
+    const { bootstrap, dhtHost, discoveryTopic = DEFAULT_DISCOVERY_TOPIC, rootPublicKey, swarm, requestTimeout = 30_000 } = opts
+    this.ownsSwarm = swarm === undefined
+    this.swarm = swarm ?? new Hyperswarm({
+      dht: new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), ...(dhtHost ? { host: dhtHost } : {}) })
+    })
+    this.topic = crypto.hash(Buffer.from(discoveryTopic))
+    this.pinned = rootPublicKey === undefined ? null : typeof rootPublicKey === 'string' ? Buffer.from(rootPublicKey, 'hex') : rootPublicKey
+    this.requestTimeout = requestTimeout
+    this.swarm.on('connection', this.onConnection)
+    this.discovery = this.swarm.join(this.topic, { client: true, server: false })
+    if (this.pinned !== null) this.swarm.joinPeer(this.pinned)
+    // until a root peer answers, look it up again with backoff (it may start after us)
+    this.scheduleReconnect()
+  }
+
+  get connected (): boolean {
+    return this.conn !== null
+  }
+
+  /** The connected root peer's public key, hex. */
+  get rootPublicKey (): string | null {
+    return this.rootKey?.toString('hex') ?? null
+  }
+
+  /** Resolves once connected to a root peer that has announced itself. */
+  ready (timeout = this.requestTimeout): Promise<void> {
+    if (this.conn !== null) return Promise.resolve()
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.off('connect', onconnect)
+        reject(new RootPeerError('TIMEOUT', `no root peer found within ${timeout} ms`))
+      }, timeout)
+      const onconnect = (): void => {
+        clearTimeout(timer)
+        resolve()
+      }
+      this.once('connect', onconnect)
+    })
+  }
+
+  /** Registers a room (again after every reconnect); resolves with its message count. */
+  async registerRoom (roomName: string): Promise<{ messageCount: number }> {
+    this.rooms.add(roomName)
+    const frame = await this.request({ type: 'register-room', roomName })
+    return { messageCount: frame.messageCount }
+  }
+
+  /** Sends a message; resolves with its ack. Unacked messages are resent after a reconnect, deduplicated by id. */
+  sendMessage (roomName: string, message: unknown, opts: { id?: string } = {}): Promise<MessageAck> {
+    const id = opts.id ?? crypto.randomBytes(16).toString('hex')
+    return new Promise((resolve, reject) => {
+      const out: Outgoing = { roomName, message, id, resolve, reject, retries: 0, timer: null }
+      this.outbox.set(id, out)
+      this.write({ type: 'message', roomName, message, id })
+    })
+  }
+
+  /** Messages sent and not acked yet. */
+  get unacked (): number {
+    return this.outbox.size
+  }
+
+  /** One page of a room from `fromIndex` (inclusive). */
+  async syncPage (roomName: string, fromIndex = 0, limit?: number): Promise<SyncPage> {
+    const frame = await this.request({ type: 'sync-request', roomName, lastIndex: fromIndex, ...(limit ? { limit } : {}) })
+    return { roomName: frame.roomName, messages: frame.messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore }
+  }
+
+  /** Every page of a room from `fromIndex`, in order. */
+  async * sync (roomName: string, fromIndex = 0, opts: { limit?: number } = {}): AsyncGenerator<SyncPage> {
+    let from = fromIndex
+    while (true) {
+      const page = await this.syncPage(roomName, from, opts.limit)
+      yield page
+      if (!page.hasMore || page.nextIndex <= from) return
+      from = page.nextIndex
+    }
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
+    for (const out of this.outbox.values()) {
+      if (out.timer !== null) clearTimeout(out.timer)
+      out.reject(new RootPeerError('DISCONNECTED', 'client closed before the message was acked'))
+    }
+    this.outbox.clear()
+    this.failPending('client closed')
+    this.swarm.off('connection', this.onConnection)
+    if (this.ownsSwarm) {
+      await this.swarm.destroy()
+    } else {
+      if (this.conn !== null) this.conn.end()
+      await this.swarm.leave(this.topic)
+    }
+  }
+
+  private handleConnection (conn: NoiseStream): void {
+    conn.on('error', () => {})
+    if (this.closed) return
+    let announced = false
+    const onfirst = (data: Buffer): void => {
+      let frame: any
+      try {
+        frame = JSON.parse(data.toString('utf8'))
+      } catch {
+        frame = null
+      }
+      announced = frame?.type === 'root-peer-announcement'
+      const wanted = announced && (this.pinned === null || conn.remotePublicKey.equals(this.pinned)) && this.conn === null
+      if (!wanted) {
+        conn.off('data', onfirst)
+        if (this.ownsSwarm && !(announced && this.conn?.remotePublicKey.equals(conn.remotePublicKey))) conn.destroy()
+        return
+      }
+      conn.off('data', onfirst)
+      this.attach(conn, frame)
+    }
+    conn.on('data', onfirst)
+  }
+
+  private attach (conn: NoiseStream, announcement: any): void {
+    this.conn = conn
+    this.rootKey = conn.remotePublicKey
+    this.announcement = { version: announcement.version, publicKey: announcement.publicKey, limits: announcement.limits }
+    this.reconnects = 0
+    // dial it directly from now on, so a restarted root peer is found again without a topic lookup
+    this.swarm.joinPeer(conn.remotePublicKey)
+    conn.on('data', (data: Buffer) => this.onFrame(data))
+    conn.on('end', () => conn.end())
+    conn.on('close', () => this.detach(conn))
+    for (const roomName of this.rooms) this.write({ type: 'register-room', roomName })
+    for (const out of this.outbox.values()) {
+      if (out.timer !== null) clearTimeout(out.timer)
+      out.timer = null
+      this.write({ type: 'message', roomName: out.roomName, message: out.message, id: out.id })
+    }
+    this.emit('connect', conn.remotePublicKey.toString('hex'), this.announcement)
+  }
+
+  private detach (conn: NoiseStream): void {
+    if (this.conn !== conn) return
+    this.conn = null
+    this.failPending('disconnected from the root peer')
+    this.emit('disconnect', conn.remotePublicKey.toString('hex'))
+    this.scheduleReconnect()
+  }
+
+  private scheduleReconnect (): void {
+    if (this.closed || this.reconnectTimer !== null) return
+    const delay = RECONNECT_BACKOFF[Math.min(this.reconnects++, RECONNECT_BACKOFF.length - 1)]
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null
+      if (this.closed || this.conn !== null) return
+      const key = this.pinned ?? this.rootKey
+      if (key !== null && !this.swarm.connections.size) {
+        // a fresh peer entry retries at once instead of after Hyperswarm's long backoff
+        this.swarm.leavePeer(key)
+        this.swarm.joinPeer(key)
+      }
+      this.discovery?.refresh().catch(() => {})
+      this.scheduleReconnect()
+    }, delay)
+    this.reconnectTimer.unref()
+  }
+
+  private onFrame (data: Buffer): void {
+    let frame: any
+    try {
+      frame = JSON.parse(data.toString('utf8'))
+    } catch {
+      return
+    }
+    if (typeof frame !== 'object' || frame === null) return
+    if (frame.type === 'message-ack') {
+      const out = this.outbox.get(frame.id)
+      if (out === undefined) return
+      this.outbox.delete(frame.id)
+      if (out.timer !== null) clearTimeout(out.timer)
+      out.resolve({ id: frame.id, messageIndex: frame.messageIndex, duplicate: frame.duplicate === true })
+      return
+    }
+    if (frame.requestId !== undefined && this.pending.has(String(frame.requestId))) {
+      const key = String(frame.requestId)
+      const p = this.pending.get(key)!
+      this.pending.delete(key)
+      clearTimeout(p.timer)
+      if (frame.type === 'error') p.reject(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
+      else p.resolve(frame)
+      return
+    }
+    if (frame.type === 'error') {
+      this.emit('error-frame', frame)
+      if (typeof frame.id === 'string' && this.outbox.has(frame.id)) this.messageRefused(this.outbox.get(frame.id)!, frame)
+    }
+  }
+
+  private messageRefused (out: Outgoing, frame: any): void {
+    if (!TRANSIENT.has(frame.code)) {
+      this.outbox.delete(out.id)
+      out.reject(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
+      return
+    }
+    // SHUTTING_DOWN: the reconnect resends it; others: resend on the seeds' schedule
+    if (frame.code === 'SHUTTING_DOWN' || out.timer !== null) return
+    const delay = typeof frame.retryAfterMs === 'number' ? frame.retryAfterMs : RESEND_BACKOFF[Math.min(out.retries++, RESEND_BACKOFF.length - 1)]
+    out.timer = setTimeout(() => {
+      out.timer = null
+      if (this.outbox.has(out.id)) this.write({ type: 'message', roomName: out.roomName, message: out.message, id: out.id })
+    }, delay)
+    out.timer.unref()
+  }
+
+  private async request (frame: Record<string, unknown>): Promise<any> {
+    await this.ready()
+    const requestId = `r${this.nextRequest++}`
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(requestId)
+        reject(new RootPeerError('TIMEOUT', `no answer to ${String(frame.type)} within ${this.requestTimeout} ms`))
+      }, this.requestTimeout)
+      this.pending.set(requestId, { resolve, reject, timer })
+      this.write({ ...frame, requestId })
+    })
+  }
+
+  private failPending (reason: string): void {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer)
+      p.reject(new RootPeerError('DISCONNECTED', reason))
+    }
+    this.pending.clear()
+  }
+
+  private write (frame: object): void {
+    if (this.conn !== null) this.conn.write(JSON.stringify(frame))
+  }
+}

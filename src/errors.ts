@@ -1,0 +1,67 @@
+/** Every refusal the daemon gives a peer, and every failure it reports, carries one of these codes. */
+export type ErrorCode =
+  | 'BAD_FRAME'
+  | 'UNKNOWN_TYPE'
+  | 'FRAME_TOO_LARGE'
+  | 'MESSAGE_TOO_LARGE'
+  | 'BAD_ROOM_NAME'
+  | 'SHUTTING_DOWN'
+  | 'STORAGE_ERROR'
+  | 'TOO_MANY_PEERS'
+  | 'INTERNAL_ERROR'
+  // raised by the client library, never sent by the daemon
+  | 'DISCONNECTED'
+  | 'TIMEOUT'
+
+export class RootPeerError extends Error {
+  readonly code: ErrorCode
+  /** Extra fields that go out in the `error` frame next to `code` and `message`. */
+  readonly details: Record<string, unknown>
+
+  constructor (code: ErrorCode, message: string, details: Record<string, unknown> = {}) {
+    super(message)
+    this.name = 'RootPeerError'
+    this.code = code
+    this.details = details
+  }
+
+  static BAD_FRAME (message: string): RootPeerError {
+    return new RootPeerError('BAD_FRAME', message)
+  }
+
+  static UNKNOWN_TYPE (type: string): RootPeerError {
+    return new RootPeerError('UNKNOWN_TYPE', `unknown frame type ${JSON.stringify(type.slice(0, 64))}`)
+  }
+
+  static FRAME_TOO_LARGE (size: number, max: number): RootPeerError {
+    return new RootPeerError('FRAME_TOO_LARGE', `frame of ${size} bytes is over the ${max}-byte limit`, { maxFrameBytes: max })
+  }
+
+  static MESSAGE_TOO_LARGE (size: number, max: number): RootPeerError {
+    return new RootPeerError('MESSAGE_TOO_LARGE', `message of ${size} bytes is over the ${max}-byte limit`, { maxMessageBytes: max })
+  }
+
+  static BAD_ROOM_NAME (reason: string): RootPeerError {
+    return new RootPeerError('BAD_ROOM_NAME', `bad roomName: ${reason}`)
+  }
+
+  static SHUTTING_DOWN (): RootPeerError {
+    return new RootPeerError('SHUTTING_DOWN', 'the root peer is shutting down; retry on reconnect')
+  }
+
+  static TOO_MANY_PEERS (max: number): RootPeerError {
+    return new RootPeerError('TOO_MANY_PEERS', `the root peer serves at most ${max} peers at once; retry later`, { maxPeers: max })
+  }
+
+  static INTERNAL_ERROR (cause: unknown): RootPeerError {
+    const err = new RootPeerError('INTERNAL_ERROR', 'the frame could not be handled')
+    err.cause = cause
+    return err
+  }
+
+  static STORAGE_ERROR (cause: unknown): RootPeerError {
+    const err = new RootPeerError('STORAGE_ERROR', 'the message could not be stored; retry later')
+    err.cause = cause
+    return err
+  }
+}

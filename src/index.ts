@@ -1,0 +1,7 @@
+export { ChatRootPeer, roomTopic, type RootPeerOptions } from './root-peer.js'
+export { RootPeerClient, type RootPeerClientOptions, type SyncPage, type SyncedMessage } from './client.js'
+export { RootPeerError, type ErrorCode } from './errors.js'
+export { parseConfig, ConfigError, type Config } from './config.js'
+export { DEFAULT_LIMITS, PROTOCOL_VERSION, type Limits, type StoredRecord } from './protocol.js'
+export type { PersistentState, RoomState } from './state-file.js'
+export type { StatsSnapshot } from './stats.js'

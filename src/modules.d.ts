@@ -1,0 +1,142 @@
+// Ambient types for the Holepunch modules we use; they ship none.
+// Only the parts this project calls are declared.
+
+declare module 'hypercore' {
+  import { EventEmitter } from 'node:events'
+  export default class Hypercore extends EventEmitter {
+    readonly key: Buffer
+    readonly discoveryKey: Buffer
+    readonly length: number
+    readonly byteLength: number
+    readonly writable: boolean
+    readonly closed: boolean
+    readonly opened: boolean
+    ready (): Promise<void>
+    close (): Promise<void>
+    append (block: Buffer | Buffer[]): Promise<{ length: number, byteLength: number }>
+    get (index: number, opts?: { wait?: boolean, timeout?: number }): Promise<Buffer | null>
+    has (start: number, end?: number): Promise<boolean>
+    info (opts?: { storage?: boolean }): Promise<any>
+  }
+}
+
+declare module 'corestore' {
+  import { EventEmitter } from 'node:events'
+  import type Hypercore from 'hypercore'
+  export interface KeyPair { publicKey: Buffer, secretKey: Buffer }
+  export default class Corestore extends EventEmitter {
+    constructor (storage: string, opts?: Record<string, unknown>)
+    readonly opened: boolean
+    readonly closed: boolean
+    ready (): Promise<void>
+    close (): Promise<void>
+    get (opts: { name?: string, key?: Buffer, exclusive?: boolean, valueEncoding?: string }): Hypercore
+    namespace (name: string): Corestore
+    createKeyPair (name: string): Promise<KeyPair>
+  }
+}
+
+declare module 'hyperdht' {
+  import { EventEmitter } from 'node:events'
+  export interface HyperDHTOptions {
+    bootstrap?: Array<string | { host: string, port: number }>
+    host?: string
+    port?: number
+    keyPair?: { publicKey: Buffer, secretKey: Buffer }
+    ephemeral?: boolean
+    firewalled?: boolean
+  }
+  export default class HyperDHT extends EventEmitter {
+    constructor (opts?: HyperDHTOptions)
+    readonly bootstrapped: boolean
+    readonly destroyed: boolean
+    fullyBootstrapped (): Promise<void>
+    address (): { host: string, port: number }
+    toArray (opts?: { limit?: number }): Array<{ host: string, port: number }>
+    destroy (): Promise<void>
+    static keyPair (seed?: Buffer): { publicKey: Buffer, secretKey: Buffer }
+  }
+}
+
+declare module 'hyperdht/testnet.js' {
+  import type HyperDHT from 'hyperdht'
+  export interface Testnet {
+    nodes: HyperDHT[]
+    bootstrap: Array<{ host: string, port: number }>
+    createNode (opts?: Record<string, unknown>): HyperDHT
+    destroy (): Promise<void>
+  }
+  export default function createTestnet (size?: number, opts?: { host?: string, port?: number }): Promise<Testnet>
+}
+
+declare module 'hyperswarm' {
+  import { EventEmitter } from 'node:events'
+  import type { Duplex } from 'node:stream'
+  import type HyperDHT from 'hyperdht'
+
+  export interface NoiseStream extends Duplex {
+    readonly remotePublicKey: Buffer
+    readonly publicKey: Buffer
+    readonly isInitiator: boolean
+    readonly rawBytesRead: number
+    readonly rawBytesWritten: number
+  }
+
+  export interface PeerInfo {
+    readonly publicKey: Buffer
+    readonly topics: Buffer[]
+    readonly client: boolean
+    ban (banned?: boolean): void
+  }
+
+  export interface PeerDiscovery {
+    flushed (): Promise<void>
+    refresh (opts?: { client?: boolean, server?: boolean }): Promise<void>
+    destroy (): Promise<void>
+  }
+
+  export interface HyperswarmOptions {
+    keyPair?: { publicKey: Buffer, secretKey: Buffer }
+    dht?: HyperDHT
+    bootstrap?: Array<string | { host: string, port: number }>
+    maxPeers?: number
+    firewall?: (remotePublicKey: Buffer, payload: unknown) => boolean
+  }
+
+  export default class Hyperswarm extends EventEmitter {
+    constructor (opts?: HyperswarmOptions)
+    readonly keyPair: { publicKey: Buffer, secretKey: Buffer }
+    readonly dht: HyperDHT
+    readonly connections: Set<NoiseStream>
+    readonly peers: Map<string, PeerInfo>
+    readonly destroyed: boolean
+    maxPeers: number
+    join (topic: Buffer, opts?: { server?: boolean, client?: boolean }): PeerDiscovery
+    leave (topic: Buffer): Promise<void>
+    joinPeer (publicKey: Buffer): void
+    leavePeer (publicKey: Buffer): void
+    flush (): Promise<void>
+    listen (): Promise<void>
+    destroy (opts?: { force?: boolean }): Promise<void>
+    on (event: 'connection', listener: (conn: NoiseStream, info: PeerInfo) => void): this
+    on (event: string, listener: (...args: any[]) => void): this
+  }
+}
+
+declare module 'hypercore-crypto' {
+  export function hash (data: Buffer | Buffer[]): Buffer
+  export function discoveryKey (publicKey: Buffer): Buffer
+  export function keyPair (seed?: Buffer): { publicKey: Buffer, secretKey: Buffer }
+  export function sign (message: Buffer, secretKey: Buffer): Buffer
+  export function verify (message: Buffer, signature: Buffer, publicKey: Buffer): boolean
+  export function randomBytes (n: number): Buffer
+  const crypto: {
+    hash: typeof hash
+    discoveryKey: typeof discoveryKey
+    keyPair: typeof keyPair
+    sign: typeof sign
+    verify: typeof verify
+    randomBytes: typeof randomBytes
+  }
+  export default crypto
+}

@@ -1,0 +1,187 @@
+import { RootPeerError } from './errors.js'
+
+/** Wire protocol version, sent in the announcement. Bumped only for changes an old client would notice. */
+export const PROTOCOL_VERSION = 2
+
+/** Hard caps on what a peer can make the daemon allocate or send (see the README's limits table). */
+export interface Limits {
+  maxFrameBytes: number
+  maxMessageBytes: number
+  defaultPageMessages: number
+  maxPageMessages: number
+  maxPageBytes: number
+}
+
+export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
+  maxFrameBytes: 256 * 1024,
+  maxMessageBytes: 64 * 1024,
+  defaultPageMessages: 500,
+  maxPageMessages: 1000,
+  maxPageBytes: 512 * 1024
+})
+
+const MAX_ROOM_NAME = 128
+const MAX_ID = 128
+const ROOM_NAME = /^[A-Za-z0-9._~:@+=#-]+$/
+const HEX_TOPIC = /^[0-9a-f]{64}$/i
+
+export interface RegisterRoomFrame { type: 'register-room', roomName: string, requestId?: RequestId }
+export interface MessageFrame { type: 'message', roomName: string, message: unknown, id?: string, messageJson: string }
+export interface SyncRequestFrame { type: 'sync-request', roomName: string, lastIndex: number, limit: number, requestId?: RequestId }
+export type Frame = RegisterRoomFrame | MessageFrame | SyncRequestFrame
+export type FrameType = Frame['type']
+export type RequestId = string | number
+
+/** What a stored block holds (one JSON object per block, as the seed stores it). */
+export interface StoredRecord {
+  message: unknown
+  storedAt: number
+  fromPeer: string
+  senderPublicKey: string
+  id?: string
+}
+
+type Obj = Record<string, unknown>
+type Validator = (obj: Obj, limits: Limits) => Frame
+
+const validators: Record<string, Validator> = {
+  'register-room' (obj) {
+    return { type: 'register-room', roomName: roomNameOf(obj), ...requestIdOf(obj) }
+  },
+
+  message (obj, limits) {
+    const roomName = roomNameOf(obj)
+    const message = obj.message
+    if (message === undefined || message === null) throw RootPeerError.BAD_FRAME('message: required')
+    let messageJson: string
+    try {
+      messageJson = JSON.stringify(message)
+    } catch {
+      throw RootPeerError.BAD_FRAME('message: not serialisable')
+    }
+    const size = typeof message === 'string' ? Buffer.byteLength(message) : Buffer.byteLength(messageJson)
+    if (size > limits.maxMessageBytes) throw RootPeerError.MESSAGE_TOO_LARGE(size, limits.maxMessageBytes)
+    const frame: MessageFrame = { type: 'message', roomName, message, messageJson }
+    if (obj.id !== undefined) frame.id = idOf(obj.id)
+    return frame
+  },
+
+  'sync-request' (obj, limits) {
+    const roomName = roomNameOf(obj)
+    const lastIndex = obj.lastIndex === undefined ? 0 : indexOf('lastIndex', obj.lastIndex)
+    let limit = limits.defaultPageMessages
+    if (obj.limit !== undefined) {
+      limit = indexOf('limit', obj.limit)
+      if (limit < 1) throw RootPeerError.BAD_FRAME('limit: must be at least 1')
+      limit = Math.min(limit, limits.maxPageMessages)
+    }
+    return { type: 'sync-request', roomName, lastIndex, limit, ...requestIdOf(obj) }
+  }
+}
+
+/**
+ * Turns the bytes of one incoming frame into a typed frame, or throws a coded RootPeerError.
+ * The size is checked before anything is parsed.
+ */
+export function decodeFrame (data: Buffer, limits: Limits): Frame {
+  if (data.byteLength > limits.maxFrameBytes) throw RootPeerError.FRAME_TOO_LARGE(data.byteLength, limits.maxFrameBytes)
+  let obj: unknown
+  try {
+    obj = JSON.parse(data.toString('utf8'))
+  } catch {
+    throw RootPeerError.BAD_FRAME('not a JSON object')
+  }
+  if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw RootPeerError.BAD_FRAME('not a JSON object')
+  const type = (obj as Obj).type
+  if (typeof type !== 'string') throw RootPeerError.BAD_FRAME('type: required string')
+  const validator = Object.hasOwn(validators, type) ? validators[type] : undefined
+  if (validator === undefined) throw RootPeerError.UNKNOWN_TYPE(type)
+  return validator(obj as Obj, limits)
+}
+
+/** The type, id and requestId of a frame that failed to decode, when they can be read, so the error can name them. */
+export function frameContext (data: Buffer, limits: Limits): Obj {
+  if (data.byteLength > limits.maxFrameBytes) return {}
+  try {
+    const obj = JSON.parse(data.toString('utf8'))
+    if (typeof obj !== 'object' || obj === null) return {}
+    const ctx: Obj = {}
+    if (typeof obj.type === 'string' && obj.type.length <= 64) ctx.requestType = obj.type
+    if (typeof obj.id === 'string' && obj.id.length <= MAX_ID) ctx.id = obj.id
+    if (isRequestId(obj.requestId)) ctx.requestId = obj.requestId
+    return ctx
+  } catch {
+    return {}
+  }
+}
+
+/** Checks a room name: bounded length and characters, so it can reach no prototype, path or storage name it should not. */
+export function validateRoomName (name: unknown): string {
+  if (typeof name !== 'string') throw RootPeerError.BAD_ROOM_NAME('required string')
+  if (name.length === 0 || name.length > MAX_ROOM_NAME) throw RootPeerError.BAD_ROOM_NAME(`length must be 1 to ${MAX_ROOM_NAME}`)
+  if (!ROOM_NAME.test(name)) throw RootPeerError.BAD_ROOM_NAME('allowed characters are A-Z a-z 0-9 . _ ~ : @ + = # -')
+  if (/^\.+$/.test(name)) throw RootPeerError.BAD_ROOM_NAME('must not be only dots')
+  return name
+}
+
+/** True when the room name is itself a 32-byte topic in hex, the topic clients join. */
+export function isHexTopic (name: string): boolean {
+  return HEX_TOPIC.test(name)
+}
+
+/** The JSON text of one stored block. */
+export function encodeRecord (record: StoredRecord, messageJson: string): string {
+  // messageJson is the payload as already serialised by decodeFrame; it is spliced in, not stringified again
+  let json = '{"message":' + messageJson +
+    ',"storedAt":' + record.storedAt +
+    ',"fromPeer":' + JSON.stringify(record.fromPeer) +
+    ',"senderPublicKey":' + JSON.stringify(record.senderPublicKey)
+  if (record.id !== undefined) json += ',"id":' + JSON.stringify(record.id)
+  return json + '}'
+}
+
+/** One entry of a sync page: the stored block with `messageIndex` added, as JSON text. */
+export function pageEntry (block: Buffer, messageIndex: number): string {
+  const json = block.toString('utf8')
+  if (json.charCodeAt(0) === 0x7b && json.charCodeAt(json.length - 1) === 0x7d) {
+    return json.length === 2 ? `{"messageIndex":${messageIndex}}` : json.slice(0, -1) + ',"messageIndex":' + messageIndex + '}'
+  }
+  // a block that is not a JSON object (not written by this daemon) is passed on as its text
+  return JSON.stringify({ message: json, messageIndex })
+}
+
+export function parseRecord (block: Buffer): StoredRecord | null {
+  try {
+    const obj = JSON.parse(block.toString('utf8'))
+    return typeof obj === 'object' && obj !== null ? obj as StoredRecord : null
+  } catch {
+    return null
+  }
+}
+
+function roomNameOf (obj: Obj): string {
+  return validateRoomName(obj.roomName !== undefined ? obj.roomName : obj.roomId)
+}
+
+function idOf (id: unknown): string {
+  if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID) throw RootPeerError.BAD_FRAME(`id: must be a string of 1 to ${MAX_ID} characters`)
+  return id
+}
+
+function indexOf (field: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw RootPeerError.BAD_FRAME(`${field}: must be a non-negative integer`)
+  }
+  return value
+}
+
+function isRequestId (value: unknown): value is RequestId {
+  return (typeof value === 'string' && value.length > 0 && value.length <= MAX_ID) ||
+    (typeof value === 'number' && Number.isSafeInteger(value))
+}
+
+function requestIdOf (obj: Obj): { requestId?: RequestId } {
+  if (obj.requestId === undefined) return {}
+  if (!isRequestId(obj.requestId)) throw RootPeerError.BAD_FRAME(`requestId: must be a string of 1 to ${MAX_ID} characters or an integer`)
+  return { requestId: obj.requestId }
+}

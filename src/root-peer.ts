@@ -1,0 +1,423 @@
+import { EventEmitter } from 'node:events'
+import fs from 'node:fs/promises'
+import Corestore from 'corestore'
+import HyperDHT from 'hyperdht'
+import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
+import crypto from 'hypercore-crypto'
+import type { BootstrapNode } from './config.js'
+import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
+import { RootPeerError } from './errors.js'
+import { Peer } from './peer.js'
+import {
+  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeRecord, frameContext, isHexTopic,
+  type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
+} from './protocol.js'
+import type { Room } from './room.js'
+import { Rooms } from './rooms.js'
+import { StateFile } from './state-file.js'
+import { busiest, bump, createCounters, type Counters, type StatsSnapshot } from './stats.js'
+
+export interface RootPeerOptions {
+  storageDir: string
+  /** DHT bootstrap nodes; null or omitted: the public DHT */
+  bootstrap?: BootstrapNode[] | null
+  dhtHost?: string
+  dhtPort?: number | null
+  discoveryTopic?: string
+  /** ms between `stats` events; 0 = none */
+  statsInterval?: number
+  maxPeers?: number
+  limits?: Partial<Limits>
+}
+
+/** State is saved after this many stored messages (and on every stats tick and on shutdown)... */
+const SAVE_EVERY_MESSAGES = 10
+/** ...but not more often than this, so a busy root peer does not spend its time rewriting the file. */
+const MIN_SAVE_INTERVAL = 1000
+/** How long shutdown waits for peers to read their last frames before the swarm is destroyed. */
+const CLOSE_CONNECTIONS_TIMEOUT = 2000
+
+type Handler<F extends Frame> = (peer: Peer, frame: F) => Promise<void>
+
+/**
+ * The root peer: keeps end-to-end encrypted rooms available while their members are offline.
+ *
+ * Events: `ready` ({ publicKey }), `dht-bootstrapped` ({ nodes }), `discovery-announced`, `discovery-error` (err),
+ * `peer-connected` (peerId), `peer-disconnected` (peerId), `peer-error` (peerId, err), `peer-refused` (peerId, err),
+ * `room-registered` ({ roomId, roomName, peerId, messageCount }), `room-recovered` ({ roomName }),
+ * `message-stored` ({ roomName, messageCount, totalMessages, messageIndex, peerId, id }),
+ * `frame-refused` (peerId, err), `append-error` ({ roomName, err }), `state-file-recovered` ({ problem, movedTo }),
+ * `state-saved`, `state-save-error` (err), `stats` (StatsSnapshot), `closing`, `close`.
+ */
+export class ChatRootPeer extends EventEmitter {
+  readonly storageDir: string
+  readonly limits: Readonly<Limits>
+  readonly maxPeers: number
+  readonly counters: Counters = createCounters()
+  readonly peers = new Map<string, Peer>()
+  publicKey: Buffer | null = null
+  closing = false
+
+  private readonly opts: RootPeerOptions
+  private readonly discoveryTopic: Buffer
+  private readonly statsInterval: number
+  private readonly stateFile: StateFile
+  private store: Corestore | null = null
+  private rooms: Rooms | null = null
+  private swarm: Hyperswarm | null = null
+  private discovery: PeerDiscovery | null = null
+  private readonly roomTopics = new Set<string>()
+  private readonly inflight = new Set<Promise<unknown>>()
+  private statsTimer: NodeJS.Timeout | null = null
+  private saveTimer: NodeJS.Timeout | null = null
+  private unsaved = 0
+  private lastSaveAt = 0
+  private createdAt = 0
+  private startedAt = 0
+  private opening: Promise<void> | null = null
+  private closingPromise: Promise<void> | null = null
+  private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
+
+  constructor (opts: RootPeerOptions) {
+    super()
+    const {
+      storageDir,
+      discoveryTopic = DEFAULT_DISCOVERY_TOPIC,
+      statsInterval = 30_000,
+      maxPeers = 1024,
+      limits = {}
+    } = opts
+    this.opts = opts
+    this.storageDir = storageDir
+    this.discoveryTopic = crypto.hash(Buffer.from(discoveryTopic))
+    this.statsInterval = statsInterval
+    this.maxPeers = maxPeers
+    this.limits = Object.freeze({ ...DEFAULT_LIMITS, ...limits })
+    this.stateFile = new StateFile(storageDir)
+    this.handlers = {
+      'register-room': this.onRegisterRoom.bind(this),
+      message: this.onMessage.bind(this),
+      'sync-request': this.onSyncRequest.bind(this)
+    }
+  }
+
+  ready (): Promise<void> {
+    if (this.opening === null) this.opening = this.open()
+    return this.opening
+  }
+
+  close (): Promise<void> {
+    if (this.closingPromise === null) this.closingPromise = this.shutdown()
+    return this.closingPromise
+  }
+
+  /** True once the DHT has bootstrapped (found at least one node). */
+  get dhtBootstrapped (): boolean {
+    const dht = this.swarm?.dht
+    return dht !== undefined && dht.bootstrapped && dht.toArray({ limit: 1 }).length > 0
+  }
+
+  stats (): StatsSnapshot {
+    const rooms = this.rooms
+    return {
+      publicKey: this.publicKey?.toString('hex') ?? '',
+      totalRooms: rooms?.size ?? 0,
+      totalMessages: rooms?.totalMessages ?? 0,
+      activePeers: this.peers.size,
+      uptimeSeconds: this.startedAt === 0 ? 0 : Math.round((Date.now() - this.startedAt) / 1000),
+      busiestRooms: rooms === null ? [] : busiest(rooms.list()),
+      counters: this.counters
+    }
+  }
+
+  private async open (): Promise<void> {
+    await fs.mkdir(this.storageDir, { recursive: true })
+    const loaded = await this.stateFile.load()
+    if (loaded.problem !== null) this.emit('state-file-recovered', { problem: loaded.problem, movedTo: loaded.movedTo })
+
+    this.store = new Corestore(this.storageDir)
+    await this.store.ready()
+    const keyPair = await this.store.createKeyPair('root-peer-swarm')
+    this.publicKey = keyPair.publicKey
+
+    this.rooms = new Rooms(this.store)
+    this.rooms.on('room-opened', (room: Room) => this.joinRoomTopic(room.name))
+    this.rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
+    await this.rooms.load(loaded.state)
+    this.createdAt = loaded.state?.rootPeerCreatedAt || Date.now()
+
+    const { bootstrap, dhtHost = '0.0.0.0', dhtPort } = this.opts
+    const dht = new HyperDHT({
+      ...(bootstrap ? { bootstrap } : {}),
+      host: dhtHost,
+      ...(dhtPort ? { port: dhtPort } : {}),
+      keyPair
+    })
+    // the daemon enforces maxPeers itself, with an answer; Hyperswarm's own cap is for outgoing connections
+    this.swarm = new Hyperswarm({ dht, keyPair, maxPeers: this.maxPeers + 1 })
+    this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
+    this.discovery = this.swarm.join(this.discoveryTopic, { server: true, client: false })
+    for (const name of this.roomTopics) this.swarm.join(roomTopic(name), { server: true, client: false })
+
+    // an unreachable DHT does not hold back ready; these report when it comes
+    dht.fullyBootstrapped().then(() => {
+      if (!this.closing) this.emit('dht-bootstrapped', { nodes: dht.toArray().length })
+    }, () => {})
+    this.discovery.flushed().then(() => {
+      if (!this.closing) this.emit('discovery-announced')
+    }, err => {
+      if (!this.closing) this.emit('discovery-error', err)
+    })
+
+    if (this.statsInterval > 0) {
+      this.statsTimer = setInterval(() => {
+        this.save()
+        this.emit('stats', this.stats())
+      }, this.statsInterval)
+      this.statsTimer.unref()
+    }
+    this.startedAt = Date.now()
+    await this.save()
+    this.emit('ready', { publicKey: this.publicKey.toString('hex') })
+  }
+
+  private async shutdown (): Promise<void> {
+    if (this.opening !== null) await this.opening.catch(() => {})
+    this.closing = true
+    this.emit('closing')
+    if (this.statsTimer !== null) clearInterval(this.statsTimer)
+    if (this.saveTimer !== null) clearTimeout(this.saveTimer)
+
+    // frames accepted before the signal finish, and their acks go out; later frames get SHUTTING_DOWN
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight])
+    if (this.rooms !== null) await this.rooms.settled()
+    if (this.rooms !== null) await this.save()
+
+    await Promise.all([...this.peers.values()].map(peer => endGracefully(peer.conn, CLOSE_CONNECTIONS_TIMEOUT)))
+    if (this.swarm !== null) await this.swarm.destroy()
+    if (this.rooms !== null) await this.rooms.close()
+    if (this.store !== null) await this.store.close()
+    await this.stateFile.flushed()
+    this.emit('close')
+  }
+
+  private onConnection (conn: NoiseStream): void {
+    conn.on('error', (err: Error) => this.emit('peer-error', conn.remotePublicKey.toString('hex'), err))
+    if (this.closing) {
+      conn.destroy()
+      return
+    }
+    if (this.peers.size >= this.maxPeers) {
+      const err = RootPeerError.TOO_MANY_PEERS(this.maxPeers)
+      conn.end(JSON.stringify({ type: 'error', code: err.code, message: err.message, ...err.details }))
+      bump(this.counters.errors, err.code)
+      this.emit('peer-refused', conn.remotePublicKey.toString('hex'), err)
+      return
+    }
+    const peer = new Peer(conn, (p, data) => this.onFrame(p, data))
+    this.peers.set(peer.id, peer)
+    this.counters.peersConnected++
+    conn.on('close', () => {
+      if (this.peers.get(peer.id) === peer) this.peers.delete(peer.id)
+      this.counters.peersDisconnected++
+      this.emit('peer-disconnected', peer.id)
+    })
+    this.emit('peer-connected', peer.id)
+    this.sendFrame(peer, 'root-peer-announcement', {
+      type: 'root-peer-announcement',
+      version: PROTOCOL_VERSION,
+      publicKey: this.publicKey!.toString('hex'),
+      limits: this.limits
+    })
+  }
+
+  private async onFrame (peer: Peer, data: Buffer): Promise<void> {
+    let frame: Frame
+    try {
+      frame = decodeFrame(data, this.limits)
+    } catch (err) {
+      bump(this.counters.framesReceived, 'invalid')
+      this.refuse(peer, err, frameContext(data, this.limits))
+      return
+    }
+    bump(this.counters.framesReceived, frame.type)
+    if (this.closing) {
+      this.refuse(peer, RootPeerError.SHUTTING_DOWN(), contextOf(frame))
+      return
+    }
+    const handled = (this.handlers[frame.type] as Handler<Frame>)(peer, frame)
+    this.track(handled)
+    try {
+      await handled
+    } catch (err) {
+      this.refuse(peer, err, contextOf(frame))
+    }
+  }
+
+  private async onRegisterRoom (peer: Peer, frame: RegisterRoomFrame): Promise<void> {
+    const room = await this.joinRoom(peer, frame.roomName, true)
+    if (frame.requestId !== undefined) {
+      this.sendFrame(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: room.length, requestId: frame.requestId })
+    }
+  }
+
+  private async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
+    // a message for a room not registered yet registers it first
+    const room = await this.joinRoom(peer, frame.roomName, false)
+    const block = Buffer.from(encodeRecord({
+      message: frame.message,
+      storedAt: Date.now(),
+      fromPeer: peer.id,
+      senderPublicKey: peer.id,
+      id: frame.id
+    }, frame.messageJson))
+
+    // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
+    if (frame.id === undefined) {
+      this.track(room.append(block).then(
+        index => this.stored(room, peer, index, undefined),
+        err => this.appendFailed(peer, room, frame, err)
+      ))
+      return
+    }
+    const loading = room.idsReady()
+    if (loading !== null) await loading
+    const id = frame.id
+    this.track(room.storeOnce(id, block).then(({ index, duplicate }) => {
+      if (duplicate) this.counters.duplicates++
+      else this.stored(room, peer, index, id)
+      // acked only after the append resolved: the ack is a durability promise
+      this.sendFrame(peer, 'message-ack', duplicate
+        ? { type: 'message-ack', roomName: room.name, id, messageIndex: index, duplicate: true }
+        : { type: 'message-ack', roomName: room.name, id, messageIndex: index })
+    }, err => this.appendFailed(peer, room, frame, err)))
+  }
+
+  private async onSyncRequest (peer: Peer, frame: SyncRequestFrame): Promise<void> {
+    const { roomName, lastIndex, limit, requestId } = frame
+    const room = this.rooms!.has(roomName) ? await this.rooms!.get(roomName, false) : null
+    const tail = requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}'
+    const head = '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":['
+    if (room === null) {
+      // an unknown room is not created by being asked about
+      this.sendFrame(peer, 'sync-response', head + '],"totalMessages":0,"nextIndex":' + lastIndex + ',"hasMore":false' + tail)
+      return
+    }
+    // frames are handled in order: a sync after this connection's own message sees it
+    await room.barrier()
+    const page = await room.readPage(lastIndex, limit, this.limits.maxPageBytes)
+    this.sendFrame(peer, 'sync-response', head + page.entries.join(',') +
+      '],"totalMessages":' + page.totalMessages +
+      ',"nextIndex":' + page.nextIndex +
+      ',"hasMore":' + (page.nextIndex < page.totalMessages) + tail)
+    // a reader that does not read holds up its own next frame, not the daemon's memory
+    await peer.drained()
+  }
+
+  private async joinRoom (peer: Peer, roomName: string, always: boolean): Promise<Room> {
+    const room = (await this.rooms!.get(roomName, true))!
+    const fresh = !peer.rooms.has(roomName)
+    peer.rooms.add(roomName)
+    if (always || fresh) {
+      this.emit('room-registered', { roomId: roomName, roomName, peerId: peer.id, messageCount: room.length })
+    }
+    return room
+  }
+
+  private joinRoomTopic (name: string): void {
+    if (this.roomTopics.has(name)) return
+    this.roomTopics.add(name)
+    // before the swarm exists (rooms reopened at start) the topic is joined once it does
+    if (this.swarm !== null && !this.closing) this.swarm.join(roomTopic(name), { server: true, client: false })
+  }
+
+  private stored (room: Room, peer: Peer, index: number, id: string | undefined): void {
+    const rooms = this.rooms!
+    rooms.stored(room, 1)
+    this.counters.messagesStored++
+    this.emit('message-stored', {
+      roomName: room.name,
+      messageCount: room.length,
+      totalMessages: rooms.totalMessages,
+      messageIndex: index,
+      peerId: peer.id,
+      id
+    })
+    if (++this.unsaved >= SAVE_EVERY_MESSAGES) this.scheduleSave()
+  }
+
+  private appendFailed (peer: Peer, room: Room, frame: MessageFrame, err: unknown): void {
+    this.emit('append-error', { roomName: room.name, err })
+    this.refuse(peer, RootPeerError.STORAGE_ERROR(err), contextOf(frame))
+  }
+
+  private scheduleSave (): void {
+    if (this.saveTimer !== null || this.closing) return
+    const wait = Math.max(0, this.lastSaveAt + MIN_SAVE_INTERVAL - Date.now())
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = null
+      this.save()
+    }, wait)
+    this.saveTimer.unref()
+  }
+
+  /** Saves the state file; failures are reported as `state-save-error`, never thrown. */
+  private save (): Promise<void> {
+    const rooms = this.rooms
+    if (rooms === null) return Promise.resolve()
+    this.unsaved = 0
+    this.lastSaveAt = Date.now()
+    return this.stateFile.save(() => rooms.snapshot(this.createdAt)).then(() => {
+      this.counters.stateSaves++
+      this.emit('state-saved')
+    }, err => {
+      this.counters.stateSaveFailures++
+      this.emit('state-save-error', err)
+    })
+  }
+
+  private refuse (peer: Peer, err: unknown, context: Record<string, unknown>): void {
+    const coded = err instanceof RootPeerError ? err : RootPeerError.INTERNAL_ERROR(err)
+    bump(this.counters.errors, coded.code)
+    this.emit('frame-refused', peer.id, coded)
+    this.sendFrame(peer, 'error', { type: 'error', code: coded.code, message: coded.message, ...coded.details, ...context })
+  }
+
+  private sendFrame (peer: Peer, type: string, frame: object | string): void {
+    if (peer.closed) return
+    peer.send(frame)
+    bump(this.counters.framesSent, type)
+  }
+
+  private track (promise: Promise<unknown>): void {
+    const p = promise.catch(() => {}).finally(() => this.inflight.delete(p))
+    this.inflight.add(p)
+  }
+}
+
+/** The topic a room is announced on: the name itself when it is a 64-hex topic (what clients join), else its hash. */
+export function roomTopic (name: string): Buffer {
+  return isHexTopic(name) ? Buffer.from(name, 'hex') : crypto.hash(Buffer.from(name))
+}
+
+function contextOf (frame: Frame): Record<string, unknown> {
+  const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }
+  if (frame.type === 'message' && frame.id !== undefined) ctx.id = frame.id
+  if (frame.type !== 'message' && frame.requestId !== undefined) ctx.requestId = frame.requestId
+  return ctx
+}
+
+function endGracefully (conn: NoiseStream, timeout: number): Promise<void> {
+  if (conn.destroyed) return Promise.resolve()
+  return new Promise(resolve => {
+    const timer = setTimeout(() => {
+      conn.destroy()
+      resolve()
+    }, timeout)
+    conn.once('close', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    conn.end()
+  })
+}

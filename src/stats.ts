@@ -1,0 +1,82 @@
+import type { RoomState } from './state-file.js'
+
+/** Plain counters, bumped on the hot paths and read by the stats display (and later exporters). */
+export interface Counters {
+  framesReceived: Record<string, number>
+  framesSent: Record<string, number>
+  errors: Record<string, number>
+  messagesStored: number
+  duplicates: number
+  peersConnected: number
+  peersDisconnected: number
+  stateSaves: number
+  stateSaveFailures: number
+}
+
+export function createCounters (): Counters {
+  return {
+    framesReceived: Object.create(null),
+    framesSent: Object.create(null),
+    errors: Object.create(null),
+    messagesStored: 0,
+    duplicates: 0,
+    peersConnected: 0,
+    peersDisconnected: 0,
+    stateSaves: 0,
+    stateSaveFailures: 0
+  }
+}
+
+export function bump (counts: Record<string, number>, key: string): void {
+  counts[key] = (counts[key] ?? 0) + 1
+}
+
+export interface StatsSnapshot {
+  publicKey: string
+  totalRooms: number
+  totalMessages: number
+  activePeers: number
+  uptimeSeconds: number
+  /** The busiest rooms (most messages first), at most `BUSIEST_ROOMS`. */
+  busiestRooms: RoomState[]
+  counters: Counters
+}
+
+export const BUSIEST_ROOMS = 10
+
+export function busiest (rooms: Iterable<RoomState>, n = BUSIEST_ROOMS): RoomState[] {
+  const top: RoomState[] = []
+  for (const r of rooms) {
+    if (top.length < n) {
+      top.push(r)
+      top.sort((a, b) => b.messageCount - a.messageCount)
+    } else if (r.messageCount > top[n - 1].messageCount) {
+      top[n - 1] = r
+      top.sort((a, b) => b.messageCount - a.messageCount)
+    }
+  }
+  return top.map(r => ({ ...r }))
+}
+
+/** The seed's stats display, as text. */
+export function formatStats (s: StatsSnapshot): string {
+  const line = '================================'
+  const hours = s.uptimeSeconds / 3600
+  const uptime = hours >= 1 ? `${hours.toFixed(1)} hours` : `${(s.uptimeSeconds / 60).toFixed(1)} minutes`
+  const out = [
+    line,
+    '📊 Root Peer Statistics',
+    line,
+    `📁 Total Rooms: ${s.totalRooms}`,
+    `📨 Total Messages: ${s.totalMessages}`,
+    `👥 Active Peers: ${s.activePeers}`,
+    `🕐 Server Uptime: ${uptime}`,
+    line
+  ]
+  if (s.busiestRooms.length > 0) {
+    out.push('', s.totalRooms > s.busiestRooms.length ? `📫 Busiest ${s.busiestRooms.length} of ${s.totalRooms} rooms:` : '📫 Room Details:')
+    for (const r of s.busiestRooms) out.push(`  🏠 Room ${r.name.length > 16 ? r.name.slice(0, 16) + '...' : r.name} - ${r.messageCount} messages`)
+    out.push(line)
+  }
+  return out.join('\n')
+}

@@ -4,10 +4,11 @@ import pino, { type Logger } from 'pino'
 import { ConfigError, helpText, parseConfig, type Config } from './config.js'
 import { ChatRootPeer } from './root-peer.js'
 import { formatStats, type StatsSnapshot } from './stats.js'
+import { runTestnet } from './testnet.js'
 
 /** How long a graceful shutdown may take before the process exits anyway. */
 const SHUTDOWN_TIMEOUT = 10_000
-const COMMANDS = ['start']
+const COMMANDS = ['start', 'testnet']
 
 main(process.argv.slice(2)).catch(err => {
   console.error(`root-peer: ${err?.stack ?? err}`)
@@ -22,6 +23,14 @@ async function main (argv: string[]): Promise<void> {
   let command = 'start'
   if (argv.length > 0 && !argv[0].startsWith('-')) command = argv.shift()!
   if (!COMMANDS.includes(command)) usageError(`unknown command ${JSON.stringify(command)} (commands: ${COMMANDS.join(', ')})`)
+  if (command === 'testnet') {
+    try {
+      return await runTestnet(argv)
+    } catch (err) {
+      if (err instanceof ConfigError || err instanceof TypeError) usageError(err.message)
+      throw err
+    }
+  }
 
   let config: Readonly<Config>
   try {

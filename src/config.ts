@@ -82,7 +82,8 @@ export function parseConfig (argv: readonly string[], env: NodeJS.ProcessEnv = p
 export function helpText (): string {
   const rows = SETTINGS.map(s => `  ${(s.flag + ' <value>').padEnd(28)} ${s.env.padEnd(16)} ${s.help}${s.default ? ` [${s.default}]` : ''}`)
   return [
-    'Usage: root-peer [start] [options]',
+    'Usage: root-peer [start] [options]     run the daemon',
+    '       root-peer testnet [--port N]    run a loopback DHT for offline use; prints DHT_BOOTSTRAP',
     '',
     'Every option can also be set by the environment variable beside it; flags win.',
     '',

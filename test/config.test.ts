@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict'
+import path from 'node:path'
+import { test } from 'node:test'
+import { ConfigError, parseConfig } from '../src/config.js'
+import { runBin } from './helpers.js'
+
+test('defaults, env and flags (flags win), both flag spellings', () => {
+  const defaults = parseConfig([], {})
+  assert.equal(defaults.storageDir, path.resolve('./root-peer-storage'))
+  assert.equal(defaults.bootstrap, null)
+  assert.equal(defaults.dhtHost, '0.0.0.0')
+  assert.equal(defaults.dhtPort, null)
+  assert.equal(defaults.discoveryTopic, 'holepunch-root-peer-discovery')
+  assert.equal(defaults.logLevel, 'info')
+  assert.equal(defaults.statsInterval, 30_000)
+  assert.equal(defaults.maxPeers, 1024)
+
+  const c = parseConfig(['--bootstrap', '127.0.0.1:49737,localhost:10001', '--stats-interval=500ms', '--max-peers', '10'], {
+    DHT_BOOTSTRAP: '10.0.0.1:1',
+    DHT_HOST: '127.0.0.1',
+    DHT_PORT: '40000',
+    STATS_INTERVAL: '5m',
+    STORAGE_DIR: '/tmp/x'
+  })
+  assert.deepEqual(c.bootstrap, [{ host: '127.0.0.1', port: 49737 }, { host: 'localhost', port: 10001 }])
+  assert.equal(c.dhtHost, '127.0.0.1')
+  assert.equal(c.dhtPort, 40000)
+  assert.equal(c.statsInterval, 500)
+  assert.equal(c.maxPeers, 10)
+  assert.equal(c.storageDir, '/tmp/x')
+  assert.equal(parseConfig(['--stats-interval', '0'], {}).statsInterval, 0)
+  assert.equal(parseConfig(['--stats-interval', '2'], {}).statsInterval, 2000)
+  assert.ok(Object.isFrozen(c))
+})
+
+test('each bad value throws a ConfigError naming the setting', () => {
+  const bad: Array<[string[], Record<string, string>, string]> = [
+    [['--bootstrap', 'nothost'], {}, '--bootstrap (DHT_BOOTSTRAP)'],
+    [[], { DHT_BOOTSTRAP: '127.0.0.1:0' }, '--bootstrap (DHT_BOOTSTRAP)'],
+    [[], { DHT_BOOTSTRAP: '127.0.0.1:70000' }, '--bootstrap (DHT_BOOTSTRAP)'],
+    [['--dht-host', 'example'], {}, '--dht-host (DHT_HOST)'],
+    [['--dht-port', '0'], {}, '--dht-port (DHT_PORT)'],
+    [['--stats-interval', '-5'], {}, '--stats-interval (STATS_INTERVAL)'],
+    [['--stats-interval', 'often'], {}, '--stats-interval (STATS_INTERVAL)'],
+    [['--max-peers', '0'], {}, '--max-peers (MAX_PEERS)'],
+    [['--max-peers', '1.5'], {}, '--max-peers (MAX_PEERS)'],
+    [['--log-level', 'loud'], {}, '--log-level (LOG_LEVEL)'],
+    [['--frobnicate'], {}, 'unknown option'],
+    [['--storage'], {}, '--storage (STORAGE_DIR) needs a value']
+  ]
+  for (const [argv, env, named] of bad) {
+    assert.throws(() => parseConfig(argv, env), (err: unknown) => err instanceof ConfigError && err.message.includes(named), JSON.stringify({ argv, env }))
+  }
+})
+
+test('the entry point exits 2 with one line naming the setting; --help exits 0 and lists every setting', async () => {
+  for (const [args, env, named] of [
+    [['--bootstrap', 'nothost'], {}, 'DHT_BOOTSTRAP'],
+    [['--stats-interval', '-1'], {}, 'STATS_INTERVAL'],
+    [['--whatever'], {}, '--whatever'],
+    [[], { MAX_PEERS: 'lots' }, 'MAX_PEERS'],
+    [['frobnicate'], {}, 'unknown command']
+  ] as Array<[string[], Record<string, string>, string]>) {
+    const { code, stdout, stderr } = await runBin(args, env)
+    assert.equal(code, 2, `${args.join(' ')}: ${stderr}`)
+    assert.equal(stdout, '')
+    const lines = stderr.trim().split('\n')
+    assert.equal(lines.length, 1, stderr)
+    assert.ok(lines[0].includes(named), lines[0])
+  }
+  const help = await runBin(['--help'])
+  assert.equal(help.code, 0)
+  for (const env of ['STORAGE_DIR', 'DHT_BOOTSTRAP', 'DHT_HOST', 'DHT_PORT', 'DISCOVERY_TOPIC', 'LOG_LEVEL', 'STATS_INTERVAL', 'MAX_PEERS']) {
+    assert.ok(help.stdout.includes(env), env)
+  }
+})

@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { test } from 'node:test'
+import { bootstrapEnv, client, daemon, rootPeer, testnet, tmpDir } from './helpers.js'
+
+test('offline start: the ready line comes even when the DHT cannot be reached, and SIGTERM exits 0', async t => {
+  const storage = await tmpDir(t)
+  const d = daemon(t, [], { STORAGE_DIR: storage, DHT_BOOTSTRAP: '127.0.0.1:1', DHT_HOST: '127.0.0.1', STATS_INTERVAL: '0' })
+  const ready = await d.line(l => typeof l.msg === 'string' && l.msg.includes('ready'))
+  assert.match(ready.publicKey, /^[0-9a-f]{64}$/)
+  assert.ok(ready.msg.includes(ready.publicKey))
+  const started = Date.now()
+  const { code } = await d.stop('SIGTERM')
+  assert.equal(code, 0)
+  assert.ok(Date.now() - started < 10_000)
+  const state = JSON.parse(await fs.readFile(path.join(storage, 'root-peer-state.json'), 'utf8'))
+  assert.deepEqual(Object.keys(state).sort(), ['lastSaved', 'rooms', 'rootPeerCreatedAt', 'totalMessages'])
+})
+
+test('a restarted daemon (SIGTERM, then start again) keeps its key, every message and the state file', async t => {
+  const net = await testnet(t)
+  const storage = await tmpDir(t)
+  const env = { STORAGE_DIR: storage, DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1', STATS_INTERVAL: '0' }
+  const first = daemon(t, [], env)
+  const key = await first.ready()
+
+  const c1 = await client(t, net, { rootPublicKey: key })
+  await c1.registerRoom('persist')
+  const acks = await Promise.all(Array.from({ length: 25 }, (_, i) => c1.sendMessage('persist', `m${i}`)))
+  assert.deepEqual(acks.map(a => a.messageIndex), Array.from({ length: 25 }, (_, i) => i))
+  await c1.close()
+
+  assert.equal((await first.stop('SIGTERM')).code, 0)
+  const state = JSON.parse(await fs.readFile(path.join(storage, 'root-peer-state.json'), 'utf8'))
+  assert.equal(state.rooms.persist.messageCount, 25)
+  assert.equal(state.rooms.persist.name, 'persist')
+  assert.equal(state.totalMessages, 25)
+  const createdAt = state.rootPeerCreatedAt
+
+  const second = daemon(t, [], env)
+  assert.equal(await second.ready(), key, 'same public key after a restart')
+  const c2 = await client(t, net, { rootPublicKey: key })
+  const got: any[] = []
+  for await (const page of c2.sync('persist', 0, { limit: 10 })) got.push(...page.messages)
+  assert.deepEqual(got.map(m => m.message), Array.from({ length: 25 }, (_, i) => `m${i}`))
+  assert.deepEqual(got.map(m => m.messageIndex), Array.from({ length: 25 }, (_, i) => i))
+  const next = await c2.sendMessage('persist', 'after restart')
+  assert.equal(next.messageIndex, 25)
+  await c2.close()
+  assert.equal((await second.stop('SIGTERM')).code, 0)
+  const after = JSON.parse(await fs.readFile(path.join(storage, 'root-peer-state.json'), 'utf8'))
+  assert.equal(after.rooms.persist.messageCount, 26)
+  assert.equal(after.rootPeerCreatedAt, createdAt)
+})
+
+test('the state file is saved after every 10 messages, atomically, and counts are reconciled with the cores on start', async t => {
+  const net = await testnet(t)
+  const storage = await tmpDir(t)
+  const rp = await rootPeer(t, net, { storageDir: storage })
+  const c = await client(t, net)
+  const saved = once(rp, 'state-saved')
+  await Promise.all(Array.from({ length: 10 }, (_, i) => c.sendMessage('counted', `m${i}`)))
+  await saved
+  const file = path.join(storage, 'root-peer-state.json')
+  const state = JSON.parse(await fs.readFile(file, 'utf8'))
+  assert.equal(state.rooms.counted.messageCount, 10)
+  assert.equal(state.totalMessages, 10)
+  assert.deepEqual((await fs.readdir(storage)).filter(f => f.includes('.tmp')), [], 'no temp file left behind')
+  await c.close()
+  await rp.close()
+
+  // a state file behind the cores (as after a crash between saves) is corrected from the cores
+  state.rooms.counted.messageCount = 3
+  state.totalMessages = 3
+  await fs.writeFile(file, JSON.stringify(state))
+  const again = await rootPeer(t, net, { storageDir: storage })
+  assert.equal(again.stats().totalMessages, 10)
+  assert.equal(again.stats().busiestRooms[0].messageCount, 10)
+})
+
+test('the client reconnects to a restarted root peer and resends what was not acked', async t => {
+  const net = await testnet(t)
+  const storage = await tmpDir(t)
+  const env = { STORAGE_DIR: storage, DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1', STATS_INTERVAL: '0' }
+  const first = daemon(t, [], env)
+  const key = await first.ready()
+  const c = await client(t, net)
+  assert.equal((await c.sendMessage('outbox', 'before')).messageIndex, 0)
+
+  const disconnected = once(c, 'disconnect')
+  assert.equal((await first.stop('SIGTERM')).code, 0)
+  await disconnected
+  // sent while the root peer is down: held in the outbox
+  const pending = c.sendMessage('outbox', 'while down')
+  assert.equal(c.unacked, 1)
+
+  const reconnected = once(c, 'connect')
+  const second = daemon(t, [], env)
+  await second.ready()
+  const [publicKey] = await reconnected
+  assert.equal(publicKey, key)
+  const ack = await pending
+  assert.equal(ack.messageIndex, 1)
+  assert.equal(c.unacked, 0)
+  const page = await c.syncPage('outbox', 0)
+  assert.deepEqual(page.messages.map(m => m.message), ['before', 'while down'])
+})

@@ -1,0 +1,246 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { TestContext } from 'node:test'
+import HyperDHT from 'hyperdht'
+import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
+import Hyperswarm, { type NoiseStream } from 'hyperswarm'
+import crypto from 'hypercore-crypto'
+import { ChatRootPeer, type RootPeerOptions } from '../src/root-peer.js'
+import { RootPeerClient, type RootPeerClientOptions } from '../src/client.js'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+export const DISCOVERY = crypto.hash(Buffer.from('holepunch-root-peer-discovery'))
+
+type Ctx = Pick<TestContext, 'after'>
+
+const stacks = new WeakMap<Ctx, Array<() => unknown>>()
+
+/** Registers a teardown; they run last-registered first (node's own `after` hooks run in order). */
+export function teardown (t: Ctx, fn: () => unknown): void {
+  let stack = stacks.get(t)
+  if (stack === undefined) {
+    const fns: Array<() => unknown> = []
+    stacks.set(t, fns)
+    stack = fns
+    t.after(async () => {
+      while (fns.length > 0) await fns.pop()!()
+    })
+  }
+  stack.push(fn)
+}
+
+/** A loopback DHT testnet, destroyed after the test. */
+export async function testnet (t: Ctx): Promise<Testnet> {
+  const net = await createTestnet(3, { host: '127.0.0.1' })
+  teardown(t, () => net.destroy())
+  return net
+}
+
+export function bootstrapEnv (net: Testnet): string {
+  return net.bootstrap.map(b => `${b.host}:${b.port}`).join(',')
+}
+
+/** A fresh temp dir, removed after the test. */
+export async function tmpDir (t: Ctx, prefix = 'root-peer-test-'): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix))
+  teardown(t, () => fs.rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** An in-process root peer on the testnet, announced on the discovery topic, closed after the test. */
+export async function rootPeer (t: Ctx, net: Testnet, opts: Partial<RootPeerOptions> = {}): Promise<ChatRootPeer> {
+  const storageDir = opts.storageDir ?? await tmpDir(t)
+  const rp = new ChatRootPeer({ bootstrap: net.bootstrap, dhtHost: '127.0.0.1', statsInterval: 0, ...opts, storageDir })
+  const announced = once(rp, 'discovery-announced')
+  await rp.ready()
+  await announced
+  teardown(t, () => rp.close())
+  return rp
+}
+
+/** The library client on the testnet, connected, closed after the test. */
+export async function client (t: Ctx, net: Testnet, opts: RootPeerClientOptions = {}): Promise<RootPeerClient> {
+  const c = new RootPeerClient({ bootstrap: net.bootstrap, dhtHost: '127.0.0.1', requestTimeout: 15_000, ...opts })
+  teardown(t, () => c.close())
+  await c.ready()
+  return c
+}
+
+/**
+ * A bare connection to the root peer, written only from the README's frame table:
+ * one JSON object per write, frames read back as parsed objects.
+ */
+export class RawPeer {
+  readonly swarm: Hyperswarm
+  conn: NoiseStream | null = null
+  readonly frames: any[] = []
+  private waiters: Array<{ match: (f: any) => boolean, resolve: (f: any) => void }> = []
+  closed = false
+
+  constructor (net: Testnet) {
+    this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
+  }
+
+  async connect (topic = DISCOVERY): Promise<void> {
+    const connected = once(this.swarm, 'connection')
+    const discovery = this.swarm.join(topic, { client: true, server: false })
+    // look the topic up again until a connection comes: the root peer may still be announcing it
+    const retry = setInterval(() => { discovery.refresh().catch(() => {}) }, 1000)
+    const [conn] = await connected.finally(() => clearInterval(retry)) as [NoiseStream]
+    this.conn = conn
+    conn.on('error', () => {})
+    conn.on('close', () => { this.closed = true })
+    conn.on('data', (data: Buffer) => {
+      let frame: any
+      try {
+        frame = JSON.parse(data.toString('utf8'))
+      } catch {
+        frame = { unparsable: data.toString('utf8') }
+      }
+      const i = this.waiters.findIndex(w => w.match(frame))
+      if (i === -1) this.frames.push(frame)
+      else this.waiters.splice(i, 1)[0].resolve(frame)
+    })
+  }
+
+  send (frame: object | string | Buffer): void {
+    this.conn!.write(typeof frame === 'object' && !Buffer.isBuffer(frame) ? JSON.stringify(frame) : frame)
+  }
+
+  /** The next frame (already received or coming) that matches; fails after `timeout` ms. */
+  next (match: (f: any) => boolean = () => true, timeout = 10_000): Promise<any> {
+    const i = this.frames.findIndex(match)
+    if (i !== -1) return Promise.resolve(this.frames.splice(i, 1)[0])
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        match,
+        resolve: (f: any) => {
+          clearTimeout(timer)
+          resolve(f)
+        }
+      }
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter(w => w !== waiter)
+        reject(new Error(`no matching frame within ${timeout} ms; received: ${JSON.stringify(this.frames).slice(0, 500)}`))
+      }, timeout)
+      this.waiters.push(waiter)
+    })
+  }
+
+  nextOfType (type: string, timeout?: number): Promise<any> {
+    return this.next(f => f.type === type, timeout)
+  }
+
+  /** Sends a sync-request and collects every page. */
+  async syncAll (roomName: string, from = 0, limit?: number): Promise<{ messages: any[], pages: any[] }> {
+    const messages: any[] = []
+    const pages: any[] = []
+    let lastIndex = from
+    while (true) {
+      this.send({ type: 'sync-request', roomName, lastIndex, ...(limit ? { limit } : {}) })
+      const page = await this.next(f => f.type === 'sync-response' && f.roomName === roomName)
+      pages.push(page)
+      messages.push(...page.messages)
+      if (!page.hasMore) return { messages, pages }
+      lastIndex = page.nextIndex
+    }
+  }
+
+  async close (): Promise<void> {
+    await this.swarm.destroy()
+  }
+}
+
+export async function rawPeer (t: Ctx, net: Testnet): Promise<RawPeer> {
+  const peer = new RawPeer(net)
+  teardown(t, () => peer.close())
+  await peer.connect()
+  return peer
+}
+
+/** The daemon as users run it: a child process of `src/bin.ts`, its JSON log lines parsed. */
+export class Daemon {
+  readonly child: ChildProcess
+  readonly lines: any[] = []
+  readonly stderr: string[] = []
+  private waiters: Array<{ match: (l: any) => boolean, resolve: (l: any) => void }> = []
+  readonly exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+
+  constructor (args: string[], env: Record<string, string>) {
+    this.child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/bin.ts'), ...args], {
+      cwd: ROOT,
+      env: { ...process.env, NODE_ENV: 'production', ...env },
+      stdio: ['ignore', 'pipe', 'pipe']
+    })
+    let buf = ''
+    this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      buf += chunk
+      let nl
+      while ((nl = buf.indexOf('\n')) !== -1) {
+        const text = buf.slice(0, nl)
+        buf = buf.slice(nl + 1)
+        let line: any
+        try {
+          line = JSON.parse(text)
+        } catch {
+          line = { msg: text }
+        }
+        this.lines.push(line)
+        this.waiters = this.waiters.filter(w => {
+          if (!w.match(line)) return true
+          w.resolve(line)
+          return false
+        })
+      }
+    })
+    this.child.stderr!.setEncoding('utf8').on('data', (chunk: string) => this.stderr.push(chunk))
+    this.exited = once(this.child, 'exit').then(([code, signal]) => ({ code, signal })) as Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+  }
+
+  /** The first log line (already printed or coming) that matches. */
+  line (match: (l: any) => boolean, timeout = 20_000): Promise<any> {
+    const found = this.lines.find(match)
+    if (found !== undefined) return Promise.resolve(found)
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no matching log line within ${timeout} ms; stdout: ${JSON.stringify(this.lines).slice(-1500)} stderr: ${this.stderr.join('').slice(-1500)}`)), timeout)
+      this.waiters.push({ match, resolve: l => { clearTimeout(timer); resolve(l) } })
+    })
+  }
+
+  /** Resolves with the public key once the ready line is printed and the discovery topic is announced. */
+  async ready (): Promise<string> {
+    const ready = await this.line(l => typeof l.msg === 'string' && l.msg.includes('ready'))
+    await this.line(l => l.msg === 'announced on the discovery topic')
+    return ready.publicKey
+  }
+
+  async stop (signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null, signal: NodeJS.Signals | null }> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal)
+    return this.exited
+  }
+}
+
+export function daemon (t: Ctx, args: string[], env: Record<string, string>): Daemon {
+  const d = new Daemon(args, env)
+  teardown(t, () => d.stop('SIGKILL'))
+  return d
+}
+
+/** Runs `src/bin.ts` to completion and returns its exit code and output. */
+export async function runBin (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/bin.ts'), ...args], {
+    cwd: ROOT,
+    env: { ...process.env, NODE_ENV: 'production', ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
+  child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
+  const [code] = await once(child, 'exit')
+  return { code, stdout, stderr }
+}

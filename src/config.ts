@@ -17,6 +17,10 @@ export interface Config {
   logLevel: string
   statsInterval: number
   maxPeers: number
+  /** address the monitoring HTTP server binds */
+  host: string
+  /** port of the monitoring HTTP server; 0 = any free port */
+  port: number
 }
 
 /** A setting an operator got wrong; the entry point prints `message` and exits 2. */
@@ -48,7 +52,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'discoveryTopic', env: 'DISCOVERY_TOPIC', flag: '--discovery-topic', default: DEFAULT_DISCOVERY_TOPIC, help: 'string whose BLAKE2b-256 hash is the discovery topic', parse: parseNonEmpty },
   { key: 'logLevel', env: 'LOG_LEVEL', flag: '--log-level', default: 'info', help: `pino level: ${LOG_LEVELS.join(', ')}`, parse: parseLogLevel },
   { key: 'statsInterval', env: 'STATS_INTERVAL', flag: '--stats-interval', default: '30s', help: 'stats display period (500ms, 30s, 5m; a bare number is seconds), 0 = off', parse: parseDuration },
-  { key: 'maxPeers', env: 'MAX_PEERS', flag: '--max-peers', default: '1024', help: 'concurrent peer connections', parse: (v, n) => parseInteger(v, n, 1, 100_000) }
+  { key: 'maxPeers', env: 'MAX_PEERS', flag: '--max-peers', default: '1024', help: 'concurrent peer connections', parse: (v, n) => parseInteger(v, n, 1, 100_000) },
+  { key: 'host', env: 'HOST', flag: '--host', default: '127.0.0.1', help: 'address the monitoring HTTP server binds (/health, /metrics, /stats, /)', parse: parseHost },
+  { key: 'port', env: 'PORT', flag: '--port', default: '3000', help: 'port of the monitoring HTTP server; 0 = any free port', parse: (v, n) => parseInteger(v, n, 0, 65535) }
 ]
 
 /** Parses flags (`--flag value` or `--flag=value`) over env over defaults. Throws ConfigError. */

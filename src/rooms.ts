@@ -25,6 +25,7 @@ export class Rooms extends EventEmitter {
   private readonly open = new Map<string, Promise<Room>>()
   private readonly creating = new Map<string, Promise<void>>()
   totalMessages = 0
+  totalBytes = 0
 
   constructor (store: Corestore) {
     super()
@@ -49,7 +50,7 @@ export class Rooms extends EventEmitter {
     for (const r of savedRooms) this.infos.set(r.name, { ...r })
     for (const [name, createdAt] of indexed) {
       if (!this.infos.has(name)) {
-        this.infos.set(name, { name, messageCount: 0, createdAt, lastActivity: createdAt })
+        this.infos.set(name, { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 })
         if (saved !== null) this.emit('index-recovered', { name })
       }
     }
@@ -64,7 +65,11 @@ export class Rooms extends EventEmitter {
     }
     await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, worker))
     this.totalMessages = 0
-    for (const info of this.infos.values()) this.totalMessages += info.messageCount
+    this.totalBytes = 0
+    for (const info of this.infos.values()) {
+      this.totalMessages += info.messageCount
+      this.totalBytes += info.byteLength
+    }
   }
 
   has (name: string): boolean {
@@ -98,11 +103,18 @@ export class Rooms extends EventEmitter {
     return promise
   }
 
-  /** Notes `count` messages newly stored in `room`. */
-  stored (room: Room, count: number): void {
+  /** Notes one message of `bytes` newly stored in `room`. */
+  stored (room: Room, bytes: number): void {
     room.info.messageCount = room.length
+    room.info.byteLength += bytes
     room.info.lastActivity = Date.now()
-    this.totalMessages += count
+    this.totalMessages++
+    this.totalBytes += bytes
+  }
+
+  /** Rooms whose core is open now. */
+  get openCount (): number {
+    return this.open.size
   }
 
   /** The state file's content. */
@@ -133,7 +145,7 @@ export class Rooms extends EventEmitter {
         const now = Date.now()
         // in the index before first use: an acked message's room is always recoverable
         await this.index!.append(indexBlock(name, now))
-        this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now })
+        this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0 })
       })()
       this.creating.set(name, pending)
       pending.finally(() => this.creating.delete(name)).catch(() => {})
@@ -147,7 +159,12 @@ export class Rooms extends EventEmitter {
     const info = this.infos.get(name)!
     const room = new Room(name, core, info)
     // the core is the truth: the state file may be behind after a crash
-    if (info.messageCount !== core.length) info.messageCount = core.length
+    if (info.messageCount !== core.length || info.byteLength !== core.byteLength) {
+      this.totalMessages += core.length - info.messageCount
+      this.totalBytes += core.byteLength - info.byteLength
+      info.messageCount = core.length
+      info.byteLength = core.byteLength
+    }
     this.emit('room-opened', room)
     return room
   }

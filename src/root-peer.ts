@@ -28,6 +28,17 @@ export interface RootPeerOptions {
   statsInterval?: number
   maxPeers?: number
   limits?: Partial<Limits>
+  /** called with the seconds each append (frame to ack) and each sync page (request to answer) took */
+  onLatency?: (kind: 'append' | 'sync', seconds: number) => void
+}
+
+export interface Health {
+  ok: boolean
+  /** why the root peer is not ready; empty when ok */
+  reasons: string[]
+  storage: boolean
+  discovery: boolean
+  dht: boolean
 }
 
 /** State is saved after this many stored messages (and on every stats tick and on shutdown)... */
@@ -74,6 +85,8 @@ export class ChatRootPeer extends EventEmitter {
   private lastSaveAt = 0
   private createdAt = 0
   private startedAt = 0
+  private announced = false
+  private readonly onLatency: ((kind: 'append' | 'sync', seconds: number) => void) | null
   private opening: Promise<void> | null = null
   private closingPromise: Promise<void> | null = null
   private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
@@ -94,6 +107,7 @@ export class ChatRootPeer extends EventEmitter {
     this.maxPeers = maxPeers
     this.limits = Object.freeze({ ...DEFAULT_LIMITS, ...limits })
     this.stateFile = new StateFile(storageDir)
+    this.onLatency = opts.onLatency ?? null
     this.handlers = {
       'register-room': this.onRegisterRoom.bind(this),
       message: this.onMessage.bind(this),
@@ -115,6 +129,24 @@ export class ChatRootPeer extends EventEmitter {
   get dhtBootstrapped (): boolean {
     const dht = this.swarm?.dht
     return dht !== undefined && dht.bootstrapped && dht.toArray({ limit: 1 }).length > 0
+  }
+
+  /** Ready means: storage open, discovery topic announced, DHT bootstrapped. */
+  health (): Health {
+    const storage = this.store !== null && this.rooms !== null && !this.closing
+    const discovery = this.announced && !this.closing
+    const dht = this.dhtBootstrapped
+    const reasons: string[] = []
+    if (this.closing) reasons.push('shutting down')
+    else if (!storage) reasons.push('storage not open')
+    if (!this.closing && !discovery) reasons.push('discovery topic not announced yet')
+    if (!this.closing && !dht) reasons.push('DHT not bootstrapped')
+    return { ok: reasons.length === 0, reasons, storage, discovery, dht }
+  }
+
+  /** Rooms known, and rooms whose core is open now. */
+  get roomCounts (): { total: number, open: number, bytes: number } {
+    return { total: this.rooms?.size ?? 0, open: this.rooms?.openCount ?? 0, bytes: this.rooms?.totalBytes ?? 0 }
   }
 
   stats (): StatsSnapshot {
@@ -164,6 +196,7 @@ export class ChatRootPeer extends EventEmitter {
       if (!this.closing) this.emit('dht-bootstrapped', { nodes: dht.toArray().length })
     }, () => {})
     this.discovery.flushed().then(() => {
+      this.announced = true
       if (!this.closing) this.emit('discovery-announced')
     }, err => {
       if (!this.closing) this.emit('discovery-error', err)
@@ -272,10 +305,11 @@ export class ChatRootPeer extends EventEmitter {
       id: frame.id
     }, frame.messageJson))
 
+    const started = this.onLatency === null ? 0 : performance.now()
     // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
     if (frame.id === undefined) {
       this.track(room.append(block).then(
-        index => this.stored(room, peer, index, undefined),
+        index => this.stored(room, peer, index, undefined, block.byteLength, started),
         err => this.appendFailed(peer, room, frame, err)
       ))
       return
@@ -285,7 +319,7 @@ export class ChatRootPeer extends EventEmitter {
     const id = frame.id
     this.track(room.storeOnce(id, block).then(({ index, duplicate }) => {
       if (duplicate) this.counters.duplicates++
-      else this.stored(room, peer, index, id)
+      else this.stored(room, peer, index, id, block.byteLength, started)
       // acked only after the append resolved: the ack is a durability promise
       this.sendFrame(peer, 'message-ack', duplicate
         ? { type: 'message-ack', roomName: room.name, id, messageIndex: index, duplicate: true }
@@ -295,6 +329,7 @@ export class ChatRootPeer extends EventEmitter {
 
   private async onSyncRequest (peer: Peer, frame: SyncRequestFrame): Promise<void> {
     const { roomName, lastIndex, limit, requestId } = frame
+    const started = this.onLatency === null ? 0 : performance.now()
     const room = this.rooms!.has(roomName) ? await this.rooms!.get(roomName, false) : null
     const tail = requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}'
     const head = '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":['
@@ -310,6 +345,7 @@ export class ChatRootPeer extends EventEmitter {
       '],"totalMessages":' + page.totalMessages +
       ',"nextIndex":' + page.nextIndex +
       ',"hasMore":' + (page.nextIndex < page.totalMessages) + tail)
+    if (this.onLatency !== null) this.onLatency('sync', (performance.now() - started) / 1000)
     // a reader that does not read holds up its own next frame, not the daemon's memory
     await peer.drained()
   }
@@ -331,9 +367,10 @@ export class ChatRootPeer extends EventEmitter {
     if (this.swarm !== null && !this.closing) this.swarm.join(roomTopic(name), { server: true, client: false })
   }
 
-  private stored (room: Room, peer: Peer, index: number, id: string | undefined): void {
+  private stored (room: Room, peer: Peer, index: number, id: string | undefined, bytes: number, started: number): void {
     const rooms = this.rooms!
-    rooms.stored(room, 1)
+    rooms.stored(room, bytes)
+    if (this.onLatency !== null) this.onLatency('append', (performance.now() - started) / 1000)
     this.counters.messagesStored++
     this.emit('message-stored', {
       roomName: room.name,

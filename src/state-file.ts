@@ -8,6 +8,8 @@ export interface RoomState {
   messageCount: number
   createdAt: number
   lastActivity: number
+  /** bytes the room's blocks hold (not in the seed's file; added, reconciled from the core) */
+  byteLength: number
 }
 
 /** The seed's `root-peer-state.json`, field for field. */
@@ -110,7 +112,8 @@ function sanitise (obj: Record<string, any>): PersistentState {
         name: key,
         messageCount: num(r.messageCount),
         createdAt: num(r.createdAt),
-        lastActivity: num(r.lastActivity)
+        lastActivity: num(r.lastActivity),
+        byteLength: num(r.byteLength)
       },
       enumerable: true,
       writable: true,

@@ -173,7 +173,7 @@ export class Daemon {
   constructor (args: string[], env: Record<string, string>) {
     this.child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/bin.ts'), ...args], {
       cwd: ROOT,
-      env: { ...process.env, NODE_ENV: 'production', ...env },
+      env: { ...process.env, NODE_ENV: 'production', PORT: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe']
     })
     let buf = ''
@@ -234,7 +234,7 @@ export function daemon (t: Ctx, args: string[], env: Record<string, string>): Da
 export async function runBin (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/bin.ts'), ...args], {
     cwd: ROOT,
-    env: { ...process.env, NODE_ENV: 'production', ...env },
+    env: { ...process.env, NODE_ENV: 'production', PORT: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   let stdout = ''

@@ -5,6 +5,7 @@ import crypto from 'hypercore-crypto'
 import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from './config.js'
 import { RootPeerError, type ErrorCode } from './errors.js'
 import type { Limits, StoredRecord } from './protocol.js'
+import { TokenBucket } from './rate-limit.js'
 
 export interface RootPeerClientOptions {
   /** DHT bootstrap nodes (a loopback testnet in tests); omitted: the public DHT */
@@ -36,6 +37,7 @@ interface Outgoing {
   roomName: string
   message: unknown
   id: string
+  size: number
   resolve: (ack: MessageAck) => void
   reject: (err: RootPeerError) => void
   retries: number
@@ -71,6 +73,11 @@ export class RootPeerClient extends EventEmitter {
   private discovery: PeerDiscovery | null = null
   private readonly rooms = new Set<string>()
   private readonly outbox = new Map<string, Outgoing>()
+  /** messages waiting for the advertised rate budget before they are written */
+  private sendQueue: Outgoing[] = []
+  private sendTimer: NodeJS.Timeout | null = null
+  private messageBudget = new TokenBucket(0, 1)
+  private byteBudget = new TokenBucket(0, 1)
   private readonly pending = new Map<string, Pending>()
   private nextRequest = 1
   private reconnects = 0
@@ -131,9 +138,10 @@ export class RootPeerClient extends EventEmitter {
   sendMessage (roomName: string, message: unknown, opts: { id?: string } = {}): Promise<MessageAck> {
     const id = opts.id ?? crypto.randomBytes(16).toString('hex')
     return new Promise((resolve, reject) => {
-      const out: Outgoing = { roomName, message, id, resolve, reject, retries: 0, timer: null }
+      const size = typeof message === 'string' ? Buffer.byteLength(message) : Buffer.byteLength(JSON.stringify(message) ?? '')
+      const out: Outgoing = { roomName, message, id, size, resolve, reject, retries: 0, timer: null }
       this.outbox.set(id, out)
-      this.write({ type: 'message', roomName, message, id })
+      this.queueSend(out)
     })
   }
 
@@ -163,6 +171,8 @@ export class RootPeerClient extends EventEmitter {
     if (this.closed) return
     this.closed = true
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
+    if (this.sendTimer !== null) clearTimeout(this.sendTimer)
+    this.sendQueue = []
     for (const out of this.outbox.values()) {
       if (out.timer !== null) clearTimeout(out.timer)
       out.reject(new RootPeerError('DISCONNECTED', 'client closed before the message was acked'))
@@ -212,18 +222,27 @@ export class RootPeerClient extends EventEmitter {
     conn.on('data', (data: Buffer) => this.onFrame(data))
     conn.on('end', () => conn.end())
     conn.on('close', () => this.detach(conn))
+    // stay within the root peer's advertised budgets (90% of them), so a resent outbox is never refused
+    const limits = this.announcement.limits
+    this.messageBudget = new TokenBucket((limits?.messagesPerSecond ?? 0) * 0.9, (limits?.messagesPerSecond ?? 0) * 9)
+    this.byteBudget = new TokenBucket((limits?.bytesPerSecond ?? 0) * 0.9, (limits?.bytesPerSecond ?? 0) * 9)
     for (const roomName of this.rooms) this.write({ type: 'register-room', roomName })
+    this.sendQueue = []
     for (const out of this.outbox.values()) {
       if (out.timer !== null) clearTimeout(out.timer)
       out.timer = null
-      this.write({ type: 'message', roomName: out.roomName, message: out.message, id: out.id })
+      this.sendQueue.push(out)
     }
+    this.pump()
     this.emit('connect', conn.remotePublicKey.toString('hex'), this.announcement)
   }
 
   private detach (conn: NoiseStream): void {
     if (this.conn !== conn) return
     this.conn = null
+    if (this.sendTimer !== null) clearTimeout(this.sendTimer)
+    this.sendTimer = null
+    this.sendQueue = []
     this.failPending('disconnected from the root peer')
     this.emit('disconnect', conn.remotePublicKey.toString('hex'))
     this.scheduleReconnect()
@@ -289,9 +308,35 @@ export class RootPeerClient extends EventEmitter {
     const delay = typeof frame.retryAfterMs === 'number' ? frame.retryAfterMs : RESEND_BACKOFF[Math.min(out.retries++, RESEND_BACKOFF.length - 1)]
     out.timer = setTimeout(() => {
       out.timer = null
-      if (this.outbox.has(out.id)) this.write({ type: 'message', roomName: out.roomName, message: out.message, id: out.id })
+      if (this.outbox.has(out.id)) this.queueSend(out)
     }, delay)
     out.timer.unref()
+  }
+
+  private queueSend (out: Outgoing): void {
+    this.sendQueue.push(out)
+    this.pump()
+  }
+
+  /** Writes queued messages as the budgets allow; waits (a timer) when they do not. */
+  private pump (): void {
+    if (this.sendTimer !== null || this.conn === null) return
+    while (this.sendQueue.length > 0) {
+      const out = this.sendQueue[0]
+      const wait = Math.max(this.messageBudget.wait(1), this.byteBudget.wait(out.size))
+      if (wait > 0) {
+        this.sendTimer = setTimeout(() => {
+          this.sendTimer = null
+          this.pump()
+        }, wait)
+        this.sendTimer.unref()
+        return
+      }
+      this.messageBudget.consume(1)
+      this.byteBudget.consume(out.size)
+      this.sendQueue.shift()
+      if (this.outbox.has(out.id)) this.write({ type: 'message', roomName: out.roomName, message: out.message, id: out.id })
+    }
   }
 
   private async request (frame: Record<string, unknown>): Promise<any> {

@@ -21,6 +21,19 @@ export interface Config {
   host: string
   /** port of the monitoring HTTP server; 0 = any free port */
   port: number
+  maxFrameBytes: number
+  maxMessageBytes: number
+  maxRooms: number
+  messagesPerSecond: number
+  bytesPerSecond: number
+  syncsPerSecond: number
+  registersPerMinute: number
+  newRoomsPerMinute: number
+  /** refusals within a minute after which a peer is disconnected and banned; 0 = never */
+  banThreshold: number
+  banDuration: number
+  /** ms a peer may leave the daemon's writes unread before it is disconnected; 0 = never */
+  stallTimeout: number
 }
 
 /** A setting an operator got wrong; the entry point prints `message` and exits 2. */
@@ -54,7 +67,18 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'statsInterval', env: 'STATS_INTERVAL', flag: '--stats-interval', default: '30s', help: 'stats display period (500ms, 30s, 5m; a bare number is seconds), 0 = off', parse: parseDuration },
   { key: 'maxPeers', env: 'MAX_PEERS', flag: '--max-peers', default: '1024', help: 'concurrent peer connections', parse: (v, n) => parseInteger(v, n, 1, 100_000) },
   { key: 'host', env: 'HOST', flag: '--host', default: '127.0.0.1', help: 'address the monitoring HTTP server binds (/health, /metrics, /stats, /)', parse: parseHost },
-  { key: 'port', env: 'PORT', flag: '--port', default: '3000', help: 'port of the monitoring HTTP server; 0 = any free port', parse: (v, n) => parseInteger(v, n, 0, 65535) }
+  { key: 'port', env: 'PORT', flag: '--port', default: '3000', help: 'port of the monitoring HTTP server; 0 = any free port', parse: (v, n) => parseInteger(v, n, 0, 65535) },
+  { key: 'maxFrameBytes', env: 'MAX_FRAME_BYTES', flag: '--max-frame-bytes', default: '256KiB', help: 'largest frame a peer may send (bytes; KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1024, 8 * 1024 * 1024) },
+  { key: 'maxMessageBytes', env: 'MAX_MESSAGE_BYTES', flag: '--max-message-bytes', default: '64KiB', help: 'largest message payload (bytes; KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1, 8 * 1024 * 1024) },
+  { key: 'maxRooms', env: 'MAX_ROOMS', flag: '--max-rooms', default: '100000', help: 'rooms the root peer holds in all', parse: (v, n) => parseInteger(v, n, 1, 100_000_000) },
+  { key: 'messagesPerSecond', env: 'RATE_MESSAGES', flag: '--rate-messages', default: '100', help: 'messages a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
+  { key: 'bytesPerSecond', env: 'RATE_BYTES', flag: '--rate-bytes', default: '1MiB', help: 'message bytes a second per peer (burst: 10 s worth); 0 = unlimited', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
+  { key: 'syncsPerSecond', env: 'RATE_SYNCS', flag: '--rate-syncs', default: '50', help: 'sync-requests a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
+  { key: 'registersPerMinute', env: 'RATE_REGISTERS', flag: '--rate-registers', default: '600', help: 'register-room frames a minute per peer (burst: 1 min worth); 0 = unlimited', parse: rate },
+  { key: 'newRoomsPerMinute', env: 'RATE_NEW_ROOMS', flag: '--rate-new-rooms', default: '60', help: 'rooms a peer may create a minute (burst: 1 min worth); 0 = unlimited', parse: rate },
+  { key: 'banThreshold', env: 'BAN_THRESHOLD', flag: '--ban-threshold', default: '100', help: 'refused frames within a minute that get a peer disconnected and banned; 0 = never', parse: (v, n) => parseInteger(v, n, 0, 1_000_000) },
+  { key: 'banDuration', env: 'BAN_DURATION', flag: '--ban-duration', default: '10m', help: 'how long a banned peer is refused', parse: parseDuration },
+  { key: 'stallTimeout', env: 'STALL_TIMEOUT', flag: '--stall-timeout', default: '30s', help: 'how long a peer may leave the daemon\'s writes unread before it is disconnected; 0 = never', parse: parseDuration }
 ]
 
 /** Parses flags (`--flag value` or `--flag=value`) over env over defaults. Throws ConfigError. */
@@ -81,6 +105,9 @@ export function parseConfig (argv: readonly string[], env: NodeJS.ProcessEnv = p
     const raw = values.get(s) ?? s.default
     const name = `${s.flag} (${s.env})`
     config[s.key] = s.parse(raw, name)
+  }
+  if ((config.maxMessageBytes as number) > (config.maxFrameBytes as number)) {
+    throw new ConfigError('--max-message-bytes', `--max-message-bytes (MAX_MESSAGE_BYTES): ${String(config.maxMessageBytes)} is larger than MAX_FRAME_BYTES (${String(config.maxFrameBytes)}); a message must fit in a frame`)
   }
   return Object.freeze(config as unknown as Config)
 }
@@ -142,6 +169,21 @@ export function parseDuration (value: string, name: string): number {
   if (m === null) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not a duration (a non-negative number with ms, s, m or h; a bare number is seconds)`)
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? 's'] as number
   return Math.round(Number(m[1]) * unit)
+}
+
+function rate (value: string, name: string): number {
+  const n = /^\d+(\.\d+)?$/.test(value.trim()) ? Number(value) : NaN
+  if (!Number.isFinite(n) || n < 0 || n > 1e9) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not a non-negative number (0 = unlimited)`)
+  return n
+}
+
+/** A byte count: a whole number, optionally with KiB, MiB or GiB (k, m, g, KB... are read the same). */
+export function parseBytes (value: string, name: string, min: number, max: number): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmg])?(?:i?b)?$/i.exec(value.trim())
+  const unit = m === null ? NaN : ({ '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 } as Record<string, number>)[(m[2] ?? '').toLowerCase()]
+  const n = m === null ? NaN : Math.round(Number(m[1]) * unit)
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not a byte count from ${min} to ${max} (suffixes KiB, MiB, GiB)`)
+  return n
 }
 
 export function parseInteger (value: string, name: string, min: number, max: number): number {

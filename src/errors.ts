@@ -8,6 +8,9 @@ export type ErrorCode =
   | 'SHUTTING_DOWN'
   | 'STORAGE_ERROR'
   | 'TOO_MANY_PEERS'
+  | 'TOO_MANY_ROOMS'
+  | 'RATE_LIMITED'
+  | 'BANNED'
   | 'INTERNAL_ERROR'
   // raised by the client library, never sent by the daemon
   | 'DISCONNECTED'
@@ -51,6 +54,18 @@ export class RootPeerError extends Error {
 
   static TOO_MANY_PEERS (max: number): RootPeerError {
     return new RootPeerError('TOO_MANY_PEERS', `the root peer serves at most ${max} peers at once; retry later`, { maxPeers: max })
+  }
+
+  static TOO_MANY_ROOMS (max: number): RootPeerError {
+    return new RootPeerError('TOO_MANY_ROOMS', `the root peer holds at most ${max} rooms; no new room can be created`, { maxRooms: max })
+  }
+
+  static RATE_LIMITED (what: string, retryAfterMs: number): RootPeerError {
+    return new RootPeerError('RATE_LIMITED', `too many ${what}; retry after ${retryAfterMs} ms`, { retryAfterMs })
+  }
+
+  static BANNED (retryAfterMs: number): RootPeerError {
+    return new RootPeerError('BANNED', `too many refused frames: disconnected, and refused for ${Math.round(retryAfterMs / 1000)} s`, { retryAfterMs })
   }
 
   static INTERNAL_ERROR (cause: unknown): RootPeerError {

@@ -1,16 +1,28 @@
 import type { NoiseStream } from 'hyperswarm'
+import type { PeerRecord } from './guard.js'
 
 /** Incoming frames queued per connection before the stream is paused. */
 const MAX_QUEUED_FRAMES = 64
+/** How long a peer we close may take to read its last frame before its stream is destroyed. */
+const CLOSE_GRACE = 2000
+
+export interface PeerOptions {
+  /** ms our writes may stay unread before the connection is destroyed; 0 = never */
+  stallTimeout: number
+  handle: (peer: Peer, data: Buffer) => Promise<void>
+  onStall: (peer: Peer) => void
+}
 
 /**
- * One connected peer. Frames are handled strictly one after another, in arrival order;
- * reading is paused while too many wait, and `drained()` lets a handler wait for a slow reader.
+ * One connected peer. Frames are handled strictly one after another, in arrival order. Reading is
+ * paused while too many wait, and no frame is handled while our writes to the peer are unread, so a
+ * peer that does not read holds up only itself; past the stall timeout it is disconnected.
  */
 export class Peer {
   readonly id: string
   readonly publicKey: Buffer
   readonly conn: NoiseStream
+  readonly record: PeerRecord
   readonly connectedAt = Date.now()
   readonly rooms = new Set<string>()
   closed = false
@@ -18,13 +30,14 @@ export class Peer {
   private running = false
   private paused = false
   private needDrain = false
-  private readonly handle: (peer: Peer, data: Buffer) => Promise<void>
+  private readonly opts: PeerOptions
 
-  constructor (conn: NoiseStream, handle: (peer: Peer, data: Buffer) => Promise<void>) {
+  constructor (conn: NoiseStream, record: PeerRecord, opts: PeerOptions) {
     this.conn = conn
     this.publicKey = conn.remotePublicKey
     this.id = conn.remotePublicKey.toString('hex')
-    this.handle = handle
+    this.record = record
+    this.opts = opts
     conn.on('data', (data: Buffer) => this.push(data))
     conn.on('drain', () => { this.needDrain = false })
     conn.on('close', () => {
@@ -41,12 +54,19 @@ export class Peer {
     return ok
   }
 
-  /** Resolves when the stream can take more, or is gone. */
+  /** Resolves when the stream can take more, or is gone; a peer stuck past the stall timeout is destroyed. */
   drained (): Promise<void> {
     const conn = this.conn
     if (this.closed || conn.destroyed || !this.needDrain) return Promise.resolve()
     return new Promise(resolve => {
+      const timer = this.opts.stallTimeout > 0
+        ? setTimeout(() => {
+          this.opts.onStall(this)
+          conn.destroy()
+        }, this.opts.stallTimeout)
+        : null
       const done = (): void => {
+        if (timer !== null) clearTimeout(timer)
         conn.off('drain', done)
         conn.off('close', done)
         resolve()
@@ -56,9 +76,13 @@ export class Peer {
     })
   }
 
-  /** Frames received and not handled yet. */
-  get backlog (): number {
-    return this.queue.length
+  /** Stops handling frames and ends the connection (destroying it if the peer does not end its side). */
+  close (): void {
+    if (this.closed) return
+    this.closed = true
+    this.queue.length = 0
+    this.conn.end()
+    setTimeout(() => this.conn.destroy(), CLOSE_GRACE).unref()
   }
 
   private push (data: Buffer): void {
@@ -74,8 +98,11 @@ export class Peer {
   private async run (): Promise<void> {
     this.running = true
     while (this.queue.length > 0 && !this.closed) {
+      // a peer that does not read what we write gets nothing more handled until it does
+      if (this.needDrain) await this.drained()
+      if (this.closed) break
       const data = this.queue.shift()!
-      await this.handle(this, data)
+      await this.opts.handle(this, data)
       if (this.paused && this.queue.length < MAX_QUEUED_FRAMES / 2) {
         this.paused = false
         this.conn.resume()

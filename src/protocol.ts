@@ -10,6 +10,12 @@ export interface Limits {
   defaultPageMessages: number
   maxPageMessages: number
   maxPageBytes: number
+  /** per-peer rates (0 = unlimited); bursts are 10 s worth of a per-second rate, 1 min of a per-minute one */
+  messagesPerSecond: number
+  bytesPerSecond: number
+  syncsPerSecond: number
+  registersPerMinute: number
+  newRoomsPerMinute: number
 }
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
@@ -17,7 +23,12 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxMessageBytes: 64 * 1024,
   defaultPageMessages: 500,
   maxPageMessages: 1000,
-  maxPageBytes: 512 * 1024
+  maxPageBytes: 512 * 1024,
+  messagesPerSecond: 100,
+  bytesPerSecond: 1024 * 1024,
+  syncsPerSecond: 50,
+  registersPerMinute: 600,
+  newRoomsPerMinute: 60
 })
 
 const MAX_ROOM_NAME = 128
@@ -26,7 +37,7 @@ const ROOM_NAME = /^[A-Za-z0-9._~:@+=#-]+$/
 const HEX_TOPIC = /^[0-9a-f]{64}$/i
 
 export interface RegisterRoomFrame { type: 'register-room', roomName: string, requestId?: RequestId }
-export interface MessageFrame { type: 'message', roomName: string, message: unknown, id?: string, messageJson: string }
+export interface MessageFrame { type: 'message', roomName: string, message: unknown, id?: string, messageJson: string, size: number }
 export interface SyncRequestFrame { type: 'sync-request', roomName: string, lastIndex: number, limit: number, requestId?: RequestId }
 export type Frame = RegisterRoomFrame | MessageFrame | SyncRequestFrame
 export type FrameType = Frame['type']
@@ -61,7 +72,7 @@ const validators: Record<string, Validator> = {
     }
     const size = typeof message === 'string' ? Buffer.byteLength(message) : Buffer.byteLength(messageJson)
     if (size > limits.maxMessageBytes) throw RootPeerError.MESSAGE_TOO_LARGE(size, limits.maxMessageBytes)
-    const frame: MessageFrame = { type: 'message', roomName, message, messageJson }
+    const frame: MessageFrame = { type: 'message', roomName, message, messageJson, size }
     if (obj.id !== undefined) frame.id = idOf(obj.id)
     return frame
   },

@@ -7,6 +7,7 @@ import crypto from 'hypercore-crypto'
 import type { BootstrapNode } from './config.js'
 import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
 import { RootPeerError } from './errors.js'
+import { Guard } from './guard.js'
 import { Peer } from './peer.js'
 import {
   DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeRecord, frameContext, isHexTopic,
@@ -27,6 +28,23 @@ export interface RootPeerOptions {
   /** ms between `stats` events; 0 = none */
   statsInterval?: number
   maxPeers?: number
+  /** rooms in all; a new room over it is refused with TOO_MANY_ROOMS */
+  maxRooms?: number
+  maxFrameBytes?: number
+  maxMessageBytes?: number
+  /** per-peer rates, 0 = unlimited (see Limits) */
+  messagesPerSecond?: number
+  bytesPerSecond?: number
+  syncsPerSecond?: number
+  registersPerMinute?: number
+  newRoomsPerMinute?: number
+  /** refusals within a minute that get a peer disconnected and banned; 0 = never */
+  banThreshold?: number
+  /** ms a ban lasts */
+  banDuration?: number
+  /** ms a peer may leave our writes unread before it is disconnected; 0 = never */
+  stallTimeout?: number
+  /** page sizes and other limits (the settings above win) */
   limits?: Partial<Limits>
   /** called with the seconds each append (frame to ack) and each sync page (request to answer) took */
   onLatency?: (kind: 'append' | 'sync', seconds: number) => void
@@ -48,6 +66,8 @@ const MIN_SAVE_INTERVAL = 1000
 /** How long shutdown waits for peers to read their last frames before the swarm is destroyed. */
 const CLOSE_CONNECTIONS_TIMEOUT = 2000
 
+const LIMIT_SETTINGS = ['maxFrameBytes', 'maxMessageBytes', 'messagesPerSecond', 'bytesPerSecond', 'syncsPerSecond', 'registersPerMinute', 'newRoomsPerMinute'] as const
+
 type Handler<F extends Frame> = (peer: Peer, frame: F) => Promise<void>
 
 /**
@@ -57,13 +77,14 @@ type Handler<F extends Frame> = (peer: Peer, frame: F) => Promise<void>
  * `peer-connected` (peerId), `peer-disconnected` (peerId), `peer-error` (peerId, err), `peer-refused` (peerId, err),
  * `room-registered` ({ roomId, roomName, peerId, messageCount }), `room-recovered` ({ roomName }),
  * `message-stored` ({ roomName, messageCount, totalMessages, messageIndex, peerId, id }),
- * `frame-refused` (peerId, err), `append-error` ({ roomName, err }), `state-file-recovered` ({ problem, movedTo }),
+ * `frame-refused` (peerId, err), `peer-banned` (peerId), `peer-stalled` (peerId), `append-error` ({ roomName, err }), `state-file-recovered` ({ problem, movedTo }),
  * `state-saved`, `state-save-error` (err), `stats` (StatsSnapshot), `closing`, `close`.
  */
 export class ChatRootPeer extends EventEmitter {
   readonly storageDir: string
   readonly limits: Readonly<Limits>
   readonly maxPeers: number
+  readonly maxRooms: number
   readonly counters: Counters = createCounters()
   readonly peers = new Map<string, Peer>()
   publicKey: Buffer | null = null
@@ -90,6 +111,8 @@ export class ChatRootPeer extends EventEmitter {
   private opening: Promise<void> | null = null
   private closingPromise: Promise<void> | null = null
   private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
+  private readonly guard: Guard
+  private readonly stallTimeout: number
 
   constructor (opts: RootPeerOptions) {
     super()
@@ -98,6 +121,10 @@ export class ChatRootPeer extends EventEmitter {
       discoveryTopic = DEFAULT_DISCOVERY_TOPIC,
       statsInterval = 30_000,
       maxPeers = 1024,
+      maxRooms = 100_000,
+      banThreshold = 100,
+      banDuration = 600_000,
+      stallTimeout = 30_000,
       limits = {}
     } = opts
     this.opts = opts
@@ -105,7 +132,17 @@ export class ChatRootPeer extends EventEmitter {
     this.discoveryTopic = crypto.hash(Buffer.from(discoveryTopic))
     this.statsInterval = statsInterval
     this.maxPeers = maxPeers
-    this.limits = Object.freeze({ ...DEFAULT_LIMITS, ...limits })
+    this.maxRooms = maxRooms
+    this.stallTimeout = stallTimeout
+    const settings: Partial<Limits> = {}
+    for (const key of LIMIT_SETTINGS) if (opts[key] !== undefined) settings[key] = opts[key]
+    this.limits = Object.freeze({ ...DEFAULT_LIMITS, ...limits, ...settings })
+    this.guard = new Guard({
+      ...this.limits,
+      banThreshold,
+      banDuration,
+      onUnban: peerId => this.swarm?.peers.get(peerId)?.ban(false)
+    })
     this.stateFile = new StateFile(storageDir)
     this.onLatency = opts.onLatency ?? null
     this.handlers = {
@@ -186,7 +223,13 @@ export class ChatRootPeer extends EventEmitter {
       keyPair
     })
     // the daemon enforces maxPeers itself, with an answer; Hyperswarm's own cap is for outgoing connections
-    this.swarm = new Hyperswarm({ dht, keyPair, maxPeers: this.maxPeers + 1 })
+    this.swarm = new Hyperswarm({
+      dht,
+      keyPair,
+      maxPeers: this.maxPeers + 1,
+      // a banned key is refused at the handshake, before it costs a stream
+      firewall: remotePublicKey => this.guard.isBanned(remotePublicKey.toString('hex'))
+    })
     this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
     this.discovery = this.swarm.join(this.discoveryTopic, { server: true, client: false })
     for (const name of this.roomTopics) this.swarm.join(roomTopic(name), { server: true, client: false })
@@ -220,6 +263,7 @@ export class ChatRootPeer extends EventEmitter {
     this.emit('closing')
     if (this.statsTimer !== null) clearInterval(this.statsTimer)
     if (this.saveTimer !== null) clearTimeout(this.saveTimer)
+    this.guard.close()
 
     // frames accepted before the signal finish, and their acks go out; later frames get SHUTTING_DOWN
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight])
@@ -247,7 +291,14 @@ export class ChatRootPeer extends EventEmitter {
       this.emit('peer-refused', conn.remotePublicKey.toString('hex'), err)
       return
     }
-    const peer = new Peer(conn, (p, data) => this.onFrame(p, data))
+    const peer = new Peer(conn, this.guard.record(), {
+      stallTimeout: this.stallTimeout,
+      handle: (p, data) => this.onFrame(p, data),
+      onStall: p => {
+        this.counters.stalledPeers++
+        this.emit('peer-stalled', p.id)
+      }
+    })
     this.peers.set(peer.id, peer)
     this.counters.peersConnected++
     conn.on('close', () => {
@@ -276,6 +327,12 @@ export class ChatRootPeer extends EventEmitter {
     bump(this.counters.framesReceived, frame.type)
     if (this.closing) {
       this.refuse(peer, RootPeerError.SHUTTING_DOWN(), contextOf(frame))
+      return
+    }
+    try {
+      this.guard.admit(peer.record, frame)
+    } catch (err) {
+      this.refuse(peer, err, contextOf(frame))
       return
     }
     const handled = (this.handlers[frame.type] as Handler<Frame>)(peer, frame)
@@ -345,13 +402,17 @@ export class ChatRootPeer extends EventEmitter {
       '],"totalMessages":' + page.totalMessages +
       ',"nextIndex":' + page.nextIndex +
       ',"hasMore":' + (page.nextIndex < page.totalMessages) + tail)
+    // a reader that does not read holds up its own next frame (Peer waits for the drain), not our memory
     if (this.onLatency !== null) this.onLatency('sync', (performance.now() - started) / 1000)
-    // a reader that does not read holds up its own next frame, not the daemon's memory
-    await peer.drained()
   }
 
   private async joinRoom (peer: Peer, roomName: string, always: boolean): Promise<Room> {
-    const room = (await this.rooms!.get(roomName, true))!
+    const rooms = this.rooms!
+    if (!rooms.has(roomName)) {
+      if (rooms.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
+      this.guard.admitNewRoom(peer.record)
+    }
+    const room = (await rooms.get(roomName, true))!
     const fresh = !peer.rooms.has(roomName)
     peer.rooms.add(roomName)
     if (always || fresh) {
@@ -418,6 +479,19 @@ export class ChatRootPeer extends EventEmitter {
     bump(this.counters.errors, coded.code)
     this.emit('frame-refused', peer.id, coded)
     this.sendFrame(peer, 'error', { type: 'error', code: coded.code, message: coded.message, ...coded.details, ...context })
+    if (!BLAMELESS.has(coded.code) && this.guard.refused(peer.record)) this.banPeer(peer)
+  }
+
+  /** Disconnects a peer that keeps sending refused frames, and refuses its key for a while. */
+  private banPeer (peer: Peer): void {
+    if (peer.closed) return
+    this.guard.ban(peer.id)
+    this.counters.bans++
+    const err = RootPeerError.BANNED(this.guard.banDuration)
+    bump(this.counters.errors, err.code)
+    this.emit('peer-banned', peer.id)
+    peer.send({ type: 'error', code: err.code, message: err.message, ...err.details })
+    peer.close()
   }
 
   private sendFrame (peer: Peer, type: string, frame: object | string): void {
@@ -436,6 +510,9 @@ export class ChatRootPeer extends EventEmitter {
 export function roomTopic (name: string): Buffer {
   return isHexTopic(name) ? Buffer.from(name, 'hex') : crypto.hash(Buffer.from(name))
 }
+
+/** Refusals that are not the peer's fault and do not count towards a ban. */
+const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS'])
 
 function contextOf (frame: Frame): Record<string, unknown> {
   const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }

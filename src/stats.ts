@@ -11,6 +11,10 @@ export interface Counters {
   peersDisconnected: number
   stateSaves: number
   stateSaveFailures: number
+  /** peers disconnected for too many refused frames */
+  bans: number
+  /** peers disconnected for leaving our writes unread past the stall timeout */
+  stalledPeers: number
 }
 
 export function createCounters (): Counters {
@@ -23,7 +27,9 @@ export function createCounters (): Counters {
     peersConnected: 0,
     peersDisconnected: 0,
     stateSaves: 0,
-    stateSaveFailures: 0
+    stateSaveFailures: 0,
+    bans: 0,
+    stalledPeers: 0
   }
 }
 

@@ -64,7 +64,7 @@ test('acks carry consecutive indices; a message without id is stored and not ack
 
 test('paging through 2,000 messages: limits, nextIndex, hasMore, byte cap', async t => {
   const net = await testnet(t)
-  await rootPeer(t, net, { limits: { maxPageBytes: 64 * 1024 } })
+  await rootPeer(t, net, { limits: { maxPageBytes: 64 * 1024 }, messagesPerSecond: 0, bytesPerSecond: 0 })
   const peer = await rawPeer(t, net)
   const payload = 'x'.repeat(200)
   for (let i = 0; i < 2000; i++) peer.send({ type: 'message', roomName: 'paging', message: `${i}:${payload}`, id: `p${i}` })

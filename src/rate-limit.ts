@@ -1,0 +1,69 @@
+/**
+ * A token bucket: `rate` tokens a second, holding at most `burst`. A rate of 0 means no limit.
+ */
+export class TokenBucket {
+  private readonly rate: number
+  private readonly burst: number
+  private tokens: number
+  private last: number
+
+  constructor (rate: number, burst: number, now = Date.now()) {
+    this.rate = rate
+    this.burst = Math.max(burst, 1)
+    this.tokens = this.burst
+    this.last = now
+  }
+
+  /** Takes `n` tokens and returns 0, or takes nothing and returns the ms until `n` would be there. */
+  take (n = 1, now = Date.now()): number {
+    const wait = this.wait(n, now)
+    if (wait === 0) this.consume(n)
+    return wait
+  }
+
+  /** The ms until `n` tokens are there (0: now), taking nothing. */
+  wait (n = 1, now = Date.now()): number {
+    if (this.rate === 0) return 0
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.last) * this.rate / 1000)
+    this.last = now
+    // more than a whole burst can never be taken: ask for the time a full bucket needs
+    const need = Math.min(n, this.burst)
+    return this.tokens >= need ? 0 : Math.ceil((need - this.tokens) * 1000 / this.rate)
+  }
+
+  /** Takes `n` tokens after `wait` said they are there. */
+  consume (n = 1): void {
+    if (this.rate !== 0) this.tokens = Math.max(0, this.tokens - Math.min(n, this.burst))
+  }
+}
+
+/** The per-peer budgets, as configured; every rate 0 = unlimited. */
+export interface RateLimits {
+  /** messages a second per peer (burst: 10 seconds' worth) */
+  messagesPerSecond: number
+  /** message payload bytes a second per peer (burst: 10 seconds' worth) */
+  bytesPerSecond: number
+  /** sync-requests a second per peer (burst: 10 seconds' worth) */
+  syncsPerSecond: number
+  /** register-room frames a minute per peer (burst: one minute's worth) */
+  registersPerMinute: number
+  /** rooms a peer may create a minute (burst: one minute's worth) */
+  newRoomsPerMinute: number
+}
+
+/** The buckets of one peer. */
+export class PeerBudget {
+  readonly messages: TokenBucket
+  readonly bytes: TokenBucket
+  readonly syncs: TokenBucket
+  readonly registers: TokenBucket
+  readonly newRooms: TokenBucket
+
+  constructor (limits: RateLimits) {
+    this.messages = new TokenBucket(limits.messagesPerSecond, limits.messagesPerSecond * 10)
+    this.bytes = new TokenBucket(limits.bytesPerSecond, limits.bytesPerSecond * 10)
+    this.syncs = new TokenBucket(limits.syncsPerSecond, limits.syncsPerSecond * 10)
+    this.registers = new TokenBucket(limits.registersPerMinute / 60, limits.registersPerMinute)
+    this.newRooms = new TokenBucket(limits.newRoomsPerMinute / 60, limits.newRoomsPerMinute)
+  }
+}

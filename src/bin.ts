@@ -117,6 +117,8 @@ function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
   rootPeer.on('peer-disconnected', peerId => log.info({ peerId }, 'peer disconnected'))
   rootPeer.on('peer-error', (peerId, err) => log.debug({ peerId, err: err.message }, 'connection error'))
   rootPeer.on('peer-refused', (peerId, err) => log.warn({ peerId, code: err.code }, 'peer refused'))
+  rootPeer.on('peer-banned', peerId => log.warn({ peerId }, 'peer banned: too many refused frames'))
+  rootPeer.on('peer-stalled', peerId => log.warn({ peerId }, 'peer stalled: our writes went unread past STALL_TIMEOUT, disconnected'))
   rootPeer.on('room-registered', ({ roomName, peerId, messageCount }) => log.info({ roomName, peerId, messageCount }, 'room registered'))
   rootPeer.on('room-recovered', ({ roomName }) => log.warn({ roomName }, 'room missing from the state file recovered from the room index'))
   rootPeer.on('message-stored', ({ roomName, messageIndex }) => log.debug({ roomName, messageIndex }, 'message stored'))

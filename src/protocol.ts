@@ -31,6 +31,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   newRoomsPerMinute: 60
 })
 
+/** Deepest nesting of arrays and objects a frame may have; deeper JSON would make parsing and encoding recurse. */
+export const MAX_NESTING = 32
 const MAX_ROOM_NAME = 128
 const MAX_ID = 128
 const ROOM_NAME = /^[A-Za-z0-9._~:@+=#-]+$/
@@ -96,9 +98,11 @@ const validators: Record<string, Validator> = {
  */
 export function decodeFrame (data: Buffer, limits: Limits): Frame {
   if (data.byteLength > limits.maxFrameBytes) throw RootPeerError.FRAME_TOO_LARGE(data.byteLength, limits.maxFrameBytes)
+  const text = data.toString('utf8')
+  if (tooDeep(text, MAX_NESTING)) throw RootPeerError.BAD_FRAME(`nested deeper than ${MAX_NESTING} levels`)
   let obj: unknown
   try {
-    obj = JSON.parse(data.toString('utf8'))
+    obj = JSON.parse(text)
   } catch {
     throw RootPeerError.BAD_FRAME('not a JSON object')
   }
@@ -110,11 +114,33 @@ export function decodeFrame (data: Buffer, limits: Limits): Frame {
   return validator(obj as Obj, limits)
 }
 
+/** True when the JSON text nests arrays and objects deeper than `max` (a linear scan that skips strings). */
+function tooDeep (text: string, max: number): boolean {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (inString) {
+      if (c === 0x5c) i++ // backslash: skip the escaped character
+      else if (c === 0x22) inString = false
+    } else if (c === 0x22) {
+      inString = true
+    } else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true
+    } else if (c === 0x5d || c === 0x7d) {
+      depth--
+    }
+  }
+  return false
+}
+
 /** The type, id and requestId of a frame that failed to decode, when they can be read, so the error can name them. */
 export function frameContext (data: Buffer, limits: Limits): Obj {
   if (data.byteLength > limits.maxFrameBytes) return {}
   try {
-    const obj = JSON.parse(data.toString('utf8'))
+    const text = data.toString('utf8')
+    if (tooDeep(text, MAX_NESTING)) return {}
+    const obj = JSON.parse(text)
     if (typeof obj !== 'object' || obj === null) return {}
     const ctx: Obj = {}
     if (typeof obj.type === 'string' && obj.type.length <= 64) ctx.requestType = obj.type

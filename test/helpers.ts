@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import fs from 'node:fs/promises'
@@ -80,6 +81,7 @@ export class RawPeer {
   readonly frames: any[] = []
   private waiters: Array<{ match: (f: any) => boolean, resolve: (f: any) => void }> = []
   closed = false
+  private requests = 0
 
   constructor (net: Testnet) {
     this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
@@ -141,8 +143,10 @@ export class RawPeer {
     const pages: any[] = []
     let lastIndex = from
     while (true) {
-      this.send({ type: 'sync-request', roomName, lastIndex, ...(limit ? { limit } : {}) })
-      const page = await this.next(f => f.type === 'sync-response' && f.roomName === roomName)
+      const requestId = `sync-${this.requests++}`
+      this.send({ type: 'sync-request', roomName, lastIndex, requestId, ...(limit ? { limit } : {}) })
+      const page = await this.next(f => f.requestId === requestId)
+      assert.equal(page.type, 'sync-response', JSON.stringify(page).slice(0, 300))
       pages.push(page)
       messages.push(...page.messages)
       if (!page.hasMore) return { messages, pages }

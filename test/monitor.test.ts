@@ -20,7 +20,7 @@ const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable
 const ARTIFACTS = path.join(ROOT, 'test-artifacts')
 
 /** The metric names the README documents, each of which /metrics must carry. */
-export const METRIC_NAMES = [
+const METRIC_NAMES = [
   'root_peer_rooms', 'root_peer_rooms_open', 'root_peer_messages', 'root_peer_stored_bytes', 'root_peer_peers',
   'root_peer_dht_bootstrapped', 'root_peer_healthy', 'root_peer_messages_stored_total', 'root_peer_duplicate_messages_total',
   'root_peer_peer_connections_total', 'root_peer_peer_disconnections_total', 'root_peer_state_saves_total',

@@ -1,23 +1,35 @@
-# Build stage: dev dependencies, compile TypeScript to dist/
+# Build stage: every dependency, TypeScript compiled to dist/
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci
+RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build
 
 # Runtime stage: production dependencies and dist/ only, as a non-root user
-FROM node:20-bookworm-slim
+FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production \
-    STORAGE_DIR=/data
+    STORAGE_DIR=/data \
+    HOST=0.0.0.0 \
+    PORT=3000 \
+    DHT_PORT=49737
 WORKDIR /app
 COPY package.json package-lock.json ./
+# --ignore-scripts: no build here (dist/ comes from the build stage); the native modules ship prebuilt binaries
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist ./dist
 RUN mkdir -p /data && chown node:node /data
 USER node
 VOLUME ["/data"]
-# node is PID 1's only child of tini-less exec form, so SIGTERM reaches the daemon directly
+# the monitor (HTTP, HOST=0.0.0.0 inside the container): publish it only to localhost or a
+# private network, e.g. -p 127.0.0.1:3000:3000
+EXPOSE 3000
+# the DHT's UDP socket (DHT_PORT), for a fixed port mapping: -p 49737:49737/udp
+EXPOSE 49737/udp
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3000) + '/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+# exec form: node is PID 1 and gets SIGTERM itself (the daemon handles it: drain, save, exit 0
+# within 10 s; give `docker stop` more than that: -t 20)
 STOPSIGNAL SIGTERM
 CMD ["node", "dist/bin.js"]

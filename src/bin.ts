@@ -2,6 +2,8 @@
 import { createRequire } from 'node:module'
 import pino, { type Logger } from 'pino'
 import { ConfigError, helpText, parseConfig, type Config } from './config.js'
+import { Metrics } from './metrics.js'
+import { Monitor } from './monitor.js'
 import { ChatRootPeer } from './root-peer.js'
 import { formatStats, type StatsSnapshot } from './stats.js'
 import { runTestnet } from './testnet.js'
@@ -54,8 +56,12 @@ async function start (config: Readonly<Config>): Promise<void> {
     base: { pid: process.pid },
     ...(pretty ? { transport: { target: 'pino-pretty', options: { colorize: true, ignore: 'pid,hostname' } } } : {})
   })
-  const rootPeer = new ChatRootPeer(config)
+  const metrics = new Metrics()
+  const rootPeer = new ChatRootPeer({ ...config, onLatency: metrics.onLatency })
+  metrics.attach(rootPeer)
+  const monitor = new Monitor(rootPeer, { metrics, host: config.host, port: config.port })
   wireLogs(rootPeer, log, pretty)
+  monitor.on('request-error', err => log.error({ err }, 'monitor request failed'))
 
   let stopping = false
   const stop = (signal: string): void => {
@@ -69,7 +75,8 @@ async function start (config: Readonly<Config>): Promise<void> {
       log.error({ timeoutMs: SHUTDOWN_TIMEOUT }, 'shutdown took too long: exiting')
       process.exit(1)
     }, SHUTDOWN_TIMEOUT).unref()
-    rootPeer.close().then(() => {
+    // the monitor answers /health with 503 "shutting down" until the root peer has closed
+    rootPeer.close().then(() => monitor.close()).then(() => {
       log.info('stopped')
       log.flush()
       process.exit(0)
@@ -86,6 +93,13 @@ async function start (config: Readonly<Config>): Promise<void> {
   })
 
   log.info({ storageDir: config.storageDir, bootstrap: config.bootstrap ?? 'public DHT', dhtHost: config.dhtHost }, 'starting root peer')
+  try {
+    await monitor.ready()
+  } catch (err: any) {
+    log.fatal({ host: config.host, port: config.port, code: err?.code }, `monitor cannot listen on HOST=${config.host} PORT=${config.port}: ${err?.message ?? err}`)
+    process.exit(1)
+  }
+  log.info({ url: monitor.url }, `monitor listening on ${monitor.url}`)
   try {
     await rootPeer.ready()
   } catch (err) {

@@ -1,0 +1,109 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { ChatRootPeer } from './root-peer.js'
+
+/** Seconds; appends are group-committed, so most land in the low milliseconds. */
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
+
+type Read<T> = (rootPeer: ChatRootPeer) => T
+
+/**
+ * The Prometheus metrics of one root peer. Values are read from the root peer's counters when
+ * scraped; only the latency histograms are fed as things happen, through `onLatency`.
+ * Create it before the root peer (to pass `onLatency`), then `attach` the root peer.
+ */
+export class Metrics {
+  readonly registry = new Registry()
+  readonly contentType = this.registry.contentType
+  private rootPeer: ChatRootPeer | null = null
+  private readonly appendLatency: Histogram
+  private readonly syncLatency: Histogram
+
+  constructor () {
+    collectDefaultMetrics({ register: this.registry })
+    this.gauge('root_peer_rooms', 'Rooms known to the root peer', rp => rp.roomCounts.total)
+    this.gauge('root_peer_rooms_open', 'Rooms whose core is open now', rp => rp.roomCounts.open)
+    this.gauge('root_peer_messages', 'Messages stored, all rooms (the cores\' lengths)', rp => rp.stats().totalMessages)
+    this.gauge('root_peer_stored_bytes', 'Bytes of stored message blocks, all rooms', rp => rp.roomCounts.bytes)
+    this.gauge('root_peer_peers', 'Peer connections open now', rp => rp.peers.size)
+    this.gauge('root_peer_dht_bootstrapped', '1 when the DHT has bootstrapped (found at least one node), else 0', rp => rp.dhtBootstrapped ? 1 : 0)
+    this.gauge('root_peer_healthy', '1 when /health answers 200 (storage open, discovery announced, DHT bootstrapped), else 0', rp => rp.health().ok ? 1 : 0)
+    this.counter('root_peer_messages_stored_total', 'Messages stored since the process started (duplicates not counted)', rp => rp.counters.messagesStored)
+    this.counter('root_peer_duplicate_messages_total', 'Messages whose id was already stored, acked without storing them again', rp => rp.counters.duplicates)
+    this.counter('root_peer_peer_connections_total', 'Peer connections accepted since the process started', rp => rp.counters.peersConnected)
+    this.counter('root_peer_peer_disconnections_total', 'Peer connections closed since the process started', rp => rp.counters.peersDisconnected)
+    this.counter('root_peer_state_saves_total', 'State file saves that succeeded', rp => rp.counters.stateSaves)
+    this.counter('root_peer_state_save_failures_total', 'State file saves that failed', rp => rp.counters.stateSaveFailures)
+    this.labelled('root_peer_frames_received_total', 'Frames received, by type (`invalid`: not decodable)', 'type', rp => rp.counters.framesReceived)
+    this.labelled('root_peer_frames_sent_total', 'Frames sent, by type', 'type', rp => rp.counters.framesSent)
+    this.labelled('root_peer_errors_total', 'Refusals and failures, by error code', 'code', rp => rp.counters.errors)
+    this.appendLatency = new Histogram({
+      name: 'root_peer_append_latency_seconds',
+      help: 'Seconds from a message frame to its message being stored',
+      buckets: LATENCY_BUCKETS,
+      registers: [this.registry]
+    })
+    this.syncLatency = new Histogram({
+      name: 'root_peer_sync_latency_seconds',
+      help: 'Seconds from a sync-request to its answer being sent',
+      buckets: LATENCY_BUCKETS,
+      registers: [this.registry]
+    })
+  }
+
+  /** Pass as the `onLatency` option of ChatRootPeer. */
+  readonly onLatency = (kind: 'append' | 'sync', seconds: number): void => {
+    (kind === 'append' ? this.appendLatency : this.syncLatency).observe(seconds)
+  }
+
+  attach (rootPeer: ChatRootPeer): void {
+    this.rootPeer = rootPeer
+  }
+
+  /** The Prometheus text exposition of every metric. */
+  text (): Promise<string> {
+    return this.registry.metrics()
+  }
+
+  private gauge (name: string, help: string, read: Read<number>): void {
+    const self = this
+    new Gauge({
+      name,
+      help,
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer !== null) this.set(read(self.rootPeer))
+      }
+    })
+  }
+
+  /** A counter mirroring a plain counter of the root peer. */
+  private counter (name: string, help: string, read: Read<number>): void {
+    const self = this
+    new Counter({
+      name,
+      help,
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer === null) return
+        this.reset()
+        this.inc(read(self.rootPeer))
+      }
+    })
+  }
+
+  /** A counter with one label, mirroring a `Record<label value, count>` of the root peer. */
+  private labelled (name: string, help: string, label: string, read: Read<Record<string, number>>): void {
+    const self = this
+    new Counter({
+      name,
+      help,
+      labelNames: [label],
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer === null) return
+        this.reset()
+        for (const [value, count] of Object.entries(read(self.rootPeer))) this.inc({ [label]: value }, count)
+      }
+    })
+  }
+}

@@ -1,0 +1,216 @@
+import { EventEmitter } from 'node:events'
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Metrics } from './metrics.js'
+import type { ChatRootPeer, Health } from './root-peer.js'
+import type { StatsSnapshot } from './stats.js'
+import { STATUS_PAGE } from './status-page.js'
+
+export interface MonitorOptions {
+  metrics: Metrics
+  /** address to bind; never all interfaces unless asked */
+  host?: string
+  /** 0 = any free port */
+  port?: number
+  /** ms between samples of the message counter for the rate history */
+  sampleInterval?: number
+  /** samples kept: the history spans `sampleInterval * historySize` */
+  historySize?: number
+}
+
+export interface RatePoint {
+  /** ms since the epoch at the end of the interval */
+  t: number
+  /** messages stored in the interval */
+  messages: number
+  messagesPerSecond: number
+}
+
+/** What `GET /stats` answers. */
+export interface MonitorStats extends StatsSnapshot {
+  generatedAt: number
+  health: Health
+  rooms: { total: number, open: number, bytes: number }
+  messagesPerSecond: { intervalSeconds: number, windowSeconds: number, points: RatePoint[] }
+}
+
+type Route = (req: IncomingMessage, res: ServerResponse) => Promise<void> | void
+
+const JSON_TYPE = 'application/json; charset=utf-8'
+const PAGE_HEADERS = {
+  'Content-Security-Policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+}
+
+/**
+ * The monitoring HTTP server: `/health`, `/metrics`, `/stats` and a status page at `/`.
+ * Only GET and HEAD; anything else is a JSON 404 (or 405).
+ *
+ * Events: `listening` ({ url }), `request-error` (err): a request failed and got a 500.
+ */
+export class Monitor extends EventEmitter {
+  readonly host: string
+  private readonly requestedPort: number
+  private readonly rootPeer: ChatRootPeer
+  private readonly metrics: Metrics
+  private readonly sampleInterval: number
+  private readonly historySize: number
+  private readonly server: http.Server
+  private readonly routes: Map<string, Route>
+  private readonly samples: Array<{ t: number, messages: number }> = []
+  private sampler: NodeJS.Timeout | null = null
+  private opening: Promise<void> | null = null
+  private closingPromise: Promise<void> | null = null
+  closing = false
+
+  constructor (rootPeer: ChatRootPeer, opts: MonitorOptions) {
+    super()
+    const { metrics, host = '127.0.0.1', port = 3000, sampleInterval = 5000, historySize = 120 } = opts
+    this.rootPeer = rootPeer
+    this.metrics = metrics
+    this.host = host
+    this.requestedPort = port
+    this.sampleInterval = sampleInterval
+    this.historySize = historySize
+    this.routes = new Map<string, Route>([
+      ['/', (req, res) => send(res, 200, 'text/html; charset=utf-8', STATUS_PAGE, PAGE_HEADERS)],
+      ['/health', (req, res) => this.onHealth(res)],
+      ['/metrics', (req, res) => this.onMetrics(res)],
+      ['/stats', (req, res) => sendJson(res, 200, this.stats())]
+    ])
+    this.server = http.createServer((req, res) => this.onRequest(req, res))
+  }
+
+  /** Listens; rejects with the bind error (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`). */
+  ready (): Promise<void> {
+    if (this.opening === null) this.opening = this.listen()
+    return this.opening
+  }
+
+  close (): Promise<void> {
+    if (this.closingPromise === null) this.closingPromise = this.shutdown()
+    return this.closingPromise
+  }
+
+  get port (): number {
+    const address = this.server.address() as AddressInfo | null
+    return address === null ? this.requestedPort : address.port
+  }
+
+  get url (): string {
+    return `http://${this.host.includes(':') ? `[${this.host}]` : this.host}:${this.port}`
+  }
+
+  /** The `/stats` body: the root peer's snapshot plus what the status page shows. */
+  stats (): MonitorStats {
+    return {
+      ...this.rootPeer.stats(),
+      generatedAt: Date.now(),
+      health: this.health(),
+      rooms: this.rootPeer.roomCounts,
+      messagesPerSecond: {
+        intervalSeconds: this.sampleInterval / 1000,
+        windowSeconds: this.sampleInterval * this.historySize / 1000,
+        points: this.rates()
+      }
+    }
+  }
+
+  health (): Health {
+    const health = this.rootPeer.health()
+    if (!this.closing || health.reasons.includes('shutting down')) return health
+    return { ...health, ok: false, reasons: ['shutting down', ...health.reasons] }
+  }
+
+  private listen (): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const failed = (err: Error): void => reject(err)
+      this.server.once('error', failed)
+      this.server.listen(this.requestedPort, this.host, () => {
+        this.server.off('error', failed)
+        this.server.on('error', err => this.emit('request-error', err))
+        this.sample()
+        this.sampler = setInterval(() => this.sample(), this.sampleInterval)
+        this.sampler.unref()
+        this.emit('listening', { url: this.url })
+        resolve()
+      })
+    })
+  }
+
+  private async shutdown (): Promise<void> {
+    this.closing = true
+    if (this.sampler !== null) clearInterval(this.sampler)
+    if (this.opening !== null) await this.opening.catch(() => {})
+    if (!this.server.listening) return
+    const closed = new Promise<void>(resolve => this.server.close(() => resolve()))
+    this.server.closeIdleConnections()
+    await closed
+  }
+
+  private onRequest (req: IncomingMessage, res: ServerResponse): void {
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      sendJson(res, 405, { error: 'method not allowed' }, { Allow: 'GET, HEAD' })
+      return
+    }
+    const route = this.routes.get((req.url ?? '/').split('?')[0])
+    if (route === undefined) {
+      sendJson(res, 404, { error: 'not found' })
+      return
+    }
+    try {
+      const answered = route(req, res)
+      if (answered instanceof Promise) answered.catch(err => this.failed(res, err))
+    } catch (err) {
+      this.failed(res, err)
+    }
+  }
+
+  private failed (res: ServerResponse, err: unknown): void {
+    this.emit('request-error', err)
+    if (res.headersSent) res.destroy()
+    else sendJson(res, 500, { error: 'internal error' })
+  }
+
+  private onHealth (res: ServerResponse): void {
+    const health = this.health()
+    sendJson(res, health.ok ? 200 : 503, health)
+  }
+
+  private async onMetrics (res: ServerResponse): Promise<void> {
+    send(res, 200, this.metrics.contentType, await this.metrics.text())
+  }
+
+  private sample (): void {
+    this.samples.push({ t: Date.now(), messages: this.rootPeer.counters.messagesStored })
+    if (this.samples.length > this.historySize + 1) this.samples.shift()
+    this.emit('sample')
+  }
+
+  /** Messages per second over each sampled interval, oldest first. */
+  private rates (): RatePoint[] {
+    const points: RatePoint[] = []
+    for (let i = 1; i < this.samples.length; i++) {
+      const a = this.samples[i - 1]
+      const b = this.samples[i]
+      const messages = b.messages - a.messages
+      const seconds = Math.max(b.t - a.t, 1) / 1000
+      points.push({ t: b.t, messages, messagesPerSecond: Math.round(messages / seconds * 100) / 100 })
+    }
+    return points
+  }
+}
+
+function send (res: ServerResponse, status: number, type: string, body: string, headers: Record<string, string> = {}): void {
+  res.writeHead(status, {
+    'Content-Type': type,
+    'Content-Length': Buffer.byteLength(body),
+    'Cache-Control': 'no-store',
+    'X-Content-Type-Options': 'nosniff',
+    ...headers
+  })
+  res.end(body)
+}
+
+function sendJson (res: ServerResponse, status: number, body: unknown, headers?: Record<string, string>): void {
+  send(res, status, JSON_TYPE, JSON.stringify(body), headers)
+}

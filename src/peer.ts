@@ -4,7 +4,7 @@ import type { PeerRecord } from './guard.js'
 /** Incoming frames queued per connection before the stream is paused. */
 const MAX_QUEUED_FRAMES = 64
 /** How long a peer we close may take to read its last frame before its stream is destroyed. */
-const CLOSE_GRACE = 2000
+export const CLOSE_GRACE = 2000
 
 export interface PeerOptions {
   /** ms our writes may stay unread before the connection is destroyed; 0 = never */

@@ -8,7 +8,7 @@ import type { BootstrapNode } from './config.js'
 import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
 import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
-import { Peer } from './peer.js'
+import { CLOSE_GRACE, Peer } from './peer.js'
 import {
   DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeRecord, frameContext, isHexTopic,
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
@@ -287,6 +287,8 @@ export class ChatRootPeer extends EventEmitter {
     if (this.peers.size >= this.maxPeers) {
       const err = RootPeerError.TOO_MANY_PEERS(this.maxPeers)
       conn.end(JSON.stringify({ type: 'error', code: err.code, message: err.message, ...err.details }))
+      // a refused peer that does not end its side is not left holding a half-open stream
+      setTimeout(() => conn.destroy(), CLOSE_GRACE).unref()
       bump(this.counters.errors, err.code)
       this.emit('peer-refused', conn.remotePublicKey.toString('hex'), err)
       return

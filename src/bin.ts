@@ -138,7 +138,18 @@ function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
   rootPeer.on('message-stored', ({ roomName, messageIndex }) => log.debug({ roomName, messageIndex }, 'message stored'))
   rootPeer.on('frame-refused', (peerId, err) => log.debug({ peerId, code: err.code, reason: err.message }, 'frame refused'))
   rootPeer.on('append-error', ({ roomName, err }) => log.error({ roomName, err }, 'append failed'))
-  rootPeer.on('state-file-recovered', ({ problem, movedTo }) => log.warn({ problem, movedTo }, `state file was ${problem}: kept aside as ${movedTo}, rebuilt from storage`))
+  rootPeer.on('storage-failed', ({ code, freeBytes, err }) => log.error(
+    { code, freeBytes, err, storageDir: rootPeer.storageDir },
+    code === 'STORAGE_FULL'
+      ? `disk full (${String(freeBytes)} bytes free in ${rootPeer.storageDir}): refusing messages with STORAGE_FULL until there is room`
+      : `writes to ${rootPeer.storageDir} fail: refusing messages with STORAGE_ERROR until a write succeeds`
+  ))
+  rootPeer.on('storage-recovery-failed', err => log.warn({ err }, 'reopening storage failed; retrying'))
+  rootPeer.on('storage-recovered', () => log.info('storage recovered: writes accepted again'))
+  rootPeer.on('state-file-recovered', ({ problem, movedTo, fromPrevious, rooms, messages }) => log.warn(
+    { problem, movedTo, fromPrevious, rooms, messages },
+    `state file was ${problem}${movedTo === null ? '' : `: kept aside as ${movedTo}`}; ${rooms} rooms and ${messages} messages rebuilt from storage${fromPrevious ? ' and the previous good copy' : ''}`
+  ))
   rootPeer.on('state-save-error', err => log.error({ err }, 'saving the state file failed'))
   rootPeer.on('stats', (s: StatsSnapshot) => {
     if (pretty) log.info('\n' + formatStats(s))

@@ -8,6 +8,8 @@ export interface BootstrapNode { host: string, port: number }
 /** Every setting of the daemon, parsed once from env and flags. */
 export interface Config {
   storageDir: string
+  /** fsync Hypercore's write-ahead log before every ack, so acked messages also survive a power loss */
+  syncWrites: boolean
   /** null: Hyperswarm's own list of public bootstrap nodes */
   bootstrap: BootstrapNode[] | null
   dhtHost: string
@@ -59,6 +61,7 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 
 export const SETTINGS: readonly Setting[] = [
   { key: 'storageDir', env: 'STORAGE_DIR', flag: '--storage', default: './root-peer-storage', help: 'data dir', parse: parseDir },
+  { key: 'syncWrites', env: 'SYNC_WRITES', flag: '--sync-writes', default: 'false', help: 'fsync storage before each ack, so acked messages survive a power loss too (true or false)', parse: parseBoolean },
   { key: 'bootstrap', env: 'DHT_BOOTSTRAP', flag: '--bootstrap', default: '', help: 'comma-separated host:port DHT bootstrap nodes (default: the public DHT)', parse: parseBootstrap },
   { key: 'dhtHost', env: 'DHT_HOST', flag: '--dht-host', default: '0.0.0.0', help: 'address the DHT socket binds (127.0.0.1 on a loopback testnet)', parse: parseHost },
   { key: 'dhtPort', env: 'DHT_PORT', flag: '--dht-port', default: '', help: 'UDP port of the DHT socket (default: 49737 or the next free)', parse: parsePort },
@@ -156,6 +159,13 @@ function parsePort (value: string, name: string): number | null {
 function parseNonEmpty (value: string, name: string): string {
   if (value.length === 0 || value.length > 1024) throw new ConfigError(name, `${name}: must be a string of 1 to 1024 characters`)
   return value
+}
+
+function parseBoolean (value: string, name: string): boolean {
+  const v = value.trim().toLowerCase()
+  if (['true', '1', 'yes', 'on'].includes(v)) return true
+  if (['false', '0', 'no', 'off'].includes(v)) return false
+  throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not true or false`)
 }
 
 function parseLogLevel (value: string, name: string): string {

@@ -7,6 +7,7 @@ export type ErrorCode =
   | 'BAD_ROOM_NAME'
   | 'SHUTTING_DOWN'
   | 'STORAGE_ERROR'
+  | 'STORAGE_FULL'
   | 'TOO_MANY_PEERS'
   | 'TOO_MANY_ROOMS'
   | 'RATE_LIMITED'
@@ -70,6 +71,12 @@ export class RootPeerError extends Error {
 
   static INTERNAL_ERROR (cause: unknown): RootPeerError {
     const err = new RootPeerError('INTERNAL_ERROR', 'the frame could not be handled')
+    err.cause = cause
+    return err
+  }
+
+  static STORAGE_FULL (freeBytes: number | null, cause?: unknown): RootPeerError {
+    const err = new RootPeerError('STORAGE_FULL', 'the root peer\'s disk is full; the message was not stored; retry later', freeBytes === null ? {} : { freeBytes })
     err.cause = cause
     return err
   }

@@ -33,6 +33,8 @@ declare module 'corestore' {
     get (opts: { name?: string, key?: Buffer, exclusive?: boolean, valueEncoding?: string }): Hypercore
     namespace (name: string): Corestore
     createKeyPair (name: string): Promise<KeyPair>
+    /** hypercore-storage; its RocksDB is used to fsync the write-ahead log (SYNC_WRITES) */
+    readonly storage: { rocks: { readonly path: string, currentWalFile (): Promise<{ path: string, number: number }> } }
   }
 }
 

@@ -32,8 +32,11 @@ export class Rooms extends EventEmitter {
     this.store = store
   }
 
-  /** Opens the index, merges it with the state file's rooms, and reconciles every room's count with its core. */
-  async load (saved: PersistentState | null): Promise<void> {
+  /**
+   * Opens the index, merges it with the state file's rooms, and reconciles every room's count with its core.
+   * Resolves with the number of rooms found in the index but not in `saved`.
+   */
+  async load (saved: PersistentState | null): Promise<number> {
     this.index = this.store.get({ name: ROOM_INDEX })
     await this.index.ready()
     const indexed = new Map<string, number>()
@@ -48,9 +51,11 @@ export class Rooms extends EventEmitter {
     }
     const savedRooms = saved === null ? [] : Object.values(saved.rooms)
     for (const r of savedRooms) this.infos.set(r.name, { ...r })
+    let recovered = 0
     for (const [name, createdAt] of indexed) {
       if (!this.infos.has(name)) {
         this.infos.set(name, { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 })
+        recovered++
         if (saved !== null) this.emit('index-recovered', { name })
       }
     }
@@ -70,6 +75,7 @@ export class Rooms extends EventEmitter {
       this.totalMessages += info.messageCount
       this.totalBytes += info.byteLength
     }
+    return recovered
   }
 
   has (name: string): boolean {

@@ -6,6 +6,7 @@ import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import type { BootstrapNode } from './config.js'
 import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
+import { FULL_BELOW_BYTES, freeBytes, writable } from './disk.js'
 import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer } from './peer.js'
@@ -15,11 +16,14 @@ import {
 } from './protocol.js'
 import type { Room } from './room.js'
 import { Rooms } from './rooms.js'
-import { StateFile } from './state-file.js'
+import { StateFile, type PersistentState } from './state-file.js'
+import { WalSync } from './wal-sync.js'
 import { busiest, bump, createCounters, type Counters, type StatsSnapshot } from './stats.js'
 
 export interface RootPeerOptions {
   storageDir: string
+  /** fsync the storage's write-ahead log before each ack (survives power loss, costs an fsync per batch) */
+  syncWrites?: boolean
   /** DHT bootstrap nodes; null or omitted: the public DHT */
   bootstrap?: BootstrapNode[] | null
   dhtHost?: string
@@ -77,7 +81,8 @@ type Handler<F extends Frame> = (peer: Peer, frame: F) => Promise<void>
  * `peer-connected` (peerId), `peer-disconnected` (peerId), `peer-error` (peerId, err), `peer-refused` (peerId, err),
  * `room-registered` ({ roomId, roomName, peerId, messageCount }), `room-recovered` ({ roomName }),
  * `message-stored` ({ roomName, messageCount, totalMessages, messageIndex, peerId, id }),
- * `frame-refused` (peerId, err), `peer-banned` (peerId), `peer-stalled` (peerId), `append-error` ({ roomName, err }), `state-file-recovered` ({ problem, movedTo }),
+ * `frame-refused` (peerId, err), `peer-banned` (peerId), `peer-stalled` (peerId), `append-error` ({ roomName, err }), `state-file-recovered` ({ problem, movedTo, fromPrevious, rooms, messages }),
+ * `storage-failed` ({ code, freeBytes, err }), `storage-recovery-failed` (err), `storage-recovered`,
  * `state-saved`, `state-save-error` (err), `stats` (StatsSnapshot), `closing`, `close`.
  */
 export class ChatRootPeer extends EventEmitter {
@@ -113,6 +118,12 @@ export class ChatRootPeer extends EventEmitter {
   private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
   private readonly guard: Guard
   private readonly stallTimeout: number
+  private readonly walSync: WalSync | null
+  /** set while writes fail (disk full, read-only, I/O error); messages are refused with it until storage recovers */
+  private storageFailure: RootPeerError | null = null
+  /** set while the store is being reopened after a failure; frames wait for it */
+  private reopening: Promise<void> | null = null
+  private recoveryTimer: NodeJS.Timeout | null = null
 
   constructor (opts: RootPeerOptions) {
     super()
@@ -144,6 +155,7 @@ export class ChatRootPeer extends EventEmitter {
       onUnban: peerId => this.swarm?.peers.get(peerId)?.ban(false)
     })
     this.stateFile = new StateFile(storageDir)
+    this.walSync = opts.syncWrites === true ? new WalSync(() => this.store!) : null
     this.onLatency = opts.onLatency ?? null
     this.handlers = {
       'register-room': this.onRegisterRoom.bind(this),
@@ -170,11 +182,12 @@ export class ChatRootPeer extends EventEmitter {
 
   /** Ready means: storage open, discovery topic announced, DHT bootstrapped. */
   health (): Health {
-    const storage = this.store !== null && this.rooms !== null && !this.closing
+    const storage = this.store !== null && this.rooms !== null && !this.closing && this.storageFailure === null
     const discovery = this.announced && !this.closing
     const dht = this.dhtBootstrapped
     const reasons: string[] = []
     if (this.closing) reasons.push('shutting down')
+    else if (this.storageFailure !== null) reasons.push(storageReason(this.storageFailure, this.storageDir))
     else if (!storage) reasons.push('storage not open')
     if (!this.closing && !discovery) reasons.push('discovery topic not announced yet')
     if (!this.closing && !dht) reasons.push('DHT not bootstrapped')
@@ -201,18 +214,19 @@ export class ChatRootPeer extends EventEmitter {
 
   private async open (): Promise<void> {
     await fs.mkdir(this.storageDir, { recursive: true })
-    const loaded = await this.stateFile.load()
-    if (loaded.problem !== null) this.emit('state-file-recovered', { problem: loaded.problem, movedTo: loaded.movedTo })
-
-    this.store = new Corestore(this.storageDir)
-    await this.store.ready()
-    const keyPair = await this.store.createKeyPair('root-peer-swarm')
+    // the store first: it holds the data dir, so nothing else in it is touched before that
+    const store = await this.openStore()
+    const keyPair = await store.createKeyPair('root-peer-swarm')
     this.publicKey = keyPair.publicKey
 
-    this.rooms = new Rooms(this.store)
-    this.rooms.on('room-opened', (room: Room) => this.joinRoomTopic(room.name))
-    this.rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
-    await this.rooms.load(loaded.state)
+    const loaded = await this.stateFile.load()
+    const recovered = await this.openRooms(loaded.state)
+    const rooms = this.rooms!
+    // a missing file on a fresh data dir is no news; a missing file beside stored rooms is
+    if (loaded.problem !== null && (loaded.problem !== 'missing' || recovered > 0 || loaded.fromPrevious)) {
+      const { problem, movedTo, fromPrevious } = loaded
+      this.emit('state-file-recovered', { problem, movedTo, fromPrevious, rooms: rooms.size, messages: rooms.totalMessages })
+    }
     this.createdAt = loaded.state?.rootPeerCreatedAt || Date.now()
 
     const { bootstrap, dhtHost = '0.0.0.0', dhtPort } = this.opts
@@ -257,12 +271,86 @@ export class ChatRootPeer extends EventEmitter {
     this.emit('ready', { publicKey: this.publicKey.toString('hex') })
   }
 
+  private async openStore (): Promise<Corestore> {
+    const store = new Corestore(this.storageDir)
+    await store.ready()
+    this.store = store
+    return store
+  }
+
+  /** Loads the rooms from the store's room index merged with `saved`; resolves with the rooms found only in the index. */
+  private async openRooms (saved: PersistentState | null): Promise<number> {
+    const rooms = new Rooms(this.store!)
+    rooms.on('room-opened', (room: Room) => this.joinRoomTopic(room.name))
+    rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
+    const recovered = await rooms.load(saved)
+    this.rooms = rooms
+    return recovered
+  }
+
+  /** Marks storage as failing after a write failed, with the code peers get until it recovers. */
+  private async storageFailed (err: unknown): Promise<RootPeerError> {
+    if (this.storageFailure !== null) return this.storageFailure
+    const free = await freeBytes(this.storageDir)
+    if (this.storageFailure !== null) return this.storageFailure
+    const failure = free !== null && free < FULL_BELOW_BYTES ? RootPeerError.STORAGE_FULL(free, err) : RootPeerError.STORAGE_ERROR(err)
+    this.storageFailure = failure
+    this.counters.storageFailures++
+    this.emit('storage-failed', { code: failure.code, freeBytes: free, err })
+    this.scheduleRecovery(STORAGE_RETRY_MIN)
+    return failure
+  }
+
+  /** Retries until the data dir takes writes again, then reopens the store (RocksDB stays read-only after a failed write). */
+  private scheduleRecovery (delay: number): void {
+    if (this.closing || this.recoveryTimer !== null) return
+    this.recoveryTimer = setTimeout(() => {
+      this.recoveryTimer = null
+      this.recover().then(ok => {
+        if (!ok) this.scheduleRecovery(Math.min(delay * 2, STORAGE_RETRY_MAX))
+      }, () => this.scheduleRecovery(Math.min(delay * 2, STORAGE_RETRY_MAX)))
+    }, delay)
+  }
+
+  private async recover (): Promise<boolean> {
+    if (this.closing || this.storageFailure === null) return true
+    if (!(await writable(this.storageDir))) return false
+    const reopening = this.reopenStorage()
+    this.reopening = reopening
+    try {
+      await reopening
+    } catch (err) {
+      this.emit('storage-recovery-failed', err)
+      return false
+    } finally {
+      this.reopening = null
+    }
+    if (this.closing) return true
+    this.storageFailure = null
+    this.emit('storage-recovered')
+    this.save()
+    return true
+  }
+
+  private async reopenStorage (): Promise<void> {
+    const rooms = this.rooms!
+    await rooms.settled()
+    const snapshot = rooms.snapshot(this.createdAt)
+    await rooms.close().catch(() => {})
+    await this.store!.close().catch(() => {})
+    if (this.closing) return
+    await this.openStore()
+    await this.openRooms(snapshot)
+  }
+
   private async shutdown (): Promise<void> {
     if (this.opening !== null) await this.opening.catch(() => {})
     this.closing = true
     this.emit('closing')
     if (this.statsTimer !== null) clearInterval(this.statsTimer)
     if (this.saveTimer !== null) clearTimeout(this.saveTimer)
+    if (this.recoveryTimer !== null) clearTimeout(this.recoveryTimer)
+    if (this.reopening !== null) await this.reopening.catch(() => {})
     this.guard.close()
 
     // frames accepted before the signal finish, and their acks go out; later frames get SHUTTING_DOWN
@@ -273,6 +361,7 @@ export class ChatRootPeer extends EventEmitter {
     await Promise.all([...this.peers.values()].map(peer => endGracefully(peer.conn, CLOSE_CONNECTIONS_TIMEOUT)))
     if (this.swarm !== null) await this.swarm.destroy()
     if (this.rooms !== null) await this.rooms.close()
+    if (this.walSync !== null) await this.walSync.close()
     if (this.store !== null) await this.store.close()
     await this.stateFile.flushed()
     this.emit('close')
@@ -337,6 +426,7 @@ export class ChatRootPeer extends EventEmitter {
       this.refuse(peer, err, contextOf(frame))
       return
     }
+    if (this.reopening !== null) await this.reopening.catch(() => {})
     const handled = (this.handlers[frame.type] as Handler<Frame>)(peer, frame)
     this.track(handled)
     try {
@@ -354,6 +444,8 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
+    // while writes fail, nothing is tried: the peer resends after the failure has passed
+    if (this.storageFailure !== null) throw this.storageFailure
     // a message for a room not registered yet registers it first
     const room = await this.joinRoom(peer, frame.roomName, false)
     const block = Buffer.from(encodeRecord({
@@ -376,10 +468,11 @@ export class ChatRootPeer extends EventEmitter {
     const loading = room.idsReady()
     if (loading !== null) await loading
     const id = frame.id
-    this.track(room.storeOnce(id, block).then(({ index, duplicate }) => {
+    this.track(room.storeOnce(id, block).then(async ({ index, duplicate }) => {
       if (duplicate) this.counters.duplicates++
       else this.stored(room, peer, index, id, block.byteLength, started)
-      // acked only after the append resolved: the ack is a durability promise
+      // acked only after the append resolved (and, with syncWrites, reached the disk): the ack is a durability promise
+      if (this.walSync !== null) await this.walSync.sync()
       this.sendFrame(peer, 'message-ack', duplicate
         ? { type: 'message-ack', roomName: room.name, id, messageIndex: index, duplicate: true }
         : { type: 'message-ack', roomName: room.name, id, messageIndex: index })
@@ -446,9 +539,9 @@ export class ChatRootPeer extends EventEmitter {
     if (++this.unsaved >= SAVE_EVERY_MESSAGES) this.scheduleSave()
   }
 
-  private appendFailed (peer: Peer, room: Room, frame: MessageFrame, err: unknown): void {
+  private async appendFailed (peer: Peer, room: Room, frame: MessageFrame, err: unknown): Promise<void> {
     this.emit('append-error', { roomName: room.name, err })
-    this.refuse(peer, RootPeerError.STORAGE_ERROR(err), contextOf(frame))
+    this.refuse(peer, this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storageFailed(err), contextOf(frame))
   }
 
   private scheduleSave (): void {
@@ -514,7 +607,17 @@ export function roomTopic (name: string): Buffer {
 }
 
 /** Refusals that are not the peer's fault and do not count towards a ban. */
-const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS'])
+const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS'])
+
+/** First and longest wait between checks of a failed data dir. */
+const STORAGE_RETRY_MIN = 1000
+const STORAGE_RETRY_MAX = 30_000
+
+function storageReason (failure: RootPeerError, dir: string): string {
+  if (failure.code === 'STORAGE_FULL') return `storage full: ${String(failure.details.freeBytes ?? 0)} bytes free in ${dir}; writes are refused until there is room`
+  const cause = failure.cause instanceof Error ? failure.cause.message : String(failure.cause)
+  return `storage error in ${dir}: ${cause}; writes are refused until a write succeeds again`
+}
 
 function contextOf (frame: Frame): Record<string, unknown> {
   const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }

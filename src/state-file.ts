@@ -2,6 +2,8 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 
 export const STATE_FILE = 'root-peer-state.json'
+/** The previous good state file, kept beside the current one. */
+export const PREVIOUS_STATE_FILE = 'root-peer-state.prev.json'
 
 export interface RoomState {
   name: string
@@ -22,38 +24,43 @@ export interface PersistentState {
 
 export interface LoadResult {
   state: PersistentState | null
-  /** Why the file on disk could not be used, when it exists but is bad. */
+  /** Why the state file could not be used ('missing', 'empty', ...), when it is missing or bad; null when it was good. */
   problem: string | null
-  /** Where the bad file was moved for inspection. */
+  /** Where a bad file was moved for inspection. */
   movedTo: string | null
+  /** True when the state came from the previous good copy. */
+  fromPrevious: boolean
 }
 
 /**
  * Reads and writes the state file. Writes are atomic (temp file, fsync, rename), so a crash
- * leaves either the old file or the new one, never half of one. Saves are serialised.
+ * leaves either the old file or the new one, never half of one; the file it replaces is kept
+ * as the previous good copy. Saves are serialised.
  */
 export class StateFile {
   readonly file: string
+  readonly previous: string
   private saving: Promise<void> | null = null
   private again: (() => PersistentState) | null = null
 
   constructor (dir: string) {
     this.file = path.join(dir, STATE_FILE)
+    this.previous = path.join(dir, PREVIOUS_STATE_FILE)
   }
 
+  /** Reads the state file; a bad one is moved aside and the previous good copy is used when there is one. */
   async load (): Promise<LoadResult> {
-    let text: string
-    try {
-      text = await fs.readFile(this.file, 'utf8')
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { state: null, problem: null, movedTo: null }
-      throw err
+    const text = await readIfExists(this.file)
+    const problem = text === null ? 'missing' : text.trim() === '' ? 'empty' : checkShape(text)
+    if (problem === null) return { state: sanitise(JSON.parse(text!)), problem: null, movedTo: null, fromPrevious: false }
+    let movedTo: string | null = null
+    if (text !== null) {
+      movedTo = `${this.file}.bad-${Date.now()}`
+      await fs.rename(this.file, movedTo)
     }
-    const problem = text.trim() === '' ? 'empty' : checkShape(text)
-    if (problem === null) return { state: sanitise(JSON.parse(text)), problem: null, movedTo: null }
-    const movedTo = `${this.file}.bad-${Date.now()}`
-    await fs.rename(this.file, movedTo)
-    return { state: null, problem, movedTo }
+    const prev = await readIfExists(this.previous)
+    const fromPrevious = prev !== null && prev.trim() !== '' && checkShape(prev) === null
+    return { state: fromPrevious ? sanitise(JSON.parse(prev)) : null, problem, movedTo, fromPrevious }
   }
 
   /** Saves the snapshot `take()` returns; a save asked for while one runs is done once, after it. */
@@ -85,7 +92,25 @@ export class StateFile {
     } finally {
       await handle.close()
     }
+    // the file being replaced becomes the previous good copy (a hard link, then an atomic rename)
+    const prevTmp = `${this.previous}.tmp`
+    try {
+      await fs.rm(prevTmp, { force: true })
+      await fs.link(this.file, prevTmp)
+      await fs.rename(prevTmp, this.previous)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
     await fs.rename(tmp, this.file)
+  }
+}
+
+async function readIfExists (file: string): Promise<string | null> {
+  try {
+    return await fs.readFile(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw err
   }
 }
 

@@ -15,6 +15,8 @@ export interface Counters {
   bans: number
   /** peers disconnected for leaving our writes unread past the stall timeout */
   stalledPeers: number
+  /** times writes started failing (disk full, read-only, I/O error) */
+  storageFailures: number
 }
 
 export function createCounters (): Counters {
@@ -29,7 +31,8 @@ export function createCounters (): Counters {
     stateSaves: 0,
     stateSaveFailures: 0,
     bans: 0,
-    stalledPeers: 0
+    stalledPeers: 0,
+    storageFailures: 0
   }
 }
 

@@ -33,6 +33,8 @@ export class Metrics {
     this.counter('root_peer_peer_disconnections_total', 'Peer connections closed since the process started', rp => rp.counters.peersDisconnected)
     this.counter('root_peer_state_saves_total', 'State file saves that succeeded', rp => rp.counters.stateSaves)
     this.counter('root_peer_state_save_failures_total', 'State file saves that failed', rp => rp.counters.stateSaveFailures)
+    this.counter('root_peer_bans_total', 'Peers disconnected and banned for too many refused frames', rp => rp.counters.bans)
+    this.counter('root_peer_stalled_peers_total', 'Peers disconnected for leaving the root peer\'s writes unread past STALL_TIMEOUT', rp => rp.counters.stalledPeers)
     this.counter('root_peer_storage_failures_total', 'Times writes started failing (disk full, read-only disk, I/O error)', rp => rp.counters.storageFailures)
     this.labelled('root_peer_frames_received_total', 'Frames received, by type (`invalid`: not decodable)', 'type', rp => rp.counters.framesReceived)
     this.labelled('root_peer_frames_sent_total', 'Frames sent, by type', 'type', rp => rp.counters.framesSent)

@@ -6,6 +6,7 @@ import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from './config.js'
 import { RootPeerError, type ErrorCode } from './errors.js'
 import type { Limits, StoredRecord } from './protocol.js'
 import { TokenBucket } from './rate-limit.js'
+import { roomKeyPair, signAccess, signMessage, signedRoomName, type KeyPair } from './room-auth.js'
 
 export interface RootPeerClientOptions {
   /** DHT bootstrap nodes (a loopback testnet in tests); omitted: the public DHT */
@@ -29,6 +30,8 @@ export interface SyncPage {
   totalMessages: number
   nextIndex: number
   hasMore: boolean
+  /** the room's first retained index (0 unless older messages were pruned by retention) */
+  firstIndex: number
 }
 
 export interface MessageAck { id: string, messageIndex: number, duplicate: boolean }
@@ -37,6 +40,8 @@ interface Outgoing {
   roomName: string
   message: unknown
   id: string
+  /** in a signed room */
+  signature?: string
   size: number
   resolve: (ack: MessageAck) => void
   reject: (err: RootPeerError) => void
@@ -63,7 +68,7 @@ const RECONNECT_BACKOFF = [250, 500, 1000, 2000, 5000, 10000]
  */
 export class RootPeerClient extends EventEmitter {
   readonly swarm: Hyperswarm
-  announcement: { version: number, publicKey: string, limits: Limits } | null = null
+  announcement: { version: number, publicKey: string, limits: Limits, challenge?: string } | null = null
   private readonly ownsSwarm: boolean
   private readonly topic: Buffer
   private readonly pinned: Buffer | null
@@ -72,6 +77,8 @@ export class RootPeerClient extends EventEmitter {
   private rootKey: Buffer | null = null
   private discovery: PeerDiscovery | null = null
   private readonly rooms = new Set<string>()
+  /** the key pairs of the signed rooms registered, by room name */
+  private readonly signers = new Map<string, KeyPair>()
   private readonly outbox = new Map<string, Outgoing>()
   /** messages waiting for the advertised rate budget before they are written */
   private sendQueue: Outgoing[] = []
@@ -127,19 +134,34 @@ export class RootPeerClient extends EventEmitter {
     })
   }
 
-  /** Registers a room (again after every reconnect); resolves with its message count. */
-  async registerRoom (roomName: string): Promise<{ messageCount: number }> {
+  /**
+   * Registers a room (again after every reconnect); resolves with its name and message count. Given a
+   * room key (bytes) instead of a name, the room is a signed room: its name and key pair are derived
+   * from the key, and every later message and sync of it is signed.
+   */
+  async registerRoom (room: string | Uint8Array): Promise<{ roomName: string, messageCount: number }> {
+    let roomName: string
+    if (typeof room === 'string') {
+      roomName = room
+    } else {
+      const keyPair = roomKeyPair(room)
+      roomName = signedRoomName(keyPair.publicKey)
+      this.signers.set(roomName, keyPair)
+    }
     this.rooms.add(roomName)
-    const frame = await this.request({ type: 'register-room', roomName })
-    return { messageCount: frame.messageCount }
+    const frame = await this.request({ type: 'register-room', roomName }, true)
+    return { roomName, messageCount: frame.messageCount }
   }
 
   /** Sends a message; resolves with its ack. Unacked messages are resent after a reconnect, deduplicated by id. */
   sendMessage (roomName: string, message: unknown, opts: { id?: string } = {}): Promise<MessageAck> {
     const id = opts.id ?? crypto.randomBytes(16).toString('hex')
+    const signer = this.signers.get(roomName)
+    if (signer !== undefined && typeof message !== 'string') return Promise.reject(new RootPeerError('BAD_FRAME', 'a signed room\'s messages are strings'))
     return new Promise((resolve, reject) => {
       const size = typeof message === 'string' ? Buffer.byteLength(message) : Buffer.byteLength(JSON.stringify(message) ?? '')
       const out: Outgoing = { roomName, message, id, size, resolve, reject, retries: 0, timer: null }
+      if (signer !== undefined) out.signature = signMessage(signer.secretKey, roomName, id, message as string)
       this.outbox.set(id, out)
       this.queueSend(out)
     })
@@ -152,8 +174,8 @@ export class RootPeerClient extends EventEmitter {
 
   /** One page of a room from `fromIndex` (inclusive). */
   async syncPage (roomName: string, fromIndex = 0, limit?: number): Promise<SyncPage> {
-    const frame = await this.request({ type: 'sync-request', roomName, lastIndex: fromIndex, ...(limit ? { limit } : {}) })
-    return { roomName: frame.roomName, messages: frame.messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore }
+    const frame = await this.request({ type: 'sync-request', roomName, lastIndex: fromIndex, ...(limit ? { limit } : {}) }, true)
+    return { roomName: frame.roomName, messages: frame.messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore, firstIndex: frame.firstIndex ?? 0 }
   }
 
   /** Every page of a room from `fromIndex`, in order. */
@@ -215,7 +237,7 @@ export class RootPeerClient extends EventEmitter {
   private attach (conn: NoiseStream, announcement: any): void {
     this.conn = conn
     this.rootKey = conn.remotePublicKey
-    this.announcement = { version: announcement.version, publicKey: announcement.publicKey, limits: announcement.limits }
+    this.announcement = { version: announcement.version, publicKey: announcement.publicKey, limits: announcement.limits, challenge: announcement.challenge }
     this.reconnects = 0
     // dial it directly from now on, so a restarted root peer is found again without a topic lookup
     this.swarm.joinPeer(conn.remotePublicKey)
@@ -226,7 +248,7 @@ export class RootPeerClient extends EventEmitter {
     const limits = this.announcement.limits
     this.messageBudget = new TokenBucket((limits?.messagesPerSecond ?? 0) * 0.9, (limits?.messagesPerSecond ?? 0) * 9)
     this.byteBudget = new TokenBucket((limits?.bytesPerSecond ?? 0) * 0.9, (limits?.bytesPerSecond ?? 0) * 9)
-    for (const roomName of this.rooms) this.write({ type: 'register-room', roomName })
+    for (const roomName of this.rooms) this.write(this.withAccess({ type: 'register-room', roomName }))
     this.sendQueue = []
     for (const out of this.outbox.values()) {
       if (out.timer !== null) clearTimeout(out.timer)
@@ -335,12 +357,23 @@ export class RootPeerClient extends EventEmitter {
       this.messageBudget.consume(1)
       this.byteBudget.consume(out.size)
       this.sendQueue.shift()
-      if (this.outbox.has(out.id)) this.write({ type: 'message', roomName: out.roomName, message: out.message, id: out.id })
+      if (this.outbox.has(out.id)) {
+        this.write({ type: 'message', roomName: out.roomName, message: out.message, id: out.id, ...(out.signature === undefined ? {} : { signature: out.signature }) })
+      }
     }
   }
 
-  private async request (frame: Record<string, unknown>): Promise<any> {
+  /** Adds the proof a signed room asks for: a signature over this connection's challenge and the room's name. */
+  private withAccess (frame: { type: string, roomName: string } & Record<string, unknown>): Record<string, unknown> {
+    const signer = this.signers.get(frame.roomName)
+    const challenge = this.announcement?.challenge
+    if (signer === undefined || challenge === undefined) return frame
+    return { ...frame, writerPublicKey: signer.publicKey.toString('hex'), signature: signAccess(signer.secretKey, challenge, frame.roomName) }
+  }
+
+  private async request (frame: { type: string, roomName: string } & Record<string, unknown>, access = false): Promise<any> {
     await this.ready()
+    if (access) frame = this.withAccess(frame) as typeof frame
     const requestId = `r${this.nextRequest++}`
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {

@@ -16,6 +16,10 @@ declare module 'hypercore' {
     append (block: Buffer | Buffer[]): Promise<{ length: number, byteLength: number }>
     get (index: number, opts?: { wait?: boolean, timeout?: number }): Promise<Buffer | null>
     has (start: number, end?: number): Promise<boolean>
+    /** the block holding byte `bytes`, and the offset in it */
+    seek (bytes: number, opts?: { wait?: boolean }): Promise<[number, number] | null>
+    /** removes the blocks [start, end) from local storage; the tree (and so every index) stays */
+    clear (start: number, end?: number): Promise<unknown>
     info (opts?: { storage?: boolean }): Promise<any>
   }
 }

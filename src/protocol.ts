@@ -177,6 +177,12 @@ export function encodeRecord (record: StoredRecord, messageJson: string): string
   return json + '}'
 }
 
+/** The `message-ack` frame's text; `roomNameJson` is the room name as a JSON string, made once per room. */
+export function encodeAck (roomNameJson: string, id: string, messageIndex: number, duplicate: boolean): string {
+  return '{"type":"message-ack","roomName":' + roomNameJson + ',"id":' + JSON.stringify(id) +
+    ',"messageIndex":' + messageIndex + (duplicate ? ',"duplicate":true}' : '}')
+}
+
 /** One entry of a sync page: the stored block with `messageIndex` added, as JSON text. */
 export function pageEntry (block: Buffer, messageIndex: number): string {
   const json = block.toString('utf8')

@@ -28,6 +28,8 @@ export class Room {
   readonly name: string
   readonly core: Hypercore
   readonly info: RoomState
+  /** the name as a JSON string, for the frames that carry it */
+  readonly nameJson: string
   private queue: PendingAppend[] = []
   private flushing: Promise<void> | null = null
   private last: Promise<unknown> | null = null
@@ -38,6 +40,7 @@ export class Room {
     this.name = name
     this.core = core
     this.info = info
+    this.nameJson = JSON.stringify(name)
   }
 
   get length (): number {

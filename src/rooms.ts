@@ -22,6 +22,8 @@ interface Slot {
 export interface RoomsOptions {
   /** cores open at once; the least recently used idle room is closed to open another */
   maxOpen?: number
+  /** called before each core append (a group-committed batch) */
+  onBatch?: () => void
 }
 
 /**
@@ -35,6 +37,7 @@ export interface RoomsOptions {
  */
 export class Rooms extends EventEmitter {
   readonly maxOpen: number
+  private readonly onBatch: (() => void) | null
   private readonly store: Corestore
   private index: Hypercore | null = null
   private readonly infos = new Map<string, RoomState>()
@@ -46,10 +49,11 @@ export class Rooms extends EventEmitter {
   totalMessages = 0
   totalBytes = 0
 
-  constructor (store: Corestore, { maxOpen = 256 }: RoomsOptions = {}) {
+  constructor (store: Corestore, { maxOpen = 256, onBatch }: RoomsOptions = {}) {
     super()
     this.store = store
     this.maxOpen = maxOpen
+    this.onBatch = onBatch ?? null
   }
 
   /** Opens the index, merges it with the state file's rooms, and reconciles every room's count with its core. */
@@ -271,7 +275,7 @@ export class Rooms extends EventEmitter {
       info.messageCount = core.length
       info.byteLength = core.byteLength
     }
-    return new Room(name, core, info)
+    return new Room(name, core, info, this.onBatch)
   }
 }
 

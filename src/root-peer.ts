@@ -225,7 +225,7 @@ export class ChatRootPeer extends EventEmitter {
     const keyPair = await this.store.createKeyPair('root-peer-swarm')
     this.publicKey = keyPair.publicKey
 
-    this.rooms = new Rooms(this.store, { maxOpen: this.maxOpenRooms })
+    this.rooms = new Rooms(this.store, { maxOpen: this.maxOpenRooms, onBatch: () => { this.counters.appendBatches++ } })
     this.rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
     await this.rooms.load(loaded.state)
     // rooms active before the restart are announced again, the most recent ones within the caps

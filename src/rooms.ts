@@ -15,6 +15,8 @@ export function coreName (roomName: string): string {
 /** An open room: its core's session, and how many handlers use it now (a held room is never closed). */
 interface Slot {
   room: Promise<Room>
+  /** the room once its core is ready */
+  opened: Room | null
   holds: number
   lastUsed: number
 }
@@ -139,10 +141,10 @@ export class Rooms extends EventEmitter {
     let slot = this.open.get(name)
     while (slot === undefined) {
       if (this.open.size + this.closing.size < this.maxOpen) {
-        slot = { room: this.openRoom(name), holds: 0, lastUsed: 0 }
+        const opened: Slot = { room: this.openRoom(name), opened: null, holds: 0, lastUsed: 0 }
+        slot = opened
         this.open.set(name, slot)
-        const opened = slot
-        opened.room.catch(() => {
+        opened.room.then(room => { opened.opened = room }, () => {
           if (this.open.get(name) === opened) this.open.delete(name)
           this.wake()
         })
@@ -164,6 +166,17 @@ export class Rooms extends EventEmitter {
       slot.holds--
       throw err
     }
+  }
+
+  /** Holds a room whose core is open already (as `get` does, without waiting); null when it is not open. */
+  hold (name: string): Room | null {
+    const slot = this.open.get(name)
+    if (slot === undefined || slot.opened === null) return null
+    this.open.delete(name)
+    this.open.set(name, slot)
+    slot.holds++
+    slot.lastUsed = Date.now()
+    return slot.opened
   }
 
   /** Ends one hold taken by `get`; an idle room stays open until its slot is needed or it idles out. */

@@ -383,10 +383,12 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
-    // a message for a room not registered yet registers it first
-    await this.joinRoom(peer, frame.roomName, false)
     const rooms = this.rooms!
-    const room = (await rooms.get(frame.roomName, false))!
+    // a message for a room not registered yet registers it first
+    if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
+    else await this.joinRoom(peer, frame.roomName, false)
+    // the common case, a room open already, takes no await
+    const room = rooms.hold(frame.roomName) ?? (await rooms.get(frame.roomName, false))!
     // the room stays held (its core open) until the append is done
     let queued = false
     try {
@@ -401,10 +403,13 @@ export class ChatRootPeer extends EventEmitter {
       const started = this.onLatency === null ? 0 : performance.now()
       // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
       if (frame.id === undefined) {
-        this.track(room.append(block).then(
-          index => this.stored(room, peer, index, undefined, block.byteLength, started),
-          err => this.appendFailed(peer, room, frame, err)
-        ).finally(() => rooms.release(room)))
+        this.track(room.append(block).then(index => {
+          rooms.release(room)
+          this.stored(room, peer, index, undefined, block.byteLength, started)
+        }, err => {
+          rooms.release(room)
+          this.appendFailed(peer, room, frame, err)
+        }))
         queued = true
         return
       }
@@ -412,11 +417,15 @@ export class ChatRootPeer extends EventEmitter {
       if (loading !== null) await loading
       const id = frame.id
       this.track(room.storeOnce(id, block).then(({ index, duplicate }) => {
+        rooms.release(room)
         if (duplicate) this.counters.duplicates++
         else this.stored(room, peer, index, id, block.byteLength, started)
         // acked only after the append resolved: the ack is a durability promise
         this.sendFrame(peer, 'message-ack', encodeAck(room.nameJson, id, index, duplicate))
-      }, err => this.appendFailed(peer, room, frame, err)).finally(() => rooms.release(room)))
+      }, err => {
+        rooms.release(room)
+        this.appendFailed(peer, room, frame, err)
+      }))
       queued = true
     } finally {
       if (!queued) rooms.release(room)
@@ -542,7 +551,8 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private track (promise: Promise<unknown>): void {
-    const p = promise.catch(() => {}).finally(() => this.inflight.delete(p))
+    const done = (): void => { this.inflight.delete(p) }
+    const p: Promise<unknown> = promise.then(done, done)
     this.inflight.add(p)
   }
 }

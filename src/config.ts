@@ -26,6 +26,12 @@ export interface Config {
   maxFrameBytes: number
   maxMessageBytes: number
   maxRooms: number
+  /** room cores open at once */
+  maxOpenRooms: number
+  /** room topics announced on the DHT at once; 0 = none */
+  maxAnnouncedRooms: number
+  /** ms without activity after which a room's core is closed and its topic left */
+  roomIdleTimeout: number
   messagesPerSecond: number
   bytesPerSecond: number
   syncsPerSecond: number
@@ -74,6 +80,9 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'maxFrameBytes', env: 'MAX_FRAME_BYTES', flag: '--max-frame-bytes', default: '256KiB', help: 'largest frame a peer may send (bytes; KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1024, 8 * 1024 * 1024) },
   { key: 'maxMessageBytes', env: 'MAX_MESSAGE_BYTES', flag: '--max-message-bytes', default: '64KiB', help: 'largest message payload (bytes; KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1, 8 * 1024 * 1024) },
   { key: 'maxRooms', env: 'MAX_ROOMS', flag: '--max-rooms', default: '100000', help: 'rooms the root peer holds in all', parse: (v, n) => parseInteger(v, n, 1, 100_000_000) },
+  { key: 'maxOpenRooms', env: 'MAX_OPEN_ROOMS', flag: '--max-open-rooms', default: '256', help: 'room cores open at once; the least recently used idle room is closed to open another', parse: (v, n) => parseInteger(v, n, 1, 1_000_000) },
+  { key: 'maxAnnouncedRooms', env: 'MAX_ANNOUNCED_ROOMS', flag: '--max-announced-rooms', default: '1000', help: 'room topics announced on the DHT at once, least recently active left first; 0 = none (clients still find the root peer on the discovery topic)', parse: (v, n) => parseInteger(v, n, 0, 1_000_000) },
+  { key: 'roomIdleTimeout', env: 'ROOM_IDLE_TIMEOUT', flag: '--room-idle-timeout', default: '5m', help: 'how long a room may go unused before its core is closed and its topic left', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
   { key: 'messagesPerSecond', env: 'RATE_MESSAGES', flag: '--rate-messages', default: '100', help: 'messages a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
   { key: 'bytesPerSecond', env: 'RATE_BYTES', flag: '--rate-bytes', default: '1MiB', help: 'message bytes a second per peer (burst: 10 s worth); 0 = unlimited', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
   { key: 'syncsPerSecond', env: 'RATE_SYNCS', flag: '--rate-syncs', default: '50', help: 'sync-requests a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
@@ -179,6 +188,11 @@ export function parseDuration (value: string, name: string): number {
   if (m === null) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not a duration (a non-negative number with ms, s, m or h; a bare number is seconds)`)
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? 's'] as number
   return Math.round(Number(m[1]) * unit)
+}
+
+function atLeastOneSecond (ms: number, name: string): number {
+  if (ms < 1000) throw new ConfigError(name, `${name}: must be at least 1s`)
+  return ms
 }
 
 function rate (value: string, name: string): number {

@@ -99,7 +99,7 @@ const validators: Record<string, Validator> = {
 export function decodeFrame (data: Buffer, limits: Limits): Frame {
   if (data.byteLength > limits.maxFrameBytes) throw RootPeerError.FRAME_TOO_LARGE(data.byteLength, limits.maxFrameBytes)
   const text = data.toString('utf8')
-  if (tooDeep(text, MAX_NESTING)) throw RootPeerError.BAD_FRAME(`nested deeper than ${MAX_NESTING} levels`)
+  if (mayNest(text, MAX_NESTING) && tooDeep(text, MAX_NESTING)) throw RootPeerError.BAD_FRAME(`nested deeper than ${MAX_NESTING} levels`)
   let obj: unknown
   try {
     obj = JSON.parse(text)
@@ -112,6 +112,17 @@ export function decodeFrame (data: Buffer, limits: Limits): Frame {
   const validator = Object.hasOwn(validators, type) ? validators[type] : undefined
   if (validator === undefined) throw RootPeerError.UNKNOWN_TYPE(type)
   return validator(obj as Obj, limits)
+}
+
+/** False when the text has too few brackets to nest deeper than `max` (a native search, not a scan per character). */
+function mayNest (text: string, max: number): boolean {
+  let brackets = 0
+  for (const open of ['{', '[']) {
+    for (let at = text.indexOf(open); at !== -1; at = text.indexOf(open, at + 1)) {
+      if (++brackets > max) return true
+    }
+  }
+  return false
 }
 
 /** True when the JSON text nests arrays and objects deeper than `max` (a linear scan that skips strings). */
@@ -175,6 +186,12 @@ export function encodeRecord (record: StoredRecord, messageJson: string): string
     ',"senderPublicKey":' + JSON.stringify(record.senderPublicKey)
   if (record.id !== undefined) json += ',"id":' + JSON.stringify(record.id)
   return json + '}'
+}
+
+/** The `message-ack` frame's text; `roomNameJson` is the room name as a JSON string, made once per room. */
+export function encodeAck (roomNameJson: string, id: string, messageIndex: number, duplicate: boolean): string {
+  return '{"type":"message-ack","roomName":' + roomNameJson + ',"id":' + JSON.stringify(id) +
+    ',"messageIndex":' + messageIndex + (duplicate ? ',"duplicate":true}' : '}')
 }
 
 /** One entry of a sync page: the stored block with `messageIndex` added, as JSON text. */

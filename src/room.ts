@@ -28,16 +28,22 @@ export class Room {
   readonly name: string
   readonly core: Hypercore
   readonly info: RoomState
+  /** the name as a JSON string, for the frames that carry it */
+  readonly nameJson: string
   private queue: PendingAppend[] = []
   private flushing: Promise<void> | null = null
   private last: Promise<unknown> | null = null
   private ids: Map<string, number | Promise<number>> | null = null
   private loadingIds: Promise<void> | null = null
 
-  constructor (name: string, core: Hypercore, info: RoomState) {
+  private readonly onBatch: (() => void) | null
+
+  constructor (name: string, core: Hypercore, info: RoomState, onBatch: (() => void) | null = null) {
     this.name = name
     this.core = core
     this.info = info
+    this.nameJson = JSON.stringify(name)
+    this.onBatch = onBatch
   }
 
   get length (): number {
@@ -124,6 +130,7 @@ export class Room {
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0, MAX_BATCH)
       try {
+        if (this.onBatch !== null) this.onBatch()
         const { length } = await this.core.append(batch.map(p => p.block))
         const first = length - batch.length
         for (let i = 0; i < batch.length; i++) batch[i].resolve(first + i)

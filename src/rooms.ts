@@ -12,24 +12,50 @@ export function coreName (roomName: string): string {
   return `room-${roomName}`
 }
 
+/** An open room: its core's session, and how many handlers use it now (a held room is never closed). */
+interface Slot {
+  room: Promise<Room>
+  /** the room once its core is ready */
+  opened: Room | null
+  holds: number
+  lastUsed: number
+}
+
+export interface RoomsOptions {
+  /** cores open at once; the least recently used idle room is closed to open another */
+  maxOpen?: number
+  /** called before each core append (a group-committed batch) */
+  onBatch?: () => void
+}
+
 /**
  * Every room the root peer knows. Room names are kept in an index core inside the store, appended
  * before a new room is first used, so the state file is never the only record of which rooms exist.
+ * A room's core is open only while it is used: at most `maxOpen` at once, least recently used
+ * closed first, never one that is held (appends or reads in flight). Callers `get` a room, which
+ * holds it, and `release` it when their work on it is done.
  *
- * Events: `room-opened` (room), `index-recovered` ({ name }) for rooms found only in the index.
+ * Events: `index-recovered` ({ name }) for rooms found only in the index.
  */
 export class Rooms extends EventEmitter {
+  readonly maxOpen: number
+  private readonly onBatch: (() => void) | null
   private readonly store: Corestore
   private index: Hypercore | null = null
   private readonly infos = new Map<string, RoomState>()
-  private readonly open = new Map<string, Promise<Room>>()
+  /** open rooms, least recently used first */
+  private readonly open = new Map<string, Slot>()
+  private readonly closing = new Map<string, Promise<void>>()
   private readonly creating = new Map<string, Promise<void>>()
+  private waiters: Array<() => void> = []
   totalMessages = 0
   totalBytes = 0
 
-  constructor (store: Corestore) {
+  constructor (store: Corestore, { maxOpen = 256, onBatch }: RoomsOptions = {}) {
     super()
     this.store = store
+    this.maxOpen = maxOpen
+    this.onBatch = onBatch ?? null
   }
 
   /**
@@ -63,10 +89,19 @@ export class Rooms extends EventEmitter {
     const missing = savedRooms.filter(r => !indexed.has(r.name))
     if (missing.length > 0) await this.index.append(missing.map(r => indexBlock(r.name, r.createdAt)))
 
+    // the cores are the truth: each is opened, its length read, and closed again, a few at a time
     const names = [...this.infos.keys()]
     let next = 0
     const worker = async (): Promise<void> => {
-      while (next < names.length) await this.get(names[next++], false)
+      while (next < names.length) {
+        const name = names[next++]
+        const core = this.store.get({ name: coreName(name) })
+        await core.ready()
+        const info = this.infos.get(name)!
+        info.messageCount = core.length
+        info.byteLength = core.byteLength
+        await core.close()
+      }
     }
     await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, worker))
     this.totalMessages = 0
@@ -94,19 +129,77 @@ export class Rooms extends EventEmitter {
     return this.infos.values()
   }
 
-  /** Opens a known room, or creates it when `create`; null for an unknown room without `create`. */
+  /** Creates a room unless it exists; returns its info. */
+  async register (name: string): Promise<RoomState> {
+    if (!this.infos.has(name)) await this.create(name)
+    return this.infos.get(name)!
+  }
+
+  /**
+   * Opens a known room (or creates it when `create`) and holds it until `release(room)`; null for an
+   * unknown room without `create`. Waits for a free slot when `maxOpen` rooms are open and all are held.
+   */
   async get (name: string, create: boolean): Promise<Room | null> {
-    const opening = this.open.get(name)
-    if (opening !== undefined) return opening
     if (!this.infos.has(name)) {
       if (!create) return null
       await this.create(name)
-      return this.get(name, false)
     }
-    const promise = this.openRoom(name)
-    this.open.set(name, promise)
-    promise.catch(() => this.open.delete(name))
-    return promise
+    let slot = this.open.get(name)
+    while (slot === undefined) {
+      if (this.open.size + this.closing.size < this.maxOpen) {
+        const opened: Slot = { room: this.openRoom(name), opened: null, holds: 0, lastUsed: 0 }
+        slot = opened
+        this.open.set(name, slot)
+        opened.room.then(room => { opened.opened = room }, () => {
+          if (this.open.get(name) === opened) this.open.delete(name)
+          this.wake()
+        })
+        break
+      }
+      // every slot is taken: close the least recently used idle room, or wait for a hold to end
+      this.evictOne()
+      await new Promise<void>(resolve => this.waiters.push(resolve))
+      slot = this.open.get(name)
+    }
+    // most recently used last
+    this.open.delete(name)
+    this.open.set(name, slot)
+    slot.holds++
+    slot.lastUsed = Date.now()
+    try {
+      return await slot.room
+    } catch (err) {
+      slot.holds--
+      throw err
+    }
+  }
+
+  /** Holds a room whose core is open already (as `get` does, without waiting); null when it is not open. */
+  hold (name: string): Room | null {
+    const slot = this.open.get(name)
+    if (slot === undefined || slot.opened === null) return null
+    this.open.delete(name)
+    this.open.set(name, slot)
+    slot.holds++
+    slot.lastUsed = Date.now()
+    return slot.opened
+  }
+
+  /** Ends one hold taken by `get`; an idle room stays open until its slot is needed or it idles out. */
+  release (room: Room): void {
+    const slot = this.open.get(room.name)
+    if (slot === undefined) return
+    slot.holds--
+    slot.lastUsed = Date.now()
+    if (slot.holds === 0 && this.waiters.length > 0) this.evictOne()
+  }
+
+  /** Closes the rooms no one has held for `idle` ms. */
+  closeIdle (idle: number): void {
+    const before = Date.now() - idle
+    for (const [name, slot] of this.open) {
+      if (slot.holds === 0 && slot.lastUsed < before) this.evict(name, slot)
+    }
   }
 
   /** Notes one message of `bytes` newly stored in `room`. */
@@ -118,9 +211,9 @@ export class Rooms extends EventEmitter {
     this.totalBytes += bytes
   }
 
-  /** Rooms whose core is open now. */
+  /** Rooms whose core is open now (closing ones included). */
   get openCount (): number {
-    return this.open.size
+    return this.open.size + this.closing.size
   }
 
   /** The state file's content. */
@@ -133,15 +226,43 @@ export class Rooms extends EventEmitter {
 
   /** Waits for every room's appends in flight. */
   async settled (): Promise<void> {
-    const rooms = await Promise.allSettled(this.open.values())
+    const rooms = await Promise.allSettled([...this.open.values()].map(s => s.room))
     await Promise.all(rooms.map(r => r.status === 'fulfilled' ? r.value.settled() : null))
   }
 
   async close (): Promise<void> {
-    const rooms = await Promise.allSettled(this.open.values())
-    await Promise.all(rooms.map(r => r.status === 'fulfilled' ? r.value.close() : null))
+    const rooms = await Promise.allSettled([...this.open.values()].map(s => s.room))
     this.open.clear()
+    await Promise.all(rooms.map(r => r.status === 'fulfilled' ? r.value.close() : null))
+    await Promise.allSettled(this.closing.values())
     if (this.index !== null) await this.index.close()
+  }
+
+  /** Starts closing the least recently used room no one holds; false when every open room is held. */
+  private evictOne (): boolean {
+    for (const [name, slot] of this.open) {
+      if (slot.holds === 0) {
+        this.evict(name, slot)
+        return true
+      }
+    }
+    return false
+  }
+
+  private evict (name: string, slot: Slot): void {
+    this.open.delete(name)
+    // the room's dedup ids go with it; they are read back from the core when it is next opened
+    const closed = slot.room.then(room => room.close(), () => {}).finally(() => {
+      this.closing.delete(name)
+      this.wake()
+    })
+    this.closing.set(name, closed)
+  }
+
+  private wake (): void {
+    const waiters = this.waiters
+    this.waiters = []
+    for (const resolve of waiters) resolve()
   }
 
   private async create (name: string): Promise<void> {
@@ -160,10 +281,12 @@ export class Rooms extends EventEmitter {
   }
 
   private async openRoom (name: string): Promise<Room> {
+    // a room being closed is reopened once its close is done
+    const closing = this.closing.get(name)
+    if (closing !== undefined) await closing
     const core = this.store.get({ name: coreName(name) })
     await core.ready()
     const info = this.infos.get(name)!
-    const room = new Room(name, core, info)
     // the core is the truth: the state file may be behind after a crash
     if (info.messageCount !== core.length || info.byteLength !== core.byteLength) {
       this.totalMessages += core.length - info.messageCount
@@ -171,8 +294,7 @@ export class Rooms extends EventEmitter {
       info.messageCount = core.length
       info.byteLength = core.byteLength
     }
-    this.emit('room-opened', room)
-    return room
+    return new Room(name, core, info, this.onBatch)
   }
 }
 

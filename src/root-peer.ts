@@ -11,12 +11,13 @@ import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer } from './peer.js'
 import {
-  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeRecord, frameContext, isHexTopic,
+  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic,
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
 } from './protocol.js'
 import type { Room } from './room.js'
+import { RoomTopics } from './room-topics.js'
 import { Rooms } from './rooms.js'
-import { StateFile, type PersistentState } from './state-file.js'
+import { StateFile, type PersistentState, type RoomState } from './state-file.js'
 import { WalSync } from './wal-sync.js'
 import { busiest, bump, createCounters, type Counters, type StatsSnapshot } from './stats.js'
 
@@ -34,6 +35,12 @@ export interface RootPeerOptions {
   maxPeers?: number
   /** rooms in all; a new room over it is refused with TOO_MANY_ROOMS */
   maxRooms?: number
+  /** room cores open at once (least recently used idle room closed first) */
+  maxOpenRooms?: number
+  /** room topics announced on the DHT at once (least recently active left first); 0 = none */
+  maxAnnouncedRooms?: number
+  /** ms without activity after which a room's core is closed and its topic left */
+  roomIdleTimeout?: number
   maxFrameBytes?: number
   maxMessageBytes?: number
   /** per-peer rates, 0 = unlimited (see Limits) */
@@ -103,7 +110,10 @@ export class ChatRootPeer extends EventEmitter {
   private rooms: Rooms | null = null
   private swarm: Hyperswarm | null = null
   private discovery: PeerDiscovery | null = null
-  private readonly roomTopics = new Set<string>()
+  private readonly topics: RoomTopics
+  private readonly maxOpenRooms: number
+  private readonly roomIdleTimeout: number
+  private sweepTimer: NodeJS.Timeout | null = null
   private readonly inflight = new Set<Promise<unknown>>()
   private statsTimer: NodeJS.Timeout | null = null
   private saveTimer: NodeJS.Timeout | null = null
@@ -133,6 +143,9 @@ export class ChatRootPeer extends EventEmitter {
       statsInterval = 30_000,
       maxPeers = 1024,
       maxRooms = 100_000,
+      maxOpenRooms = 256,
+      maxAnnouncedRooms = 1000,
+      roomIdleTimeout = 300_000,
       banThreshold = 100,
       banDuration = 600_000,
       stallTimeout = 30_000,
@@ -144,6 +157,9 @@ export class ChatRootPeer extends EventEmitter {
     this.statsInterval = statsInterval
     this.maxPeers = maxPeers
     this.maxRooms = maxRooms
+    this.maxOpenRooms = maxOpenRooms
+    this.roomIdleTimeout = roomIdleTimeout
+    this.topics = new RoomTopics({ maxAnnounced: maxAnnouncedRooms, idleTimeout: roomIdleTimeout })
     this.stallTimeout = stallTimeout
     const settings: Partial<Limits> = {}
     for (const key of LIMIT_SETTINGS) if (opts[key] !== undefined) settings[key] = opts[key]
@@ -194,9 +210,9 @@ export class ChatRootPeer extends EventEmitter {
     return { ok: reasons.length === 0, reasons, storage, discovery, dht }
   }
 
-  /** Rooms known, and rooms whose core is open now. */
-  get roomCounts (): { total: number, open: number, bytes: number } {
-    return { total: this.rooms?.size ?? 0, open: this.rooms?.openCount ?? 0, bytes: this.rooms?.totalBytes ?? 0 }
+  /** Rooms known, rooms whose core is open now, bytes stored, and room topics announced now. */
+  get roomCounts (): { total: number, open: number, bytes: number, announced: number } {
+    return { total: this.rooms?.size ?? 0, open: this.rooms?.openCount ?? 0, bytes: this.rooms?.totalBytes ?? 0, announced: this.topics.size }
   }
 
   stats (): StatsSnapshot {
@@ -227,6 +243,9 @@ export class ChatRootPeer extends EventEmitter {
       const { problem, movedTo, fromPrevious } = loaded
       this.emit('state-file-recovered', { problem, movedTo, fromPrevious, rooms: rooms.size, messages: rooms.totalMessages })
     }
+    // rooms active before the restart are announced again, the most recent ones within the caps
+    const recent = [...rooms.list()].filter(r => Date.now() - r.lastActivity <= this.roomIdleTimeout)
+    for (const r of recent.sort((a, b) => a.lastActivity - b.lastActivity).slice(-this.topics.maxAnnounced)) this.topics.touch(r.name, r.lastActivity)
     this.createdAt = loaded.state?.rootPeerCreatedAt || Date.now()
 
     const { bootstrap, dhtHost = '0.0.0.0', dhtPort } = this.opts
@@ -246,7 +265,11 @@ export class ChatRootPeer extends EventEmitter {
     })
     this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
     this.discovery = this.swarm.join(this.discoveryTopic, { server: true, client: false })
-    for (const name of this.roomTopics) this.swarm.join(roomTopic(name), { server: true, client: false })
+    const swarm = this.swarm
+    this.topics.attach({
+      join: name => { swarm.join(roomTopic(name), { server: true, client: false }) },
+      leave: name => { swarm.leave(roomTopic(name)).catch(() => {}) }
+    })
 
     // an unreachable DHT does not hold back ready; these report when it comes
     dht.fullyBootstrapped().then(() => {
@@ -266,6 +289,12 @@ export class ChatRootPeer extends EventEmitter {
       }, this.statsInterval)
       this.statsTimer.unref()
     }
+    // this.rooms, not a copy: the rooms are replaced when the store is reopened after a storage failure
+    this.sweepTimer = setInterval(() => {
+      this.rooms?.closeIdle(this.roomIdleTimeout)
+      this.topics.sweep()
+    }, Math.max(1000, Math.min(this.roomIdleTimeout / 2, 60_000)))
+    this.sweepTimer.unref()
     this.startedAt = Date.now()
     await this.save()
     this.emit('ready', { publicKey: this.publicKey.toString('hex') })
@@ -280,8 +309,7 @@ export class ChatRootPeer extends EventEmitter {
 
   /** Loads the rooms from the store's room index merged with `saved`; resolves with the rooms found only in the index. */
   private async openRooms (saved: PersistentState | null): Promise<number> {
-    const rooms = new Rooms(this.store!)
-    rooms.on('room-opened', (room: Room) => this.joinRoomTopic(room.name))
+    const rooms = new Rooms(this.store!, { maxOpen: this.maxOpenRooms, onBatch: () => { this.counters.appendBatches++ } })
     rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
     const recovered = await rooms.load(saved)
     this.rooms = rooms
@@ -349,6 +377,7 @@ export class ChatRootPeer extends EventEmitter {
     this.emit('closing')
     if (this.statsTimer !== null) clearInterval(this.statsTimer)
     if (this.saveTimer !== null) clearTimeout(this.saveTimer)
+    if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
     if (this.recoveryTimer !== null) clearTimeout(this.recoveryTimer)
     if (this.reopening !== null) await this.reopening.catch(() => {})
     this.guard.close()
@@ -437,52 +466,70 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async onRegisterRoom (peer: Peer, frame: RegisterRoomFrame): Promise<void> {
-    const room = await this.joinRoom(peer, frame.roomName, true)
+    const info = await this.joinRoom(peer, frame.roomName, true)
     if (frame.requestId !== undefined) {
-      this.sendFrame(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: room.length, requestId: frame.requestId })
+      this.sendFrame(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: info.messageCount, requestId: frame.requestId })
     }
   }
 
   private async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
     // while writes fail, nothing is tried: the peer resends after the failure has passed
     if (this.storageFailure !== null) throw this.storageFailure
+    const rooms = this.rooms!
     // a message for a room not registered yet registers it first
-    const room = await this.joinRoom(peer, frame.roomName, false)
-    const block = Buffer.from(encodeRecord({
-      message: frame.message,
-      storedAt: Date.now(),
-      fromPeer: peer.id,
-      senderPublicKey: peer.id,
-      id: frame.id
-    }, frame.messageJson))
+    if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
+    else await this.joinRoom(peer, frame.roomName, false)
+    // the common case, a room open already, takes no await
+    const room = rooms.hold(frame.roomName) ?? (await rooms.get(frame.roomName, false))!
+    // the room stays held (its core open) until the append is done
+    let queued = false
+    try {
+      const block = Buffer.from(encodeRecord({
+        message: frame.message,
+        storedAt: Date.now(),
+        fromPeer: peer.id,
+        senderPublicKey: peer.id,
+        id: frame.id
+      }, frame.messageJson))
 
-    const started = this.onLatency === null ? 0 : performance.now()
-    // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
-    if (frame.id === undefined) {
-      this.track(room.append(block).then(
-        index => this.stored(room, peer, index, undefined, block.byteLength, started),
-        err => this.appendFailed(peer, room, frame, err)
-      ))
-      return
+      const started = this.onLatency === null ? 0 : performance.now()
+      // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
+      if (frame.id === undefined) {
+        this.track(room.append(block).then(index => {
+          rooms.release(room)
+          this.stored(room, peer, index, undefined, block.byteLength, started)
+        }, err => {
+          rooms.release(room)
+          this.appendFailed(peer, room, frame, err)
+        }))
+        queued = true
+        return
+      }
+      const loading = room.idsReady()
+      if (loading !== null) await loading
+      const id = frame.id
+      this.track(room.storeOnce(id, block).then(async ({ index, duplicate }) => {
+        rooms.release(room)
+        if (duplicate) this.counters.duplicates++
+        else this.stored(room, peer, index, id, block.byteLength, started)
+        // acked only after the append resolved (and, with syncWrites, reached the disk): the ack is a durability promise
+        if (this.walSync !== null) await this.walSync.sync()
+        this.sendFrame(peer, 'message-ack', encodeAck(room.nameJson, id, index, duplicate))
+      }, err => {
+        rooms.release(room)
+        this.appendFailed(peer, room, frame, err)
+      }))
+      queued = true
+    } finally {
+      if (!queued) rooms.release(room)
     }
-    const loading = room.idsReady()
-    if (loading !== null) await loading
-    const id = frame.id
-    this.track(room.storeOnce(id, block).then(async ({ index, duplicate }) => {
-      if (duplicate) this.counters.duplicates++
-      else this.stored(room, peer, index, id, block.byteLength, started)
-      // acked only after the append resolved (and, with syncWrites, reached the disk): the ack is a durability promise
-      if (this.walSync !== null) await this.walSync.sync()
-      this.sendFrame(peer, 'message-ack', duplicate
-        ? { type: 'message-ack', roomName: room.name, id, messageIndex: index, duplicate: true }
-        : { type: 'message-ack', roomName: room.name, id, messageIndex: index })
-    }, err => this.appendFailed(peer, room, frame, err)))
   }
 
   private async onSyncRequest (peer: Peer, frame: SyncRequestFrame): Promise<void> {
     const { roomName, lastIndex, limit, requestId } = frame
     const started = this.onLatency === null ? 0 : performance.now()
-    const room = this.rooms!.has(roomName) ? await this.rooms!.get(roomName, false) : null
+    const rooms = this.rooms!
+    const room = rooms.has(roomName) ? await rooms.get(roomName, false) : null
     const tail = requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}'
     const head = '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":['
     if (room === null) {
@@ -490,9 +537,15 @@ export class ChatRootPeer extends EventEmitter {
       this.sendFrame(peer, 'sync-response', head + '],"totalMessages":0,"nextIndex":' + lastIndex + ',"hasMore":false' + tail)
       return
     }
-    // frames are handled in order: a sync after this connection's own message sees it
-    await room.barrier()
-    const page = await room.readPage(lastIndex, limit, this.limits.maxPageBytes)
+    this.topics.touch(roomName)
+    let page
+    try {
+      // frames are handled in order: a sync after this connection's own message sees it
+      await room.barrier()
+      page = await room.readPage(lastIndex, limit, this.limits.maxPageBytes)
+    } finally {
+      rooms.release(room)
+    }
     this.sendFrame(peer, 'sync-response', head + page.entries.join(',') +
       '],"totalMessages":' + page.totalMessages +
       ',"nextIndex":' + page.nextIndex +
@@ -501,26 +554,21 @@ export class ChatRootPeer extends EventEmitter {
     if (this.onLatency !== null) this.onLatency('sync', (performance.now() - started) / 1000)
   }
 
-  private async joinRoom (peer: Peer, roomName: string, always: boolean): Promise<Room> {
+  /** Registers the room unless it exists (within the caps) and marks it active; opens no core. */
+  private async joinRoom (peer: Peer, roomName: string, always: boolean): Promise<RoomState> {
     const rooms = this.rooms!
     if (!rooms.has(roomName)) {
       if (rooms.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
       this.guard.admitNewRoom(peer.record)
     }
-    const room = (await rooms.get(roomName, true))!
+    const info = await rooms.register(roomName)
+    this.topics.touch(roomName)
     const fresh = !peer.rooms.has(roomName)
-    peer.rooms.add(roomName)
+    if (fresh) peer.rooms.add(roomName)
     if (always || fresh) {
-      this.emit('room-registered', { roomId: roomName, roomName, peerId: peer.id, messageCount: room.length })
+      this.emit('room-registered', { roomId: roomName, roomName, peerId: peer.id, messageCount: info.messageCount })
     }
-    return room
-  }
-
-  private joinRoomTopic (name: string): void {
-    if (this.roomTopics.has(name)) return
-    this.roomTopics.add(name)
-    // before the swarm exists (rooms reopened at start) the topic is joined once it does
-    if (this.swarm !== null && !this.closing) this.swarm.join(roomTopic(name), { server: true, client: false })
+    return info
   }
 
   private stored (room: Room, peer: Peer, index: number, id: string | undefined, bytes: number, started: number): void {
@@ -596,7 +644,8 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private track (promise: Promise<unknown>): void {
-    const p = promise.catch(() => {}).finally(() => this.inflight.delete(p))
+    const done = (): void => { this.inflight.delete(p) }
+    const p: Promise<unknown> = promise.then(done, done)
     this.inflight.add(p)
   }
 }

@@ -6,6 +6,8 @@ export interface Counters {
   framesSent: Record<string, number>
   errors: Record<string, number>
   messagesStored: number
+  /** core appends; each carries every message that arrived while the one before was in flight */
+  appendBatches: number
   duplicates: number
   peersConnected: number
   peersDisconnected: number
@@ -25,6 +27,7 @@ export function createCounters (): Counters {
     framesSent: Object.create(null),
     errors: Object.create(null),
     messagesStored: 0,
+    appendBatches: 0,
     duplicates: 0,
     peersConnected: 0,
     peersDisconnected: 0,

@@ -1,0 +1,449 @@
+// npm run bench [-- --clients 4 --messages 5000 --payload 240 --peers 1000 --rooms 10000 --active 1000
+//                  --latency-seconds 5 --skip-connections --skip-rooms --skip-latency --profile DIR]
+// Starts a loopback DHT testnet and the daemon as a child process, drives it over real Hyperswarm
+// connections, measures Hypercore's own limit on the same records in the same run, and prints one
+// JSON line and a table. Everything stays on 127.0.0.1; temp dirs and the child are removed at the end.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import Corestore from 'corestore'
+import HyperDHT from 'hyperdht'
+import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
+import Hyperswarm, { type NoiseStream } from 'hyperswarm'
+import crypto from 'hypercore-crypto'
+import { encodeRecord } from '../src/protocol.js'
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+/** USER_HZ of /proc/<pid>/stat, 100 on Linux */
+const CLOCK_TICKS = 100
+const DISCOVERY = crypto.hash(Buffer.from('holepunch-root-peer-discovery'))
+
+interface Options {
+  clients: number
+  messages: number
+  payload: number
+  peers: number
+  rooms: number
+  active: number
+  latencySeconds: number
+  latencyRate: number
+  skipConnections: boolean
+  skipRooms: boolean
+  skipLatency: boolean
+  profile: string | null
+}
+
+function parseArgs (argv: string[]): Options {
+  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, skipConnections: false, skipRooms: false, skipLatency: false, profile: null }
+  const numeric: Record<string, keyof Options> = { '--clients': 'clients', '--messages': 'messages', '--payload': 'payload', '--peers': 'peers', '--rooms': 'rooms', '--active': 'active', '--latency-seconds': 'latencySeconds', '--latency-rate': 'latencyRate' }
+  for (let i = 0; i < argv.length; i++) {
+    const [flag, inline] = argv[i].split('=', 2)
+    if (flag === '--skip-connections') o.skipConnections = true
+    else if (flag === '--skip-rooms') o.skipRooms = true
+    else if (flag === '--skip-latency') o.skipLatency = true
+    else if (flag === '--profile') o.profile = path.resolve(inline ?? argv[++i])
+    else if (flag in numeric) {
+      const n = Number(inline ?? argv[++i])
+      if (!Number.isFinite(n) || n < 0) throw new Error(`${flag}: not a number`)
+      ;(o as any)[numeric[flag]] = n
+    } else throw new Error(`unknown flag ${argv[i]}`)
+  }
+  return o
+}
+
+const cleanups: Array<() => Promise<unknown> | unknown> = []
+async function cleanup (): Promise<void> {
+  while (cleanups.length > 0) {
+    try { await cleanups.pop()!() } catch {}
+  }
+}
+
+async function tempDir (prefix: string): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix))
+  cleanups.push(() => fs.rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+function rate (count: number, ms: number): number {
+  return Math.round(count / (ms / 1000))
+}
+
+function percentile (sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+/** The records the daemon stores for a message of `payload` bytes, so the limit is measured on the same blocks. */
+function records (count: number, payload: number): Buffer[] {
+  const peerId = crypto.randomBytes(32).toString('hex')
+  const body = 'x'.repeat(payload)
+  return Array.from({ length: count }, (_, i) => Buffer.from(encodeRecord({ message: body, storedAt: Date.now(), fromPeer: peerId, senderPublicKey: peerId, id: `id-${i}` }, JSON.stringify(body))))
+}
+
+/** Hypercore's own speed on these records: batched appends of 100, then every block read with many gets in flight. */
+async function hypercoreLimit (blocks: Buffer[], pacedRate: number): Promise<{ appendPerSecond: number, getPerSecond: number, blockBytes: number, singleAppendMs: { p50: number, p99: number } }> {
+  const store = new Corestore(await tempDir('root-peer-bench-core-'))
+  const core = store.get({ name: 'limit' })
+  await core.ready()
+  let t0 = performance.now()
+  for (let i = 0; i < blocks.length; i += 100) await core.append(blocks.slice(i, i + 100))
+  const appendMs = performance.now() - t0
+  t0 = performance.now()
+  for (let i = 0; i < blocks.length; i += 1000) {
+    const gets: Array<Promise<Buffer | null>> = []
+    for (let j = i; j < Math.min(blocks.length, i + 1000); j++) gets.push(core.get(j))
+    await Promise.all(gets)
+  }
+  const getMs = performance.now() - t0
+  // one block at a time at the paced rate of the ack latency test: Hypercore's own share of an ack's latency
+  const took: number[] = []
+  t0 = performance.now()
+  for (let i = 0; i < Math.min(1000, blocks.length); i++) {
+    const wait = t0 + i * 1000 / pacedRate - performance.now()
+    if (wait > 1) await sleep(wait)
+    const s = performance.now()
+    await core.append(blocks[i])
+    took.push(performance.now() - s)
+  }
+  took.sort((a, b) => a - b)
+  await store.close()
+  return {
+    appendPerSecond: rate(blocks.length, appendMs),
+    getPerSecond: rate(blocks.length, getMs),
+    blockBytes: blocks[0].byteLength,
+    singleAppendMs: { p50: round2(percentile(took, 0.5)), p99: round2(percentile(took, 0.99)) }
+  }
+}
+
+/** The daemon as a child process, its JSON log lines read for the ready and monitor lines. */
+class Daemon {
+  readonly child: ChildProcess
+  private readonly lines: any[] = []
+  private waiters: Array<{ match: (l: any) => boolean, resolve: (l: any) => void }> = []
+  readonly exited: Promise<unknown>
+
+  constructor (env: Record<string, string>, profileDir: string | null) {
+    // the built daemon, as deployed: tsx's loader would add its own memory and startup work
+    const args = [...(profileDir !== null ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), path.join(ROOT, 'dist/bin.js')]
+    this.child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, NODE_ENV: 'production', ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+    this.exited = once(this.child, 'exit')
+    let buf = ''
+    this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      buf += chunk
+      let nl
+      while ((nl = buf.indexOf('\n')) !== -1) {
+        let line: any
+        try { line = JSON.parse(buf.slice(0, nl)) } catch { line = {} }
+        buf = buf.slice(nl + 1)
+        this.lines.push(line)
+        this.waiters = this.waiters.filter(w => !w.match(line) || (w.resolve(line), false))
+      }
+    })
+  }
+
+  line (match: (l: any) => boolean, timeout = 60_000): Promise<any> {
+    const found = this.lines.find(match)
+    if (found !== undefined) return Promise.resolve(found)
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('daemon: no matching log line')), timeout)
+      this.waiters.push({ match, resolve: l => { clearTimeout(timer); resolve(l) } })
+    })
+  }
+
+  async rssMB (): Promise<number> {
+    const status = await fs.readFile(`/proc/${this.child.pid}/status`, 'utf8')
+    return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024 * 10) / 10
+  }
+
+  /** CPU seconds (user + system) the daemon has used so far. */
+  async cpuSeconds (): Promise<number> {
+    const stat = await fs.readFile(`/proc/${this.child.pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
+  }
+
+  async stop (): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return
+    this.child.kill('SIGTERM')
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 15_000)
+    await this.exited
+    clearTimeout(timer)
+  }
+}
+
+/** One client connection on the testnet: frames out as one JSON object per write, frames in parsed. */
+class Client {
+  readonly swarm: Hyperswarm
+  conn!: NoiseStream
+  onFrame: (frame: any) => void = () => {}
+
+  constructor (net: Testnet) {
+    this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
+    cleanups.push(() => this.swarm.destroy())
+  }
+
+  async connect (): Promise<void> {
+    const connected = once(this.swarm, 'connection')
+    const discovery = this.swarm.join(DISCOVERY, { client: true, server: false })
+    const retry = setInterval(() => { discovery.refresh().catch(() => {}) }, 1000)
+    const [conn] = await connected.finally(() => clearInterval(retry)) as [NoiseStream]
+    this.conn = conn
+    conn.on('error', () => {})
+    const announced = new Promise<void>(resolve => {
+      this.onFrame = f => { if (f.type === 'root-peer-announcement') resolve() }
+    })
+    conn.on('data', (data: Buffer) => this.onFrame(JSON.parse(data.toString('utf8'))))
+    await announced
+  }
+
+  send (frame: object): void {
+    this.conn.write(JSON.stringify(frame))
+  }
+
+  /** Sends a sync-request and resolves with its answer. */
+  request (frame: object): Promise<any> {
+    return new Promise(resolve => {
+      this.onFrame = f => { if (f.type === 'sync-response' || f.type === 'room-registered' || f.type === 'error') resolve(f) }
+      this.send(frame)
+    })
+  }
+}
+
+async function ingest (clients: Client[], messages: number, payload: string): Promise<{ perSecond: number, ms: number }> {
+  const t0 = performance.now()
+  await Promise.all(clients.map((c, k) => new Promise<void>((resolve, reject) => {
+    let acked = 0
+    c.onFrame = f => {
+      if (f.type === 'error') reject(new Error(`ingest: ${f.code} ${f.message}`))
+      if (f.type === 'message-ack' && ++acked === messages) resolve()
+    }
+    for (let i = 0; i < messages; i++) c.send({ type: 'message', roomName: `bench-ingest-${k}`, message: payload, id: `c${k}-${i}` })
+  })))
+  const ms = performance.now() - t0
+  return { perSecond: rate(clients.length * messages, ms), ms: Math.round(ms) }
+}
+
+async function latency (client: Client, seconds: number, perSecond: number, payload: string): Promise<{ p50: number, p99: number, max: number, count: number }> {
+  const count = Math.round(seconds * perSecond)
+  const sentAt = new Array<number>(count)
+  const took: number[] = []
+  const done = new Promise<void>(resolve => {
+    client.onFrame = f => {
+      if (f.type !== 'message-ack') return
+      took.push(performance.now() - sentAt[Number(f.id.slice(1))])
+      if (took.length === count) resolve()
+    }
+  })
+  const t0 = performance.now()
+  for (let i = 0; i < count; i++) {
+    // paced against the clock, so a late tick does not slow the rate down
+    const due = t0 + i * 1000 / perSecond
+    const wait = due - performance.now()
+    if (wait > 1) await sleep(wait)
+    sentAt[i] = performance.now()
+    client.send({ type: 'message', roomName: 'bench-latency', message: payload, id: `l${i}` })
+  }
+  await done
+  took.sort((a, b) => a - b)
+  const round = (x: number): number => Math.round(x * 100) / 100
+  return { p50: round(percentile(took, 0.5)), p99: round(percentile(took, 0.99)), max: round(took[took.length - 1]), count }
+}
+
+async function sync (client: Client, roomName: string): Promise<{ perSecond: number, messages: number, pages: number }> {
+  let next = 0
+  let messages = 0
+  let pages = 0
+  const t0 = performance.now()
+  while (true) {
+    const page = await client.request({ type: 'sync-request', roomName, lastIndex: next, limit: 1000 })
+    if (page.type !== 'sync-response') throw new Error(`sync: ${page.code}`)
+    messages += page.messages.length
+    pages++
+    next = page.nextIndex
+    if (!page.hasMore) break
+  }
+  return { perSecond: rate(messages, performance.now() - t0), messages, pages }
+}
+
+async function connections (net: Testnet, publicKey: Buffer, count: number): Promise<{ ms: number, announced: number }> {
+  const nodes = Array.from({ length: 4 }, () => new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }))
+  const conns: any[] = []
+  const t0 = performance.now()
+  const firsts = await Promise.all(Array.from({ length: count }, (_, i) => new Promise<string>(resolve => {
+    const conn = (nodes[i % nodes.length] as any).connect(publicKey, { keyPair: HyperDHT.keyPair() })
+    conns.push(conn)
+    conn.on('error', () => resolve('error'))
+    conn.once('data', (d: Buffer) => resolve(JSON.parse(d.toString()).type))
+  })))
+  const ms = performance.now() - t0
+  for (const c of conns) c.destroy()
+  await Promise.all(nodes.map(n => n.destroy()))
+  return { ms: Math.round(ms), announced: firsts.filter(x => x === 'root-peer-announcement').length }
+}
+
+/** Registers `total` rooms, then makes `active` of them active with one message each; returns the daemon's RSS after. */
+async function manyRooms (clients: Client[], total: number, active: number, payload: string): Promise<void> {
+  const WINDOW = 256
+  await Promise.all(clients.map(async (c, k) => {
+    for (let at = k; at < total; at += clients.length * WINDOW) {
+      const batch: number[] = []
+      for (let r = at; r < Math.min(total, at + clients.length * WINDOW); r += clients.length) batch.push(r)
+      await new Promise<void>((resolve, reject) => {
+        let answered = 0
+        c.onFrame = f => {
+          if (f.type === 'error') reject(new Error(`rooms: ${f.code} ${f.message}`))
+          if (f.type === 'room-registered' && ++answered === batch.length) resolve()
+        }
+        for (const r of batch) c.send({ type: 'register-room', roomName: `bench-room-${r}`, requestId: r })
+      })
+    }
+  }))
+  await Promise.all(clients.map((c, k) => new Promise<void>((resolve, reject) => {
+    const mine: number[] = []
+    for (let r = k; r < active; r += clients.length) mine.push(r)
+    let acked = 0
+    c.onFrame = f => {
+      if (f.type === 'error') reject(new Error(`rooms: ${f.code} ${f.message}`))
+      if (f.type === 'message-ack' && ++acked === mine.length) resolve()
+    }
+    if (mine.length === 0) resolve()
+    for (const r of mine) c.send({ type: 'message', roomName: `bench-room-${r}`, message: payload, id: `a${r}` })
+  })))
+}
+
+/** Compiles src/ to dist/ (tsc), so the daemon measured is the current code. */
+async function build (): Promise<void> {
+  const tsc = spawn(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' })
+  const [code] = await once(tsc, 'exit')
+  if (code !== 0) throw new Error('build failed')
+}
+
+async function stats (url: string): Promise<any> {
+  const res = await fetch(`${url}/stats`)
+  return res.json()
+}
+
+async function main (): Promise<void> {
+  const o = parseArgs(process.argv.slice(2))
+  const payload = 'x'.repeat(o.payload)
+  const result: Record<string, unknown> = { clients: o.clients, messages: o.messages, payload: o.payload }
+
+  await build()
+  const limit = await hypercoreLimit(records(o.clients * o.messages, o.payload), o.latencyRate)
+  result.hypercore = limit
+
+  const net = await createTestnet(3, { host: '127.0.0.1' })
+  cleanups.push(() => net.destroy())
+  const storage = await tempDir('root-peer-bench-')
+  if (o.profile !== null) await fs.mkdir(o.profile, { recursive: true })
+  const daemon = new Daemon({
+    STORAGE_DIR: storage,
+    DHT_BOOTSTRAP: net.bootstrap.map(b => `${b.host}:${b.port}`).join(','),
+    DHT_HOST: '127.0.0.1',
+    HOST: '127.0.0.1',
+    PORT: '0',
+    STATS_INTERVAL: '0',
+    MAX_PEERS: String(Math.max(2048, o.peers + 64)),
+    MAX_ROOMS: String(Math.max(100_000, o.rooms * 2)),
+    RATE_MESSAGES: '0',
+    RATE_BYTES: '0',
+    RATE_SYNCS: '0',
+    RATE_REGISTERS: '0',
+    RATE_NEW_ROOMS: '0',
+    BAN_THRESHOLD: '0'
+  }, o.profile)
+  cleanups.push(() => daemon.stop())
+  const monitor = await daemon.line(l => typeof l.url === 'string')
+  const ready = await daemon.line(l => typeof l.msg === 'string' && l.msg.startsWith('root peer ready'))
+  await daemon.line(l => l.msg === 'announced on the discovery topic')
+  const publicKey = Buffer.from(ready.publicKey, 'hex')
+  await sleep(500)
+  const rssIdle = await daemon.rssMB()
+
+  const clients = Array.from({ length: o.clients }, () => new Client(net))
+  await Promise.all(clients.map(c => c.connect()))
+  const batches0 = (await stats(monitor.url)).counters.appendBatches
+  const cpu0 = await daemon.cpuSeconds()
+  const own0 = process.cpuUsage()
+  const ing = await ingest(clients, o.messages, payload)
+  const daemonCpu = round2((await daemon.cpuSeconds() - cpu0) / (ing.ms / 1000))
+  const own = process.cpuUsage(own0)
+  const clientCpu = round2((own.user + own.system) / 1000 / ing.ms)
+  const rssAfterIngest = await daemon.rssMB()
+  const messagesPerAppend = round2(o.clients * o.messages / ((await stats(monitor.url)).counters.appendBatches - batches0))
+  // CPU in cores used during the ingest (1 = one core busy all the time)
+  result.ingest = { ...ing, ofLimit: round2(ing.perSecond / limit.appendPerSecond), daemonCpu, clientCpu, messagesPerAppend }
+
+  // each time a fresh client reads one full room from index 0; the median of three
+  const syncs = []
+  for (let k = 0; k < 3; k++) {
+    const reader = new Client(net)
+    await reader.connect()
+    syncs.push(await sync(reader, `bench-ingest-${k % o.clients}`))
+    if (k < 2) await reader.swarm.destroy()
+  }
+  syncs.sort((a, b) => a.perSecond - b.perSecond)
+  const syn = syncs[1]
+  result.sync = { ...syn, ofLimit: round2(syn.perSecond / limit.getPerSecond), runs: syncs.map(x => x.perSecond) }
+  const reader = new Client(net)
+  await reader.connect()
+
+  if (!o.skipLatency) result.ackLatencyMs = { rate: o.latencyRate, ...await latency(reader, o.latencySeconds, o.latencyRate, payload) }
+  result.memoryMB = { idle: rssIdle, afterIngest: rssAfterIngest }
+
+  if (!o.skipConnections) {
+    const c = await connections(net, publicKey, o.peers)
+    result.connections = { peers: o.peers, ...c }
+    await sleep(1000)
+  }
+
+  if (!o.skipRooms) {
+    const t0 = performance.now()
+    await manyRooms(clients, o.rooms, o.active, payload)
+    const ms = Math.round(performance.now() - t0)
+    await sleep(1000)
+    const s = await stats(monitor.url)
+    result.rooms = { registered: o.rooms, active: o.active, ms, rssMB: await daemon.rssMB(), open: s.rooms.open, announced: s.rooms.announced, total: s.rooms.total }
+  }
+  const s = await stats(monitor.url)
+  result.daemon = { messages: s.totalMessages, appendBatches: s.counters.appendBatches }
+  result.machine = { nproc: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, loadavg: os.loadavg().map(x => Math.round(x * 100) / 100) }
+
+  await daemon.stop()
+  console.log(JSON.stringify(result))
+  printTable(result as any)
+}
+
+function round2 (x: number): number {
+  return Math.round(x * 100) / 100
+}
+
+function printTable (r: any): void {
+  const rows: Array<[string, string, string]> = [
+    ['hypercore batched append (limit)', `${r.hypercore.appendPerSecond} blocks/s`, `${r.hypercore.blockBytes}-byte blocks`],
+    ['hypercore concurrent get (limit)', `${r.hypercore.getPerSecond} blocks/s`, ''],
+    ['hypercore single append', `p50 ${r.hypercore.singleAppendMs.p50} ms, p99 ${r.hypercore.singleAppendMs.p99} ms`, `one block at a time, paced at ${r.ackLatencyMs?.rate ?? '-'} /s`],
+    ['ingest', `${r.ingest.perSecond} msg/s`, `${Math.round(r.ingest.ofLimit * 100)}% of append limit (target ≥ 50%); daemon CPU ${r.ingest.daemonCpu} cores, bench clients ${r.ingest.clientCpu}, ${r.ingest.messagesPerAppend} msg/append`],
+    ['sync', `${r.sync.perSecond} msg/s`, `${Math.round(r.sync.ofLimit * 100)}% of get limit (target ≥ 50%); median of ${r.sync.runs.join(', ')}`]
+  ]
+  if (r.ackLatencyMs !== undefined) rows.push(['ack latency', `p50 ${r.ackLatencyMs.p50} ms, p99 ${r.ackLatencyMs.p99} ms`, `at ${r.ackLatencyMs.rate} msg/s (target p99 ≤ 10 ms)`])
+  if (r.connections !== undefined) rows.push(['connections', `${r.connections.announced}/${r.connections.peers} in ${r.connections.ms} ms`, 'target: all 1,000 announced'])
+  rows.push(['RSS idle / after ingest', `${r.memoryMB.idle} / ${r.memoryMB.afterIngest} MB`, ''])
+  if (r.rooms !== undefined) rows.push(['RSS with rooms', `${r.rooms.rssMB} MB`, `${r.rooms.total} rooms, ${r.rooms.active} active, ${r.rooms.open} open, ${r.rooms.announced} announced (target ≤ 150 MB)`])
+  const w0 = Math.max(...rows.map(x => x[0].length))
+  const w1 = Math.max(...rows.map(x => x[1].length))
+  for (const [a, b, c] of rows) console.log(`${a.padEnd(w0)}  ${b.padEnd(w1)}  ${c}`)
+}
+
+process.on('SIGINT', () => { cleanup().finally(() => process.exit(130)) })
+main().then(cleanup, async err => {
+  console.error(err)
+  await cleanup()
+  process.exitCode = 1
+}).finally(() => setTimeout(() => process.exit(), 1000).unref())

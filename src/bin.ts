@@ -145,6 +145,8 @@ function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
       : `writes to ${rootPeer.storageDir} fail: refusing messages with STORAGE_ERROR until a write succeeds`
   ))
   rootPeer.on('storage-recovery-failed', err => log.warn({ err }, 'reopening storage failed; retrying'))
+  rootPeer.on('room-pruned', ({ roomName, messages, bytes }) => log.debug({ roomName, messages, bytes }, 'room pruned by retention'))
+  rootPeer.on('prune-error', ({ roomName, err }) => log.error({ roomName, err }, 'pruning a room failed'))
   rootPeer.on('storage-recovered', () => log.info('storage recovered: writes accepted again'))
   rootPeer.on('state-file-recovered', ({ problem, movedTo, fromPrevious, rooms, messages }) => log.warn(
     { problem, movedTo, fromPrevious, rooms, messages },

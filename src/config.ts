@@ -32,6 +32,14 @@ export interface Config {
   maxAnnouncedRooms: number
   /** ms without activity after which a room's core is closed and its topic left */
   roomIdleTimeout: number
+  /** refuse rooms that are not signed rooms */
+  requireSignedRooms: boolean
+  /** per-room retention, 0 = off: most messages, most bytes, oldest age (ms) kept */
+  retentionMessages: number
+  retentionBytes: number
+  retentionAge: number
+  /** message bytes held in all rooms, 0 = no cap; over it messages are refused with STORAGE_FULL */
+  maxStorageBytes: number
   messagesPerSecond: number
   bytesPerSecond: number
   syncsPerSecond: number
@@ -82,6 +90,11 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'maxRooms', env: 'MAX_ROOMS', flag: '--max-rooms', default: '100000', help: 'rooms the root peer holds in all', parse: (v, n) => parseInteger(v, n, 1, 100_000_000) },
   { key: 'maxOpenRooms', env: 'MAX_OPEN_ROOMS', flag: '--max-open-rooms', default: '256', help: 'room cores open at once; the least recently used idle room is closed to open another', parse: (v, n) => parseInteger(v, n, 1, 1_000_000) },
   { key: 'maxAnnouncedRooms', env: 'MAX_ANNOUNCED_ROOMS', flag: '--max-announced-rooms', default: '1000', help: 'room topics announced on the DHT at once, least recently active left first; 0 = none (clients still find the root peer on the discovery topic)', parse: (v, n) => parseInteger(v, n, 0, 1_000_000) },
+  { key: 'requireSignedRooms', env: 'REQUIRE_SIGNED_ROOMS', flag: '--require-signed-rooms', default: 'false', help: 'refuse rooms that are not signed rooms (true or false)', parse: parseBoolean },
+  { key: 'retentionMessages', env: 'RETENTION_MESSAGES', flag: '--retention-messages', default: '0', help: 'most messages a room keeps; older ones are pruned (indices stay); 0 = all', parse: (v, n) => parseInteger(v, n, 0, Number.MAX_SAFE_INTEGER) },
+  { key: 'retentionBytes', env: 'RETENTION_BYTES', flag: '--retention-bytes', default: '0', help: 'most message bytes a room keeps (KiB/MiB/GiB suffixes); 0 = all', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
+  { key: 'retentionAge', env: 'RETENTION_DAYS', flag: '--retention-days', default: '0', help: 'days a message is kept (fractions allowed); 0 = forever', parse: parseDays },
+  { key: 'maxStorageBytes', env: 'MAX_STORAGE_BYTES', flag: '--max-storage-bytes', default: '0', help: 'message bytes held in all rooms; over it messages are refused with STORAGE_FULL; 0 = no cap', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
   { key: 'roomIdleTimeout', env: 'ROOM_IDLE_TIMEOUT', flag: '--room-idle-timeout', default: '5m', help: 'how long a room may go unused before its core is closed and its topic left', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
   { key: 'messagesPerSecond', env: 'RATE_MESSAGES', flag: '--rate-messages', default: '100', help: 'messages a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
   { key: 'bytesPerSecond', env: 'RATE_BYTES', flag: '--rate-bytes', default: '1MiB', help: 'message bytes a second per peer (burst: 10 s worth); 0 = unlimited', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
@@ -175,6 +188,13 @@ function parseBoolean (value: string, name: string): boolean {
   if (['true', '1', 'yes', 'on'].includes(v)) return true
   if (['false', '0', 'no', 'off'].includes(v)) return false
   throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not true or false`)
+}
+
+/** Days as ms; fractions allowed. */
+function parseDays (value: string, name: string): number {
+  const n = /^\d+(\.\d+)?$/.test(value.trim()) ? Number(value) : NaN
+  if (!Number.isFinite(n) || n > 100_000) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not a number of days (0 = forever)`)
+  return Math.round(n * 86_400_000)
 }
 
 function parseLogLevel (value: string, name: string): string {

@@ -8,6 +8,8 @@ export type ErrorCode =
   | 'SHUTTING_DOWN'
   | 'STORAGE_ERROR'
   | 'STORAGE_FULL'
+  | 'BAD_ROOM_KEY'
+  | 'UNAUTHORIZED'
   | 'TOO_MANY_PEERS'
   | 'TOO_MANY_ROOMS'
   | 'RATE_LIMITED'
@@ -79,6 +81,18 @@ export class RootPeerError extends Error {
     const err = new RootPeerError('STORAGE_FULL', 'the root peer\'s disk is full; the message was not stored; retry later', freeBytes === null ? {} : { freeBytes })
     err.cause = cause
     return err
+  }
+
+  static STORAGE_CAP (maxStorageBytes: number): RootPeerError {
+    return new RootPeerError('STORAGE_FULL', `the root peer holds its most message bytes (MAX_STORAGE_BYTES ${maxStorageBytes}); the message was not stored; retry later`, { maxStorageBytes })
+  }
+
+  static BAD_ROOM_KEY (): RootPeerError {
+    return new RootPeerError('BAD_ROOM_KEY', 'roomName is not the discovery key of writerPublicKey: a signed room\'s name must be hex(discoveryKey(writerPublicKey))')
+  }
+
+  static UNAUTHORIZED (reason: string): RootPeerError {
+    return new RootPeerError('UNAUTHORIZED', reason)
   }
 
   static STORAGE_ERROR (cause: unknown): RootPeerError {

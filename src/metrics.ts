@@ -11,6 +11,9 @@ type Read<T> = (rootPeer: ChatRootPeer) => T
  * scraped; only the latency histograms are fed as things happen, through `onLatency`.
  * Create it before the root peer (to pass `onLatency`), then `attach` the root peer.
  */
+/** Rooms with a series of their own in root_peer_room_bytes. */
+const TOP_ROOMS = 20
+
 export class Metrics {
   readonly registry = new Registry()
   readonly contentType = this.registry.contentType
@@ -35,6 +38,9 @@ export class Metrics {
     this.counter('root_peer_state_save_failures_total', 'State file saves that failed', rp => rp.counters.stateSaveFailures)
     this.counter('root_peer_bans_total', 'Peers disconnected and banned for too many refused frames', rp => rp.counters.bans)
     this.counter('root_peer_stalled_peers_total', 'Peers disconnected for leaving the root peer\'s writes unread past STALL_TIMEOUT', rp => rp.counters.stalledPeers)
+    this.counter('root_peer_pruned_messages_total', 'Messages pruned by retention since the process started', rp => rp.pruned.messages)
+    this.counter('root_peer_pruned_bytes_total', 'Message bytes reclaimed by retention since the process started', rp => rp.pruned.bytes)
+    this.roomBytes()
     this.counter('root_peer_storage_failures_total', 'Times writes started failing (disk full, read-only disk, I/O error)', rp => rp.counters.storageFailures)
     this.labelled('root_peer_frames_received_total', 'Frames received, by type (`invalid`: not decodable)', 'type', rp => rp.counters.framesReceived)
     this.labelled('root_peer_frames_sent_total', 'Frames sent, by type', 'type', rp => rp.counters.framesSent)
@@ -75,6 +81,22 @@ export class Metrics {
       registers: [this.registry],
       collect () {
         if (self.rootPeer !== null) this.set(read(self.rootPeer))
+      }
+    })
+  }
+
+  /** The message bytes each of the largest rooms holds (the largest only, so the series stay few). */
+  private roomBytes (): void {
+    const self = this
+    new Gauge({
+      name: 'root_peer_room_bytes',
+      help: `Message bytes held, for each of the ${TOP_ROOMS} rooms that hold the most`,
+      labelNames: ['room'],
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer === null) return
+        this.reset()
+        for (const r of self.rootPeer.largestRooms(TOP_ROOMS)) this.set({ room: r.name }, r.bytes)
       }
     })
   }

@@ -1,5 +1,6 @@
 import type { NoiseStream } from 'hyperswarm'
 import type { PeerRecord } from './guard.js'
+import { newChallenge } from './room-auth.js'
 
 /** Incoming frames queued per connection before the stream is paused. */
 const MAX_QUEUED_FRAMES = 64
@@ -25,6 +26,8 @@ export class Peer {
   readonly record: PeerRecord
   readonly connectedAt = Date.now()
   readonly rooms = new Set<string>()
+  /** sent in the announcement; a signed room's reads are signed over it, so they cannot be replayed elsewhere */
+  readonly challenge = newChallenge()
   closed = false
   private readonly queue: Buffer[] = []
   private running = false

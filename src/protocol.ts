@@ -37,10 +37,12 @@ const MAX_ROOM_NAME = 128
 const MAX_ID = 128
 const ROOM_NAME = /^[A-Za-z0-9._~:@+=#-]+$/
 const HEX_TOPIC = /^[0-9a-f]{64}$/i
+const SIGNATURE = /^[0-9a-f]{128}$/i
 
-export interface RegisterRoomFrame { type: 'register-room', roomName: string, requestId?: RequestId }
-export interface MessageFrame { type: 'message', roomName: string, message: unknown, id?: string, messageJson: string, size: number }
-export interface SyncRequestFrame { type: 'sync-request', roomName: string, lastIndex: number, limit: number, requestId?: RequestId }
+/** `signature` (hex) is the proof a signed room asks for; see room-auth.ts. */
+export interface RegisterRoomFrame { type: 'register-room', roomName: string, requestId?: RequestId, writerPublicKey?: string, signature?: string }
+export interface MessageFrame { type: 'message', roomName: string, message: unknown, id?: string, messageJson: string, size: number, signature?: string }
+export interface SyncRequestFrame { type: 'sync-request', roomName: string, lastIndex: number, limit: number, requestId?: RequestId, signature?: string }
 export type Frame = RegisterRoomFrame | MessageFrame | SyncRequestFrame
 export type FrameType = Frame['type']
 export type RequestId = string | number
@@ -52,6 +54,8 @@ export interface StoredRecord {
   fromPeer: string
   senderPublicKey: string
   id?: string
+  /** in a signed room: the writer's signature over (roomName, id, message), hex */
+  signature?: string
 }
 
 type Obj = Record<string, unknown>
@@ -59,7 +63,12 @@ type Validator = (obj: Obj, limits: Limits) => Frame
 
 const validators: Record<string, Validator> = {
   'register-room' (obj) {
-    return { type: 'register-room', roomName: roomNameOf(obj), ...requestIdOf(obj) }
+    const frame: RegisterRoomFrame = { type: 'register-room', roomName: roomNameOf(obj), ...requestIdOf(obj), ...signatureOf(obj) }
+    if (obj.writerPublicKey !== undefined) {
+      if (typeof obj.writerPublicKey !== 'string' || !HEX_TOPIC.test(obj.writerPublicKey)) throw RootPeerError.BAD_FRAME('writerPublicKey: must be 64 hex characters')
+      frame.writerPublicKey = obj.writerPublicKey.toLowerCase()
+    }
+    return frame
   },
 
   message (obj, limits) {
@@ -74,7 +83,7 @@ const validators: Record<string, Validator> = {
     }
     const size = typeof message === 'string' ? Buffer.byteLength(message) : Buffer.byteLength(messageJson)
     if (size > limits.maxMessageBytes) throw RootPeerError.MESSAGE_TOO_LARGE(size, limits.maxMessageBytes)
-    const frame: MessageFrame = { type: 'message', roomName, message, messageJson, size }
+    const frame: MessageFrame = { type: 'message', roomName, message, messageJson, size, ...signatureOf(obj) }
     if (obj.id !== undefined) frame.id = idOf(obj.id)
     return frame
   },
@@ -88,7 +97,7 @@ const validators: Record<string, Validator> = {
       if (limit < 1) throw RootPeerError.BAD_FRAME('limit: must be at least 1')
       limit = Math.min(limit, limits.maxPageMessages)
     }
-    return { type: 'sync-request', roomName, lastIndex, limit, ...requestIdOf(obj) }
+    return { type: 'sync-request', roomName, lastIndex, limit, ...requestIdOf(obj), ...signatureOf(obj) }
   }
 }
 
@@ -163,6 +172,12 @@ export function frameContext (data: Buffer, limits: Limits): Obj {
   }
 }
 
+function signatureOf (obj: Obj): { signature?: string } {
+  if (obj.signature === undefined) return {}
+  if (typeof obj.signature !== 'string' || !SIGNATURE.test(obj.signature)) throw RootPeerError.BAD_FRAME('signature: must be 128 hex characters')
+  return { signature: obj.signature.toLowerCase() }
+}
+
 /** Checks a room name: bounded length and characters, so it can reach no prototype, path or storage name it should not. */
 export function validateRoomName (name: unknown): string {
   if (typeof name !== 'string') throw RootPeerError.BAD_ROOM_NAME('required string')
@@ -185,6 +200,7 @@ export function encodeRecord (record: StoredRecord, messageJson: string): string
     ',"fromPeer":' + JSON.stringify(record.fromPeer) +
     ',"senderPublicKey":' + JSON.stringify(record.senderPublicKey)
   if (record.id !== undefined) json += ',"id":' + JSON.stringify(record.id)
+  if (record.signature !== undefined) json += ',"signature":"' + record.signature + '"'
   return json + '}'
 }
 

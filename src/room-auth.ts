@@ -28,7 +28,7 @@ export function signedRoomName (writerPublicKey: Buffer): string {
 
 /** True when `writerPublicKey` (hex) is a well-formed key whose discovery key is `roomName`. */
 export function keyMatchesName (writerPublicKey: string, roomName: string): boolean {
-  return KEY.test(writerPublicKey) && signedRoomName(Buffer.from(writerPublicKey, 'hex')) === roomName.toLowerCase()
+  return KEY.test(writerPublicKey) && signedRoomName(Buffer.from(writerPublicKey, 'hex')) === roomName
 }
 
 /** The bytes a signature covers: each part length-prefixed (u32 big-endian) and UTF-8 encoded. */

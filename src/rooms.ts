@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type Corestore from 'corestore'
 import type Hypercore from 'hypercore'
+import { byteOffset, firstHeld, horizon, prune as pruneBlocks, type RetentionPolicy } from './retention.js'
 import { Room } from './room.js'
 import type { PersistentState, RoomState } from './state-file.js'
 
@@ -49,7 +50,11 @@ export class Rooms extends EventEmitter {
   private readonly creating = new Map<string, Promise<void>>()
   private waiters: Array<() => void> = []
   totalMessages = 0
+  /** message bytes held, all rooms (pruned blocks not counted) */
   totalBytes = 0
+  /** pruned since the process started */
+  prunedBytes = 0
+  prunedMessages = 0
 
   constructor (store: Corestore, { maxOpen = 256, onBatch }: RoomsOptions = {}) {
     super()
@@ -65,25 +70,33 @@ export class Rooms extends EventEmitter {
   async load (saved: PersistentState | null): Promise<number> {
     this.index = this.store.get({ name: ROOM_INDEX })
     await this.index.ready()
-    const indexed = new Map<string, number>()
+    const indexed = new Map<string, IndexEntry>()
     for (let at = 0; at < this.index.length; at += 256) {
       const gets: Array<Promise<Buffer | null>> = []
       for (let i = at; i < Math.min(this.index.length, at + 256); i++) gets.push(this.index.get(i))
       for (const block of await Promise.all(gets)) {
         if (block === null) continue
-        const entry = JSON.parse(block.toString('utf8')) as { name: string, createdAt: number }
-        if (!indexed.has(entry.name)) indexed.set(entry.name, entry.createdAt)
+        const entry = JSON.parse(block.toString('utf8')) as IndexEntry
+        const known = indexed.get(entry.name)
+        // a later entry only adds a signed room's writer key to the first
+        if (known === undefined) indexed.set(entry.name, entry)
+        else if (entry.writerPublicKey !== undefined) known.writerPublicKey = entry.writerPublicKey
       }
     }
     const savedRooms = saved === null ? [] : Object.values(saved.rooms)
     for (const r of savedRooms) this.infos.set(r.name, { ...r })
     let recovered = 0
-    for (const [name, createdAt] of indexed) {
-      if (!this.infos.has(name)) {
-        this.infos.set(name, { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 })
+    for (const [name, { createdAt, writerPublicKey }] of indexed) {
+      let info = this.infos.get(name)
+      if (info === undefined) {
+        info = { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 }
+        this.infos.set(name, info)
         recovered++
         if (saved !== null) this.emit('index-recovered', { name })
       }
+      // the index, not the state file, says which rooms are signed
+      if (writerPublicKey !== undefined) info.writerPublicKey = writerPublicKey
+      else delete info.writerPublicKey
     }
     // rooms a state file of the seed's knows but the index does not yet: add them
     const missing = savedRooms.filter(r => !indexed.has(r.name))
@@ -100,6 +113,7 @@ export class Rooms extends EventEmitter {
         const info = this.infos.get(name)!
         info.messageCount = core.length
         info.byteLength = core.byteLength
+        await reconcilePruned(core, info)
         await core.close()
       }
     }
@@ -108,7 +122,7 @@ export class Rooms extends EventEmitter {
     this.totalBytes = 0
     for (const info of this.infos.values()) {
       this.totalMessages += info.messageCount
-      this.totalBytes += info.byteLength
+      this.totalBytes += info.byteLength - (info.prunedBytes ?? 0)
     }
     return recovered
   }
@@ -129,10 +143,42 @@ export class Rooms extends EventEmitter {
     return this.infos.values()
   }
 
-  /** Creates a room unless it exists; returns its info. */
-  async register (name: string): Promise<RoomState> {
-    if (!this.infos.has(name)) await this.create(name)
-    return this.infos.get(name)!
+  /**
+   * Creates a room unless it exists; returns its info. With `writerPublicKey` the room is (or becomes) a
+   * signed room; the caller has checked that the key matches the name.
+   */
+  async register (name: string, writerPublicKey?: string): Promise<RoomState> {
+    if (!this.infos.has(name)) await this.create(name, writerPublicKey)
+    const info = this.infos.get(name)!
+    if (writerPublicKey !== undefined && info.writerPublicKey === undefined) {
+      await this.index!.append(indexBlock(name, info.createdAt, writerPublicKey))
+      info.writerPublicKey = writerPublicKey
+    }
+    return info
+  }
+
+  /**
+   * Clears the blocks of room `name` below the horizon `policy` gives, keeping every index; resolves with
+   * what was pruned. The room is held meanwhile, so it is not closed under the prune.
+   */
+  async prune (name: string, policy: RetentionPolicy, now = Date.now()): Promise<{ messages: number, bytes: number }> {
+    const room = await this.get(name, false)
+    if (room === null) return { messages: 0, bytes: 0 }
+    try {
+      const info = room.info
+      const first = info.firstIndex ?? 0
+      const to = await horizon(room.core, first, policy, now)
+      if (to <= first) return { messages: 0, bytes: 0 }
+      const bytes = await pruneBlocks(room.core, first, to)
+      info.firstIndex = to
+      info.prunedBytes = (info.prunedBytes ?? 0) + bytes
+      this.totalBytes -= bytes
+      this.prunedBytes += bytes
+      this.prunedMessages += to - first
+      return { messages: to - first, bytes }
+    } finally {
+      this.release(room)
+    }
   }
 
   /**
@@ -265,14 +311,14 @@ export class Rooms extends EventEmitter {
     for (const resolve of waiters) resolve()
   }
 
-  private async create (name: string): Promise<void> {
+  private async create (name: string, writerPublicKey?: string): Promise<void> {
     let pending = this.creating.get(name)
     if (pending === undefined) {
       pending = (async () => {
         const now = Date.now()
         // in the index before first use: an acked message's room is always recoverable
-        await this.index!.append(indexBlock(name, now))
-        this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0 })
+        await this.index!.append(indexBlock(name, now, writerPublicKey))
+        this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }) })
       })()
       this.creating.set(name, pending)
       pending.finally(() => this.creating.delete(name)).catch(() => {})
@@ -298,6 +344,22 @@ export class Rooms extends EventEmitter {
   }
 }
 
-function indexBlock (name: string, createdAt: number): Buffer {
-  return Buffer.from(JSON.stringify({ name, createdAt }))
+/** One entry of the room index core: a room's name, and for a signed room its writer key. */
+interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string }
+
+function indexBlock (name: string, createdAt: number, writerPublicKey?: string): Buffer {
+  const entry: IndexEntry = writerPublicKey === undefined ? { name, createdAt } : { name, createdAt, writerPublicKey }
+  return Buffer.from(JSON.stringify(entry))
+}
+
+/** Checks the pruned prefix the state file names against the core (which is the truth), and its bytes. */
+async function reconcilePruned (core: Hypercore, info: RoomState): Promise<void> {
+  const first = await firstHeld(core, info.firstIndex ?? 0)
+  if (first === 0) {
+    delete info.firstIndex
+    delete info.prunedBytes
+  } else if (first !== info.firstIndex || info.prunedBytes === undefined) {
+    info.firstIndex = first
+    info.prunedBytes = await byteOffset(core, first)
+  }
 }

@@ -1,4 +1,4 @@
-import { EventEmitter } from 'node:events'
+import { EventEmitter, once } from 'node:events'
 import fs from 'node:fs/promises'
 import Corestore from 'corestore'
 import HyperDHT from 'hyperdht'
@@ -17,12 +17,22 @@ import {
 import type { Room } from './room.js'
 import { RoomTopics } from './room-topics.js'
 import { Rooms } from './rooms.js'
+import { keyMatchesName, verifyAccess, verifyMessage } from './room-auth.js'
+import { retentionOn, type RetentionPolicy } from './retention.js'
 import { StateFile, type PersistentState, type RoomState } from './state-file.js'
 import { WalSync } from './wal-sync.js'
 import { busiest, bump, createCounters, type Counters, type StatsSnapshot } from './stats.js'
 
 export interface RootPeerOptions {
   storageDir: string
+  /** refuse rooms that are not signed rooms */
+  requireSignedRooms?: boolean
+  /** per-room retention (0 = off): most messages, most bytes, oldest age in ms */
+  retentionMessages?: number
+  retentionBytes?: number
+  retentionAge?: number
+  /** message bytes held in all rooms; 0 = no cap */
+  maxStorageBytes?: number
   /** fsync the storage's write-ahead log before each ack (survives power loss, costs an fsync per batch) */
   syncWrites?: boolean
   /** DHT bootstrap nodes; null or omitted: the public DHT */
@@ -129,6 +139,14 @@ export class ChatRootPeer extends EventEmitter {
   private readonly guard: Guard
   private readonly stallTimeout: number
   private readonly walSync: WalSync | null
+  private readonly requireSignedRooms: boolean
+  readonly retention: Readonly<RetentionPolicy>
+  private readonly maxStorageBytes: number
+  private readonly retentionOn: boolean
+  /** rooms being pruned now, and whether another prune was asked for meanwhile */
+  private readonly pruning = new Map<string, boolean>()
+  private pruneTimer: NodeJS.Timeout | null = null
+  private pruningAll = false
   /** set while writes fail (disk full, read-only, I/O error); messages are refused with it until storage recovers */
   private storageFailure: RootPeerError | null = null
   /** set while the store is being reopened after a failure; frames wait for it */
@@ -172,6 +190,10 @@ export class ChatRootPeer extends EventEmitter {
     })
     this.stateFile = new StateFile(storageDir)
     this.walSync = opts.syncWrites === true ? new WalSync(() => this.store!) : null
+    this.requireSignedRooms = opts.requireSignedRooms === true
+    this.retention = Object.freeze({ messages: opts.retentionMessages ?? 0, bytes: opts.retentionBytes ?? 0, maxAgeMs: opts.retentionAge ?? 0 })
+    this.maxStorageBytes = opts.maxStorageBytes ?? 0
+    this.retentionOn = retentionOn(this.retention)
     this.onLatency = opts.onLatency ?? null
     this.handlers = {
       'register-room': this.onRegisterRoom.bind(this),
@@ -208,6 +230,25 @@ export class ChatRootPeer extends EventEmitter {
     if (!this.closing && !discovery) reasons.push('discovery topic not announced yet')
     if (!this.closing && !dht) reasons.push('DHT not bootstrapped')
     return { ok: reasons.length === 0, reasons, storage, discovery, dht }
+  }
+
+  /** Messages and bytes pruned by retention since the process started. */
+  get pruned (): { messages: number, bytes: number } {
+    return { messages: this.rooms?.prunedMessages ?? 0, bytes: this.rooms?.prunedBytes ?? 0 }
+  }
+
+  /** The `n` rooms that hold the most message bytes. */
+  largestRooms (n: number): Array<{ name: string, bytes: number }> {
+    if (this.rooms === null) return []
+    const top: Array<{ name: string, bytes: number }> = []
+    for (const info of this.rooms.list()) {
+      const bytes = info.byteLength - (info.prunedBytes ?? 0)
+      if (top.length === n && bytes <= top[n - 1].bytes) continue
+      top.push({ name: info.name, bytes })
+      top.sort((a, b) => b.bytes - a.bytes)
+      if (top.length > n) top.pop()
+    }
+    return top
   }
 
   /** Rooms known, rooms whose core is open now, bytes stored, and room topics announced now. */
@@ -295,6 +336,14 @@ export class ChatRootPeer extends EventEmitter {
       this.topics.sweep()
     }, Math.max(1000, Math.min(this.roomIdleTimeout / 2, 60_000)))
     this.sweepTimer.unref()
+    if (this.retentionOn) {
+      // settings may have changed since the last run: apply them now, then the age bound as time passes
+      this.pruneAll()
+      if (this.retention.maxAgeMs > 0) {
+        this.pruneTimer = setInterval(() => this.pruneAll(), Math.min(Math.max(this.retention.maxAgeMs / 24, 10_000), 3_600_000))
+        this.pruneTimer.unref()
+      }
+    }
     this.startedAt = Date.now()
     await this.save()
     this.emit('ready', { publicKey: this.publicKey.toString('hex') })
@@ -378,6 +427,7 @@ export class ChatRootPeer extends EventEmitter {
     if (this.statsTimer !== null) clearInterval(this.statsTimer)
     if (this.saveTimer !== null) clearTimeout(this.saveTimer)
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
+    if (this.pruneTimer !== null) clearInterval(this.pruneTimer)
     if (this.recoveryTimer !== null) clearTimeout(this.recoveryTimer)
     if (this.reopening !== null) await this.reopening.catch(() => {})
     this.guard.close()
@@ -431,7 +481,8 @@ export class ChatRootPeer extends EventEmitter {
       type: 'root-peer-announcement',
       version: PROTOCOL_VERSION,
       publicKey: this.publicKey!.toString('hex'),
-      limits: this.limits
+      limits: this.limits,
+      challenge: peer.challenge
     })
   }
 
@@ -466,7 +517,16 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async onRegisterRoom (peer: Peer, frame: RegisterRoomFrame): Promise<void> {
-    const info = await this.joinRoom(peer, frame.roomName, true)
+    const { roomName, writerPublicKey, signature } = frame
+    // the name commits to the key: nobody can claim a signed room's name with another key
+    if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()
+    const key = writerPublicKey ?? this.rooms!.info(roomName)?.writerPublicKey
+    if (key === undefined) {
+      if (this.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register-room needs writerPublicKey and signature')
+    } else if (!verifyAccess(key, peer.challenge, roomName, signature)) {
+      throw RootPeerError.UNAUTHORIZED('a signed room: register-room needs a signature over (challenge, roomName) by the room\'s key')
+    }
+    const info = await this.joinRoom(peer, roomName, true, writerPublicKey)
     if (frame.requestId !== undefined) {
       this.sendFrame(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: info.messageCount, requestId: frame.requestId })
     }
@@ -476,6 +536,10 @@ export class ChatRootPeer extends EventEmitter {
     // while writes fail, nothing is tried: the peer resends after the failure has passed
     if (this.storageFailure !== null) throw this.storageFailure
     const rooms = this.rooms!
+    const writerPublicKey = rooms.info(frame.roomName)?.writerPublicKey
+    if (writerPublicKey !== undefined) checkSigned(writerPublicKey, frame)
+    else if (this.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
+    if (this.maxStorageBytes > 0 && rooms.totalBytes >= this.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.maxStorageBytes)
     // a message for a room not registered yet registers it first
     if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
     else await this.joinRoom(peer, frame.roomName, false)
@@ -489,7 +553,9 @@ export class ChatRootPeer extends EventEmitter {
         storedAt: Date.now(),
         fromPeer: peer.id,
         senderPublicKey: peer.id,
-        id: frame.id
+        id: frame.id,
+        // kept with the message, so members can check it themselves
+        signature: writerPublicKey === undefined ? undefined : frame.signature
       }, frame.messageJson))
 
       const started = this.onLatency === null ? 0 : performance.now()
@@ -529,39 +595,98 @@ export class ChatRootPeer extends EventEmitter {
     const { roomName, lastIndex, limit, requestId } = frame
     const started = this.onLatency === null ? 0 : performance.now()
     const rooms = this.rooms!
+    const writerPublicKey = rooms.info(roomName)?.writerPublicKey
+    // a signed room is read only with a signature over this connection's challenge; a refusal tells nothing of it
+    if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, peer.challenge, roomName, frame.signature)) {
+      throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
+    }
     const room = rooms.has(roomName) ? await rooms.get(roomName, false) : null
     const tail = requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}'
     const head = '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":['
     if (room === null) {
       // an unknown room is not created by being asked about
-      this.sendFrame(peer, 'sync-response', head + '],"totalMessages":0,"nextIndex":' + lastIndex + ',"hasMore":false' + tail)
+      this.sendFrame(peer, 'sync-response', head + '],"totalMessages":0,"nextIndex":' + lastIndex + ',"hasMore":false,"firstIndex":0' + tail)
       return
     }
     this.topics.touch(roomName)
     let page
+    // below the retention horizon the answer starts at the horizon, and firstIndex says so
+    let firstIndex = 0
     try {
       // frames are handled in order: a sync after this connection's own message sees it
       await room.barrier()
-      page = await room.readPage(lastIndex, limit, this.limits.maxPageBytes)
+      firstIndex = room.info.firstIndex ?? 0
+      page = await room.readPage(Math.max(lastIndex, firstIndex), limit, this.limits.maxPageBytes)
     } finally {
       rooms.release(room)
     }
     this.sendFrame(peer, 'sync-response', head + page.entries.join(',') +
       '],"totalMessages":' + page.totalMessages +
       ',"nextIndex":' + page.nextIndex +
-      ',"hasMore":' + (page.nextIndex < page.totalMessages) + tail)
+      ',"hasMore":' + (page.nextIndex < page.totalMessages) +
+      ',"firstIndex":' + firstIndex + tail)
     // a reader that does not read holds up its own next frame (Peer waits for the drain), not our memory
     if (this.onLatency !== null) this.onLatency('sync', (performance.now() - started) / 1000)
   }
 
+  /** Prunes a room in the background when it holds more than retention allows. */
+  private maybePrune (room: Room): void {
+    const { messages, bytes } = this.retention
+    const info = room.info
+    const held = room.length - (info.firstIndex ?? 0)
+    const heldBytes = info.byteLength - (info.prunedBytes ?? 0)
+    if ((messages > 0 && held > messages) || (bytes > 0 && heldBytes > bytes)) this.prune(room.name)
+  }
+
+  /** Applies retention to one room; a prune asked for while one runs for the room runs once after it. */
+  private prune (name: string): void {
+    if (this.pruning.has(name)) {
+      this.pruning.set(name, true)
+      return
+    }
+    this.pruning.set(name, false)
+    const run = this.rooms!.prune(name, this.retention).then(pruned => {
+      if (pruned.messages > 0) this.emit('room-pruned', { roomName: name, ...pruned })
+    }, err => {
+      if (!this.closing) this.emit('prune-error', { roomName: name, err })
+    }).finally(() => {
+      const again = this.pruning.get(name) === true
+      this.pruning.delete(name)
+      this.emit('prune-done', name)
+      if (again && !this.closing) this.prune(name)
+    })
+    this.track(run)
+  }
+
+  /** Applies retention to every room, a few at a time (at start, and periodically for the age bound). */
+  private pruneAll (): void {
+    if (this.closing || this.rooms === null || this.pruningAll) return
+    this.pruningAll = true
+    const names = [...this.rooms.list()].filter(info => info.messageCount > (info.firstIndex ?? 0)).map(info => info.name)
+    const worker = async (): Promise<void> => {
+      while (names.length > 0 && !this.closing) {
+        const name = names.pop()!
+        if (this.pruning.has(name)) continue
+        this.prune(name)
+        await this.pruneSettled(name)
+      }
+    }
+    this.track(Promise.all([worker(), worker(), worker(), worker()]).finally(() => { this.pruningAll = false }))
+  }
+
+  /** Resolves when no prune of `name` is running. */
+  private async pruneSettled (name: string): Promise<void> {
+    while (this.pruning.has(name)) await once(this, 'prune-done')
+  }
+
   /** Registers the room unless it exists (within the caps) and marks it active; opens no core. */
-  private async joinRoom (peer: Peer, roomName: string, always: boolean): Promise<RoomState> {
+  private async joinRoom (peer: Peer, roomName: string, always: boolean, writerPublicKey?: string): Promise<RoomState> {
     const rooms = this.rooms!
     if (!rooms.has(roomName)) {
       if (rooms.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
       this.guard.admitNewRoom(peer.record)
     }
-    const info = await rooms.register(roomName)
+    const info = await rooms.register(roomName, writerPublicKey)
     this.topics.touch(roomName)
     const fresh = !peer.rooms.has(roomName)
     if (fresh) peer.rooms.add(roomName)
@@ -574,6 +699,7 @@ export class ChatRootPeer extends EventEmitter {
   private stored (room: Room, peer: Peer, index: number, id: string | undefined, bytes: number, started: number): void {
     const rooms = this.rooms!
     rooms.stored(room, bytes)
+    if (this.retentionOn) this.maybePrune(room)
     if (this.onLatency !== null) this.onLatency('append', (performance.now() - started) / 1000)
     this.counters.messagesStored++
     this.emit('message-stored', {
@@ -666,6 +792,14 @@ function storageReason (failure: RootPeerError, dir: string): string {
   if (failure.code === 'STORAGE_FULL') return `storage full: ${String(failure.details.freeBytes ?? 0)} bytes free in ${dir}; writes are refused until there is room`
   const cause = failure.cause instanceof Error ? failure.cause.message : String(failure.cause)
   return `storage error in ${dir}: ${cause}; writes are refused until a write succeeds again`
+}
+
+/** A message for a signed room: a string with an id, signed by the room's key over (roomName, id, message). */
+function checkSigned (writerPublicKey: string, frame: MessageFrame): void {
+  if (typeof frame.message !== 'string' || frame.id === undefined) throw RootPeerError.UNAUTHORIZED('a signed room takes string messages with an id and a signature')
+  if (!verifyMessage(writerPublicKey, frame.roomName, frame.id, frame.message, frame.signature)) {
+    throw RootPeerError.UNAUTHORIZED('a signed room: the message\'s signature over (roomName, id, message) is missing or wrong')
+  }
 }
 
 function contextOf (frame: Frame): Record<string, unknown> {

@@ -12,6 +12,12 @@ export interface RoomState {
   lastActivity: number
   /** bytes the room's blocks hold (not in the seed's file; added, reconciled from the core) */
   byteLength: number
+  /** a signed room's writer public key, hex (also in the room index) */
+  writerPublicKey?: string
+  /** the first index still held; blocks before it were pruned by retention (checked against the core) */
+  firstIndex?: number
+  /** bytes of the pruned blocks */
+  prunedBytes?: number
 }
 
 /** The seed's `root-peer-state.json`, field for field. */
@@ -138,7 +144,9 @@ function sanitise (obj: Record<string, any>): PersistentState {
         messageCount: num(r.messageCount),
         createdAt: num(r.createdAt),
         lastActivity: num(r.lastActivity),
-        byteLength: num(r.byteLength)
+        byteLength: num(r.byteLength),
+        ...(typeof r.writerPublicKey === 'string' && /^[0-9a-f]{64}$/.test(r.writerPublicKey) ? { writerPublicKey: r.writerPublicKey } : {}),
+        ...(num(r.firstIndex) > 0 ? { firstIndex: num(r.firstIndex), prunedBytes: num(r.prunedBytes) } : {})
       },
       enumerable: true,
       writable: true,

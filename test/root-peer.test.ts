@@ -106,7 +106,7 @@ test('an unknown room answers an empty page and is not created by being asked', 
   const peer = await rawPeer(t, net)
   peer.send({ type: 'sync-request', roomName: 'nobody-here', lastIndex: 0, requestId: 7 })
   const page = await peer.nextOfType('sync-response')
-  assert.deepEqual(page, { type: 'sync-response', roomName: 'nobody-here', messages: [], totalMessages: 0, nextIndex: 0, hasMore: false, requestId: 7 })
+  assert.deepEqual(page, { type: 'sync-response', roomName: 'nobody-here', messages: [], totalMessages: 0, nextIndex: 0, hasMore: false, firstIndex: 0, requestId: 7 })
   assert.equal(rp.stats().totalRooms, 0)
 })
 

@@ -1,0 +1,116 @@
+import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { test } from 'node:test'
+import type { ChatRootPeer } from '../src/root-peer.js'
+import { rawPeer, rootPeer, testnet, tmpDir, type RawPeer } from './helpers.js'
+
+/** Resolves once `done()` holds, checked now and after every prune (check and wait are adjacent: no race). */
+async function untilPruned (rp: ChatRootPeer, done: () => boolean): Promise<void> {
+  while (!done()) await once(rp, 'room-pruned')
+}
+
+async function send (peer: RawPeer, room: string, messages: string[], prefix: string): Promise<number[]> {
+  messages.forEach((m, i) => peer.send({ type: 'message', roomName: room, message: m, id: `${prefix}${i}` }))
+  const acks = []
+  for (let i = 0; i < messages.length; i++) acks.push((await peer.next(f => f.id === `${prefix}${i}`)).messageIndex)
+  return acks
+}
+
+/** The exact bytes of a stored block, rebuilt from a synced record. */
+function blockBytes (m: any): number {
+  const { messageIndex, ...record } = m
+  return Buffer.byteLength(JSON.stringify(record))
+}
+
+test('retention by count keeps the newest messages and every index; a sync below the horizon answers from it with firstIndex', async t => {
+  const net = await testnet(t)
+  const rp = await rootPeer(t, net, { retentionMessages: 10, messagesPerSecond: 0 })
+  const peer = await rawPeer(t, net)
+  const acks = await send(peer, 'count', Array.from({ length: 25 }, (_, i) => `m${i}`), 'c')
+  assert.deepEqual(acks, Array.from({ length: 25 }, (_, i) => i))
+  await untilPruned(rp, () => rp.pruned.messages >= 15)
+  assert.equal(rp.pruned.messages, 15)
+
+  const { messages, pages } = await peer.syncAll('count')
+  assert.deepEqual(messages.map(m => m.messageIndex), Array.from({ length: 10 }, (_, i) => 15 + i))
+  assert.deepEqual(messages.map(m => m.message), Array.from({ length: 10 }, (_, i) => `m${15 + i}`))
+  assert.equal(pages[0].firstIndex, 15)
+  assert.equal(pages[0].totalMessages, 25)
+  // a client whose lastIndex is past the horizon sees no difference
+  const { messages: tail, pages: tailPages } = await peer.syncAll('count', 20)
+  assert.deepEqual(tail.map(m => m.messageIndex), [20, 21, 22, 23, 24])
+  assert.equal(tailPages[0].firstIndex, 15)
+  // indices keep their meaning: the next message is 25
+  assert.deepEqual(await send(peer, 'count', ['m25'], 'n'), [25])
+  const metrics = rp.pruned
+  assert.ok(metrics.messages >= 15 && metrics.bytes > 0)
+})
+
+test('retention by bytes keeps at most that many message bytes', async t => {
+  const net = await testnet(t)
+  const rp = await rootPeer(t, net, { retentionBytes: 3000, messagesPerSecond: 0, bytesPerSecond: 0 })
+  const peer = await rawPeer(t, net)
+  await send(peer, 'bytes', Array.from({ length: 30 }, (_, i) => `${i} `.padEnd(300, 'x')), 'b')
+  // prunes run after batches: wait until the room is within its bound
+  await untilPruned(rp, () => rp.largestRooms(1)[0].bytes <= 3000)
+  const { messages, pages } = await peer.syncAll('bytes')
+  const first = pages[0].firstIndex
+  const held = messages.reduce((n, m) => n + blockBytes(m), 0)
+  assert.equal(held, rp.largestRooms(1)[0].bytes)
+  assert.ok(held <= 3000, `${held} bytes held`)
+  assert.ok(held + blockBytes(messages[0]) > 3000, `${held} bytes held: no more was pruned than needed`)
+  assert.equal(messages[0].messageIndex, first)
+  assert.equal(messages[messages.length - 1].messageIndex, 29)
+})
+
+test('retention by age prunes what is older, at start and as time passes', async t => {
+  const net = await testnet(t)
+  const storage = await tmpDir(t)
+  const rp = await rootPeer(t, net, { storageDir: storage })
+  const peer = await rawPeer(t, net)
+  await send(peer, 'age', ['old0', 'old1', 'old2'], 'o')
+  // the bound is an age: a second and a half of the wall clock has to pass
+  await sleep(1500)
+  await send(peer, 'age', ['new0', 'new1'], 'n')
+  await peer.close()
+  await rp.close()
+
+  // 1.2 s; applied when the daemon starts
+  const again = await rootPeer(t, net, { storageDir: storage, retentionAge: 1200 })
+  await untilPruned(again, () => again.pruned.messages >= 3)
+  const reader = await rawPeer(t, net)
+  const page = (await reader.syncAll('age')).pages[0]
+  assert.equal(page.firstIndex, 3)
+  assert.deepEqual(page.messages.map((m: any) => m.message), ['new0', 'new1'])
+  assert.equal(page.totalMessages, 5)
+})
+
+test('MAX_STORAGE_BYTES refuses new messages with STORAGE_FULL, and accepts again once retention has pruned', async t => {
+  const net = await testnet(t)
+  const storage = await tmpDir(t)
+  const rp = await rootPeer(t, net, { storageDir: storage, maxStorageBytes: 5000, messagesPerSecond: 0, bytesPerSecond: 0 })
+  const peer = await rawPeer(t, net)
+  const body = 'y'.repeat(1000)
+  let stored = 0
+  while (true) {
+    peer.send({ type: 'message', roomName: 'capped', message: body, id: `f${stored}` })
+    const answer = await peer.next(f => f.id === `f${stored}`)
+    if (answer.type === 'error') {
+      assert.equal(answer.code, 'STORAGE_FULL')
+      assert.equal(answer.maxStorageBytes, 5000)
+      break
+    }
+    stored++
+  }
+  assert.ok(stored >= 4 && stored <= 6, `${stored} stored before the cap`)
+  assert.equal(rp.health().ok, true, 'a cap reached is not a failure')
+  await peer.close()
+  await rp.close()
+
+  const again = await rootPeer(t, net, { storageDir: storage, maxStorageBytes: 5000, retentionMessages: 2 })
+  await untilPruned(again, () => again.pruned.messages >= stored - 2)
+  const writer = await rawPeer(t, net)
+  writer.send({ type: 'message', roomName: 'capped', message: body, id: 'after' })
+  assert.equal((await writer.next(f => f.id === 'after')).messageIndex, stored)
+})

@@ -33,6 +33,8 @@ declare module 'corestore' {
     get (opts: { name?: string, key?: Buffer, exclusive?: boolean, valueEncoding?: string }): Hypercore
     namespace (name: string): Corestore
     createKeyPair (name: string): Promise<KeyPair>
+    /** hypercore-storage: its RocksDB (`db`), used by backup to settle the files before reading them */
+    readonly storage: { db: { flush (): Promise<void> }, compact (): Promise<void> }
   }
 }
 

@@ -32,8 +32,11 @@ export class Rooms extends EventEmitter {
     this.store = store
   }
 
-  /** Opens the index, merges it with the state file's rooms, and reconciles every room's count with its core. */
-  async load (saved: PersistentState | null): Promise<void> {
+  /**
+   * Opens the index, merges it with the state file's rooms, and reconciles every room's count with its core
+   * (without `openAll`, only the rooms opened later are: an admin command that needs one room).
+   */
+  async load (saved: PersistentState | null, { openAll = true } = {}): Promise<void> {
     this.index = this.store.get({ name: ROOM_INDEX })
     await this.index.ready()
     const indexed = new Map<string, number>()
@@ -58,7 +61,7 @@ export class Rooms extends EventEmitter {
     const missing = savedRooms.filter(r => !indexed.has(r.name))
     if (missing.length > 0) await this.index.append(missing.map(r => indexBlock(r.name, r.createdAt)))
 
-    const names = [...this.infos.keys()]
+    const names = openAll ? [...this.infos.keys()] : []
     let next = 0
     const worker = async (): Promise<void> => {
       while (next < names.length) await this.get(names[next++], false)

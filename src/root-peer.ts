@@ -1,11 +1,11 @@
 import { EventEmitter } from 'node:events'
-import fs from 'node:fs/promises'
-import Corestore from 'corestore'
+import type Corestore from 'corestore'
 import HyperDHT from 'hyperdht'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import type { BootstrapNode } from './config.js'
 import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
+import { openStore } from './data-dir-lock.js'
 import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer } from './peer.js'
@@ -200,12 +200,11 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async open (): Promise<void> {
-    await fs.mkdir(this.storageDir, { recursive: true })
+    // the store first: it is the data dir's lock, so a dir another process holds is refused before anything in it is touched
+    this.store = await openStore(this.storageDir)
     const loaded = await this.stateFile.load()
     if (loaded.problem !== null) this.emit('state-file-recovered', { problem: loaded.problem, movedTo: loaded.movedTo })
 
-    this.store = new Corestore(this.storageDir)
-    await this.store.ready()
     const keyPair = await this.store.createKeyPair('root-peer-swarm')
     this.publicKey = keyPair.publicKey
 

@@ -41,7 +41,8 @@ export class StateFile {
     this.file = path.join(dir, STATE_FILE)
   }
 
-  async load (): Promise<LoadResult> {
+  /** Reads the file; a bad one is moved aside (unless `moveBad` is false, for a look that must change nothing). */
+  async load ({ moveBad = true } = {}): Promise<LoadResult> {
     let text: string
     try {
       text = await fs.readFile(this.file, 'utf8')
@@ -51,6 +52,7 @@ export class StateFile {
     }
     const problem = text.trim() === '' ? 'empty' : checkShape(text)
     if (problem === null) return { state: sanitise(JSON.parse(text)), problem: null, movedTo: null }
+    if (!moveBad) return { state: null, problem, movedTo: null }
     const movedTo = `${this.file}.bad-${Date.now()}`
     await fs.rename(this.file, movedTo)
     return { state: null, problem, movedTo }

@@ -233,7 +233,7 @@ test('backup then restore into a fresh dir: a daemon there serves everything; re
   assert.equal((await c.sendMessage('lobby', 'after restore')).messageIndex, 25)
 })
 
-test('while a daemon holds the data dir: a second daemon exits 1 naming it, the admin commands are refused, the first keeps serving', async t => {
+test('while a daemon holds the data dir: a second daemon exits 1 naming it, the admin commands are refused, the first keeps serving; kill -9 frees it', async t => {
   const file = path.join(source, 'root-peer-state.json')
   const first = daemon(t, [], daemonEnv(source))
   const key = await first.ready()
@@ -267,6 +267,11 @@ test('while a daemon holds the data dir: a second daemon exits 1 naming it, the 
   const c = await client(t, net, { rootPublicKey: key })
   assert.deepEqual(await syncAll(c, 'lobby'), served.get('lobby'))
   assert.equal((await c.sendMessage('quiet', 'still serving')).messageIndex, 3)
+
+  // the lock dies with its process: after kill -9 the dir is free at once, and the acked message is there
+  await first.stop('SIGKILL')
+  const quiet = (await roomsJson(source)).find((r: any) => r.name === 'quiet')
+  assert.equal(quiet.messages, 4)
 })
 
 function isoSeconds (ms: number): string {

@@ -16,11 +16,12 @@ const LOCKED_MESSAGE = 'could not be locked'
  * The kernel drops both when the process dies, even by kill -9, so there is never a stale lock
  * and no pid to confuse (in a container the daemon is always pid 1).
  * Open it before touching anything else in the dir. Throws DATA_DIR_LOCKED while another process
- * holds the dir, DATA_DIR_COPIED for a dir copied file by file, NO_DATA_DIR without `create` when there is no store.
+ * holds the dir, DATA_DIR_COPIED for a dir copied file by file, NO_DATA_DIR without `create` when there is no store
+ * (a `db/` without a device file is opened: a copy being adopted, or a restore).
  */
 export async function openStore (dir: string, { create = true } = {}): Promise<Corestore> {
   const fresh = !await exists(path.join(dir, DEVICE_FILE))
-  if (fresh && !create) throw RootPeerError.NO_DATA_DIR(dir)
+  if (fresh && !create && !await exists(path.join(dir, 'db'))) throw RootPeerError.NO_DATA_DIR(dir)
   await fs.mkdir(dir, { recursive: true })
   // without a device file, hypercore-storage moves every file it does not know into db/ (a migration of
   // an older layout): ours are moved back once the lock is held

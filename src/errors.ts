@@ -93,7 +93,7 @@ export class RootPeerError extends Error {
   }
 
   static DATA_DIR_COPIED (dir: string, cause: unknown): RootPeerError {
-    const err = new RootPeerError('DATA_DIR_COPIED', `data dir ${dir} was copied or moved from another place (its CORESTORE device file does not match); restore backups with \`root-peer restore\``, { storageDir: dir })
+    const err = new RootPeerError('DATA_DIR_COPIED', `data dir ${dir} is a file-by-file copy (its CORESTORE device file belongs to the original); make copies with \`root-peer backup\` and \`restore\`, or, if the original will never run again, delete ${dir}/CORESTORE to adopt this one`, { storageDir: dir })
     err.cause = cause
     return err
   }

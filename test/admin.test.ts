@@ -18,6 +18,7 @@ let net: Testnet
 let work: string
 /** A data dir with real stored messages (written by a real root peer, then closed). */
 let source: string
+let sourceKey: string
 /** What the root peer served for each room before it closed: the sync content every copy must serve too. */
 const served = new Map<string, any[]>()
 
@@ -29,6 +30,7 @@ before(async () => {
   const announced = once(rp, 'discovery-announced')
   await rp.ready()
   await announced
+  sourceKey = rp.publicKey!.toString('hex')
   const c = new RootPeerClient({ bootstrap: net.bootstrap, dhtHost: '127.0.0.1', requestTimeout: 15_000 })
   await c.ready()
   for (const [room, count] of ROOMS) {
@@ -228,6 +230,7 @@ test('backup then restore into a fresh dir: a daemon there serves everything; re
 
   const d = daemon(t, [], daemonEnv(restored))
   const key = await d.ready()
+  assert.equal(key, sourceKey, 'the key pair comes back with the data dir')
   const c = await client(t, net, { rootPublicKey: key })
   for (const [room] of ROOMS) assert.deepEqual(await syncAll(c, room), served.get(room), room)
   assert.equal((await c.sendMessage('lobby', 'after restore')).messageIndex, 25)

@@ -6,6 +6,7 @@ import { commandArgs, write, type AdminIO } from './admin.js'
 import { DEVICE_FILE, openStore } from './data-dir-lock.js'
 import { RootPeerError } from './errors.js'
 import { Progress, formatBytes } from './progress.js'
+import { STATE_FILE } from './state-file.js'
 
 /**
  * `backup --out FILE`: the data dir as a .tar.gz, made while holding the data dir's lock.
@@ -58,7 +59,7 @@ export async function backupCommand (argv: readonly string[], io: AdminIO): Prom
 
 /**
  * `restore --from FILE [--force]`: a backup unpacked into the data dir. Refused while a process holds the dir,
- * and for a non-empty dir unless `--force` (which empties it first).
+ * and for a non-empty dir unless `--force` (which empties it first, when it is a data dir).
  */
 export async function restoreCommand (argv: readonly string[], io: AdminIO): Promise<number> {
   const { flags, storageDir } = commandArgs(argv, { '--from': 'value', '--force': 'bool' })
@@ -75,6 +76,10 @@ export async function restoreCommand (argv: readonly string[], io: AdminIO): Pro
   const names = await listArchive(file)
   if (!names.includes('db/CURRENT')) throw RootPeerError.BAD_ARCHIVE(file, 'it holds no db/CURRENT')
   if (present.length > 0 && flags['--force'] !== true) throw RootPeerError.NOT_EMPTY(storageDir)
+  // --force empties a data dir, never a dir that holds something else (a STORAGE_DIR set wrong)
+  if (present.length > 0 && !present.some(f => f === DEVICE_FILE || f === 'db' || f.startsWith(STATE_FILE))) {
+    throw RootPeerError.NOT_EMPTY(storageDir, ' and is not a root peer data dir: restore --force empties only a data dir')
+  }
   for (const f of present) await fs.rm(path.join(storageDir, f), { recursive: true, force: true })
   await fs.mkdir(storageDir, { recursive: true })
 

@@ -124,8 +124,9 @@ async function start (config: Readonly<Config>): Promise<void> {
 
   log.info({ storageDir: config.storageDir, bootstrap: config.bootstrap ?? 'public DHT', dhtHost: config.dhtHost }, 'starting root peer')
   // the data dir's lock is looked at before the monitor takes its port, so a second daemon is told about the dir
+  // (a dir with no store yet is held by no one, and is left for the root peer to create)
   try {
-    await (await openStore(config.storageDir)).close()
+    await (await openStore(config.storageDir, { create: false })).close()
   } catch (err: any) {
     if (err?.code === 'DATA_DIR_LOCKED') {
       log.fatal({ code: err.code, storageDir: config.storageDir }, `could not start: ${err.message}`)

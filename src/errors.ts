@@ -110,8 +110,8 @@ export class RootPeerError extends Error {
     return new RootPeerError('BAD_IMPORT', `line ${line}: ${reason}; nothing was imported`, { line })
   }
 
-  static NOT_EMPTY (dir: string): RootPeerError {
-    return new RootPeerError('NOT_EMPTY', `data dir ${dir} is not empty; restore --force replaces what is in it`, { storageDir: dir })
+  static NOT_EMPTY (dir: string, reason = '; restore --force replaces what is in it'): RootPeerError {
+    return new RootPeerError('NOT_EMPTY', `data dir ${dir} is not empty${reason}`, { storageDir: dir })
   }
 
   static BAD_ARCHIVE (file: string, reason: string): RootPeerError {

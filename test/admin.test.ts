@@ -206,7 +206,7 @@ test('verify: clean on a consistent store; wrong counts are reported, --repair f
   assert.match(again.stdout, /^consistent: /m)
 })
 
-test('backup then restore into a fresh dir: a daemon there serves everything; restore refuses a non-empty dir without --force', async t => {
+test('backup then restore into a fresh dir: a daemon there serves everything; restore refuses a non-empty dir without --force, and --force on a dir that is not a data dir', async t => {
   const dir = await tmpDir(t)
   const archive = path.join(dir, 'backup.tar.gz')
   const backup = await bin(['backup', '--out', archive], { STORAGE_DIR: source })
@@ -224,9 +224,18 @@ test('backup then restore into a fresh dir: a daemon there serves everything; re
   const again = await bin(['restore', '--from', archive], { STORAGE_DIR: restored })
   assert.equal(again.code, 1)
   assert.match(again.stderr, new RegExp(`data dir ${restored} is not empty`))
+  const forced = await bin(['restore', '--from', archive, '--force'], { STORAGE_DIR: restored })
+  assert.equal(forced.code, 0, forced.stderr)
   const notArchive = await bin(['restore', '--from', path.join(source, 'root-peer-state.json')], { STORAGE_DIR: path.join(dir, 'other') })
   assert.equal(notArchive.code, 1)
   assert.match(notArchive.stderr, /is not a root peer backup/)
+  const elsewhere = path.join(dir, 'elsewhere')
+  await fs.mkdir(elsewhere)
+  await fs.writeFile(path.join(elsewhere, 'notes.txt'), 'keep')
+  const wrongDir = await bin(['restore', '--from', archive, '--force'], { STORAGE_DIR: elsewhere })
+  assert.equal(wrongDir.code, 1)
+  assert.match(wrongDir.stderr, /is not a root peer data dir/)
+  assert.deepEqual(await fs.readdir(elsewhere), ['notes.txt'], '--force empties only a data dir')
 
   const d = daemon(t, [], daemonEnv(restored))
   const key = await d.ready()

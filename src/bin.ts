@@ -7,10 +7,23 @@ import { Monitor } from './monitor.js'
 import { ChatRootPeer } from './root-peer.js'
 import { formatStats, type StatsSnapshot } from './stats.js'
 import { runTestnet } from './testnet.js'
+import { exportCommand, importCommand, roomsCommand, verifyCommand, type AdminIO } from './admin.js'
+import { backupCommand, restoreCommand } from './backup.js'
+import { openStore } from './data-dir-lock.js'
+import { RootPeerError } from './errors.js'
 
 /** How long a graceful shutdown may take before the process exits anyway. */
 const SHUTDOWN_TIMEOUT = 10_000
-const COMMANDS = ['start', 'testnet']
+/** The admin commands: each runs to completion on a data dir no daemon holds, and resolves with its exit code. */
+const ADMIN: Record<string, (argv: string[], io: AdminIO) => Promise<number>> = {
+  rooms: roomsCommand,
+  export: exportCommand,
+  import: importCommand,
+  verify: verifyCommand,
+  backup: backupCommand,
+  restore: restoreCommand
+}
+const COMMANDS = ['start', 'testnet', ...Object.keys(ADMIN)]
 
 main(process.argv.slice(2)).catch(err => {
   console.error(`root-peer: ${err?.stack ?? err}`)
@@ -34,6 +47,8 @@ async function main (argv: string[]): Promise<void> {
     }
   }
 
+  if (Object.hasOwn(ADMIN, command)) return admin(command, argv)
+
   let config: Readonly<Config>
   try {
     config = parseConfig(argv)
@@ -42,6 +57,21 @@ async function main (argv: string[]): Promise<void> {
     throw err
   }
   await start(config)
+}
+
+async function admin (command: string, argv: string[]): Promise<void> {
+  try {
+    process.exitCode = await ADMIN[command](argv, { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr })
+  } catch (err: any) {
+    if (err instanceof ConfigError) usageError(`${command}: ${err.message}`)
+    // a reader that went away (export | head) is not an error
+    if (err?.code === 'EPIPE') process.exit(0)
+    if (err instanceof RootPeerError) {
+      console.error(`root-peer ${command}: ${err.message}`)
+      process.exit(1)
+    }
+    throw err
+  }
 }
 
 function usageError (message: string): never {
@@ -93,6 +123,16 @@ async function start (config: Readonly<Config>): Promise<void> {
   })
 
   log.info({ storageDir: config.storageDir, bootstrap: config.bootstrap ?? 'public DHT', dhtHost: config.dhtHost }, 'starting root peer')
+  // the data dir's lock is looked at before the monitor takes its port, so a second daemon is told about the dir
+  // (a dir with no store yet is held by no one, and is left for the root peer to create)
+  try {
+    await (await openStore(config.storageDir, { create: false })).close()
+  } catch (err: any) {
+    if (err?.code === 'DATA_DIR_LOCKED') {
+      log.fatal({ code: err.code, storageDir: config.storageDir }, `could not start: ${err.message}`)
+      process.exit(1)
+    }
+  }
   try {
     await monitor.ready()
   } catch (err: any) {
@@ -103,7 +143,7 @@ async function start (config: Readonly<Config>): Promise<void> {
   try {
     await rootPeer.ready()
   } catch (err) {
-    log.fatal({ err, storageDir: config.storageDir }, 'could not start')
+    log.fatal({ err, storageDir: config.storageDir }, `could not start: ${(err as Error)?.message ?? err}`)
     process.exit(1)
   }
 }

@@ -18,6 +18,14 @@ export type ErrorCode =
   // raised by the client library, never sent by the daemon
   | 'DISCONNECTED'
   | 'TIMEOUT'
+  // raised by the data-dir lock and the admin commands, never sent by the daemon
+  | 'DATA_DIR_LOCKED'
+  | 'DATA_DIR_COPIED'
+  | 'NO_DATA_DIR'
+  | 'UNKNOWN_ROOM'
+  | 'BAD_IMPORT'
+  | 'NOT_EMPTY'
+  | 'BAD_ARCHIVE'
 
 export class RootPeerError extends Error {
   readonly code: ErrorCode
@@ -99,5 +107,35 @@ export class RootPeerError extends Error {
     const err = new RootPeerError('STORAGE_ERROR', 'the message could not be stored; retry later')
     err.cause = cause
     return err
+  }
+
+  static DATA_DIR_LOCKED (dir: string): RootPeerError {
+    return new RootPeerError('DATA_DIR_LOCKED', `data dir ${dir} is in use by another process (a running root peer?); stop it first`, { storageDir: dir })
+  }
+
+  static DATA_DIR_COPIED (dir: string, cause: unknown): RootPeerError {
+    const err = new RootPeerError('DATA_DIR_COPIED', `data dir ${dir} is a file-by-file copy (its CORESTORE device file belongs to the original); make copies with \`root-peer backup\` and \`restore\`, or, if the original will never run again, delete ${dir}/CORESTORE to adopt this one`, { storageDir: dir })
+    err.cause = cause
+    return err
+  }
+
+  static NO_DATA_DIR (dir: string): RootPeerError {
+    return new RootPeerError('NO_DATA_DIR', `no root peer data dir at ${dir} (set STORAGE_DIR or --storage)`, { storageDir: dir })
+  }
+
+  static UNKNOWN_ROOM (roomName: string): RootPeerError {
+    return new RootPeerError('UNKNOWN_ROOM', `no room ${JSON.stringify(roomName)} in this data dir`, { roomName })
+  }
+
+  static BAD_IMPORT (line: number, reason: string): RootPeerError {
+    return new RootPeerError('BAD_IMPORT', `line ${line}: ${reason}; nothing was imported`, { line })
+  }
+
+  static NOT_EMPTY (dir: string, reason = '; restore --force replaces what is in it'): RootPeerError {
+    return new RootPeerError('NOT_EMPTY', `data dir ${dir} is not empty${reason}`, { storageDir: dir })
+  }
+
+  static BAD_ARCHIVE (file: string, reason: string): RootPeerError {
+    return new RootPeerError('BAD_ARCHIVE', `${file} is not a root peer backup: ${reason}`, { file })
   }
 }

@@ -37,8 +37,12 @@ declare module 'corestore' {
     get (opts: { name?: string, key?: Buffer, exclusive?: boolean, valueEncoding?: string }): Hypercore
     namespace (name: string): Corestore
     createKeyPair (name: string): Promise<KeyPair>
-    /** hypercore-storage; its RocksDB is used to fsync the write-ahead log (SYNC_WRITES) */
-    readonly storage: { rocks: { readonly path: string, currentWalFile (): Promise<{ path: string, number: number }> } }
+    /** hypercore-storage: its RocksDB, for fsyncing the write-ahead log (SYNC_WRITES), and flush/compact for backup */
+    readonly storage: {
+      rocks: { readonly path: string, currentWalFile (): Promise<{ path: string, number: number }> }
+      db: { flush (): Promise<void> }
+      compact (): Promise<void>
+    }
   }
 }
 

@@ -64,10 +64,11 @@ export class Rooms extends EventEmitter {
   }
 
   /**
-   * Opens the index, merges it with the state file's rooms, and reconciles every room's count with its core.
+   * Opens the index, merges it with the state file's rooms, and reconciles every room's count with its core
+   * (without `openAll`, only the rooms opened later are: an admin command that needs one room).
    * Resolves with the number of rooms found in the index but not in `saved`.
    */
-  async load (saved: PersistentState | null): Promise<number> {
+  async load (saved: PersistentState | null, { openAll = true } = {}): Promise<number> {
     this.index = this.store.get({ name: ROOM_INDEX })
     await this.index.ready()
     const indexed = new Map<string, IndexEntry>()
@@ -103,7 +104,7 @@ export class Rooms extends EventEmitter {
     if (missing.length > 0) await this.index.append(missing.map(r => indexBlock(r.name, r.createdAt)))
 
     // the cores are the truth: each is opened, its length read, and closed again, a few at a time
-    const names = [...this.infos.keys()]
+    const names = openAll ? [...this.infos.keys()] : []
     let next = 0
     const worker = async (): Promise<void> => {
       while (next < names.length) {

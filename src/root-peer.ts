@@ -1,11 +1,11 @@
 import { EventEmitter, once } from 'node:events'
-import fs from 'node:fs/promises'
-import Corestore from 'corestore'
+import type Corestore from 'corestore'
 import HyperDHT from 'hyperdht'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import type { BootstrapNode } from './config.js'
 import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
+import { openStore } from './data-dir-lock.js'
 import { FULL_BELOW_BYTES, freeBytes, writable } from './disk.js'
 import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
@@ -270,8 +270,7 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async open (): Promise<void> {
-    await fs.mkdir(this.storageDir, { recursive: true })
-    // the store first: it holds the data dir, so nothing else in it is touched before that
+    // the store first: it is the data dir's lock, so a dir another process holds is refused before anything in it is touched
     const store = await this.openStore()
     const keyPair = await store.createKeyPair('root-peer-swarm')
     this.publicKey = keyPair.publicKey
@@ -350,8 +349,7 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async openStore (): Promise<Corestore> {
-    const store = new Corestore(this.storageDir)
-    await store.ready()
+    const store = await openStore(this.storageDir)
     this.store = store
     return store
   }

@@ -2,6 +2,8 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 
 export const STATE_FILE = 'root-peer-state.json'
+/** Every file of ours in the data dir begins so (the state file, its temp file, its previous copy, bad ones kept aside). */
+export const STATE_FILE_PREFIX = 'root-peer-state'
 /** The previous good state file, kept beside the current one. */
 export const PREVIOUS_STATE_FILE = 'root-peer-state.prev.json'
 
@@ -54,13 +56,16 @@ export class StateFile {
     this.previous = path.join(dir, PREVIOUS_STATE_FILE)
   }
 
-  /** Reads the state file; a bad one is moved aside and the previous good copy is used when there is one. */
-  async load (): Promise<LoadResult> {
+  /**
+   * Reads the state file; a bad one is moved aside (unless `moveBad` is false, for a look that must change
+   * nothing) and the previous good copy is used when there is one.
+   */
+  async load ({ moveBad = true } = {}): Promise<LoadResult> {
     const text = await readIfExists(this.file)
     const problem = text === null ? 'missing' : text.trim() === '' ? 'empty' : checkShape(text)
     if (problem === null) return { state: sanitise(JSON.parse(text!)), problem: null, movedTo: null, fromPrevious: false }
     let movedTo: string | null = null
-    if (text !== null) {
+    if (text !== null && moveBad) {
       movedTo = `${this.file}.bad-${Date.now()}`
       await fs.rename(this.file, movedTo)
     }

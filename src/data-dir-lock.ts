@@ -1,0 +1,49 @@
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import Corestore from 'corestore'
+import { RootPeerError } from './errors.js'
+import { STATE_FILE_PREFIX } from './state-file.js'
+
+/** Corestore's device file; it carries the data dir's lock. */
+export const DEVICE_FILE = 'CORESTORE'
+
+// fd-lock's words when the device file is locked by another open file description
+const LOCKED_MESSAGE = 'could not be locked'
+
+/**
+ * Opens the data dir's Corestore, which is also its lock: Corestore 7 takes an exclusive
+ * open-file-description lock (F_OFD_SETLK) on `CORESTORE` and RocksDB its own on `db/LOCK`.
+ * The kernel drops both when the process dies, even by kill -9, so there is never a stale lock
+ * and no pid to confuse (in a container the daemon is always pid 1).
+ * Open it before touching anything else in the dir. Throws DATA_DIR_LOCKED while another process
+ * holds the dir, DATA_DIR_COPIED for a dir copied file by file, NO_DATA_DIR without `create` when there is no store
+ * (a `db/` without a device file is opened: a copy being adopted, or a restore).
+ */
+export async function openStore (dir: string, { create = true } = {}): Promise<Corestore> {
+  const fresh = !await exists(path.join(dir, DEVICE_FILE))
+  if (fresh && !create && !await exists(path.join(dir, 'db'))) throw RootPeerError.NO_DATA_DIR(dir)
+  await fs.mkdir(dir, { recursive: true })
+  // without a device file, hypercore-storage moves every file it does not know into db/ (a migration of
+  // an older layout): ours are moved back once the lock is held
+  const ours = fresh ? (await fs.readdir(dir)).filter(f => f.startsWith(STATE_FILE_PREFIX)) : []
+  const store = new Corestore(dir)
+  try {
+    await store.ready()
+  } catch (err: any) {
+    await store.close().catch(() => {})
+    if (typeof err?.message === 'string' && err.message.includes(LOCKED_MESSAGE)) throw RootPeerError.DATA_DIR_LOCKED(dir)
+    if (err?.code === 'DEVICE_FILE') throw RootPeerError.DATA_DIR_COPIED(dir, err)
+    throw err
+  }
+  for (const f of ours) await fs.rename(path.join(dir, 'db', f), path.join(dir, f)).catch(() => {})
+  return store
+}
+
+async function exists (file: string): Promise<boolean> {
+  try {
+    await fs.access(file)
+    return true
+  } catch {
+    return false
+  }
+}

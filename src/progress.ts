@@ -1,0 +1,48 @@
+/** How often a progress line is redrawn. */
+const REDRAW_MS = 200
+
+/**
+ * One progress line on stderr, redrawn in place, for the long admin commands.
+ * Silent unless the stream is a terminal, so piped and logged output stays clean.
+ */
+export class Progress {
+  private readonly stream: NodeJS.WriteStream
+  private readonly label: string
+  private readonly tty: boolean
+  private last = 0
+  private shown = false
+
+  constructor (stream: NodeJS.WriteStream, label: string) {
+    this.stream = stream
+    this.label = label
+    this.tty = stream.isTTY === true
+  }
+
+  /** Shows `text` (computed only when it will be drawn). */
+  update (text: () => string): void {
+    if (!this.tty) return
+    const now = Date.now()
+    if (now - this.last < REDRAW_MS) return
+    this.last = now
+    this.shown = true
+    this.stream.write(`\r\x1b[K${this.label}: ${text()}`)
+  }
+
+  /** Clears the line. */
+  done (): void {
+    if (this.shown) this.stream.write('\r\x1b[K')
+    this.shown = false
+  }
+}
+
+export function formatBytes (n: number): string {
+  if (n < 1024) return `${n} B`
+  const units = ['KiB', 'MiB', 'GiB', 'TiB']
+  let v = n / 1024
+  let u = 0
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024
+    u++
+  }
+  return `${v.toFixed(1)} ${units[u]}`
+}

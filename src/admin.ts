@@ -2,11 +2,12 @@ import { once } from 'node:events'
 import readline from 'node:readline'
 import type { Readable, Writable } from 'node:stream'
 import type Corestore from 'corestore'
-import { ConfigError, parseConfig } from './config.js'
+import { ConfigError, parseConfig, type Config } from './config.js'
 import { openStore } from './data-dir-lock.js'
 import { RootPeerError } from './errors.js'
 import { Progress } from './progress.js'
 import { encodeRecord, validateRoomName } from './protocol.js'
+import { retentionOn } from './retention.js'
 import { Rooms } from './rooms.js'
 import { StateFile, type LoadResult, type RoomState } from './state-file.js'
 
@@ -17,7 +18,7 @@ const EXPORT_PAGE_BYTES = 4 * 1024 * 1024
 /** Longest import line accepted. */
 const MAX_IMPORT_LINE = 16 * 1024 * 1024
 const MAX_ID = 128
-const RECORD_FIELDS = new Set(['message', 'storedAt', 'fromPeer', 'senderPublicKey', 'id', 'messageIndex'])
+const RECORD_FIELDS = new Set(['message', 'storedAt', 'fromPeer', 'senderPublicKey', 'id', 'signature', 'messageIndex'])
 
 export interface AdminIO {
   stdin: Readable
@@ -32,7 +33,7 @@ type Flags = Record<string, string | true>
  * Takes a command's own flags out of argv; the rest (`--storage`, …) is the daemon's config,
  * parsed as the daemon parses it (so STORAGE_DIR works, and an unknown flag is a ConfigError).
  */
-export function commandArgs (argv: readonly string[], spec: Record<string, FlagKind>): { flags: Flags, storageDir: string } {
+export function commandArgs (argv: readonly string[], spec: Record<string, FlagKind>): { flags: Flags, storageDir: string, config: Readonly<Config> } {
   const flags: Flags = {}
   const rest: string[] = []
   for (let i = 0; i < argv.length; i++) {
@@ -52,7 +53,8 @@ export function commandArgs (argv: readonly string[], spec: Record<string, FlagK
     if (value === undefined || value === '') throw new ConfigError(flag, `${flag} needs a value`)
     flags[flag] = value
   }
-  return { flags, storageDir: parseConfig(rest).storageDir }
+  const config = parseConfig(rest)
+  return { flags, storageDir: config.storageDir, config }
 }
 
 /** The data dir opened the way the daemon opens it: the lock (the store) first, then the state file and the rooms. */
@@ -76,7 +78,7 @@ export class DataDir {
     this.store = await openStore(this.dir, { create })
     this.loaded = await this.stateFile.load({ moveBad })
     this.rooms = new Rooms(this.store)
-    this.rooms.on('room-opened', onRoomOpened)
+    this.rooms.on('room-loaded', onRoomOpened)
     await this.rooms.load(this.loaded.state, { openAll })
     return this.rooms
   }
@@ -144,7 +146,8 @@ export async function exportCommand (argv: readonly string[], io: AdminIO): Prom
     if (room === null) throw RootPeerError.UNKNOWN_ROOM(name)
     const progress = new Progress(io.stderr, `export ${name}`)
     const end = room.length
-    for (let at = from; at < end;) {
+    // blocks below the retention horizon were pruned: the export starts at the first one held
+    for (let at = Math.max(from, room.info.firstIndex ?? 0); at < end;) {
       const page = await room.readPage(at, Math.min(EXPORT_PAGE, end - at), EXPORT_PAGE_BYTES)
       if (page.entries.length === 0) throw new Error(`block ${at} of room ${JSON.stringify(name)} is missing from the store`)
       await write(io.stdout, page.entries.join('\n') + '\n')
@@ -153,6 +156,40 @@ export async function exportCommand (argv: readonly string[], io: AdminIO): Prom
     }
     progress.done()
   })
+  return 0
+}
+
+/**
+ * `prune [--room R]`: applies the retention settings (RETENTION_MESSAGES, RETENTION_BYTES, RETENTION_DAYS,
+ * or their flags) now, to every room or one, and saves the state file. Prints what was reclaimed.
+ */
+export async function pruneCommand (argv: readonly string[], io: AdminIO): Promise<number> {
+  const { flags, storageDir, config } = commandArgs(argv, { '--room': 'value' })
+  const policy = { messages: config.retentionMessages, bytes: config.retentionBytes, maxAgeMs: config.retentionAge }
+  if (!retentionOn(policy)) {
+    throw new ConfigError('--retention-messages', 'prune: no retention is set: give RETENTION_MESSAGES, RETENTION_BYTES or RETENTION_DAYS (or --retention-messages, --retention-bytes, --retention-days)')
+  }
+  const only = flags['--room'] === undefined ? null : roomFlag(flags)
+  const totals = await withDataDir(storageDir, async d => {
+    const rooms = await d.open({ openAll: false })
+    if (only !== null && !rooms.has(only)) throw RootPeerError.UNKNOWN_ROOM(only)
+    const names = only !== null ? [only] : [...rooms.list()].map(r => r.name)
+    const progress = new Progress(io.stderr, 'prune')
+    let messages = 0
+    let bytes = 0
+    let pruned = 0
+    for (let i = 0; i < names.length; i++) {
+      const done = await rooms.prune(names[i], policy)
+      if (done.messages > 0) pruned++
+      messages += done.messages
+      bytes += done.bytes
+      progress.update(() => `${i + 1}/${names.length} rooms`)
+    }
+    progress.done()
+    await d.save()
+    return { rooms: names.length, pruned, messages, bytes }
+  })
+  await write(io.stdout, `pruned ${totals.messages} messages (${totals.bytes} bytes) from ${totals.pruned} of ${totals.rooms} rooms\n`)
   return 0
 }
 
@@ -209,7 +246,7 @@ function importBlock (line: string, n: number, expected: number): Buffer {
   if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) throw RootPeerError.BAD_IMPORT(n, 'not a JSON object')
   const unknown = Object.keys(obj).find(k => !RECORD_FIELDS.has(k))
   if (unknown !== undefined) throw RootPeerError.BAD_IMPORT(n, `unknown field ${JSON.stringify(unknown.slice(0, 64))}`)
-  const { message, storedAt, fromPeer, senderPublicKey, id, messageIndex } = obj
+  const { message, storedAt, fromPeer, senderPublicKey, id, signature, messageIndex } = obj
   if (messageIndex !== expected) {
     throw RootPeerError.BAD_IMPORT(n, `messageIndex is ${JSON.stringify(messageIndex)}, expected ${expected} (an import keeps indices: it must start at the room's length and count up by one)`)
   }
@@ -220,8 +257,11 @@ function importBlock (line: string, n: number, expected: number): Buffer {
   if (id !== undefined && (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID)) {
     throw RootPeerError.BAD_IMPORT(n, `id is not a string of 1 to ${MAX_ID} characters`)
   }
+  if (signature !== undefined && (typeof signature !== 'string' || !/^[0-9a-f]{128}$/.test(signature))) {
+    throw RootPeerError.BAD_IMPORT(n, 'signature is not 128 lowercase hex characters')
+  }
   // the block the daemon would have stored: the same bytes, so a re-export is identical
-  return Buffer.from(encodeRecord({ message, storedAt, fromPeer, senderPublicKey, id }, JSON.stringify(message)))
+  return Buffer.from(encodeRecord({ message, storedAt, fromPeer, senderPublicKey, id, signature }, JSON.stringify(message)))
 }
 
 /**

@@ -7,7 +7,7 @@ import { Monitor } from './monitor.js'
 import { ChatRootPeer } from './root-peer.js'
 import { formatStats, type StatsSnapshot } from './stats.js'
 import { runTestnet } from './testnet.js'
-import { exportCommand, importCommand, roomsCommand, verifyCommand, type AdminIO } from './admin.js'
+import { exportCommand, importCommand, pruneCommand, roomsCommand, verifyCommand, type AdminIO } from './admin.js'
 import { backupCommand, restoreCommand } from './backup.js'
 import { openStore } from './data-dir-lock.js'
 import { RootPeerError } from './errors.js'
@@ -20,6 +20,7 @@ const ADMIN: Record<string, (argv: string[], io: AdminIO) => Promise<number>> = 
   export: exportCommand,
   import: importCommand,
   verify: verifyCommand,
+  prune: pruneCommand,
   backup: backupCommand,
   restore: restoreCommand
 }

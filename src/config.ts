@@ -149,6 +149,7 @@ export function helpText (): string {
     '       root-peer export --room R [--from N]   the room\'s records as NDJSON on stdout',
     '       root-peer import --room R       NDJSON records on stdin appended to room R (indices kept)',
     '       root-peer verify [--repair]     every room\'s core against the state file; --repair rewrites it',
+    '       root-peer prune [--room R]      apply RETENTION_MESSAGES / _BYTES / _DAYS now; prints what was reclaimed',
     '       root-peer backup --out FILE     the data dir as a .tar.gz',
     '       root-peer restore --from FILE [--force]   a backup into the data dir (--force: replace what is there)',
     '',

@@ -36,7 +36,8 @@ export interface RoomsOptions {
  * closed first, never one that is held (appends or reads in flight). Callers `get` a room, which
  * holds it, and `release` it when their work on it is done.
  *
- * Events: `index-recovered` ({ name }) for rooms found only in the index.
+ * Events: `index-recovered` ({ name }) for rooms found only in the index, `room-loaded` ({ name }) as `load`
+ * reconciles each room with its core.
  */
 export class Rooms extends EventEmitter {
   readonly maxOpen: number
@@ -116,6 +117,7 @@ export class Rooms extends EventEmitter {
         info.byteLength = core.byteLength
         await reconcilePruned(core, info)
         await core.close()
+        this.emit('room-loaded', { name })
       }
     }
     await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, worker))

@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'node:test'
 import type { ChatRootPeer } from '../src/root-peer.js'
-import { rawPeer, rootPeer, testnet, tmpDir, type RawPeer } from './helpers.js'
+import { bootstrapEnv, daemon, rawPeer, rootPeer, runBin, testnet, tmpDir, type RawPeer } from './helpers.js'
 
 /** Resolves once `done()` holds, checked now and after every prune (check and wait are adjacent: no race). */
 async function untilPruned (rp: ChatRootPeer, done: () => boolean): Promise<void> {
@@ -113,4 +113,43 @@ test('MAX_STORAGE_BYTES refuses new messages with STORAGE_FULL, and accepts agai
   const writer = await rawPeer(t, net)
   writer.send({ type: 'message', roomName: 'capped', message: body, id: 'after' })
   assert.equal((await writer.next(f => f.id === 'after')).messageIndex, stored)
+})
+
+test('root-peer prune applies retention now on a stopped daemon\'s data dir; the capped daemon accepts again after it', async t => {
+  const net = await testnet(t)
+  const storage = await tmpDir(t)
+  const env = { STORAGE_DIR: storage, DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1', STATS_INTERVAL: '0', MAX_STORAGE_BYTES: '5000', RATE_MESSAGES: '0', RATE_BYTES: '0' }
+  const first = daemon(t, [], env)
+  await first.ready()
+  const peer = await rawPeer(t, net)
+  const body = 'z'.repeat(1000)
+  let stored = 0
+  while (true) {
+    peer.send({ type: 'message', roomName: 'offline', message: body, id: `p${stored}` })
+    const answer = await peer.next(f => f.id === `p${stored}`)
+    if (answer.type === 'error') {
+      assert.equal(answer.code, 'STORAGE_FULL')
+      break
+    }
+    stored++
+  }
+  await peer.close()
+  assert.equal((await first.stop('SIGTERM')).code, 0)
+
+  const unset = await runBin(['prune'], { STORAGE_DIR: storage })
+  assert.equal(unset.code, 2)
+  assert.match(unset.stderr, /RETENTION_MESSAGES/)
+  const pruned = await runBin(['prune', '--retention-messages', '2'], { STORAGE_DIR: storage })
+  assert.equal(pruned.code, 0, pruned.stderr)
+  assert.equal(pruned.stdout.trim().split(' ')[1], String(stored - 2), pruned.stdout)
+  assert.match(pruned.stdout, /from 1 of 1 rooms/)
+
+  const second = daemon(t, [], env)
+  await second.ready()
+  const writer = await rawPeer(t, net)
+  writer.send({ type: 'message', roomName: 'offline', message: body, id: 'after-prune' })
+  assert.equal((await writer.next(f => f.id === 'after-prune')).messageIndex, stored)
+  const { messages, pages } = await writer.syncAll('offline')
+  assert.equal(pages[0].firstIndex, stored - 2)
+  assert.deepEqual(messages.map(m => m.messageIndex), [stored - 2, stored - 1, stored])
 })

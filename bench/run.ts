@@ -34,17 +34,23 @@ interface Options {
   skipRooms: boolean
   skipLatency: boolean
   profile: string | null
+  /** extra environment for the daemon, from --daemon-env KEY=VALUE */
+  daemonEnv: Record<string, string>
 }
 
 function parseArgs (argv: string[]): Options {
-  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, skipConnections: false, skipRooms: false, skipLatency: false, profile: null }
+  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, skipConnections: false, skipRooms: false, skipLatency: false, profile: null, daemonEnv: {} }
   const numeric: Record<string, keyof Options> = { '--clients': 'clients', '--messages': 'messages', '--payload': 'payload', '--peers': 'peers', '--rooms': 'rooms', '--active': 'active', '--latency-seconds': 'latencySeconds', '--latency-rate': 'latencyRate' }
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2)
     if (flag === '--skip-connections') o.skipConnections = true
     else if (flag === '--skip-rooms') o.skipRooms = true
     else if (flag === '--skip-latency') o.skipLatency = true
-    else if (flag === '--profile') o.profile = path.resolve(inline ?? argv[++i])
+    else if (flag === '--daemon-env') {
+      const kv = argv[++i]
+      const eq = kv.indexOf('=')
+      o.daemonEnv[kv.slice(0, eq)] = kv.slice(eq + 1)
+    } else if (flag === '--profile') o.profile = path.resolve(inline ?? argv[++i])
     else if (flag in numeric) {
       const n = Number(inline ?? argv[++i])
       if (!Number.isFinite(n) || n < 0) throw new Error(`${flag}: not a number`)
@@ -186,6 +192,8 @@ class Client {
   constructor (net: Testnet) {
     this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
     cleanups.push(() => this.swarm.destroy())
+    // every connection, not only the first: an unhandled stream error would end the bench
+    this.swarm.on('connection', (conn: NoiseStream) => conn.on('error', () => {}))
   }
 
   async connect (): Promise<void> {
@@ -324,6 +332,16 @@ async function build (): Promise<void> {
   if (code !== 0) throw new Error('build failed')
 }
 
+/** The daemon's V8 heap and external memory (MB), from prom-client's default metrics on /metrics. */
+async function heapMB (url: string): Promise<{ heapUsed: number, heapTotal: number, external: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  const read = (name: string): number => {
+    const m = new RegExp(`^${name} ([0-9.e+]+)`, 'm').exec(text)
+    return m === null ? NaN : Math.round(Number(m[1]) / 1024 / 1024 * 10) / 10
+  }
+  return { heapUsed: read('nodejs_heap_size_used_bytes'), heapTotal: read('nodejs_heap_size_total_bytes'), external: read('nodejs_external_memory_bytes') }
+}
+
 async function stats (url: string): Promise<any> {
   const res = await fetch(`${url}/stats`)
   return res.json()
@@ -356,7 +374,8 @@ async function main (): Promise<void> {
     RATE_SYNCS: '0',
     RATE_REGISTERS: '0',
     RATE_NEW_ROOMS: '0',
-    BAN_THRESHOLD: '0'
+    BAN_THRESHOLD: '0',
+    ...o.daemonEnv
   }, o.profile)
   cleanups.push(() => daemon.stop())
   const monitor = await daemon.line(l => typeof l.url === 'string')
@@ -365,6 +384,7 @@ async function main (): Promise<void> {
   const publicKey = Buffer.from(ready.publicKey, 'hex')
   await sleep(500)
   const rssIdle = await daemon.rssMB()
+  const heapIdle = await heapMB(monitor.url)
 
   const clients = Array.from({ length: o.clients }, () => new Client(net))
   await Promise.all(clients.map(c => c.connect()))
@@ -376,6 +396,7 @@ async function main (): Promise<void> {
   const own = process.cpuUsage(own0)
   const clientCpu = round2((own.user + own.system) / 1000 / ing.ms)
   const rssAfterIngest = await daemon.rssMB()
+  const heapAfterIngest = await heapMB(monitor.url)
   const messagesPerAppend = round2(o.clients * o.messages / ((await stats(monitor.url)).counters.appendBatches - batches0))
   // CPU in cores used during the ingest (1 = one core busy all the time)
   result.ingest = { ...ing, ofLimit: round2(ing.perSecond / limit.appendPerSecond), daemonCpu, clientCpu, messagesPerAppend }
@@ -395,7 +416,7 @@ async function main (): Promise<void> {
   await reader.connect()
 
   if (!o.skipLatency) result.ackLatencyMs = { rate: o.latencyRate, ...await latency(reader, o.latencySeconds, o.latencyRate, payload) }
-  result.memoryMB = { idle: rssIdle, afterIngest: rssAfterIngest }
+  result.memoryMB = { idle: rssIdle, afterIngest: rssAfterIngest, heapIdle, heapAfterIngest }
 
   if (!o.skipConnections) {
     const c = await connections(net, publicKey, o.peers)
@@ -409,7 +430,7 @@ async function main (): Promise<void> {
     const ms = Math.round(performance.now() - t0)
     await sleep(1000)
     const s = await stats(monitor.url)
-    result.rooms = { registered: o.rooms, active: o.active, ms, rssMB: await daemon.rssMB(), open: s.rooms.open, announced: s.rooms.announced, total: s.rooms.total }
+    result.rooms = { registered: o.rooms, active: o.active, ms, rssMB: await daemon.rssMB(), heap: await heapMB(monitor.url), open: s.rooms.open, announced: s.rooms.announced, total: s.rooms.total }
   }
   const s = await stats(monitor.url)
   result.daemon = { messages: s.totalMessages, appendBatches: s.counters.appendBatches }

@@ -30,6 +30,8 @@ export interface Config {
   maxAnnouncedRooms: number
   /** ms without activity after which a room's core is closed and its topic left */
   roomIdleTimeout: number
+  /** bytes of RocksDB memtable before it is flushed to disk */
+  storageWriteBuffer: number
   messagesPerSecond: number
   bytesPerSecond: number
   syncsPerSecond: number
@@ -80,6 +82,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'maxOpenRooms', env: 'MAX_OPEN_ROOMS', flag: '--max-open-rooms', default: '256', help: 'room cores open at once; the least recently used idle room is closed to open another', parse: (v, n) => parseInteger(v, n, 1, 1_000_000) },
   { key: 'maxAnnouncedRooms', env: 'MAX_ANNOUNCED_ROOMS', flag: '--max-announced-rooms', default: '1000', help: 'room topics announced on the DHT at once, least recently active left first; 0 = none (clients still find the root peer on the discovery topic)', parse: (v, n) => parseInteger(v, n, 0, 1_000_000) },
   { key: 'roomIdleTimeout', env: 'ROOM_IDLE_TIMEOUT', flag: '--room-idle-timeout', default: '5m', help: 'how long a room may go unused before its core is closed and its topic left', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
+  { key: 'storageWriteBuffer', env: 'STORAGE_WRITE_BUFFER', flag: '--storage-write-buffer', default: '8MiB', help: 'RocksDB memtable of the store, held in memory until flushed to disk (Hypercore\'s own default is 64MiB; bytes, KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1024 * 1024, 1024 * 1024 * 1024) },
   { key: 'messagesPerSecond', env: 'RATE_MESSAGES', flag: '--rate-messages', default: '100', help: 'messages a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
   { key: 'bytesPerSecond', env: 'RATE_BYTES', flag: '--rate-bytes', default: '1MiB', help: 'message bytes a second per peer (burst: 10 s worth); 0 = unlimited', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
   { key: 'syncsPerSecond', env: 'RATE_SYNCS', flag: '--rate-syncs', default: '50', help: 'sync-requests a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events'
 import fs from 'node:fs/promises'
 import Corestore from 'corestore'
+import HypercoreStorage from 'hypercore-storage'
 import HyperDHT from 'hyperdht'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
@@ -37,6 +38,8 @@ export interface RootPeerOptions {
   maxAnnouncedRooms?: number
   /** ms without activity after which a room's core is closed and its topic left */
   roomIdleTimeout?: number
+  /** bytes of RocksDB memtable the store fills before flushing it to disk (held in memory, twice while flushing) */
+  storageWriteBuffer?: number
   maxFrameBytes?: number
   maxMessageBytes?: number
   /** per-peer rates, 0 = unlimited (see Limits) */
@@ -108,6 +111,7 @@ export class ChatRootPeer extends EventEmitter {
   private readonly topics: RoomTopics
   private readonly maxOpenRooms: number
   private readonly roomIdleTimeout: number
+  private readonly storageWriteBuffer: number
   private sweepTimer: NodeJS.Timeout | null = null
   private readonly inflight = new Set<Promise<unknown>>()
   private statsTimer: NodeJS.Timeout | null = null
@@ -135,6 +139,7 @@ export class ChatRootPeer extends EventEmitter {
       maxOpenRooms = 256,
       maxAnnouncedRooms = 1000,
       roomIdleTimeout = 300_000,
+      storageWriteBuffer = 8 * 1024 * 1024,
       banThreshold = 100,
       banDuration = 600_000,
       stallTimeout = 30_000,
@@ -148,6 +153,7 @@ export class ChatRootPeer extends EventEmitter {
     this.maxRooms = maxRooms
     this.maxOpenRooms = maxOpenRooms
     this.roomIdleTimeout = roomIdleTimeout
+    this.storageWriteBuffer = storageWriteBuffer
     this.topics = new RoomTopics({ maxAnnounced: maxAnnouncedRooms, idleTimeout: roomIdleTimeout })
     this.stallTimeout = stallTimeout
     const settings: Partial<Limits> = {}
@@ -220,7 +226,7 @@ export class ChatRootPeer extends EventEmitter {
     const loaded = await this.stateFile.load()
     if (loaded.problem !== null) this.emit('state-file-recovered', { problem: loaded.problem, movedTo: loaded.movedTo })
 
-    this.store = new Corestore(this.storageDir)
+    this.store = new Corestore(new HypercoreStorage(this.storageDir, { writeBufferSize: this.storageWriteBuffer }))
     await this.store.ready()
     const keyPair = await this.store.createKeyPair('root-peer-swarm')
     this.publicKey = keyPair.publicKey

@@ -298,6 +298,7 @@ export class ChatRootPeer extends EventEmitter {
     if (this.statsTimer !== null) clearInterval(this.statsTimer)
     if (this.saveTimer !== null) clearTimeout(this.saveTimer)
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
+    this.topics.close()
     this.guard.close()
 
     // frames accepted before the signal finish, and their acks go out; later frames get SHUTTING_DOWN

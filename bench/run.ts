@@ -1,5 +1,7 @@
 // npm run bench [-- --clients 4 --messages 5000 --payload 240 --peers 1000 --rooms 10000 --active 1000
-//                  --latency-seconds 5 --skip-connections --skip-rooms --skip-latency --profile DIR]
+//                  --latency-seconds 5 --latency-rate 500 --settle-seconds 15
+//                  --skip-sync --skip-latency --skip-connections --skip-rooms
+//                  --profile DIR (node --cpu-prof on the daemon) --heap-snapshot DIR --daemon-env KEY=VALUE]
 // Starts a loopback DHT testnet and the daemon as a child process, drives it over real Hyperswarm
 // connections, measures Hypercore's own limit on the same records in the same run, and prints one
 // JSON line and a table. Everything stays on 127.0.0.1; temp dirs and the child are removed at the end.
@@ -35,6 +37,7 @@ interface Options {
   skipConnections: boolean
   skipRooms: boolean
   skipLatency: boolean
+  skipSync: boolean
   profile: string | null
   /** write a heap snapshot of the daemon (a full GC) after the rooms step, into this dir */
   heapSnapshot: string | null
@@ -43,13 +46,14 @@ interface Options {
 }
 
 function parseArgs (argv: string[]): Options {
-  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, settleSeconds: 15, skipConnections: false, skipRooms: false, skipLatency: false, profile: null, heapSnapshot: null, daemonEnv: {} }
+  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, settleSeconds: 15, skipConnections: false, skipRooms: false, skipLatency: false, skipSync: false, profile: null, heapSnapshot: null, daemonEnv: {} }
   const numeric: Record<string, keyof Options> = { '--clients': 'clients', '--messages': 'messages', '--payload': 'payload', '--peers': 'peers', '--rooms': 'rooms', '--active': 'active', '--latency-seconds': 'latencySeconds', '--latency-rate': 'latencyRate', '--settle-seconds': 'settleSeconds' }
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2)
     if (flag === '--skip-connections') o.skipConnections = true
     else if (flag === '--skip-rooms') o.skipRooms = true
     else if (flag === '--skip-latency') o.skipLatency = true
+    else if (flag === '--skip-sync') o.skipSync = true
     else if (flag === '--daemon-env') {
       const kv = argv[++i]
       const eq = kv.indexOf('=')
@@ -415,7 +419,7 @@ async function main (): Promise<void> {
 
   // each time a fresh client reads one full room from index 0; the median of three
   const syncs = []
-  for (let k = 0; k < 3; k++) {
+  for (let k = 0; k < (o.skipSync ? 0 : 3); k++) {
     const reader = new Client(net)
     await reader.connect()
     syncs.push(await sync(reader, `bench-ingest-${k % o.clients}`))
@@ -423,7 +427,7 @@ async function main (): Promise<void> {
   }
   syncs.sort((a, b) => a.perSecond - b.perSecond)
   const syn = syncs[1]
-  result.sync = { ...syn, ofLimit: round2(syn.perSecond / limit.getPerSecond), runs: syncs.map(x => x.perSecond) }
+  if (syn !== undefined) result.sync = { ...syn, ofLimit: round2(syn.perSecond / limit.getPerSecond), runs: syncs.map(x => x.perSecond) }
   const reader = new Client(net)
   await reader.connect()
 
@@ -489,8 +493,8 @@ function printTable (r: any): void {
     ['hypercore concurrent get (limit)', `${r.hypercore.getPerSecond} blocks/s`, ''],
     ['hypercore single append', `p50 ${r.hypercore.singleAppendMs.p50} ms, p99 ${r.hypercore.singleAppendMs.p99} ms`, `one block at a time, paced at ${r.ackLatencyMs?.rate ?? '-'} /s`],
     ['ingest', `${r.ingest.perSecond} msg/s`, `${Math.round(r.ingest.ofLimit * 100)}% of append limit (target ≥ 50%); daemon CPU ${r.ingest.daemonCpu} cores, bench clients ${r.ingest.clientCpu}, ${r.ingest.messagesPerAppend} msg/append`],
-    ['sync', `${r.sync.perSecond} msg/s`, `${Math.round(r.sync.ofLimit * 100)}% of get limit (target ≥ 50%); median of ${r.sync.runs.join(', ')}`]
   ]
+  if (r.sync !== undefined) rows.push(['sync', `${r.sync.perSecond} msg/s`, `${Math.round(r.sync.ofLimit * 100)}% of get limit (target ≥ 50%); median of ${r.sync.runs.join(', ')}`])
   if (r.ackLatencyMs !== undefined) rows.push(['ack latency', `p50 ${r.ackLatencyMs.p50} ms, p99 ${r.ackLatencyMs.p99} ms`, `at ${r.ackLatencyMs.rate} msg/s (target p99 ≤ 10 ms)`])
   if (r.connections !== undefined) rows.push(['connections', `${r.connections.announced}/${r.connections.peers} in ${r.connections.ms} ms`, `target: all 1,000 announced; RSS after ${r.connections.rssMBAfter} MB`])
   rows.push(['RSS idle / after ingest', `${r.memoryMB.idle} / ${r.memoryMB.afterIngest} MB`, ''])

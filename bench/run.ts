@@ -5,23 +5,15 @@
 // Starts a loopback DHT testnet and the daemon as a child process, drives it over real Hyperswarm
 // connections, measures Hypercore's own limit on the same records in the same run, and prints one
 // JSON line and a table. Everything stays on 127.0.0.1; temp dirs and the child are removed at the end.
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import Corestore from 'corestore'
 import HyperDHT from 'hyperdht'
 import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
-import Hyperswarm, { type NoiseStream } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import { encodeRecord } from '../src/protocol.js'
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-/** USER_HZ of /proc/<pid>/stat, 100 on Linux */
-const CLOCK_TICKS = 100
-const DISCOVERY = crypto.hash(Buffer.from('holepunch-root-peer-discovery'))
+import { Client, Daemon, build, cleanup, cleanups, heapMB, percentile, rate, round2, sleep, stats, tempDir } from './harness.js'
 
 interface Options {
   clients: number
@@ -69,31 +61,6 @@ function parseArgs (argv: string[]): Options {
   return o
 }
 
-const cleanups: Array<() => Promise<unknown> | unknown> = []
-async function cleanup (): Promise<void> {
-  while (cleanups.length > 0) {
-    try { await cleanups.pop()!() } catch {}
-  }
-}
-
-async function tempDir (prefix: string): Promise<string> {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix))
-  cleanups.push(() => fs.rm(dir, { recursive: true, force: true }))
-  return dir
-}
-
-function rate (count: number, ms: number): number {
-  return Math.round(count / (ms / 1000))
-}
-
-function percentile (sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
-}
-
-function sleep (ms: number): Promise<void> {
-  return new Promise(resolve => setTimeout(resolve, ms))
-}
-
 /** The records the daemon stores for a message of `payload` bytes, so the limit is measured on the same blocks. */
 function records (count: number, payload: number): Buffer[] {
   const peerId = crypto.randomBytes(32).toString('hex')
@@ -133,102 +100,6 @@ async function hypercoreLimit (blocks: Buffer[], pacedRate: number): Promise<{ a
     getPerSecond: rate(blocks.length, getMs),
     blockBytes: blocks[0].byteLength,
     singleAppendMs: { p50: round2(percentile(took, 0.5)), p99: round2(percentile(took, 0.99)) }
-  }
-}
-
-/** The daemon as a child process, its JSON log lines read for the ready and monitor lines. */
-class Daemon {
-  readonly child: ChildProcess
-  private readonly lines: any[] = []
-  private waiters: Array<{ match: (l: any) => boolean, resolve: (l: any) => void }> = []
-  readonly exited: Promise<unknown>
-
-  constructor (env: Record<string, string>, profileDir: string | null) {
-    // the built daemon, as deployed: tsx's loader would add its own memory and startup work
-    const args = [...(profileDir !== null ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), path.join(ROOT, 'dist/bin.js')]
-    this.child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, NODE_ENV: 'production', ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
-    this.exited = once(this.child, 'exit')
-    let buf = ''
-    this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
-      buf += chunk
-      let nl
-      while ((nl = buf.indexOf('\n')) !== -1) {
-        let line: any
-        try { line = JSON.parse(buf.slice(0, nl)) } catch { line = {} }
-        buf = buf.slice(nl + 1)
-        this.lines.push(line)
-        this.waiters = this.waiters.filter(w => !w.match(line) || (w.resolve(line), false))
-      }
-    })
-  }
-
-  line (match: (l: any) => boolean, timeout = 60_000): Promise<any> {
-    const found = this.lines.find(match)
-    if (found !== undefined) return Promise.resolve(found)
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('daemon: no matching log line')), timeout)
-      this.waiters.push({ match, resolve: l => { clearTimeout(timer); resolve(l) } })
-    })
-  }
-
-  async rssMB (): Promise<number> {
-    const status = await fs.readFile(`/proc/${this.child.pid}/status`, 'utf8')
-    return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024 * 10) / 10
-  }
-
-  /** CPU seconds (user + system) the daemon has used so far. */
-  async cpuSeconds (): Promise<number> {
-    const stat = await fs.readFile(`/proc/${this.child.pid}/stat`, 'utf8')
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
-  }
-
-  async stop (): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return
-    this.child.kill('SIGTERM')
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 15_000)
-    await this.exited
-    clearTimeout(timer)
-  }
-}
-
-/** One client connection on the testnet: frames out as one JSON object per write, frames in parsed. */
-class Client {
-  readonly swarm: Hyperswarm
-  conn!: NoiseStream
-  onFrame: (frame: any) => void = () => {}
-
-  constructor (net: Testnet) {
-    this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
-    cleanups.push(() => this.swarm.destroy())
-    // every connection, not only the first: an unhandled stream error would end the bench
-    this.swarm.on('connection', (conn: NoiseStream) => conn.on('error', () => {}))
-  }
-
-  async connect (): Promise<void> {
-    const connected = once(this.swarm, 'connection')
-    const discovery = this.swarm.join(DISCOVERY, { client: true, server: false })
-    const retry = setInterval(() => { discovery.refresh().catch(() => {}) }, 1000)
-    const [conn] = await connected.finally(() => clearInterval(retry)) as [NoiseStream]
-    this.conn = conn
-    conn.on('error', () => {})
-    const announced = new Promise<void>(resolve => {
-      this.onFrame = f => { if (f.type === 'root-peer-announcement') resolve() }
-    })
-    conn.on('data', (data: Buffer) => this.onFrame(JSON.parse(data.toString('utf8'))))
-    await announced
-  }
-
-  send (frame: object): void {
-    this.conn.write(JSON.stringify(frame))
-  }
-
-  /** Sends a sync-request and resolves with its answer. */
-  request (frame: object): Promise<any> {
-    return new Promise(resolve => {
-      this.onFrame = f => { if (f.type === 'sync-response' || f.type === 'room-registered' || f.type === 'error') resolve(f) }
-      this.send(frame)
-    })
   }
 }
 
@@ -362,28 +233,6 @@ async function startDaemon (net: Testnet, o: Options): Promise<{ daemon: Daemon,
   return { daemon, monitorUrl: monitor.url, publicKey: Buffer.from(ready.publicKey, 'hex') }
 }
 
-/** Compiles src/ to dist/ (tsc), so the daemon measured is the current code. */
-async function build (): Promise<void> {
-  const tsc = spawn(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' })
-  const [code] = await once(tsc, 'exit')
-  if (code !== 0) throw new Error('build failed')
-}
-
-/** The daemon's V8 heap and external memory (MB), from prom-client's default metrics on /metrics. */
-async function heapMB (url: string): Promise<{ heapUsed: number, heapTotal: number, external: number }> {
-  const text = await (await fetch(`${url}/metrics`)).text()
-  const read = (name: string): number => {
-    const m = new RegExp(`^${name} ([0-9.e+]+)`, 'm').exec(text)
-    return m === null ? NaN : Math.round(Number(m[1]) / 1024 / 1024 * 10) / 10
-  }
-  return { heapUsed: read('nodejs_heap_size_used_bytes'), heapTotal: read('nodejs_heap_size_total_bytes'), external: read('nodejs_external_memory_bytes') }
-}
-
-async function stats (url: string): Promise<any> {
-  const res = await fetch(`${url}/stats`)
-  return res.json()
-}
-
 async function main (): Promise<void> {
   const o = parseArgs(process.argv.slice(2))
   const payload = 'x'.repeat(o.payload)
@@ -483,10 +332,6 @@ async function main (): Promise<void> {
   printTable(result as any)
 }
 
-function round2 (x: number): number {
-  return Math.round(x * 100) / 100
-}
-
 function printTable (r: any): void {
   const rows: Array<[string, string, string]> = [
     ['hypercore batched append (limit)', `${r.hypercore.appendPerSecond} blocks/s`, `${r.hypercore.blockBytes}-byte blocks`],
@@ -505,6 +350,11 @@ function printTable (r: any): void {
 }
 
 process.on('SIGINT', () => { cleanup().finally(() => process.exit(130)) })
+// an error from a stream the bench did not expect still stops the daemon and removes the temp dirs
+process.on('uncaughtException', err => {
+  console.error(err)
+  cleanup().finally(() => process.exit(1))
+})
 main().then(cleanup, async err => {
   console.error(err)
   await cleanup()

@@ -15,7 +15,7 @@ import {
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
 } from './protocol.js'
 import type { Room } from './room.js'
-import { RoomTopics } from './room-topics.js'
+import { RoomTopics, type TopicSwarm } from './room-topics.js'
 import { Rooms } from './rooms.js'
 import { StateFile, type RoomState } from './state-file.js'
 import { busiest, bump, createCounters, type Counters, type StatsSnapshot } from './stats.js'
@@ -234,9 +234,7 @@ export class ChatRootPeer extends EventEmitter {
     this.rooms = new Rooms(this.store, { maxOpen: this.maxOpenRooms, onBatch: () => { this.counters.appendBatches++ } })
     this.rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
     await this.rooms.load(loaded.state)
-    // rooms active before the restart are announced again, the most recent ones within the caps
-    const recent = [...this.rooms.list()].filter(r => Date.now() - r.lastActivity <= this.roomIdleTimeout)
-    for (const r of recent.sort((a, b) => a.lastActivity - b.lastActivity).slice(-this.topics.maxAnnounced)) this.topics.touch(r.name, r.lastActivity)
+    this.announceRecentRooms(this.rooms)
     this.createdAt = loaded.state?.rootPeerCreatedAt || Date.now()
 
     const { bootstrap, dhtHost = '0.0.0.0', dhtPort } = this.opts
@@ -256,11 +254,7 @@ export class ChatRootPeer extends EventEmitter {
     })
     this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
     this.discovery = this.swarm.join(this.discoveryTopic, { server: true, client: false })
-    const swarm = this.swarm
-    this.topics.attach({
-      join: name => { swarm.join(roomTopic(name), { server: true, client: false }) },
-      leave: name => { swarm.leave(roomTopic(name)).catch(() => {}) }
-    })
+    this.topics.attach(topicSwarm(this.swarm))
 
     // an unreachable DHT does not hold back ready; these report when it comes
     dht.fullyBootstrapped().then(() => {
@@ -280,12 +274,7 @@ export class ChatRootPeer extends EventEmitter {
       }, this.statsInterval)
       this.statsTimer.unref()
     }
-    const rooms = this.rooms
-    this.sweepTimer = setInterval(() => {
-      rooms.closeIdle(this.roomIdleTimeout)
-      this.topics.sweep()
-    }, Math.max(1000, Math.min(this.roomIdleTimeout / 2, 60_000)))
-    this.sweepTimer.unref()
+    this.startSweep(this.rooms)
     this.startedAt = Date.now()
     await this.save()
     this.emit('ready', { publicKey: this.publicKey.toString('hex') })
@@ -485,6 +474,23 @@ export class ChatRootPeer extends EventEmitter {
     return info
   }
 
+  /** Rooms active before a restart are announced again, the most recent ones within the caps. */
+  private announceRecentRooms (rooms: Rooms): void {
+    const now = Date.now()
+    const recent = [...rooms.list()].filter(r => now - r.lastActivity <= this.roomIdleTimeout)
+    recent.sort((a, b) => a.lastActivity - b.lastActivity)
+    for (const r of recent.slice(-this.topics.maxAnnounced)) this.topics.touch(r.name, r.lastActivity)
+  }
+
+  /** Closes idle rooms' cores and leaves idle rooms' topics, every half idle timeout (1 s to 1 min). */
+  private startSweep (rooms: Rooms): void {
+    this.sweepTimer = setInterval(() => {
+      rooms.closeIdle(this.roomIdleTimeout)
+      this.topics.sweep()
+    }, Math.max(1000, Math.min(this.roomIdleTimeout / 2, 60_000)))
+    this.sweepTimer.unref()
+  }
+
   private stored (room: Room, peer: Peer, index: number, id: string | undefined, bytes: number, started: number): void {
     const rooms = this.rooms!
     rooms.stored(room, bytes)
@@ -567,6 +573,14 @@ export class ChatRootPeer extends EventEmitter {
 /** The topic a room is announced on: the name itself when it is a 64-hex topic (what clients join), else its hash. */
 export function roomTopic (name: string): Buffer {
   return isHexTopic(name) ? Buffer.from(name, 'hex') : crypto.hash(Buffer.from(name))
+}
+
+/** Joins and leaves a room's topic on the swarm, as a server. */
+function topicSwarm (swarm: Hyperswarm): TopicSwarm {
+  return {
+    join: name => { swarm.join(roomTopic(name), { server: true, client: false }) },
+    leave: name => { swarm.leave(roomTopic(name)).catch(() => {}) }
+  }
 }
 
 /** Refusals that are not the peer's fault and do not count towards a ban. */

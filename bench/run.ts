@@ -206,8 +206,9 @@ async function manyRooms (clients: Client[], total: number, active: number, payl
 }
 
 /** Starts the daemon on a fresh data dir, with the rate limits off, and waits until clients can find it. */
-async function startDaemon (net: Testnet, o: Options): Promise<{ daemon: Daemon, monitorUrl: string, publicKey: Buffer }> {
-  const storage = await tempDir('root-peer-bench-')
+async function startDaemon (net: Testnet, o: Options, dir: string | null = null): Promise<{ daemon: Daemon, monitorUrl: string, publicKey: Buffer, storage: string, readyMs: number }> {
+  const storage = dir ?? await tempDir('root-peer-bench-')
+  const t0 = performance.now()
   const daemon = new Daemon({
     STORAGE_DIR: storage,
     DHT_BOOTSTRAP: net.bootstrap.map(b => `${b.host}:${b.port}`).join(','),
@@ -229,8 +230,9 @@ async function startDaemon (net: Testnet, o: Options): Promise<{ daemon: Daemon,
   cleanups.push(() => daemon.stop())
   const monitor = await daemon.line(l => typeof l.url === 'string')
   const ready = await daemon.line(l => typeof l.msg === 'string' && l.msg.startsWith('root peer ready'))
+  const readyMs = Math.round(performance.now() - t0)
   await daemon.line(l => l.msg === 'announced on the discovery topic')
-  return { daemon, monitorUrl: monitor.url, publicKey: Buffer.from(ready.publicKey, 'hex') }
+  return { daemon, monitorUrl: monitor.url, publicKey: Buffer.from(ready.publicKey, 'hex'), storage, readyMs }
 }
 
 async function main (): Promise<void> {
@@ -295,7 +297,7 @@ async function main (): Promise<void> {
 
   // a fresh daemon, so the rooms' figure is not the high-water mark of the steps before
   if (!o.skipRooms) {
-    const { daemon, monitorUrl } = await startDaemon(net, o)
+    const { daemon, monitorUrl, storage } = await startDaemon(net, o)
     const monitor = { url: monitorUrl }
     const clients = Array.from({ length: o.clients }, () => new Client(net))
     await Promise.all(clients.map(c => c.connect()))
@@ -325,6 +327,12 @@ async function main (): Promise<void> {
     }
     result.rooms = { registered: o.rooms, active: o.active, ms, rssMBAtOnce: rssAtOnce, settleSeconds: o.settleSeconds, settleCpu, rssMB: await daemon.rssMB(), heap: await heapMB(monitor.url), open: s.rooms.open, announced: s.rooms.announced, total: s.rooms.total }
     await daemon.stop()
+    await Promise.all(clients.map(c => c.swarm.destroy()))
+    // a restart reconciles every room's count with its core (opened, read, closed, 16 at a time)
+    const again = await startDaemon(net, o, storage)
+    const counted = await stats(again.monitorUrl)
+    result.rooms = { ...result.rooms as object, restartReadyMs: again.readyMs, restartCounts: { rooms: counted.totalRooms, messages: counted.totalMessages } }
+    await again.daemon.stop()
   }
   result.machine = { nproc: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, loadavg: os.loadavg().map(x => Math.round(x * 100) / 100) }
 
@@ -344,6 +352,7 @@ function printTable (r: any): void {
   if (r.connections !== undefined) rows.push(['connections', `${r.connections.announced}/${r.connections.peers} in ${r.connections.ms} ms`, `target: all 1,000 announced; RSS after ${r.connections.rssMBAfter} MB`])
   rows.push(['RSS idle / after ingest', `${r.memoryMB.idle} / ${r.memoryMB.afterIngest} MB`, ''])
   if (r.rooms !== undefined) rows.push(['RSS with rooms', `${r.rooms.rssMB} MB (${r.rooms.rssMBAtOnce} MB at once)`, `${r.rooms.total} rooms, ${r.rooms.active} active, ${r.rooms.open} open, ${r.rooms.announced} announced; settled ${r.rooms.settleSeconds} s (target ≤ 150 MB)`])
+  if (r.rooms !== undefined) rows.push(['restart with those rooms', `ready in ${r.rooms.restartReadyMs} ms`, `counts from the cores: ${r.rooms.restartCounts.rooms} rooms, ${r.rooms.restartCounts.messages} messages`])
   const w0 = Math.max(...rows.map(x => x[0].length))
   const w1 = Math.max(...rows.map(x => x[1].length))
   for (const [a, b, c] of rows) console.log(`${a.padEnd(w0)}  ${b.padEnd(w1)}  ${c}`)

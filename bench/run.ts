@@ -143,7 +143,8 @@ async function latency (client: Client, seconds: number, perSecond: number, payl
   return { p50: round(percentile(took, 0.5)), p99: round(percentile(took, 0.99)), max: round(took[took.length - 1]), count }
 }
 
-async function sync (client: Client, roomName: string): Promise<{ perSecond: number, messages: number, pages: number }> {
+async function sync (client: Client, roomName: string, daemon: Daemon): Promise<{ perSecond: number, messages: number, pages: number, daemonCpu: number }> {
+  const cpu0 = await daemon.cpuSeconds()
   let next = 0
   let messages = 0
   let pages = 0
@@ -156,7 +157,8 @@ async function sync (client: Client, roomName: string): Promise<{ perSecond: num
     next = page.nextIndex
     if (!page.hasMore) break
   }
-  return { perSecond: rate(messages, performance.now() - t0), messages, pages }
+  const ms = performance.now() - t0
+  return { perSecond: rate(messages, ms), messages, pages, daemonCpu: round2((await daemon.cpuSeconds() - cpu0) / (ms / 1000)) }
 }
 
 async function connections (net: Testnet, publicKey: Buffer, count: number): Promise<{ ms: number, announced: number }> {
@@ -273,7 +275,7 @@ async function main (): Promise<void> {
   for (let k = 0; k < (o.skipSync ? 0 : 3); k++) {
     const reader = new Client(net)
     await reader.connect()
-    syncs.push(await sync(reader, `bench-ingest-${k % o.clients}`))
+    syncs.push(await sync(reader, `bench-ingest-${k % o.clients}`, daemon))
     if (k < 2) await reader.swarm.destroy()
   }
   syncs.sort((a, b) => a.perSecond - b.perSecond)

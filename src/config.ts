@@ -40,6 +40,8 @@ export interface Config {
   retentionAge: number
   /** message bytes held in all rooms, 0 = no cap; over it messages are refused with STORAGE_FULL */
   maxStorageBytes: number
+  /** bytes of RocksDB memtable before it is flushed to disk */
+  storageWriteBuffer: number
   messagesPerSecond: number
   bytesPerSecond: number
   syncsPerSecond: number
@@ -96,6 +98,7 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'retentionAge', env: 'RETENTION_DAYS', flag: '--retention-days', default: '0', help: 'days a message is kept (fractions allowed); 0 = forever', parse: parseDays },
   { key: 'maxStorageBytes', env: 'MAX_STORAGE_BYTES', flag: '--max-storage-bytes', default: '0', help: 'message bytes held in all rooms; over it messages are refused with STORAGE_FULL; 0 = no cap', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
   { key: 'roomIdleTimeout', env: 'ROOM_IDLE_TIMEOUT', flag: '--room-idle-timeout', default: '5m', help: 'how long a room may go unused before its core is closed and its topic left', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
+  { key: 'storageWriteBuffer', env: 'STORAGE_WRITE_BUFFER', flag: '--storage-write-buffer', default: '8MiB', help: 'RocksDB memtable of the store, held in memory until flushed to disk (Hypercore\'s own default is 64MiB; bytes, KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1024 * 1024, 1024 * 1024 * 1024) },
   { key: 'messagesPerSecond', env: 'RATE_MESSAGES', flag: '--rate-messages', default: '100', help: 'messages a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
   { key: 'bytesPerSecond', env: 'RATE_BYTES', flag: '--rate-bytes', default: '1MiB', help: 'message bytes a second per peer (burst: 10 s worth); 0 = unlimited', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
   { key: 'syncsPerSecond', env: 'RATE_SYNCS', flag: '--rate-syncs', default: '50', help: 'sync-requests a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },

@@ -1,8 +1,12 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import Corestore from 'corestore'
+import HypercoreStorage from 'hypercore-storage'
 import { RootPeerError } from './errors.js'
 import { STATE_FILE_PREFIX } from './state-file.js'
+
+/** The RocksDB memtable size when none is given (STORAGE_WRITE_BUFFER's default). */
+export const DEFAULT_WRITE_BUFFER = 8 * 1024 * 1024
 
 /** Corestore's device file; it carries the data dir's lock. */
 export const DEVICE_FILE = 'CORESTORE'
@@ -19,14 +23,15 @@ const LOCKED_MESSAGE = 'could not be locked'
  * holds the dir, DATA_DIR_COPIED for a dir copied file by file, NO_DATA_DIR without `create` when there is no store
  * (a `db/` without a device file is opened: a copy being adopted, or a restore).
  */
-export async function openStore (dir: string, { create = true } = {}): Promise<Corestore> {
+export async function openStore (dir: string, { create = true, writeBufferSize = DEFAULT_WRITE_BUFFER } = {}): Promise<Corestore> {
   const fresh = !await exists(path.join(dir, DEVICE_FILE))
   if (fresh && !create && !await exists(path.join(dir, 'db'))) throw RootPeerError.NO_DATA_DIR(dir)
   await fs.mkdir(dir, { recursive: true })
   // without a device file, hypercore-storage moves every file it does not know into db/ (a migration of
   // an older layout): ours are moved back once the lock is held
   const ours = fresh ? (await fs.readdir(dir)).filter(f => f.startsWith(STATE_FILE_PREFIX)) : []
-  const store = new Corestore(dir)
+  // a smaller RocksDB memtable than Hypercore's 64 MiB default (STORAGE_WRITE_BUFFER)
+  const store = new Corestore(new HypercoreStorage(dir, { writeBufferSize }))
   try {
     await store.ready()
   } catch (err: any) {

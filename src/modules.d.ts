@@ -24,12 +24,21 @@ declare module 'hypercore' {
   }
 }
 
+declare module 'hypercore-storage' {
+  export default class HypercoreStorage {
+    /** writeBufferSize: bytes of RocksDB memtable (Hypercore's default: 64 MiB) */
+    constructor (dir: string, opts?: { writeBufferSize?: number })
+    close (): Promise<void>
+  }
+}
+
 declare module 'corestore' {
   import { EventEmitter } from 'node:events'
   import type Hypercore from 'hypercore'
+  import type HypercoreStorage from 'hypercore-storage'
   export interface KeyPair { publicKey: Buffer, secretKey: Buffer }
   export default class Corestore extends EventEmitter {
-    constructor (storage: string, opts?: Record<string, unknown>)
+    constructor (storage: string | HypercoreStorage, opts?: Record<string, unknown>)
     readonly opened: boolean
     readonly closed: boolean
     ready (): Promise<void>

@@ -35,7 +35,7 @@ export class Room {
   private last: Promise<unknown> | null = null
   private ids: Map<string, number | Promise<number>> | null = null
   private loadingIds: Promise<void> | null = null
-
+  /** called before each core append, for the appendBatches counter */
   private readonly onBatch: (() => void) | null
 
   constructor (name: string, core: Hypercore, info: RoomState, onBatch: (() => void) | null = null) {

@@ -15,7 +15,7 @@ import {
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
 } from './protocol.js'
 import type { Room } from './room.js'
-import { RoomTopics } from './room-topics.js'
+import { RoomTopics, type TopicSwarm } from './room-topics.js'
 import { Rooms } from './rooms.js'
 import { keyMatchesName, verifyAccess, verifyMessage } from './room-auth.js'
 import { retentionOn, type RetentionPolicy } from './retention.js'
@@ -51,6 +51,8 @@ export interface RootPeerOptions {
   maxAnnouncedRooms?: number
   /** ms without activity after which a room's core is closed and its topic left */
   roomIdleTimeout?: number
+  /** bytes of RocksDB memtable the store fills before flushing it to disk (held in memory, twice while flushing) */
+  storageWriteBuffer?: number
   maxFrameBytes?: number
   maxMessageBytes?: number
   /** per-peer rates, 0 = unlimited (see Limits) */
@@ -123,6 +125,7 @@ export class ChatRootPeer extends EventEmitter {
   private readonly topics: RoomTopics
   private readonly maxOpenRooms: number
   private readonly roomIdleTimeout: number
+  private readonly storageWriteBuffer: number
   private sweepTimer: NodeJS.Timeout | null = null
   private readonly inflight = new Set<Promise<unknown>>()
   private statsTimer: NodeJS.Timeout | null = null
@@ -164,6 +167,7 @@ export class ChatRootPeer extends EventEmitter {
       maxOpenRooms = 256,
       maxAnnouncedRooms = 1000,
       roomIdleTimeout = 300_000,
+      storageWriteBuffer = 8 * 1024 * 1024,
       banThreshold = 100,
       banDuration = 600_000,
       stallTimeout = 30_000,
@@ -177,6 +181,7 @@ export class ChatRootPeer extends EventEmitter {
     this.maxRooms = maxRooms
     this.maxOpenRooms = maxOpenRooms
     this.roomIdleTimeout = roomIdleTimeout
+    this.storageWriteBuffer = storageWriteBuffer
     this.topics = new RoomTopics({ maxAnnounced: maxAnnouncedRooms, idleTimeout: roomIdleTimeout })
     this.stallTimeout = stallTimeout
     const settings: Partial<Limits> = {}
@@ -283,9 +288,7 @@ export class ChatRootPeer extends EventEmitter {
       const { problem, movedTo, fromPrevious } = loaded
       this.emit('state-file-recovered', { problem, movedTo, fromPrevious, rooms: rooms.size, messages: rooms.totalMessages })
     }
-    // rooms active before the restart are announced again, the most recent ones within the caps
-    const recent = [...rooms.list()].filter(r => Date.now() - r.lastActivity <= this.roomIdleTimeout)
-    for (const r of recent.sort((a, b) => a.lastActivity - b.lastActivity).slice(-this.topics.maxAnnounced)) this.topics.touch(r.name, r.lastActivity)
+    this.announceRecentRooms(rooms)
     this.createdAt = loaded.state?.rootPeerCreatedAt || Date.now()
 
     const { bootstrap, dhtHost = '0.0.0.0', dhtPort } = this.opts
@@ -305,11 +308,7 @@ export class ChatRootPeer extends EventEmitter {
     })
     this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
     this.discovery = this.swarm.join(this.discoveryTopic, { server: true, client: false })
-    const swarm = this.swarm
-    this.topics.attach({
-      join: name => { swarm.join(roomTopic(name), { server: true, client: false }) },
-      leave: name => { swarm.leave(roomTopic(name)).catch(() => {}) }
-    })
+    this.topics.attach(topicSwarm(this.swarm))
 
     // an unreachable DHT does not hold back ready; these report when it comes
     dht.fullyBootstrapped().then(() => {
@@ -329,12 +328,7 @@ export class ChatRootPeer extends EventEmitter {
       }, this.statsInterval)
       this.statsTimer.unref()
     }
-    // this.rooms, not a copy: the rooms are replaced when the store is reopened after a storage failure
-    this.sweepTimer = setInterval(() => {
-      this.rooms?.closeIdle(this.roomIdleTimeout)
-      this.topics.sweep()
-    }, Math.max(1000, Math.min(this.roomIdleTimeout / 2, 60_000)))
-    this.sweepTimer.unref()
+    this.startSweep()
     if (this.retentionOn) {
       // settings may have changed since the last run: apply them now, then the age bound as time passes
       this.pruneAll()
@@ -349,7 +343,7 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async openStore (): Promise<Corestore> {
-    const store = await openStore(this.storageDir)
+    const store = await openStore(this.storageDir, { writeBufferSize: this.storageWriteBuffer })
     this.store = store
     return store
   }
@@ -428,6 +422,7 @@ export class ChatRootPeer extends EventEmitter {
     if (this.pruneTimer !== null) clearInterval(this.pruneTimer)
     if (this.recoveryTimer !== null) clearTimeout(this.recoveryTimer)
     if (this.reopening !== null) await this.reopening.catch(() => {})
+    this.topics.close()
     this.guard.close()
 
     // frames accepted before the signal finish, and their acks go out; later frames get SHUTTING_DOWN
@@ -694,6 +689,24 @@ export class ChatRootPeer extends EventEmitter {
     return info
   }
 
+  /** Rooms active before a restart are announced again, the most recent ones within the caps. */
+  private announceRecentRooms (rooms: Rooms): void {
+    const now = Date.now()
+    const recent = [...rooms.list()].filter(r => now - r.lastActivity <= this.roomIdleTimeout)
+    recent.sort((a, b) => a.lastActivity - b.lastActivity)
+    for (const r of recent.slice(-this.topics.maxAnnounced)) this.topics.touch(r.name, r.lastActivity)
+  }
+
+  /** Closes idle rooms' cores and leaves idle rooms' topics, every half idle timeout (1 s to 1 min). */
+  private startSweep (): void {
+    // this.rooms, not a copy: the rooms are replaced when the store is reopened after a storage failure
+    this.sweepTimer = setInterval(() => {
+      this.rooms?.closeIdle(this.roomIdleTimeout)
+      this.topics.sweep()
+    }, Math.max(1000, Math.min(this.roomIdleTimeout / 2, 60_000)))
+    this.sweepTimer.unref()
+  }
+
   private stored (room: Room, peer: Peer, index: number, id: string | undefined, bytes: number, started: number): void {
     const rooms = this.rooms!
     rooms.stored(room, bytes)
@@ -777,6 +790,14 @@ export class ChatRootPeer extends EventEmitter {
 /** The topic a room is announced on: the name itself when it is a 64-hex topic (what clients join), else its hash. */
 export function roomTopic (name: string): Buffer {
   return isHexTopic(name) ? Buffer.from(name, 'hex') : crypto.hash(Buffer.from(name))
+}
+
+/** Joins and leaves a room's topic on the swarm, as a server. */
+function topicSwarm (swarm: Hyperswarm): TopicSwarm {
+  return {
+    join: name => { swarm.join(roomTopic(name), { server: true, client: false }) },
+    leave: name => { swarm.leave(roomTopic(name)).catch(() => {}) }
+  }
 }
 
 /** Refusals that are not the peer's fault and do not count towards a ban. */

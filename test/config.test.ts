@@ -74,3 +74,21 @@ test('the entry point exits 2 with one line naming the setting; --help exits 0 a
     assert.ok(help.stdout.includes(env), env)
   }
 })
+
+test('room and storage settings: MAX_OPEN_ROOMS, MAX_ANNOUNCED_ROOMS, ROOM_IDLE_TIMEOUT, STORAGE_WRITE_BUFFER', () => {
+  const defaults = parseConfig([], {})
+  assert.equal(defaults.maxOpenRooms, 256)
+  assert.equal(defaults.maxAnnouncedRooms, 1000)
+  assert.equal(defaults.roomIdleTimeout, 300_000)
+  assert.equal(defaults.storageWriteBuffer, 8 * 1024 * 1024)
+  const c = parseConfig(['--max-open-rooms', '3', '--room-idle-timeout=90s', '--storage-write-buffer', '4MiB'], { MAX_ANNOUNCED_ROOMS: '0' })
+  assert.deepEqual([c.maxOpenRooms, c.maxAnnouncedRooms, c.roomIdleTimeout, c.storageWriteBuffer], [3, 0, 90_000, 4 * 1024 * 1024])
+  for (const [argv, named] of [
+    [['--max-open-rooms', '0'], 'MAX_OPEN_ROOMS'],
+    [['--max-announced-rooms', '-1'], 'MAX_ANNOUNCED_ROOMS'],
+    [['--room-idle-timeout', '500ms'], 'ROOM_IDLE_TIMEOUT'],
+    [['--storage-write-buffer', '10'], 'STORAGE_WRITE_BUFFER']
+  ] as Array<[string[], string]>) {
+    assert.throws(() => parseConfig(argv, {}), (err: unknown) => err instanceof ConfigError && err.message.includes(named), argv.join(' '))
+  }
+})

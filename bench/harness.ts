@@ -1,0 +1,163 @@
+// The bench's plumbing: temp dirs and cleanup, the daemon as a child process, a client connection.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import HyperDHT from 'hyperdht'
+import type { Testnet } from 'hyperdht/testnet.js'
+import Hyperswarm, { type NoiseStream } from 'hyperswarm'
+import crypto from 'hypercore-crypto'
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+/** USER_HZ of /proc/<pid>/stat, 100 on Linux */
+const CLOCK_TICKS = 100
+const DISCOVERY = crypto.hash(Buffer.from('holepunch-root-peer-discovery'))
+
+export const cleanups: Array<() => Promise<unknown> | unknown> = []
+export async function cleanup (): Promise<void> {
+  while (cleanups.length > 0) {
+    try { await cleanups.pop()!() } catch {}
+  }
+}
+
+export async function tempDir (prefix: string): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix))
+  cleanups.push(() => fs.rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+export function rate (count: number, ms: number): number {
+  return Math.round(count / (ms / 1000))
+}
+
+export function percentile (sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]
+}
+
+export function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+/** The daemon as a child process, its JSON log lines read for the ready and monitor lines. */
+export class Daemon {
+  readonly child: ChildProcess
+  private readonly lines: any[] = []
+  private waiters: Array<{ match: (l: any) => boolean, resolve: (l: any) => void }> = []
+  readonly exited: Promise<unknown>
+
+  constructor (env: Record<string, string>, profileDir: string | null) {
+    // the built daemon, as deployed: tsx's loader would add its own memory and startup work
+    const args = [...(profileDir !== null ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), path.join(ROOT, 'dist/bin.js')]
+    this.child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, NODE_ENV: 'production', ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+    this.exited = once(this.child, 'exit')
+    let buf = ''
+    this.child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      buf += chunk
+      let nl
+      while ((nl = buf.indexOf('\n')) !== -1) {
+        let line: any
+        try { line = JSON.parse(buf.slice(0, nl)) } catch { line = {} }
+        buf = buf.slice(nl + 1)
+        this.lines.push(line)
+        this.waiters = this.waiters.filter(w => !w.match(line) || (w.resolve(line), false))
+      }
+    })
+  }
+
+  line (match: (l: any) => boolean, timeout = 60_000): Promise<any> {
+    const found = this.lines.find(match)
+    if (found !== undefined) return Promise.resolve(found)
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('daemon: no matching log line')), timeout)
+      this.waiters.push({ match, resolve: l => { clearTimeout(timer); resolve(l) } })
+    })
+  }
+
+  async rssMB (): Promise<number> {
+    const status = await fs.readFile(`/proc/${this.child.pid}/status`, 'utf8')
+    return Math.round(Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024 * 10) / 10
+  }
+
+  /** CPU seconds (user + system) the daemon has used so far. */
+  async cpuSeconds (): Promise<number> {
+    const stat = await fs.readFile(`/proc/${this.child.pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
+  }
+
+  async stop (): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return
+    this.child.kill('SIGTERM')
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), 15_000)
+    await this.exited
+    clearTimeout(timer)
+  }
+}
+
+/** One client connection on the testnet: frames out as one JSON object per write, frames in parsed. */
+export class Client {
+  readonly swarm: Hyperswarm
+  conn!: NoiseStream
+  onFrame: (frame: any) => void = () => {}
+
+  constructor (net: Testnet) {
+    this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
+    cleanups.push(() => this.swarm.destroy())
+    // every connection, not only the first: an unhandled stream error would end the bench
+    this.swarm.on('connection', (conn: NoiseStream) => conn.on('error', () => {}))
+  }
+
+  async connect (): Promise<void> {
+    const connected = once(this.swarm, 'connection')
+    const discovery = this.swarm.join(DISCOVERY, { client: true, server: false })
+    const retry = setInterval(() => { discovery.refresh().catch(() => {}) }, 1000)
+    const [conn] = await connected.finally(() => clearInterval(retry)) as [NoiseStream]
+    this.conn = conn
+    conn.on('error', () => {})
+    const announced = new Promise<void>(resolve => {
+      this.onFrame = f => { if (f.type === 'root-peer-announcement') resolve() }
+    })
+    conn.on('data', (data: Buffer) => this.onFrame(JSON.parse(data.toString('utf8'))))
+    await announced
+  }
+
+  send (frame: object): void {
+    this.conn.write(JSON.stringify(frame))
+  }
+
+  /** Sends a sync-request and resolves with its answer. */
+  request (frame: object): Promise<any> {
+    return new Promise(resolve => {
+      this.onFrame = f => { if (f.type === 'sync-response' || f.type === 'room-registered' || f.type === 'error') resolve(f) }
+      this.send(frame)
+    })
+  }
+}
+
+/** Compiles src/ to dist/ (tsc), so the daemon measured is the current code. */
+export async function build (): Promise<void> {
+  const tsc = spawn(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' })
+  const [code] = await once(tsc, 'exit')
+  if (code !== 0) throw new Error('build failed')
+}
+
+/** The daemon's V8 heap and external memory (MB), from prom-client's default metrics on /metrics. */
+export async function heapMB (url: string): Promise<{ heapUsed: number, heapTotal: number, external: number }> {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  const read = (name: string): number => {
+    const m = new RegExp(`^${name} ([0-9.e+]+)`, 'm').exec(text)
+    return m === null ? NaN : Math.round(Number(m[1]) / 1024 / 1024 * 10) / 10
+  }
+  return { heapUsed: read('nodejs_heap_size_used_bytes'), heapTotal: read('nodejs_heap_size_total_bytes'), external: read('nodejs_external_memory_bytes') }
+}
+
+export async function stats (url: string): Promise<any> {
+  const res = await fetch(`${url}/stats`)
+  return res.json()
+}
+
+export function round2 (x: number): number {
+  return Math.round(x * 100) / 100
+}

@@ -1,7 +1,15 @@
 import fs from 'node:fs/promises'
 
-/** Below this many free bytes in the data dir, a failed write is taken for a full disk. */
-export const FULL_BELOW_BYTES = 1024 * 1024
+/**
+ * Free bytes the store needs beyond its write buffer. RocksDB itself treats a disk with less free space
+ * than its write buffer as full (it will not clear a no-space error before), so the root peer does too.
+ */
+export const FULL_MARGIN = 1024 * 1024
+
+/** Below this many free bytes, a data dir whose store has a `writeBuffer`-byte memtable is full. */
+export function fullBelow (writeBuffer: number): number {
+  return writeBuffer + FULL_MARGIN
+}
 
 /** Bytes an unprivileged writer can still use on the data dir's file system; null when unknown. */
 export async function freeBytes (dir: string): Promise<number | null> {
@@ -13,10 +21,10 @@ export async function freeBytes (dir: string): Promise<number | null> {
   }
 }
 
-/** Whether the data dir can take writes: it exists, is writable, and has room. Writes and removes a probe file. */
-export async function writable (dir: string): Promise<boolean> {
+/** Whether the data dir can take writes: it exists, is writable, and has `room` bytes free. Writes and removes a probe file. */
+export async function writable (dir: string, room: number): Promise<boolean> {
   const free = await freeBytes(dir)
-  if (free !== null && free < FULL_BELOW_BYTES) return false
+  if (free !== null && free < room) return false
   const probe = `${dir}/.write-probe`
   try {
     await fs.writeFile(probe, 'probe')

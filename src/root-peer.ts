@@ -6,7 +6,7 @@ import crypto from 'hypercore-crypto'
 import type { BootstrapNode } from './config.js'
 import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
 import { openStore } from './data-dir-lock.js'
-import { FULL_BELOW_BYTES, freeBytes, writable } from './disk.js'
+import { freeBytes, fullBelow, writable } from './disk.js'
 import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer } from './peer.js'
@@ -362,7 +362,7 @@ export class ChatRootPeer extends EventEmitter {
     if (this.storageFailure !== null) return this.storageFailure
     const free = await freeBytes(this.storageDir)
     if (this.storageFailure !== null) return this.storageFailure
-    const failure = free !== null && free < FULL_BELOW_BYTES ? RootPeerError.STORAGE_FULL(free, err) : RootPeerError.STORAGE_ERROR(err)
+    const failure = free !== null && free < fullBelow(this.storageWriteBuffer) ? RootPeerError.STORAGE_FULL(free, err) : RootPeerError.STORAGE_ERROR(err)
     this.storageFailure = failure
     this.counters.storageFailures++
     this.emit('storage-failed', { code: failure.code, freeBytes: free, err })
@@ -383,7 +383,7 @@ export class ChatRootPeer extends EventEmitter {
 
   private async recover (): Promise<boolean> {
     if (this.closing || this.storageFailure === null) return true
-    if (!(await writable(this.storageDir))) return false
+    if (!(await writable(this.storageDir, fullBelow(this.storageWriteBuffer)))) return false
     const reopening = this.reopenStorage()
     this.reopening = reopening
     try {

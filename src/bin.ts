@@ -7,10 +7,11 @@ import { Monitor } from './monitor.js'
 import { ChatRootPeer } from './root-peer.js'
 import { formatStats, type StatsSnapshot } from './stats.js'
 import { runTestnet } from './testnet.js'
+import { readPublicKey } from './cluster.js'
 
 /** How long a graceful shutdown may take before the process exits anyway. */
 const SHUTDOWN_TIMEOUT = 10_000
-const COMMANDS = ['start', 'testnet']
+const COMMANDS = ['start', 'testnet', 'key']
 
 main(process.argv.slice(2)).catch(err => {
   console.error(`root-peer: ${err?.stack ?? err}`)
@@ -40,6 +41,11 @@ async function main (argv: string[]): Promise<void> {
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message)
     throw err
+  }
+  if (command === 'key') {
+    // the key other members list in CLUSTER_PEERS, known before the daemon first starts
+    console.log(await readPublicKey(config.storageDir))
+    return
   }
   await start(config)
 }
@@ -152,6 +158,12 @@ function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
     { problem, movedTo, fromPrevious, rooms, messages },
     `state file was ${problem}${movedTo === null ? '' : `: kept aside as ${movedTo}`}; ${rooms} rooms and ${messages} messages rebuilt from storage${fromPrevious ? ' and the previous good copy' : ''}`
   ))
+  rootPeer.on('member-connected', member => log.info({ member }, 'cluster member connected'))
+  rootPeer.on('member-disconnected', member => log.warn({ member }, 'cluster member disconnected: writes to its rooms get PRIMARY_UNAVAILABLE here until it is back'))
+  rootPeer.on('member-error', (member, err) => log.debug({ member, err: err.message }, 'cluster connection error'))
+  rootPeer.on('room-mirrored', ({ roomName, primary }) => log.info({ roomName, primary }, 'mirroring room'))
+  rootPeer.on('room-conflict', ({ roomName, primary, key }) => log.error({ roomName, primary, key }, 'a cluster member is primary for a room this root peer holds in another core: keeping ours, not mirroring theirs'))
+  rootPeer.on('cluster-error', ({ member, err }) => log.warn({ member, err }, 'cluster: a room could not be mirrored or announced'))
   rootPeer.on('state-save-error', err => log.error({ err }, 'saving the state file failed'))
   rootPeer.on('stats', (s: StatsSnapshot) => {
     if (pretty) log.info('\n' + formatStats(s))

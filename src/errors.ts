@@ -15,6 +15,8 @@ export type ErrorCode =
   | 'RATE_LIMITED'
   | 'BANNED'
   | 'INTERNAL_ERROR'
+  | 'PRIMARY_UNAVAILABLE'
+  | 'NOT_REPLICATED'
   // raised by the client library, never sent by the daemon
   | 'DISCONNECTED'
   | 'TIMEOUT'
@@ -99,5 +101,19 @@ export class RootPeerError extends Error {
     const err = new RootPeerError('STORAGE_ERROR', 'the message could not be stored; retry later')
     err.cause = cause
     return err
+  }
+
+  static PRIMARY_UNAVAILABLE (primary: string): RootPeerError {
+    return new RootPeerError('PRIMARY_UNAVAILABLE', `the room's primary root peer ${primary.slice(0, 16)}… is not reachable from this one; the message was not stored; retry later or at another root peer`, { primary })
+  }
+
+  static NOT_HELD (messageIndex: number, timeoutMs: number, cause: unknown): RootPeerError {
+    const err = new RootPeerError('NOT_REPLICATED', `the primary stored the message at index ${messageIndex}, but this root peer did not get it within ${timeoutMs} ms; it is not acked here; resend it (same id)`, { messageIndex })
+    err.cause = cause
+    return err
+  }
+
+  static NOT_REPLICATED (stored: number, wanted: number, timeoutMs: number): RootPeerError {
+    return new RootPeerError('NOT_REPLICATED', `only ${stored} of the ${wanted} mirrors required (MIN_MIRRORS) stored the message within ${timeoutMs} ms; it is not acked; resend it (same id)`, { mirrors: stored, minMirrors: wanted })
   }
 }

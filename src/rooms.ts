@@ -36,7 +36,7 @@ export interface RoomsOptions {
  * closed first, never one that is held (appends or reads in flight). Callers `get` a room, which
  * holds it, and `release` it when their work on it is done.
  *
- * Events: `index-recovered` ({ name }) for rooms found only in the index.
+ * Events: `index-recovered` ({ name }) for rooms found only in the index; `created` (name) for a room this root peer created.
  */
 export class Rooms extends EventEmitter {
   readonly maxOpen: number
@@ -80,13 +80,19 @@ export class Rooms extends EventEmitter {
         const known = indexed.get(entry.name)
         // a later entry only adds a signed room's writer key to the first
         if (known === undefined) indexed.set(entry.name, entry)
-        else if (entry.writerPublicKey !== undefined) known.writerPublicKey = entry.writerPublicKey
+        else {
+          if (entry.writerPublicKey !== undefined) known.writerPublicKey = entry.writerPublicKey
+          if (entry.key !== undefined) {
+            known.key = entry.key
+            known.primary = entry.primary
+          }
+        }
       }
     }
     const savedRooms = saved === null ? [] : Object.values(saved.rooms)
     for (const r of savedRooms) this.infos.set(r.name, { ...r })
     let recovered = 0
-    for (const [name, { createdAt, writerPublicKey }] of indexed) {
+    for (const [name, { createdAt, writerPublicKey, key, primary }] of indexed) {
       let info = this.infos.get(name)
       if (info === undefined) {
         info = { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 }
@@ -97,6 +103,13 @@ export class Rooms extends EventEmitter {
       // the index, not the state file, says which rooms are signed
       if (writerPublicKey !== undefined) info.writerPublicKey = writerPublicKey
       else delete info.writerPublicKey
+      // and which rooms are mirrored from another cluster member, by core key
+      if (key !== undefined && primary !== undefined) {
+        info.coreKey = key
+        info.primary = primary
+      } else {
+        delete info.primary
+      }
     }
     // rooms a state file of the seed's knows but the index does not yet: add them
     const missing = savedRooms.filter(r => !indexed.has(r.name))
@@ -108,12 +121,13 @@ export class Rooms extends EventEmitter {
     const worker = async (): Promise<void> => {
       while (next < names.length) {
         const name = names[next++]
-        const core = this.store.get({ name: coreName(name) })
-        await core.ready()
         const info = this.infos.get(name)!
-        info.messageCount = core.length
+        const core = this.coreOf(info)
+        await core.ready()
+        info.coreKey = core.key.toString('hex')
+        info.messageCount = info.primary === undefined ? core.length : core.contiguousLength
         info.byteLength = core.byteLength
-        await reconcilePruned(core, info)
+        if (info.primary === undefined) await reconcilePruned(core, info)
         await core.close()
       }
     }
@@ -155,6 +169,45 @@ export class Rooms extends EventEmitter {
       info.writerPublicKey = writerPublicKey
     }
     return info
+  }
+
+  /**
+   * Records a room another cluster member is primary for, mirrored here from its core `key` (hex).
+   * Resolves with false when the name is held already (by this root peer, or mirrored from another core).
+   */
+  async mirror (name: string, key: string, primary: string, writerPublicKey?: string): Promise<boolean> {
+    const known = this.infos.get(name)
+    if (known !== undefined) {
+      if (known.coreKey !== key) return false
+      if (writerPublicKey !== undefined && known.writerPublicKey === undefined) await this.register(name, writerPublicKey)
+      return true
+    }
+    const now = Date.now()
+    await this.index!.append(indexBlock(name, now, writerPublicKey, key, primary))
+    if (this.infos.has(name)) return this.infos.get(name)!.coreKey === key
+    this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, coreKey: key, primary, ...(writerPublicKey === undefined ? {} : { writerPublicKey }) })
+    return true
+  }
+
+  /** The room's core key (hex), opening its core once when it was never opened. */
+  async coreKey (name: string): Promise<string | null> {
+    const info = this.infos.get(name)
+    if (info === undefined) return null
+    if (info.coreKey !== undefined) return info.coreKey
+    const room = await this.get(name, false)
+    if (room !== null) this.release(room)
+    return info.coreKey ?? null
+  }
+
+  /** Updates a mirrored room's count to what its core holds now. */
+  mirrored (name: string, length: number, byteLength: number): void {
+    const info = this.infos.get(name)
+    if (info === undefined || length <= info.messageCount) return
+    this.totalMessages += length - info.messageCount
+    this.totalBytes += byteLength - info.byteLength
+    info.messageCount = length
+    info.byteLength = byteLength
+    info.lastActivity = Date.now()
   }
 
   /**
@@ -319,6 +372,7 @@ export class Rooms extends EventEmitter {
         // in the index before first use: an acked message's room is always recoverable
         await this.index!.append(indexBlock(name, now, writerPublicKey))
         this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }) })
+        this.emit('created', name)
       })()
       this.creating.set(name, pending)
       pending.finally(() => this.creating.delete(name)).catch(() => {})
@@ -330,25 +384,36 @@ export class Rooms extends EventEmitter {
     // a room being closed is reopened once its close is done
     const closing = this.closing.get(name)
     if (closing !== undefined) await closing
-    const core = this.store.get({ name: coreName(name) })
-    await core.ready()
     const info = this.infos.get(name)!
+    const core = this.coreOf(info)
+    await core.ready()
+    info.coreKey = core.key.toString('hex')
+    const length = info.primary === undefined ? core.length : core.contiguousLength
     // the core is the truth: the state file may be behind after a crash
-    if (info.messageCount !== core.length || info.byteLength !== core.byteLength) {
-      this.totalMessages += core.length - info.messageCount
+    if (info.messageCount !== length || info.byteLength !== core.byteLength) {
+      this.totalMessages += length - info.messageCount
       this.totalBytes += core.byteLength - info.byteLength
-      info.messageCount = core.length
+      info.messageCount = length
       info.byteLength = core.byteLength
     }
     return new Room(name, core, info, this.onBatch)
   }
+
+  /** A session of the room's core: its own by name, or a mirrored one by key. */
+  private coreOf (info: RoomState): Hypercore {
+    return info.primary === undefined ? this.store.get({ name: coreName(info.name) }) : this.store.get({ key: Buffer.from(info.coreKey!, 'hex') })
+  }
 }
 
 /** One entry of the room index core: a room's name, and for a signed room its writer key. */
-interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string }
+interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string }
 
-function indexBlock (name: string, createdAt: number, writerPublicKey?: string): Buffer {
+function indexBlock (name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string): Buffer {
   const entry: IndexEntry = writerPublicKey === undefined ? { name, createdAt } : { name, createdAt, writerPublicKey }
+  if (key !== undefined) {
+    entry.key = key
+    entry.primary = primary
+  }
   return Buffer.from(JSON.stringify(entry))
 }
 

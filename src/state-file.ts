@@ -18,6 +18,10 @@ export interface RoomState {
   firstIndex?: number
   /** bytes of the pruned blocks */
   prunedBytes?: number
+  /** the room's core key, hex (known once its core was opened; for a mirrored room, from the room index) */
+  coreKey?: string
+  /** a mirrored room: the public key (hex) of the cluster member whose core holds it; absent when this root peer is its primary */
+  primary?: string
 }
 
 /** The seed's `root-peer-state.json`, field for field. */

@@ -1,0 +1,136 @@
+import type Corestore from 'corestore'
+import type Hypercore from 'hypercore'
+import { RootPeerError } from './errors.js'
+
+/** How often the waits for mirrors look at the cores' peers (Hypercore has no event for a peer's stored length). */
+const POLL_INTERVAL = 10
+
+/** Distinct cluster members that have stored `core` from block 0 up to `length` (their announced contiguous length). */
+export function mirroredBy (core: Hypercore, length: number, isMember: (key: string) => boolean): number {
+  const seen = new Set<string>()
+  for (const peer of core.peers) {
+    const key = peer.remotePublicKey.toString('hex')
+    if (isMember(key) && peer.remoteContiguousLength >= length) seen.add(key)
+  }
+  return seen.size
+}
+
+interface Wait {
+  core: Hypercore
+  length: number
+  wanted: number
+  deadline: number
+  timeout: number
+  resolve: () => void
+  reject: (err: RootPeerError) => void
+}
+
+/**
+ * The primary's side of MIN_MIRRORS: a write waits until `wanted` members have announced that they
+ * stored its block (a peer announces a block only after storing it), or fails with NOT_REPLICATED.
+ */
+export class MirrorWaits {
+  private readonly waits = new Set<Wait>()
+  private timer: NodeJS.Timeout | null = null
+  private readonly isMember: (key: string) => boolean
+
+  constructor (isMember: (key: string) => boolean) {
+    this.isMember = isMember
+  }
+
+  /** Resolves once `wanted` members hold `core` up to `length`; rejects with NOT_REPLICATED after `timeout` ms. */
+  wait (core: Hypercore, length: number, wanted: number, timeout: number): Promise<void> {
+    if (wanted <= 0 || mirroredBy(core, length, this.isMember) >= wanted) return Promise.resolve()
+    return new Promise((resolve, reject) => {
+      this.waits.add({ core, length, wanted, deadline: Date.now() + timeout, timeout, resolve, reject })
+      if (this.timer === null) this.timer = setInterval(() => this.check(), POLL_INTERVAL)
+    })
+  }
+
+  /** Fails every wait (on shutdown). */
+  close (): void {
+    for (const w of this.waits) w.reject(RootPeerError.SHUTTING_DOWN())
+    this.waits.clear()
+    this.stop()
+  }
+
+  private check (): void {
+    const now = Date.now()
+    for (const w of this.waits) {
+      const n = mirroredBy(w.core, w.length, this.isMember)
+      if (n >= w.wanted) {
+        this.waits.delete(w)
+        w.resolve()
+      } else if (now >= w.deadline) {
+        this.waits.delete(w)
+        w.reject(RootPeerError.NOT_REPLICATED(n, w.wanted, w.timeout))
+      }
+    }
+    if (this.waits.size === 0) this.stop()
+  }
+
+  private stop (): void {
+    if (this.timer !== null) clearInterval(this.timer)
+    this.timer = null
+  }
+}
+
+interface Followed {
+  core: Hypercore
+  primary: string
+}
+
+/**
+ * The mirror's side: one session per room another member is primary for, downloading its core from
+ * block 0 and following it live. `onProgress` is called as blocks arrive.
+ */
+export class Mirrors {
+  private readonly store: Corestore
+  private readonly followed = new Map<string, Followed>()
+  private readonly onProgress: (roomName: string, core: Hypercore) => void
+  private closed = false
+
+  constructor (store: Corestore, onProgress: (roomName: string, core: Hypercore) => void) {
+    this.store = store
+    this.onProgress = onProgress
+  }
+
+  get size (): number {
+    return this.followed.size
+  }
+
+  /** Starts following room `name`'s core `key` (hex), held by `primary`; a room followed already is left as it is. */
+  async follow (name: string, key: string, primary: string): Promise<void> {
+    if (this.closed || this.followed.has(name)) return
+    const core = this.store.get({ key: Buffer.from(key, 'hex') })
+    this.followed.set(name, { core, primary })
+    await core.ready()
+    if (this.closed) return
+    core.on('download', () => this.onProgress(name, core))
+    core.on('append', () => this.onProgress(name, core))
+    core.download({ start: 0, end: -1 })
+    this.onProgress(name, core)
+  }
+
+  /** The followed core of a room, or null. */
+  core (name: string): Hypercore | null {
+    return this.followed.get(name)?.core ?? null
+  }
+
+  /** Per primary: blocks it has announced that this member has not stored yet, all its rooms together. */
+  lag (): Map<string, number> {
+    const lag = new Map<string, number>()
+    for (const { core, primary } of this.followed.values()) {
+      const behind = core.opened ? Math.max(0, core.length - core.contiguousLength) : 0
+      lag.set(primary, (lag.get(primary) ?? 0) + behind)
+    }
+    return lag
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    const cores = [...this.followed.values()].map(f => f.core)
+    this.followed.clear()
+    await Promise.allSettled(cores.map(core => core.close()))
+  }
+}

@@ -1,0 +1,202 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import Corestore from 'corestore'
+import type { Testnet } from 'hyperdht/testnet.js'
+import { readPublicKey } from '../src/cluster.js'
+import { coreName } from '../src/rooms.js'
+import { rendezvousOwner } from '../src/rendezvous.js'
+import { RawPeer, bootstrapEnv, daemon, teardown, testnet, tmpDir, type Daemon } from './helpers.js'
+
+const NO_RATES = { RATE_MESSAGES: '0', RATE_BYTES: '0', RATE_SYNCS: '0', RATE_NEW_ROOMS: '0', RATE_REGISTERS: '0' }
+
+interface Member { d: Daemon, key: string, storage: string }
+
+/** A member's daemon: a child process of src/bin.ts with the other members' keys in CLUSTER_PEERS. */
+function startMember (t: any, net: Testnet, storage: string, keys: string[], key: string, extra: Record<string, string>): Member {
+  const d = daemon(t, [], {
+    STORAGE_DIR: storage,
+    DHT_BOOTSTRAP: bootstrapEnv(net),
+    DHT_HOST: '127.0.0.1',
+    STATS_INTERVAL: '0',
+    CLUSTER_PEERS: keys.filter(k => k !== key).join(','),
+    ...NO_RATES,
+    ...extra
+  })
+  if (process.env.CLUSTER_DEBUG) {
+    d.child.stdout!.on('data', (chunk: string) => process.stderr.write(`[${key.slice(0, 4)}] ${chunk}`))
+    d.child.stderr!.on('data', (chunk: string) => process.stderr.write(`[${key.slice(0, 4)} ERR] ${chunk}`))
+  }
+  return { d, key, storage }
+}
+
+/** Resolves once `d` logs that `member` connected, counting only lines from `from` on. */
+function memberConnected (d: Daemon, member: string, from = 0): Promise<unknown> {
+  return d.line(l => l.msg === 'cluster member connected' && l.member === member && d.lines.indexOf(l) >= from, 30_000)
+}
+
+/** Three (or `n`) members on one testnet, each learning the others' keys from their data dirs before they start. */
+async function startCluster (t: any, net: Testnet, extra: Record<string, string> = {}, n = 3): Promise<Member[]> {
+  const storages: string[] = []
+  for (let i = 0; i < n; i++) storages.push(await tmpDir(t, 'root-peer-cluster-'))
+  // the same key `root-peer key` prints: derived from the data dir's store
+  const keys: string[] = []
+  for (const s of storages) keys.push(await readPublicKey(s))
+  // one after the other: each dials the ones already up, and finds them at once
+  const members: Member[] = []
+  for (let i = 0; i < n; i++) {
+    const m = startMember(t, net, storages[i], keys, keys[i], extra)
+    assert.equal(await m.d.ready(), m.key)
+    members.push(m)
+  }
+  await Promise.all(members.flatMap(m => members.filter(o => o !== m).map(o => memberConnected(m.d, o.key))))
+  return members
+}
+
+/** A room name whose rendezvous owner is `owner`. */
+function roomOwnedBy (members: Member[], owner: Member, prefix: string): string {
+  const keys = members.map(m => m.key)
+  for (let i = 0; ; i++) if (rendezvousOwner(`${prefix}-${i}`, keys) === owner.key) return `${prefix}-${i}`
+}
+
+/** A client connection pinned to one member. */
+async function dial (t: any, net: Testnet, member: Member): Promise<RawPeer> {
+  const peer = new RawPeer(net)
+  teardown(t, () => peer.close())
+  await peer.connectTo(member.key)
+  await peer.nextOfType('root-peer-announcement')
+  return peer
+}
+
+/** Every message of a room as one member serves it. */
+async function readAt (t: any, net: Testnet, member: Member, room: string): Promise<any[]> {
+  const peer = await dial(t, net, member)
+  const { messages } = await peer.syncAll(room)
+  await peer.close()
+  return messages
+}
+
+/** Reads the room at `member` until it serves `length` messages (it follows the primary, or the other mirrors, live). */
+async function readUntil (t: any, net: Testnet, member: Member, room: string, length: number): Promise<any[]> {
+  const peer = await dial(t, net, member)
+  const deadline = Date.now() + 20_000
+  let messages: any[] = []
+  while (Date.now() < deadline) {
+    messages = (await peer.syncAll(room)).messages
+    if (messages.length >= length) break
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  await peer.close()
+  return messages
+}
+
+/** Opens a stopped member's store in this process: the room's core, by key, for `fn`. */
+async function withCore<T> (storage: string, key: Buffer, fn: (core: any) => Promise<T>): Promise<T> {
+  const store = new Corestore(storage)
+  try {
+    const core = store.get({ key })
+    await core.ready()
+    return await fn(core)
+  } finally {
+    await store.close()
+  }
+}
+
+async function coreKeyOf (storage: string, room: string): Promise<Buffer> {
+  const store = new Corestore(storage)
+  try {
+    const core = store.get({ name: coreName(room) })
+    await core.ready()
+    return core.key
+  } finally {
+    await store.close()
+  }
+}
+
+/** Sends messages with ids and resolves with their acks (or error frames), by id. */
+async function sendAll (peer: RawPeer, room: string, ids: string[]): Promise<Map<string, any>> {
+  for (const id of ids) peer.send({ type: 'message', roomName: room, message: `payload of ${id}`, id })
+  const answers = new Map<string, any>()
+  for (const id of ids) answers.set(id, await peer.next(f => f.id === id, 30_000))
+  return answers
+}
+
+test('MIN_MIRRORS=1: an ack means a second member has the block; kill -9 of the primary after a burst loses no ack; survivors identical; primary down: reads served, writes PRIMARY_UNAVAILABLE; primary back: indices continue, fork 0', async t => {
+  const net = await testnet(t)
+  const members = await startCluster(t, net, { MIN_MIRRORS: '1', REPLICATION_TIMEOUT: '5s' })
+  const [a, b, c] = members
+  const room = roomOwnedBy(members, a, 'durable')
+  const writer = await dial(t, net, a)
+  writer.send({ type: 'register-room', roomName: room, requestId: 'reg' })
+  assert.equal((await writer.next(f => f.requestId === 'reg')).type, 'room-registered')
+
+  // one at a time: when the ack arrives, B or C already serves the message
+  const readers = [await dial(t, net, b), await dial(t, net, c)]
+  for (let i = 0; i < 5; i++) {
+    const ack = (await sendAll(writer, room, [`one-${i}`])).get(`one-${i}`)
+    assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
+    assert.equal(ack.messageIndex, i)
+    const served = await Promise.all(readers.map(async (r, k) => {
+      r.send({ type: 'sync-request', roomName: room, lastIndex: i, limit: 1, requestId: `s${i}-${k}` })
+      const page = await r.next(f => f.requestId === `s${i}-${k}`)
+      return page.messages.some((m: any) => m.id === `one-${i}` && m.messageIndex === i)
+    }))
+    assert.ok(served.includes(true), `ack ${i}: a second member holds the message`)
+  }
+  for (const r of readers) await r.close()
+
+  // a burst, then kill -9 of the primary as soon as the last ack is in
+  const ids = Array.from({ length: 300 }, (_, i) => `burst-${i}`)
+  const acks = await sendAll(writer, room, ids)
+  a.d.child.kill('SIGKILL')
+  assert.equal((await a.d.exited).signal, 'SIGKILL')
+  for (const [id, ack] of acks) assert.equal(ack.type, 'message-ack', `${id}: ${JSON.stringify(ack)}`)
+  const total = 5 + ids.length
+
+  // both survivors serve every acked message, at its index (they also replicate from each other)
+  for (const m of [b, c]) {
+    const messages = await readUntil(t, net, m, room, total)
+    assert.equal(messages.length, total, 'every acked message is served by each survivor')
+    for (const [id, ack] of acks) assert.equal(messages[ack.messageIndex].id, id)
+  }
+
+  // primary down (once B has noticed): reads are served, writes are refused and never acked
+  await b.d.line(l => l.msg.startsWith('cluster member disconnected') && l.member === a.key, 30_000)
+  const atB = await dial(t, net, b)
+  atB.send({ type: 'message', roomName: room, message: 'while down', id: 'down-1' })
+  const refused = await atB.next(f => f.id === 'down-1')
+  assert.equal(refused.type, 'error')
+  assert.equal(refused.code, 'PRIMARY_UNAVAILABLE')
+  const health = await fetch(new URL('/health', (await b.d.line(l => l.url !== undefined)).url))
+  const body = await health.json() as any
+  assert.deepEqual(body.cluster.find((m: any) => m.publicKey === a.key), { publicKey: a.key, connected: false })
+
+  // primary back on the same data dir: indices continue where they were
+  const fromB = b.d.lines.length
+  const fromC = c.d.lines.length
+  const keys = members.map(m => m.key)
+  const a2 = startMember(t, net, a.storage, keys, a.key, { MIN_MIRRORS: '1', REPLICATION_TIMEOUT: '5s' })
+  await a2.d.ready()
+  await Promise.all([memberConnected(b.d, a.key, fromB), memberConnected(c.d, a.key, fromC)])
+  atB.send({ type: 'message', roomName: room, message: 'after', id: 'after-1' })
+  const after = await atB.next(f => f.id === 'after-1', 30_000)
+  assert.equal(after.type, 'message-ack', JSON.stringify(after))
+  assert.equal(after.messageIndex, total, 'the next index after every acked one')
+  await atB.close()
+  await writer.close()
+  await readUntil(t, net, c, room, total + 1)
+
+  // the same blocks, the same tree hash and fork 0 on every member (read from their stores once stopped)
+  for (const m of [a2, b, c]) assert.equal((await m.d.stop('SIGTERM')).code, 0)
+  const key = await coreKeyOf(a.storage, room)
+  const copies = await Promise.all([a, b, c].map(m => withCore(m.storage, key, async core => {
+    const blocks: string[] = []
+    for (let i = 0; i < total + 1; i++) blocks.push((await core.get(i, { wait: false }))?.toString('utf8') ?? 'missing')
+    return { fork: core.fork as number, length: core.length as number, hash: (await core.treeHash(total + 1)).toString('hex'), blocks }
+  })))
+  for (const copy of copies) {
+    assert.equal(copy.fork, 0)
+    assert.equal(copy.length, total + 1)
+    assert.equal(copy.hash, copies[0].hash)
+    assert.deepEqual(copy.blocks, copies[0].blocks)
+  }
+})

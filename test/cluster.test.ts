@@ -200,3 +200,71 @@ test('MIN_MIRRORS=1: an ack means a second member has the block; kill -9 of the 
     assert.deepEqual(copy.blocks, copies[0].blocks)
   }
 })
+
+test('write anywhere: a message at a mirror is forwarded and acked with the primary\'s index, readable there at once; one new room registered at two members at once is one room; fewer than MIN_MIRRORS mirrors: NOT_REPLICATED, then the resend is acked once', async t => {
+  const net = await testnet(t)
+  const extra = { MIN_MIRRORS: '2', REPLICATION_TIMEOUT: '2s' }
+  const members = await startCluster(t, net, extra)
+  const [a, b, c] = members
+  const room = roomOwnedBy(members, a, 'anywhere')
+  const atA = await dial(t, net, a)
+  const atB = await dial(t, net, b)
+  const atC = await dial(t, net, c)
+
+  // registered at B, created at its owner A, mirrored by B and C
+  atB.send({ type: 'register-room', roomName: room, requestId: 'reg-b' })
+  assert.equal((await atB.next(f => f.requestId === 'reg-b')).type, 'room-registered')
+  const expected: string[] = []
+  for (const [peer, label] of [[atB, 'b'], [atC, 'c'], [atA, 'a'], [atB, 'b2']] as const) {
+    const id = `w-${label}`
+    peer.send({ type: 'message', roomName: room, message: `from ${label}`, id })
+    const ack = await peer.next(f => f.id === id, 15_000)
+    assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
+    assert.equal(ack.messageIndex, expected.length, `${id} is acked with the primary's next index`)
+    expected.push(id)
+    // the member that acked holds the block: the writer reads its own write there at once
+    peer.send({ type: 'sync-request', roomName: room, lastIndex: ack.messageIndex, requestId: `r-${id}` })
+    const page = await peer.next(f => f.requestId === `r-${id}`)
+    assert.equal(page.messages[0]?.id, id)
+  }
+  for (const m of members) assert.deepEqual((await readUntil(t, net, m, room, expected.length)).map(x => x.id), expected)
+
+  // one new room, registered by two clients at two members at the same moment: one core, one numbering
+  const shared = roomOwnedBy(members, b, 'together')
+  atB.send({ type: 'register-room', roomName: shared, requestId: 'together-b' })
+  atC.send({ type: 'register-room', roomName: shared, requestId: 'together-c' })
+  assert.equal((await atB.next(f => f.requestId === 'together-b')).type, 'room-registered')
+  assert.equal((await atC.next(f => f.requestId === 'together-c')).type, 'room-registered')
+  atB.send({ type: 'message', roomName: shared, message: 'b', id: 'tb' })
+  atC.send({ type: 'message', roomName: shared, message: 'c', id: 'tc' })
+  const indices = [(await atB.next(f => f.id === 'tb', 15_000)).messageIndex, (await atC.next(f => f.id === 'tc', 15_000)).messageIndex]
+  assert.deepEqual(indices.sort(), [0, 1])
+  for (const m of members) assert.deepEqual((await readUntil(t, net, m, shared, 2)).map(x => x.id).sort(), ['tb', 'tc'])
+
+  const url = (await b.d.line(l => l.url !== undefined)).url as string
+  // B forwarded w-b and w-b2 (it is the primary of the shared room)
+  const metrics = await (await fetch(new URL('/metrics', url))).text()
+  assert.match(metrics, /^root_peer_cluster_members_connected 2$/m)
+  assert.match(metrics, /^root_peer_forwarded_writes_total 2$/m)
+  assert.match(metrics, new RegExp(`^root_peer_mirror_lag_blocks\\{primary="${a.key}"\\} 0$`, 'm'))
+
+  // C stops: A has one mirror of the two required, so the message is not acked
+  const fromA = a.d.lines.length
+  assert.equal((await c.d.stop('SIGTERM')).code, 0)
+  await a.d.line(l => l.msg.startsWith('cluster member disconnected') && l.member === c.key && a.d.lines.indexOf(l) >= fromA, 15_000)
+  atA.send({ type: 'message', roomName: room, message: 'needs two mirrors', id: 'nr-1' })
+  const refused = await atA.next(f => f.id === 'nr-1', 15_000)
+  assert.equal(refused.type, 'error')
+  assert.equal(refused.code, 'NOT_REPLICATED')
+  assert.equal(refused.minMirrors, 2)
+
+  // C back: the resend is deduplicated and acked with the index the first attempt got
+  const keys = members.map(m => m.key)
+  const c2 = startMember(t, net, c.storage, keys, c.key, extra)
+  await c2.d.ready()
+  await memberConnected(a.d, c.key, fromA)
+  atA.send({ type: 'message', roomName: room, message: 'needs two mirrors', id: 'nr-1' })
+  const ack = await atA.next(f => f.id === 'nr-1', 15_000)
+  assert.deepEqual(ack, { type: 'message-ack', roomName: room, id: 'nr-1', messageIndex: expected.length, duplicate: true })
+  assert.deepEqual((await readUntil(t, net, c2, room, expected.length + 1)).map(x => x.id), [...expected, 'nr-1'])
+})

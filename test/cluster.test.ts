@@ -2,6 +2,8 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import Corestore from 'corestore'
 import type { Testnet } from 'hyperdht/testnet.js'
+import { once } from 'node:events'
+import { RootPeerClient, type MessageAck } from '../src/client.js'
 import { readPublicKey } from '../src/cluster.js'
 import { coreName } from '../src/rooms.js'
 import { rendezvousOwner } from '../src/rendezvous.js'
@@ -267,4 +269,50 @@ test('write anywhere: a message at a mirror is forwarded and acked with the prim
   const ack = await atA.next(f => f.id === 'nr-1', 15_000)
   assert.deepEqual(ack, { type: 'message-ack', roomName: room, id: 'nr-1', messageIndex: expected.length, duplicate: true })
   assert.deepEqual((await readUntil(t, net, c2, room, expected.length + 1)).map(x => x.id), [...expected, 'nr-1'])
+})
+
+test('client failover: a client pinned to two members moves to the other when its member is killed (kill -9), resends its unacked messages there, and loses no acked message', async t => {
+  const net = await testnet(t)
+  const members = await startCluster(t, net, { MIN_MIRRORS: '1' })
+  const [a, b, c] = members
+  const room = roomOwnedBy(members, a, 'failover')
+  // a short connection timeout: root peers send a keep-alive every 5 s, and B will die without closing
+  const client = new RootPeerClient({ bootstrap: net.bootstrap, dhtHost: '127.0.0.1', rootPublicKeys: [b.key, c.key], connectionTimeout: 7000, requestTimeout: 15_000 })
+  teardown(t, () => client.close())
+  await client.ready()
+  // B is dialed first, but the discovery topic may find C first: either is one of the two pinned
+  const first = [b, c].find(m => m.key === client.rootPublicKey)!
+  const other = first === b ? c : b
+  assert.ok(first !== undefined, 'connected to a pinned member')
+  await client.registerRoom(room)
+
+  const N = 80
+  let acked = 0
+  const killed = new Promise<void>(resolve => {
+    client.on('ack-counted', () => { if (acked === 20) resolve() })
+  })
+  const sends: Array<Promise<MessageAck>> = []
+  for (let i = 0; i < N; i++) {
+    sends.push(client.sendMessage(room, `message ${i}`, { id: `fo-${i}` }).then(ack => {
+      acked++
+      client.emit('ack-counted')
+      return ack
+    }))
+  }
+  await killed
+  const movedTo = once(client, 'connect')
+  first.d.child.kill('SIGKILL')
+  const unackedAtKill = client.unacked
+  assert.ok(unackedAtKill > 0, 'messages were in flight when the member died')
+  assert.equal((await movedTo)[0], other.key, 'the client moved to the other pinned member')
+  const acks = await Promise.all(sends)
+  assert.equal(acks.length, N)
+  console.log(`failover: ${unackedAtKill} of ${N} messages unacked when the member was killed, all acked after the move`)
+  const byIndex = new Map(acks.map(ack => [ack.messageIndex, ack.id]))
+  assert.equal(byIndex.size, N, 'every message has its own index')
+  for (const m of [a, other]) {
+    const messages = await readUntil(t, net, m, room, N)
+    assert.equal(messages.length, N, 'nothing is stored twice')
+    for (const ack of acks) assert.equal(messages[ack.messageIndex].id, ack.id, `${ack.id} is at its acked index on ${m === a ? 'the primary' : 'the member the client moved to'}`)
+  }
 })

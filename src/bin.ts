@@ -8,10 +8,11 @@ import { ChatRootPeer } from './root-peer.js'
 import { formatStats, type StatsSnapshot } from './stats.js'
 import { runTestnet } from './testnet.js'
 import { readPublicKey } from './cluster.js'
+import { PromoteError, promote } from './promote.js'
 
 /** How long a graceful shutdown may take before the process exits anyway. */
 const SHUTDOWN_TIMEOUT = 10_000
-const COMMANDS = ['start', 'testnet', 'key']
+const COMMANDS = ['start', 'testnet', 'key', 'promote']
 
 main(process.argv.slice(2)).catch(err => {
   console.error(`root-peer: ${err?.stack ?? err}`)
@@ -35,12 +36,30 @@ async function main (argv: string[]): Promise<void> {
     }
   }
 
+  // promote's own option; the rest are the daemon's settings (data dir, DHT)
+  let from: string | null = null
+  if (command === 'promote') {
+    const at = argv.findIndex(a => a === '--from' || a.startsWith('--from='))
+    if (at !== -1) from = argv[at].includes('=') ? argv.splice(at, 1)[0].slice('--from='.length) : argv.splice(at, 2)[1] ?? ''
+    if (from === null || !/^[0-9a-f]{64}$/i.test(from)) usageError('promote: --from needs the public key (64 hex) of the cluster member that is gone for good')
+  }
   let config: Readonly<Config>
   try {
     config = parseConfig(argv)
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message)
     throw err
+  }
+  if (command === 'promote') {
+    try {
+      const rooms = await promote({ storageDir: config.storageDir, from: from!.toLowerCase(), bootstrap: config.bootstrap, dhtHost: config.dhtHost })
+      console.log(JSON.stringify({ promotedFrom: from!.toLowerCase(), rooms }))
+    } catch (err) {
+      if (!(err instanceof PromoteError)) throw err
+      console.error(`root-peer: promote refused: ${err.message}`)
+      process.exit(1)
+    }
+    return
   }
   if (command === 'key') {
     // the key other members list in CLUSTER_PEERS, known before the daemon first starts

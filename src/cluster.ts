@@ -25,6 +25,8 @@ export interface RoomAd {
   /** the member that holds the core (absent: the sender) */
   primary?: string
   writerPublicKey?: string
+  /** the room was taken over (`root-peer promote`) from this gone member: mirrors of its old core follow this one */
+  promotedFrom?: string
 }
 
 /** A `message` forwarded by a member that is not the room's primary. */
@@ -246,7 +248,8 @@ export class Cluster extends EventEmitter {
 
 function isRoomAd (ad: any): ad is RoomAd {
   return typeof ad === 'object' && ad !== null && typeof ad.name === 'string' && typeof ad.key === 'string' && /^[0-9a-f]{64}$/.test(ad.key) &&
-    (ad.primary === undefined || (typeof ad.primary === 'string' && /^[0-9a-f]{64}$/.test(ad.primary)))
+    (ad.primary === undefined || (typeof ad.primary === 'string' && /^[0-9a-f]{64}$/.test(ad.primary))) &&
+    (ad.promotedFrom === undefined || (typeof ad.promotedFrom === 'string' && /^[0-9a-f]{64}$/.test(ad.promotedFrom)))
 }
 
 /** The public key (hex) a root peer on `storageDir` has, from its store; the store is created when missing. */

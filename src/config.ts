@@ -155,6 +155,7 @@ export function helpText (): string {
     'Usage: root-peer [start] [options]     run the daemon',
     '       root-peer testnet [--port N]    run a loopback DHT for offline use; prints DHT_BOOTSTRAP',
     '       root-peer key [--storage DIR]   print the public key of the root peer on DIR (for CLUSTER_PEERS), creating its store if missing',
+    '       root-peer promote --from KEY    with the daemon stopped: take over the rooms of the cluster member KEY, gone for good',
     '',
     'Every option can also be set by the environment variable beside it; flags win.',
     '',

@@ -112,6 +112,14 @@ export class Mirrors {
     this.onProgress(name, core)
   }
 
+  /** Stops following a room (its primary changed). */
+  async unfollow (name: string): Promise<void> {
+    const followed = this.followed.get(name)
+    if (followed === undefined) return
+    this.followed.delete(name)
+    await followed.core.close()
+  }
+
   /** The followed core of a room, or null. */
   core (name: string): Hypercore | null {
     return this.followed.get(name)?.core ?? null

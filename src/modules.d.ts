@@ -67,6 +67,8 @@ declare module 'hyperdht' {
     readonly bootstrapped: boolean
     readonly destroyed: boolean
     fullyBootstrapped (): Promise<void>
+    /** a Noise stream to the peer with that key; `open` once connected, `error` when it cannot be reached */
+    connect (remotePublicKey: Buffer, opts?: { keyPair?: { publicKey: Buffer, secretKey: Buffer } }): import('node:stream').Duplex
     address (): { host: string, port: number }
     toArray (opts?: { limit?: number }): Array<{ host: string, port: number }>
     destroy (): Promise<void>

@@ -82,9 +82,11 @@ export class Rooms extends EventEmitter {
         if (known === undefined) indexed.set(entry.name, entry)
         else {
           if (entry.writerPublicKey !== undefined) known.writerPublicKey = entry.writerPublicKey
+          // a later entry with a key moves the room: to another primary's core, or (promoted) to our own
           if (entry.key !== undefined) {
             known.key = entry.key
             known.primary = entry.primary
+            known.promotedFrom = entry.promotedFrom
           }
         }
       }
@@ -92,7 +94,7 @@ export class Rooms extends EventEmitter {
     const savedRooms = saved === null ? [] : Object.values(saved.rooms)
     for (const r of savedRooms) this.infos.set(r.name, { ...r })
     let recovered = 0
-    for (const [name, { createdAt, writerPublicKey, key, primary }] of indexed) {
+    for (const [name, { createdAt, writerPublicKey, key, primary, promotedFrom }] of indexed) {
       let info = this.infos.get(name)
       if (info === undefined) {
         info = { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 }
@@ -110,6 +112,8 @@ export class Rooms extends EventEmitter {
       } else {
         delete info.primary
       }
+      if (promotedFrom !== undefined && primary === undefined) info.promotedFrom = promotedFrom
+      else delete info.promotedFrom
     }
     // rooms a state file of the seed's knows but the index does not yet: add them
     const missing = savedRooms.filter(r => !indexed.has(r.name))
@@ -187,6 +191,31 @@ export class Rooms extends EventEmitter {
     if (this.infos.has(name)) return this.infos.get(name)!.coreKey === key
     this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, coreKey: key, primary, ...(writerPublicKey === undefined ? {} : { writerPublicKey }) })
     return true
+  }
+
+  /**
+   * Makes a mirrored room this root peer's own, after its blocks were copied into the core named for it
+   * (`key`, hex); `from` is the gone primary. Used by `root-peer promote` with the daemon stopped.
+   */
+  async promote (name: string, key: string, from: string): Promise<void> {
+    const info = this.infos.get(name)!
+    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, undefined, from))
+    info.coreKey = key
+    info.promotedFrom = from
+    delete info.primary
+  }
+
+  /**
+   * Follows a mirrored room to the core `key` of its new primary (a member promoted over the old one).
+   * An open session of the old core is closed when no one holds it.
+   */
+  async repoint (name: string, key: string, primary: string): Promise<void> {
+    const info = this.infos.get(name)!
+    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, primary))
+    info.coreKey = key
+    info.primary = primary
+    const slot = this.open.get(name)
+    if (slot !== undefined && slot.holds === 0) this.evict(name, slot)
   }
 
   /** The room's core key (hex), opening its core once when it was never opened. */
@@ -406,13 +435,14 @@ export class Rooms extends EventEmitter {
 }
 
 /** One entry of the room index core: a room's name, and for a signed room its writer key. */
-interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string }
+interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string }
 
-function indexBlock (name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string): Buffer {
+function indexBlock (name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string): Buffer {
   const entry: IndexEntry = writerPublicKey === undefined ? { name, createdAt } : { name, createdAt, writerPublicKey }
   if (key !== undefined) {
     entry.key = key
-    entry.primary = primary
+    if (primary !== undefined) entry.primary = primary
+    if (promotedFrom !== undefined) entry.promotedFrom = promotedFrom
   }
   return Buffer.from(JSON.stringify(entry))
 }

@@ -825,6 +825,7 @@ export class ChatRootPeer extends EventEmitter {
     const ad: RoomAd = { name, key }
     if (info.primary !== undefined) ad.primary = info.primary
     if (info.writerPublicKey !== undefined) ad.writerPublicKey = info.writerPublicKey
+    if (info.promotedFrom !== undefined) ad.promotedFrom = info.promotedFrom
     return ad
   }
 
@@ -836,6 +837,15 @@ export class ChatRootPeer extends EventEmitter {
     validateRoomName(ad.name)
     if (ad.writerPublicKey !== undefined && !keyMatchesName(ad.writerPublicKey, ad.name)) return
     const fresh = !this.rooms!.has(ad.name)
+    const known = this.rooms!.info(ad.name)
+    if (known !== undefined && ad.promotedFrom !== undefined && known.primary === ad.promotedFrom && known.coreKey !== ad.key) {
+      // the old primary is gone for good and `primary` took its rooms over: follow the new core
+      await this.mirrors!.unfollow(ad.name)
+      await this.rooms!.repoint(ad.name, ad.key, primary)
+      await this.mirrors!.follow(ad.name, ad.key, primary)
+      this.emit('room-mirrored', { roomName: ad.name, primary })
+      return
+    }
     if (!(await this.rooms!.mirror(ad.name, ad.key, primary, ad.writerPublicKey))) {
       this.emit('room-conflict', { roomName: ad.name, primary, key: ad.key })
       return

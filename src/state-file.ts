@@ -22,6 +22,8 @@ export interface RoomState {
   coreKey?: string
   /** a mirrored room: the public key (hex) of the cluster member whose core holds it; absent when this root peer is its primary */
   primary?: string
+  /** a room this root peer took over (`root-peer promote`) from that gone member, hex */
+  promotedFrom?: string
 }
 
 /** The seed's `root-peer-state.json`, field for field. */

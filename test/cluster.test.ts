@@ -7,7 +7,7 @@ import { RootPeerClient, type MessageAck } from '../src/client.js'
 import { readPublicKey } from '../src/cluster.js'
 import { coreName } from '../src/rooms.js'
 import { rendezvousOwner } from '../src/rendezvous.js'
-import { RawPeer, bootstrapEnv, daemon, teardown, testnet, tmpDir, type Daemon } from './helpers.js'
+import { RawPeer, bootstrapEnv, daemon, runBin, teardown, testnet, tmpDir, type Daemon } from './helpers.js'
 
 const NO_RATES = { RATE_MESSAGES: '0', RATE_BYTES: '0', RATE_SYNCS: '0', RATE_NEW_ROOMS: '0', RATE_REGISTERS: '0' }
 
@@ -314,5 +314,51 @@ test('client failover: a client pinned to two members moves to the other when it
     const messages = await readUntil(t, net, m, room, N)
     assert.equal(messages.length, N, 'nothing is stored twice')
     for (const ack of acks) assert.equal(messages[ack.messageIndex].id, ack.id, `${ack.id} is at its acked index on ${m === a ? 'the primary' : 'the member the client moved to'}`)
+  }
+})
+
+test('promotion: refused while the old primary runs; after it is gone, root-peer promote on a mirror takes its rooms over, every index keeps its meaning, and the other members follow the new primary', async t => {
+  const net = await testnet(t)
+  const extra = { MIN_MIRRORS: '1' }
+  const members = await startCluster(t, net, extra)
+  const [a, b, c] = members
+  const keys = members.map(m => m.key)
+  const room = roomOwnedBy(members, a, 'promoted')
+  const atA = await dial(t, net, a)
+  const ids = Array.from({ length: 40 }, (_, i) => `p-${i}`)
+  for (const [id, ack] of await sendAll(atA, room, ids)) assert.equal(ack.type, 'message-ack', `${id}: ${JSON.stringify(ack)}`)
+  await atA.close()
+  const before = await readUntil(t, net, b, room, ids.length)
+  assert.deepEqual(before.map(m => m.id), ids)
+
+  // B stopped, A still running: refused
+  assert.equal((await b.d.stop('SIGTERM')).code, 0)
+  const promoteEnv = { STORAGE_DIR: b.storage, DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1' }
+  const refused = await runBin(['promote', '--from', a.key], promoteEnv)
+  assert.equal(refused.code, 1, refused.stderr)
+  assert.match(refused.stderr, /promote refused: the member [0-9a-f]{64} is reachable/)
+
+  // A gone for good: B takes its rooms over
+  a.d.child.kill('SIGKILL')
+  await a.d.exited
+  const done = await runBin(['promote', '--from', a.key], promoteEnv)
+  assert.equal(done.code, 0, done.stderr)
+  const result = JSON.parse(done.stdout.trim().split('\n').pop()!)
+  assert.deepEqual(result.rooms.map((r: any) => [r.roomName, r.messages]), [[room, ids.length]])
+
+  // B back: C learns the new primary and follows its core; writes anywhere continue the numbering
+  const fromC = c.d.lines.length
+  const b2 = startMember(t, net, b.storage, keys, b.key, extra)
+  await b2.d.ready()
+  await c.d.line(l => l.msg === 'mirroring room' && l.roomName === room && l.primary === b.key && c.d.lines.indexOf(l) >= fromC, 30_000)
+  const atC = await dial(t, net, c)
+  atC.send({ type: 'message', roomName: room, message: 'after promotion', id: 'p-after' })
+  const ack = await atC.next(f => f.id === 'p-after', 15_000)
+  assert.deepEqual(ack, { type: 'message-ack', roomName: room, id: 'p-after', messageIndex: ids.length })
+  for (const m of [b2, c]) {
+    const messages = await readUntil(t, net, m, room, ids.length + 1)
+    assert.deepEqual(messages.map(x => x.id), [...ids, 'p-after'])
+    // the same records (contents, storedAt, sender) at the same indices as before the promotion
+    assert.deepEqual(messages.slice(0, ids.length), before)
   }
 })

@@ -104,7 +104,7 @@ export class Metrics {
     })
   }
 
-  /** Per primary member: blocks it has announced that this member has not stored yet (its replication lag here). */
+  /** Replication lag: as a mirror, per primary (blocks and seconds); as a primary, per mirror (blocks). */
   private mirrorLag (): void {
     const self = this
     new Gauge({
@@ -115,7 +115,29 @@ export class Metrics {
       collect () {
         if (self.rootPeer === null) return
         this.reset()
-        for (const [primary, blocks] of self.rootPeer.mirrorLag()) this.set({ primary }, blocks)
+        for (const [primary, { blocks }] of self.rootPeer.mirrorLag()) this.set({ primary }, blocks)
+      }
+    })
+    new Gauge({
+      name: 'root_peer_mirror_lag_seconds',
+      help: 'Seconds since this member (a mirror) fell behind a primary cluster member, by primary; 0 when caught up',
+      labelNames: ['primary'],
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer === null) return
+        this.reset()
+        for (const [primary, { seconds }] of self.rootPeer.mirrorLag()) this.set({ primary }, seconds)
+      }
+    })
+    new Gauge({
+      name: 'root_peer_replica_lag_blocks',
+      help: 'Blocks of this member\'s own open rooms that a mirror has not announced as stored, by mirror',
+      labelNames: ['mirror'],
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer === null) return
+        this.reset()
+        for (const [mirror, blocks] of self.rootPeer.replicaLag()) this.set({ mirror }, blocks)
       }
     })
   }

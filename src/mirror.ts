@@ -78,6 +78,8 @@ export class MirrorWaits {
 interface Followed {
   core: Hypercore
   primary: string
+  /** ms since the epoch when this mirror last fell behind the length it knows of; null while caught up */
+  behindSince: number | null
 }
 
 /**
@@ -103,13 +105,20 @@ export class Mirrors {
   async follow (name: string, key: string, primary: string): Promise<void> {
     if (this.closed || this.followed.has(name)) return
     const core = this.store.get({ key: Buffer.from(key, 'hex') })
-    this.followed.set(name, { core, primary })
+    const followed: Followed = { core, primary, behindSince: null }
+    this.followed.set(name, followed)
     await core.ready()
     if (this.closed) return
-    core.on('download', () => this.onProgress(name, core))
-    core.on('append', () => this.onProgress(name, core))
+    const progress = (): void => {
+      const behind = core.contiguousLength < core.length
+      if (!behind) followed.behindSince = null
+      else if (followed.behindSince === null) followed.behindSince = Date.now()
+      this.onProgress(name, core)
+    }
+    core.on('download', progress)
+    core.on('append', progress)
     core.download({ start: 0, end: -1 })
-    this.onProgress(name, core)
+    progress()
   }
 
   /** Stops following a room (its primary changed). */
@@ -125,14 +134,35 @@ export class Mirrors {
     return this.followed.get(name)?.core ?? null
   }
 
-  /** Per primary: blocks it has announced that this member has not stored yet, all its rooms together. */
-  lag (): Map<string, number> {
-    const lag = new Map<string, number>()
-    for (const { core, primary } of this.followed.values()) {
-      const behind = core.opened ? Math.max(0, core.length - core.contiguousLength) : 0
-      lag.set(primary, (lag.get(primary) ?? 0) + behind)
+  /**
+   * Per primary: blocks it has announced that this member has not stored yet, all its rooms together, and
+   * the seconds since the oldest of its rooms fell behind (0 when caught up).
+   */
+  lag (now = Date.now()): Map<string, { blocks: number, seconds: number }> {
+    const lag = new Map<string, { blocks: number, seconds: number }>()
+    for (const { core, primary, behindSince } of this.followed.values()) {
+      const entry = lag.get(primary) ?? { blocks: 0, seconds: 0 }
+      const blocks = core.opened ? Math.max(0, core.length - core.contiguousLength) : 0
+      entry.blocks += blocks
+      if (blocks > 0 && behindSince !== null) entry.seconds = Math.max(entry.seconds, (now - behindSince) / 1000)
+      lag.set(primary, entry)
     }
     return lag
+  }
+
+  /**
+   * The primary's view, per member: blocks of `cores` (this root peer's own, open now) that the member has
+   * not announced as stored; members that replicate none of them are absent.
+   */
+  static behind (cores: Iterable<Hypercore>, isMember: (key: string) => boolean): Map<string, number> {
+    const behind = new Map<string, number>()
+    for (const core of cores) {
+      for (const peer of core.peers) {
+        const key = peer.remotePublicKey.toString('hex')
+        if (isMember(key)) behind.set(key, (behind.get(key) ?? 0) + Math.max(0, core.length - peer.remoteContiguousLength))
+      }
+    }
+    return behind
   }
 
   async close (): Promise<void> {

@@ -339,6 +339,11 @@ export class Rooms extends EventEmitter {
     this.totalBytes += bytes
   }
 
+  /** The rooms whose core is open now (not those still opening or closing). */
+  * openRooms (): IterableIterator<Room> {
+    for (const slot of this.open.values()) if (slot.opened !== null) yield slot.opened
+  }
+
   /** Rooms whose core is open now (closing ones included). */
   get openCount (): number {
     return this.open.size + this.closing.size

@@ -257,9 +257,17 @@ export class ChatRootPeer extends EventEmitter {
     return health
   }
 
-  /** With CLUSTER_PEERS: per primary member, the blocks it has announced that this member has not stored yet. */
-  mirrorLag (): Map<string, number> {
+  /** With CLUSTER_PEERS: per primary member, the blocks it has announced that this member has not stored yet, and for how long. */
+  mirrorLag (): Map<string, { blocks: number, seconds: number }> {
     return this.mirrors?.lag() ?? new Map()
+  }
+
+  /** With CLUSTER_PEERS, as a primary: per mirror, the blocks of this root peer's open rooms it has not stored yet. */
+  replicaLag (): Map<string, number> {
+    const cluster = this.cluster
+    if (cluster === null || this.rooms === null) return new Map()
+    const own = [...this.rooms.openRooms()].filter(room => !room.mirrored).map(room => room.core)
+    return Mirrors.behind(own, key => cluster.isMember(key))
   }
 
   /** Messages and bytes pruned by retention since the process started. */

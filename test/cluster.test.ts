@@ -249,6 +249,10 @@ test('write anywhere: a message at a mirror is forwarded and acked with the prim
   assert.match(metrics, /^root_peer_cluster_members_connected 2$/m)
   assert.match(metrics, /^root_peer_forwarded_writes_total 2$/m)
   assert.match(metrics, new RegExp(`^root_peer_mirror_lag_blocks\\{primary="${a.key}"\\} 0$`, 'm'))
+  assert.match(metrics, new RegExp(`^root_peer_mirror_lag_seconds\\{primary="${a.key}"\\} 0$`, 'm'))
+  // A, the primary, sees B and C caught up on its open room
+  const fromPrimary = await (await fetch(new URL('/metrics', (await a.d.line(l => l.url !== undefined)).url))).text()
+  for (const m of [b, c]) assert.match(fromPrimary, new RegExp(`^root_peer_replica_lag_blocks\\{mirror="${m.key}"\\} 0$`, 'm'))
 
   // C stops: A has one mirror of the two required, so the message is not acked
   const fromA = a.d.lines.length

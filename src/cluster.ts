@@ -74,7 +74,7 @@ export class Cluster extends EventEmitter {
   readonly self: string
   private readonly others: ReadonlySet<string>
   private readonly swarm: Hyperswarm
-  private readonly store: Corestore
+  private readonly store: () => Corestore
   private readonly handlers: ClusterHandlers
   private readonly links = new Map<string, Link>()
   private readonly pending = new Map<number, PendingRequest>()
@@ -82,7 +82,7 @@ export class Cluster extends EventEmitter {
   private closed = false
   private redialTimer: NodeJS.Timeout | null = null
 
-  constructor (opts: { self: string, members: readonly string[], swarm: Hyperswarm, store: Corestore, handlers: ClusterHandlers }) {
+  constructor (opts: { self: string, members: readonly string[], swarm: Hyperswarm, store: () => Corestore, handlers: ClusterHandlers }) {
     super()
     this.self = opts.self
     this.others = new Set(opts.members.filter(m => m !== opts.self))
@@ -140,7 +140,14 @@ export class Cluster extends EventEmitter {
       conn.off('data', onfirst)
       // the peer's announcement is read and dropped: from here on the stream carries Protomux
       if (this.closed || conn.destroyed) return
-      this.store.replicate(conn)
+      try {
+        this.store().replicate(conn)
+      } catch (err) {
+        // the store is being reopened after a storage failure: the member redials
+        this.emit('member-error', member, err)
+        conn.destroy()
+        return
+      }
       const mux = Protomux.from(conn)
       const channel = mux.createChannel({
         protocol: CLUSTER_PROTOCOL,
@@ -178,6 +185,11 @@ export class Cluster extends EventEmitter {
       this.pending.set(reqId, { member, resolve, reject, timer })
       link.message!.send({ type: 'request', reqId, ...body })
     })
+  }
+
+  /** Drops every member link (they redial): after the store was reopened, replication must start over on the new one. */
+  reconnect (): void {
+    for (const link of this.links.values()) link.conn.destroy()
   }
 
   close (): void {

@@ -401,6 +401,7 @@ export class ChatRootPeer extends EventEmitter {
     rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
     const recovered = await rooms.load(saved)
     this.rooms = rooms
+    if (this.cluster !== null) this.watchRooms(rooms)
     return recovered
   }
 
@@ -452,11 +453,17 @@ export class ChatRootPeer extends EventEmitter {
     const rooms = this.rooms!
     await rooms.settled()
     const snapshot = rooms.snapshot(this.createdAt)
+    await this.mirrors?.close()
     await rooms.close().catch(() => {})
     await this.store!.close().catch(() => {})
     if (this.closing) return
-    await this.openStore()
+    const store = await this.openStore()
     await this.openRooms(snapshot)
+    // the mirrored rooms are followed again in the new store, and member links start over on it
+    if (this.cluster !== null) {
+      this.followMirrored(store)
+      this.cluster.reconnect()
+    }
   }
 
   private async shutdown (): Promise<void> {
@@ -789,7 +796,8 @@ export class ChatRootPeer extends EventEmitter {
       self: this.publicKey!.toString('hex'),
       members: this.clusterPeers,
       swarm,
-      store,
+      // the current store: it is replaced when storage recovers from a failure
+      store: () => this.store!,
       handlers: {
         ownRooms: () => this.ownRooms(),
         onRooms: (member, ads) => {
@@ -803,16 +811,26 @@ export class ChatRootPeer extends EventEmitter {
     cluster.on('member-disconnected', member => this.emit('member-disconnected', member))
     cluster.on('member-error', (member, err) => this.emit('member-error', member, err))
     this.cluster = cluster
-    this.mirrors = new Mirrors(store, (name, core) => this.rooms?.mirrored(name, Math.min(core.length, core.contiguousLength), core.byteLength))
     this.mirrorWaits = new MirrorWaits(key => cluster.isMember(key))
-    for (const info of rooms.list()) {
-      if (info.primary !== undefined) this.track(this.mirrors.follow(info.name, info.coreKey!, info.primary).catch(err => this.emit('cluster-error', { member: info.primary, err })))
-    }
-    // a room created here is told to every member, which mirrors it
-    rooms.on('created', (name: string) => {
-      this.track(this.adOf(name).then(ad => { if (ad !== null) cluster.announce([ad]) }, err => this.emit('cluster-error', { member: null, err })))
-    })
+    this.followMirrored(store)
+    this.watchRooms(rooms)
     cluster.start()
+  }
+
+  /** Follows every mirrored room in `store`. */
+  private followMirrored (store: Corestore): void {
+    const mirrors = new Mirrors(store, (name, core) => this.rooms?.mirrored(name, Math.min(core.length, core.contiguousLength), core.byteLength))
+    this.mirrors = mirrors
+    for (const info of this.rooms!.list()) {
+      if (info.primary !== undefined) this.track(mirrors.follow(info.name, info.coreKey!, info.primary).catch(err => this.emit('cluster-error', { member: info.primary, err })))
+    }
+  }
+
+  /** A room created here is told to every member, which mirrors it. */
+  private watchRooms (rooms: Rooms): void {
+    rooms.on('created', (name: string) => {
+      this.track(this.adOf(name).then(ad => { if (ad !== null) this.cluster?.announce([ad]) }, err => this.emit('cluster-error', { member: null, err })))
+    })
   }
 
   /** The rooms this root peer is primary for, with their core keys. */

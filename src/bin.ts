@@ -52,7 +52,7 @@ async function main (argv: string[]): Promise<void> {
   }
   if (command === 'promote') {
     try {
-      const rooms = await promote({ storageDir: config.storageDir, from: from!.toLowerCase(), bootstrap: config.bootstrap, dhtHost: config.dhtHost })
+      const rooms = await promote({ storageDir: config.storageDir, from: from!.toLowerCase(), bootstrap: config.bootstrap, dhtHost: config.dhtHost, members: config.clusterPeers })
       console.log(JSON.stringify({ promotedFrom: from!.toLowerCase(), rooms }))
     } catch (err) {
       if (!(err instanceof PromoteError)) throw err

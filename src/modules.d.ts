@@ -21,6 +21,8 @@ declare module 'hypercore' {
     /** keeps downloading the range; `end: -1` follows the core as it grows */
     download (range?: { start?: number, end?: number }): { done (): Promise<void>, destroy (): void }
     treeHash (length?: number): Promise<Buffer>
+    /** asks the peers for a longer length; resolves true when the core grew */
+    update (opts?: { wait?: boolean }): Promise<boolean>
     append (block: Buffer | Buffer[]): Promise<{ length: number, byteLength: number }>
     get (index: number, opts?: { wait?: boolean, timeout?: number }): Promise<Buffer | null>
     has (start: number, end?: number): Promise<boolean>

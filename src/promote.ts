@@ -1,11 +1,17 @@
 import Corestore from 'corestore'
+import type Hypercore from 'hypercore'
 import HyperDHT from 'hyperdht'
+import Hyperswarm, { type NoiseStream } from 'hyperswarm'
+import { DEFAULT_LIMITS, PROTOCOL_VERSION } from './protocol.js'
+import { newChallenge } from './room-auth.js'
 import type { BootstrapNode } from './config.js'
 import { SWARM_KEY_PAIR } from './cluster.js'
 import { coreName, Rooms } from './rooms.js'
 
 /** How long `promote` tries to reach the old primary before it counts it as gone. */
 export const REACH_TIMEOUT = 10_000
+/** How long `promote` fetches, from the other members, blocks of the old primary's rooms this mirror lacks. */
+export const CATCH_UP_TIMEOUT = 15_000
 const COPY_BATCH = 256
 
 export interface PromoteOptions {
@@ -14,6 +20,8 @@ export interface PromoteOptions {
   from: string
   bootstrap: BootstrapNode[] | null
   dhtHost: string
+  /** the other members (CLUSTER_PEERS): blocks this mirror lacks are fetched from them first */
+  members?: string[]
   reachTimeout?: number
 }
 
@@ -39,7 +47,7 @@ export class PromoteError extends Error {
  * members, which follow the new core.
  */
 export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
-  const { storageDir, from, bootstrap, dhtHost, reachTimeout = REACH_TIMEOUT } = opts
+  const { storageDir, from, bootstrap, dhtHost, members = [], reachTimeout = REACH_TIMEOUT } = opts
   const store = new Corestore(storageDir)
   await store.ready()
   try {
@@ -51,12 +59,17 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
     const rooms = new Rooms(store)
     await rooms.load(null)
     const promoted: Promoted[] = []
+    const taken = [...rooms.list()].filter(info => info.primary === from)
+    const mirroredCores = taken.map(info => store.get({ key: Buffer.from(info.coreKey!, 'hex') }))
     try {
-      for (const info of [...rooms.list()]) {
-        if (info.primary !== from) continue
-        const mirrored = store.get({ key: Buffer.from(info.coreKey!, 'hex') })
+      await Promise.all(mirroredCores.map(core => core.ready()))
+      // an acked block may be on another mirror only (MIN_MIRRORS below the mirrors): fetch what they have
+      const others = members.filter(m => m !== from && m !== keyPair.publicKey.toString('hex'))
+      if (others.length > 0 && mirroredCores.length > 0) await catchUp(store, keyPair, others, bootstrap, dhtHost, mirroredCores)
+      for (const [i, info] of taken.entries()) {
+        const mirrored = mirroredCores[i]
         const own = store.get({ name: coreName(info.name) })
-        await Promise.all([mirrored.ready(), own.ready()])
+        await own.ready()
         if (mirrored.contiguousLength < mirrored.length) {
           throw new PromoteError(`room ${info.name}: only ${mirrored.contiguousLength} of the ${mirrored.length} blocks known are held here; promote the member that holds them all`)
         }
@@ -69,9 +82,10 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
         const key = own.key.toString('hex')
         await rooms.promote(info.name, key, from)
         promoted.push({ roomName: info.name, messages: own.length, key })
-        await Promise.all([mirrored.close(), own.close()])
+        await own.close()
       }
     } finally {
+      await Promise.allSettled(mirroredCores.map(core => core.close()))
       await rooms.close()
     }
     return promoted
@@ -94,4 +108,50 @@ async function reachable (key: string, keyPair: { publicKey: Buffer, secretKey: 
   } finally {
     await dht.destroy()
   }
+}
+
+/**
+ * Replicates the store with the other members for up to CATCH_UP_TIMEOUT, so each core learns the longest
+ * length any of them has and downloads every block up to it. A member's connection starts with the
+ * announcements, as between running members; no cluster channel is opened. The swarm listens too: the
+ * members keep dialing this key, and Hyperswarm keeps one of the two connections of a pair.
+ */
+async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKey: Buffer }, members: string[], bootstrap: BootstrapNode[] | null, host: string, cores: Hypercore[]): Promise<void> {
+  const swarm = new Hyperswarm({ dht: new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), host, keyPair }), keyPair })
+  const announcement = JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: keyPair.publicKey.toString('hex'), limits: DEFAULT_LIMITS, challenge: newChallenge() })
+  swarm.on('connection', (conn: NoiseStream) => {
+    conn.on('error', () => {})
+    if (!members.includes(conn.remotePublicKey.toString('hex'))) {
+      conn.destroy()
+      return
+    }
+    conn.write(announcement)
+    conn.once('data', () => store.replicate(conn))
+  })
+  await swarm.listen()
+  for (const member of members) swarm.joinPeer(Buffer.from(member, 'hex'))
+  const deadline = Date.now() + CATCH_UP_TIMEOUT
+  const left = (): number => Math.max(0, deadline - Date.now())
+  try {
+    await Promise.all(cores.map(async core => {
+      // replicated with every member reachable now (or until the deadline)
+      while (core.peers.length < members.length && left() > 0) await sleep(Math.min(100, left()))
+      if (core.peers.length === 0) return
+      await withTimeout(core.update({ wait: true }), left())
+      if (core.contiguousLength < core.length) await withTimeout(core.download({ start: 0, end: core.length }).done(), left())
+    }))
+  } finally {
+    await swarm.destroy()
+  }
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+/** Resolves when `promise` settles or `ms` pass, whichever is first; never rejects. */
+async function withTimeout (promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | null = null
+  await Promise.race([promise.catch(() => {}), new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })])
+  if (timer !== null) clearTimeout(timer)
 }

@@ -321,7 +321,7 @@ test('client failover: a client pinned to two members moves to the other when it
   }
 })
 
-test('promotion: refused while the old primary runs; after it is gone, root-peer promote on a mirror takes its rooms over, every index keeps its meaning, and the other members follow the new primary', async t => {
+test('promotion: refused while the old primary runs; after it is gone, root-peer promote on a mirror fetches what it lacks from the other mirror, takes the rooms over, every index keeps its meaning, and the other members follow the new primary', async t => {
   const net = await testnet(t)
   const extra = { MIN_MIRRORS: '1' }
   const members = await startCluster(t, net, extra)
@@ -331,18 +331,24 @@ test('promotion: refused while the old primary runs; after it is gone, root-peer
   const atA = await dial(t, net, a)
   const ids = Array.from({ length: 40 }, (_, i) => `p-${i}`)
   for (const [id, ack] of await sendAll(atA, room, ids)) assert.equal(ack.type, 'message-ack', `${id}: ${JSON.stringify(ack)}`)
+  assert.deepEqual((await readUntil(t, net, b, room, ids.length)).map(m => m.id), ids)
+
+  // B stopped; 20 more acked with C as the only mirror: B, the member to promote, lacks them
+  assert.equal((await b.d.stop('SIGTERM')).code, 0)
+  const later = Array.from({ length: 20 }, (_, i) => `p-${ids.length + i}`)
+  for (const [id, ack] of await sendAll(atA, room, later)) assert.equal(ack.type, 'message-ack', `${id}: ${JSON.stringify(ack)}`)
   await atA.close()
-  const before = await readUntil(t, net, b, room, ids.length)
+  ids.push(...later)
+  const before = await readUntil(t, net, c, room, ids.length)
   assert.deepEqual(before.map(m => m.id), ids)
 
-  // B stopped, A still running: refused
-  assert.equal((await b.d.stop('SIGTERM')).code, 0)
-  const promoteEnv = { STORAGE_DIR: b.storage, DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1' }
+  // A still running: refused
+  const promoteEnv = { STORAGE_DIR: b.storage, DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1', CLUSTER_PEERS: keys.filter(k => k !== b.key).join(',') }
   const refused = await runBin(['promote', '--from', a.key], promoteEnv)
   assert.equal(refused.code, 1, refused.stderr)
   assert.match(refused.stderr, /promote refused: the member [0-9a-f]{64} is reachable/)
 
-  // A gone for good: B takes its rooms over
+  // A gone for good: B fetches the 20 blocks it lacks from C, then takes A's rooms over
   a.d.child.kill('SIGKILL')
   await a.d.exited
   const done = await runBin(['promote', '--from', a.key], promoteEnv)

@@ -77,6 +77,8 @@ export class Cluster extends EventEmitter {
   private readonly store: () => Corestore
   private readonly handlers: ClusterHandlers
   private readonly links = new Map<string, Link>()
+  /** members with a connection now, whether or not its channel has opened yet */
+  private readonly attached = new Map<string, NoiseStream>()
   private readonly pending = new Map<number, PendingRequest>()
   private nextRequest = 1
   private closed = false
@@ -97,7 +99,7 @@ export class Cluster extends EventEmitter {
     for (const member of this.others) this.swarm.joinPeer(Buffer.from(member, 'hex'))
     this.redialTimer = setInterval(() => {
       for (const member of this.others) {
-        if (this.links.has(member) || this.swarm.destroyed) continue
+        if (this.attached.has(member) || this.swarm.destroyed) continue
         const key = Buffer.from(member, 'hex')
         this.swarm.leavePeer(key)
         this.swarm.joinPeer(key)
@@ -132,6 +134,7 @@ export class Cluster extends EventEmitter {
       return
     }
     const link: Link = { conn, message: null, open: false }
+    this.attached.set(member, conn)
     // a member that dies without closing (kill -9, a lost machine) is noticed within LINK_TIMEOUT
     conn.setKeepAlive(KEEP_ALIVE)
     conn.setTimeout(LINK_TIMEOUT)
@@ -164,7 +167,10 @@ export class Cluster extends EventEmitter {
       channel.open()
     }
     conn.on('data', onfirst)
-    conn.on('close', () => this.detach(member, link))
+    conn.on('close', () => {
+      if (this.attached.get(member) === conn) this.attached.delete(member)
+      this.detach(member, link)
+    })
   }
 
   /** Tells every connected member about rooms this root peer is primary for. */

@@ -864,8 +864,10 @@ export class ChatRootPeer extends EventEmitter {
     if (ad.writerPublicKey !== undefined && !keyMatchesName(ad.writerPublicKey, ad.name)) return
     const fresh = !this.rooms!.has(ad.name)
     const known = this.rooms!.info(ad.name)
-    if (known !== undefined && ad.promotedFrom !== undefined && known.primary === ad.promotedFrom && known.coreKey !== ad.key) {
+    const promotedOver = ad.promotedFrom !== undefined && (known?.primary === ad.promotedFrom || (ad.promotedFrom === cluster.self && known?.primary === undefined))
+    if (known !== undefined && promotedOver && known.coreKey !== ad.key) {
       // the old primary is gone for good and `primary` took its rooms over: follow the new core
+      // (this root peer too, when it is that old primary started again: it hands the room over and stops writing to it)
       await this.mirrors!.unfollow(ad.name)
       await this.rooms!.repoint(ad.name, ad.key, primary)
       await this.mirrors!.follow(ad.name, ad.key, primary)

@@ -371,4 +371,13 @@ test('promotion: refused while the old primary runs; after it is gone, root-peer
     // the same records (contents, storedAt, sender) at the same indices as before the promotion
     assert.deepEqual(messages.slice(0, ids.length), before)
   }
+
+  // the old primary started again on its data dir hands the room over: it mirrors B's core, and its writes go to B
+  const a2 = startMember(t, net, a.storage, keys, a.key, extra)
+  await a2.d.ready()
+  await a2.d.line(l => l.msg === 'mirroring room' && l.roomName === room && l.primary === b.key, 30_000)
+  const atA2 = await dial(t, net, a2)
+  atA2.send({ type: 'message', roomName: room, message: 'at the old primary', id: 'p-old' })
+  assert.deepEqual(await atA2.next(f => f.id === 'p-old', 15_000), { type: 'message-ack', roomName: room, id: 'p-old', messageIndex: ids.length + 1 })
+  assert.deepEqual((await readUntil(t, net, b2, room, ids.length + 2)).map(x => x.id), [...ids, 'p-after', 'p-old'])
 })

@@ -53,7 +53,7 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
   try {
     const keyPair = await store.createKeyPair(SWARM_KEY_PAIR)
     if (keyPair.publicKey.toString('hex') === from) throw new PromoteError('--from is this root peer\'s own key')
-    if (await reachable(from, keyPair, bootstrap, dhtHost, reachTimeout)) {
+    if (await reachable(from, bootstrap, dhtHost, reachTimeout)) {
       throw new PromoteError(`the member ${from} is reachable: promote only a member that is gone for good (stop it, or wait until it is unreachable)`)
     }
     const rooms = new Rooms(store)
@@ -94,11 +94,15 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
   }
 }
 
-/** True when a connection to `key` opens within `timeout` ms. */
-async function reachable (key: string, keyPair: { publicKey: Buffer, secretKey: Buffer }, bootstrap: BootstrapNode[] | null, host: string, timeout: number): Promise<boolean> {
+/**
+ * True when a connection to `key` opens within `timeout` ms. The probe uses a throwaway key, so the old
+ * primary takes it as a client: with this member's own key, a member dialing this key at the same moment
+ * could have Hyperswarm drop the probe as a duplicate, and a live primary would look gone.
+ */
+async function reachable (key: string, bootstrap: BootstrapNode[] | null, host: string, timeout: number): Promise<boolean> {
   const dht = new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), host, ephemeral: true })
   try {
-    const socket = dht.connect(Buffer.from(key, 'hex'), { keyPair })
+    const socket = dht.connect(Buffer.from(key, 'hex'))
     return await new Promise<boolean>(resolve => {
       const timer = setTimeout(() => resolve(false), timeout)
       socket.on('open', () => { clearTimeout(timer); resolve(true) })

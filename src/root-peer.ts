@@ -665,6 +665,9 @@ export class ChatRootPeer extends EventEmitter {
     if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, peer.challenge, roomName, frame.signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
     }
+    // frames are handled in order: a sync after this connection's own forwarded message sees it
+    const forwarded = peer.forwards.get(roomName)
+    if (forwarded !== undefined) await forwarded
     const room = rooms.has(roomName) ? await rooms.get(roomName, false) : null
     const tail = requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}'
     const head = '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":['
@@ -918,11 +921,16 @@ export class ChatRootPeer extends EventEmitter {
     if (frame.id !== undefined) write.id = frame.id
     if (frame.signature !== undefined) write.signature = frame.signature
     // the primary may wait REPLICATION_TIMEOUT for its mirrors; this waits a little longer for its answer
-    this.track(cluster.request(primary, { op: 'write', ...write }, this.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
+    const forwarded = cluster.request(primary, { op: 'write', ...write }, this.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
       await this.holdBlock(frame.roomName, messageIndex)
       this.counters.forwardedWrites++
       if (frame.id !== undefined) this.sendFrame(peer, 'message-ack', encodeAck(JSON.stringify(frame.roomName), frame.id, messageIndex, duplicate === true))
-    }).catch(err => this.refuse(peer, err, contextOf(frame))))
+    }).catch(err => this.refuse(peer, err, contextOf(frame))).finally(() => {
+      if (peer.forwards.get(frame.roomName) === forwarded) peer.forwards.delete(frame.roomName)
+    })
+    // a sync-request this peer writes after the message waits for it, as for a room of this root peer's own
+    peer.forwards.set(frame.roomName, forwarded)
+    this.track(forwarded)
   }
 
   /** Resolves once this member has the block `index` of a mirrored room (fetching it from the cluster if needed). */

@@ -229,6 +229,12 @@ test('write anywhere: a message at a mirror is forwarded and acked with the prim
     const page = await peer.next(f => f.requestId === `r-${id}`)
     assert.equal(page.messages[0]?.id, id)
   }
+  // frames stay in order at a mirror: a sync-request written right after a message, before its ack, sees it
+  atC.send({ type: 'message', roomName: room, message: 'then read', id: 'w-c2' })
+  atC.send({ type: 'sync-request', roomName: room, lastIndex: expected.length, requestId: 'r-ordered' })
+  const ordered = await atC.next(f => f.requestId === 'r-ordered', 15_000)
+  assert.deepEqual(ordered.messages.map((m: any) => m.id), ['w-c2'])
+  expected.push('w-c2')
   for (const m of members) assert.deepEqual((await readUntil(t, net, m, room, expected.length)).map(x => x.id), expected)
 
   // one new room, registered by two clients at two members at the same moment: one core, one numbering

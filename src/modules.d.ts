@@ -15,7 +15,7 @@ declare module 'hypercore' {
     /** blocks stored here from 0 without a gap */
     readonly contiguousLength: number
     /** the replication peers of the core (one per connection it is replicated on) */
-    readonly peers: Array<{ readonly remotePublicKey: Buffer, readonly remoteContiguousLength: number, readonly remoteLength: number }>
+    readonly peers: Array<{ readonly remotePublicKey: Buffer, readonly remoteContiguousLength: number, readonly remoteLength: number, readonly remoteSynced: boolean }>
     ready (): Promise<void>
     close (): Promise<void>
     /** keeps downloading the range; `end: -1` follows the core as it grows */

@@ -139,9 +139,11 @@ async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKe
   try {
     await Promise.all(cores.map(async core => {
       // replicated with every member reachable now (or until the deadline)
-      while (core.peers.length < members.length && left() > 0) await sleep(Math.min(100, left()))
+      // and each of them has told its length (its sync message)
+      while ((core.peers.length < members.length || core.peers.some(p => !p.remoteSynced)) && left() > 0) await sleep(Math.min(50, left()))
       if (core.peers.length === 0) return
-      await withTimeout(core.update({ wait: true }), left())
+      const longest = Math.max(...core.peers.map(p => p.remoteLength))
+      while (core.length < longest && left() > 0) await withTimeout(core.update({ wait: true }), Math.min(1000, left()))
       if (core.contiguousLength < core.length) await withTimeout(core.download({ start: 0, end: core.length }).done(), left())
     }))
   } finally {

@@ -141,10 +141,14 @@ async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKe
       // replicated with every member reachable now (or until the deadline)
       // and each of them has told its length (its sync message)
       while ((core.peers.length < members.length || core.peers.some(p => !p.remoteSynced)) && left() > 0) await sleep(Math.min(50, left()))
-      if (core.peers.length === 0) return
-      const longest = Math.max(...core.peers.map(p => p.remoteLength))
+      const synced = core.peers.filter(p => p.remoteSynced)
+      const longest = Math.max(0, ...synced.map(p => p.remoteLength))
       while (core.length < longest && left() > 0) await withTimeout(core.update({ wait: true }), Math.min(1000, left()))
       if (core.contiguousLength < core.length) await withTimeout(core.download({ start: 0, end: core.length }).done(), left())
+      // a member that could not be asked may hold acked blocks this one lacks: never promote a shorter history silently
+      if (synced.length < members.length) {
+        throw new PromoteError(`could not fetch this room's blocks from every other member within ${CATCH_UP_TIMEOUT / 1000} s (${synced.length} of ${members.length} answered); run promote again, or leave a member that is gone for good out of CLUSTER_PEERS for the promote run`)
+      }
     }))
   } finally {
     await swarm.destroy()

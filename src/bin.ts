@@ -11,6 +11,8 @@ import { exportCommand, importCommand, pruneCommand, roomsCommand, verifyCommand
 import { backupCommand, restoreCommand } from './backup.js'
 import { openStore } from './data-dir-lock.js'
 import { RootPeerError } from './errors.js'
+import { readPublicKey } from './cluster.js'
+import { PromoteError, promote } from './promote.js'
 
 /** How long a graceful shutdown may take before the process exits anyway. */
 const SHUTDOWN_TIMEOUT = 10_000
@@ -24,7 +26,7 @@ const ADMIN: Record<string, (argv: string[], io: AdminIO) => Promise<number>> = 
   backup: backupCommand,
   restore: restoreCommand
 }
-const COMMANDS = ['start', 'testnet', ...Object.keys(ADMIN)]
+const COMMANDS = ['start', 'testnet', 'key', 'promote', ...Object.keys(ADMIN)]
 
 main(process.argv.slice(2)).catch(err => {
   console.error(`root-peer: ${err?.stack ?? err}`)
@@ -50,12 +52,35 @@ async function main (argv: string[]): Promise<void> {
 
   if (Object.hasOwn(ADMIN, command)) return admin(command, argv)
 
+  // promote's own option; the rest are the daemon's settings (data dir, DHT)
+  let from: string | null = null
+  if (command === 'promote') {
+    const at = argv.findIndex(a => a === '--from' || a.startsWith('--from='))
+    if (at !== -1) from = argv[at].includes('=') ? argv.splice(at, 1)[0].slice('--from='.length) : argv.splice(at, 2)[1] ?? ''
+    if (from === null || !/^[0-9a-f]{64}$/i.test(from)) usageError('promote: --from needs the public key (64 hex) of the cluster member that is gone for good')
+  }
   let config: Readonly<Config>
   try {
     config = parseConfig(argv)
   } catch (err) {
     if (err instanceof ConfigError) usageError(err.message)
     throw err
+  }
+  if (command === 'promote') {
+    try {
+      const rooms = await promote({ storageDir: config.storageDir, from: from!.toLowerCase(), bootstrap: config.bootstrap, dhtHost: config.dhtHost, members: config.clusterPeers })
+      console.log(JSON.stringify({ promotedFrom: from!.toLowerCase(), rooms }))
+    } catch (err) {
+      if (!(err instanceof PromoteError) && !(err instanceof RootPeerError)) throw err
+      console.error(`root-peer: promote refused: ${err.message}`)
+      process.exit(1)
+    }
+    return
+  }
+  if (command === 'key') {
+    // the key other members list in CLUSTER_PEERS, known before the daemon first starts
+    console.log(await readPublicKey(config.storageDir))
+    return
   }
   await start(config)
 }
@@ -193,6 +218,12 @@ function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
     { problem, movedTo, fromPrevious, rooms, messages },
     `state file was ${problem}${movedTo === null ? '' : `: kept aside as ${movedTo}`}; ${rooms} rooms and ${messages} messages rebuilt from storage${fromPrevious ? ' and the previous good copy' : ''}`
   ))
+  rootPeer.on('member-connected', member => log.info({ member }, 'cluster member connected'))
+  rootPeer.on('member-disconnected', member => log.warn({ member }, 'cluster member disconnected: writes to its rooms get PRIMARY_UNAVAILABLE here until it is back'))
+  rootPeer.on('member-error', (member, err) => log.debug({ member, err: err.message }, 'cluster connection error'))
+  rootPeer.on('room-mirrored', ({ roomName, primary }) => log.info({ roomName, primary }, 'mirroring room'))
+  rootPeer.on('room-conflict', ({ roomName, primary, key }) => log.error({ roomName, primary, key }, 'a cluster member is primary for a room this root peer holds in another core: keeping ours, not mirroring theirs'))
+  rootPeer.on('cluster-error', ({ member, err }) => log.warn({ member, err }, 'cluster: a room could not be mirrored or announced'))
   rootPeer.on('state-save-error', err => log.error({ err }, 'saving the state file failed'))
   rootPeer.on('stats', (s: StatsSnapshot) => {
     if (pretty) log.info('\n' + formatStats(s))

@@ -7,7 +7,7 @@ const USAGE = `Usage:
   root-peer-client sync --room R [--from N] [options]       print the room's records as NDJSON
 
 Options: --bootstrap host:port[,...] (DHT_BOOTSTRAP), --dht-host ADDR (DHT_HOST),
-         --discovery-topic S (DISCOVERY_TOPIC), --root-key HEX (pin the root peer), `
+         --discovery-topic S (DISCOVERY_TOPIC), --root-key HEX[,HEX...] (pin the root peer, or a cluster's members), `
 
 main(process.argv.slice(2)).then(code => process.exit(code), err => {
   console.error(`root-peer-client: ${err.message ?? err}`)
@@ -51,7 +51,7 @@ async function main (argv: string[]): Promise<number> {
     ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
     dhtHost: config.dhtHost,
     discoveryTopic: config.discoveryTopic,
-    ...(own['--root-key'] ? { rootPublicKey: own['--root-key'] } : {})
+    ...(own['--root-key'] ? { rootPublicKeys: own['--root-key'].split(',') } : {})
   })
   try {
     await client.ready()

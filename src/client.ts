@@ -16,6 +16,13 @@ export interface RootPeerClientOptions {
   discoveryTopic?: string
   /** accept only the root peer with this public key (hex or bytes) */
   rootPublicKey?: string | Buffer
+  /**
+   * accept only these root peers (a cluster's members): the first is dialed, and on a disconnect the
+   * client moves to the next and resends its unacked messages there
+   */
+  rootPublicKeys?: Array<string | Buffer>
+  /** ms without a byte from the root peer after which the connection is dropped (root peers send a keep-alive every 5 s); 0 = never */
+  connectionTimeout?: number
   /** a swarm the app already runs; connections that are not a root peer are left alone */
   swarm?: Hyperswarm
   /** ms a register or sync request waits for its answer */
@@ -56,7 +63,7 @@ interface Pending {
 }
 
 /** Errors after which a message is resent (the seeds' schedule); any other refusal is final. */
-const TRANSIENT: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'INTERNAL_ERROR', 'RATE_LIMITED', 'TOO_MANY_PEERS', 'STORAGE_FULL'])
+const TRANSIENT: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'INTERNAL_ERROR', 'RATE_LIMITED', 'TOO_MANY_PEERS', 'STORAGE_FULL', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
 const RESEND_BACKOFF = [1000, 5000, 15000, 60000]
 const RECONNECT_BACKOFF = [250, 500, 1000, 2000, 5000, 10000]
 
@@ -71,7 +78,10 @@ export class RootPeerClient extends EventEmitter {
   announcement: { version: number, publicKey: string, limits: Limits, challenge?: string } | null = null
   private readonly ownsSwarm: boolean
   private readonly topic: Buffer
-  private readonly pinned: Buffer | null
+  /** the root peers accepted (empty: any on the discovery topic), and the one dialed now */
+  private readonly pinned: Buffer[]
+  private candidate = 0
+  private readonly connectionTimeout: number
   private readonly requestTimeout: number
   private conn: NoiseStream | null = null
   private rootKey: Buffer | null = null
@@ -94,17 +104,18 @@ export class RootPeerClient extends EventEmitter {
 
   constructor (opts: RootPeerClientOptions = {}) {
     super()
-    const { bootstrap, dhtHost, discoveryTopic = DEFAULT_DISCOVERY_TOPIC, rootPublicKey, swarm, requestTimeout = 30_000 } = opts
+    const { bootstrap, dhtHost, discoveryTopic = DEFAULT_DISCOVERY_TOPIC, rootPublicKey, rootPublicKeys = [], swarm, requestTimeout = 30_000, connectionTimeout = 15_000 } = opts
     this.ownsSwarm = swarm === undefined
     this.swarm = swarm ?? new Hyperswarm({
       dht: new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), ...(dhtHost ? { host: dhtHost } : {}) })
     })
     this.topic = crypto.hash(Buffer.from(discoveryTopic))
-    this.pinned = rootPublicKey === undefined ? null : typeof rootPublicKey === 'string' ? Buffer.from(rootPublicKey, 'hex') : rootPublicKey
+    this.pinned = [...(rootPublicKey === undefined ? [] : [rootPublicKey]), ...rootPublicKeys].map(k => typeof k === 'string' ? Buffer.from(k, 'hex') : k)
     this.requestTimeout = requestTimeout
+    this.connectionTimeout = connectionTimeout
     this.swarm.on('connection', this.onConnection)
     this.discovery = this.swarm.join(this.topic, { client: true, server: false })
-    if (this.pinned !== null) this.swarm.joinPeer(this.pinned)
+    if (this.pinned.length > 0) this.swarm.joinPeer(this.pinned[0])
     // until a root peer answers, look it up again with backoff (it may start after us)
     this.scheduleReconnect()
   }
@@ -222,7 +233,7 @@ export class RootPeerClient extends EventEmitter {
         frame = null
       }
       announced = frame?.type === 'root-peer-announcement'
-      const wanted = announced && (this.pinned === null || conn.remotePublicKey.equals(this.pinned)) && this.conn === null
+      const wanted = announced && (this.pinned.length === 0 || this.pinned.some(k => k.equals(conn.remotePublicKey))) && this.conn === null
       if (!wanted) {
         conn.off('data', onfirst)
         if (this.ownsSwarm && !(announced && this.conn?.remotePublicKey.equals(conn.remotePublicKey))) conn.destroy()
@@ -237,10 +248,17 @@ export class RootPeerClient extends EventEmitter {
   private attach (conn: NoiseStream, announcement: any): void {
     this.conn = conn
     this.rootKey = conn.remotePublicKey
+    // a root peer that dies without closing (kill -9, a lost machine) is noticed, so the client can move on
+    if (this.connectionTimeout > 0) conn.setTimeout(this.connectionTimeout)
     this.announcement = { version: announcement.version, publicKey: announcement.publicKey, limits: announcement.limits, challenge: announcement.challenge }
     this.reconnects = 0
     // dial it directly from now on, so a restarted root peer is found again without a topic lookup
     this.swarm.joinPeer(conn.remotePublicKey)
+    if (this.pinned.length > 1) {
+      // and only it: the other pinned root peers are dialed when this one goes
+      this.candidate = Math.max(0, this.pinned.findIndex(k => k.equals(conn.remotePublicKey)))
+      for (const k of this.pinned) if (!k.equals(conn.remotePublicKey)) this.swarm.leavePeer(k)
+    }
     conn.on('data', (data: Buffer) => this.onFrame(data))
     conn.on('end', () => conn.end())
     conn.on('close', () => this.detach(conn))
@@ -266,6 +284,7 @@ export class RootPeerClient extends EventEmitter {
     this.sendTimer = null
     this.sendQueue = []
     this.failPending('disconnected from the root peer')
+    if (this.pinned.length > 1) this.nextCandidate(conn.remotePublicKey)
     this.emit('disconnect', conn.remotePublicKey.toString('hex'))
     this.scheduleReconnect()
   }
@@ -276,7 +295,9 @@ export class RootPeerClient extends EventEmitter {
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null
       if (this.closed || this.conn !== null) return
-      const key = this.pinned ?? this.rootKey
+      // with several root peers, each attempt dials the next one
+      if (this.pinned.length > 1 && this.reconnects > 1) this.nextCandidate(this.pinned[this.candidate])
+      const key = this.pinned.length > 0 ? this.pinned[this.candidate] : this.rootKey
       if (key !== null && !this.swarm.connections.size) {
         // a fresh peer entry retries at once instead of after Hyperswarm's long backoff
         this.swarm.leavePeer(key)
@@ -286,6 +307,14 @@ export class RootPeerClient extends EventEmitter {
       this.scheduleReconnect()
     }, delay)
     this.reconnectTimer.unref()
+  }
+
+  /** Stops dialing `from` and dials the next pinned root peer. */
+  private nextCandidate (from: Buffer): void {
+    this.swarm.leavePeer(from)
+    const at = this.pinned.findIndex(k => k.equals(from))
+    this.candidate = (at + 1) % this.pinned.length
+    this.swarm.joinPeer(this.pinned[this.candidate])
   }
 
   private onFrame (data: Buffer): void {

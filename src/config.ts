@@ -52,6 +52,12 @@ export interface Config {
   banDuration: number
   /** ms a peer may leave the daemon's writes unread before it is disconnected; 0 = never */
   stallTimeout: number
+  /** public keys (hex) of the other root peers of this cluster; empty: a single root peer */
+  clusterPeers: string[]
+  /** mirrors that must have stored a message before it is acked */
+  minMirrors: number
+  /** ms a write waits for MIN_MIRRORS mirrors (or a forwarded write for its primary) before NOT_REPLICATED */
+  replicationTimeout: number
 }
 
 /** A setting an operator got wrong; the entry point prints `message` and exits 2. */
@@ -106,7 +112,10 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'newRoomsPerMinute', env: 'RATE_NEW_ROOMS', flag: '--rate-new-rooms', default: '60', help: 'rooms a peer may create a minute (burst: 1 min worth); 0 = unlimited', parse: rate },
   { key: 'banThreshold', env: 'BAN_THRESHOLD', flag: '--ban-threshold', default: '100', help: 'refused frames within a minute that get a peer disconnected and banned; 0 = never', parse: (v, n) => parseInteger(v, n, 0, 1_000_000) },
   { key: 'banDuration', env: 'BAN_DURATION', flag: '--ban-duration', default: '10m', help: 'how long a banned peer is refused', parse: parseDuration },
-  { key: 'stallTimeout', env: 'STALL_TIMEOUT', flag: '--stall-timeout', default: '30s', help: 'how long a peer may leave the daemon\'s writes unread before it is disconnected; 0 = never', parse: parseDuration }
+  { key: 'stallTimeout', env: 'STALL_TIMEOUT', flag: '--stall-timeout', default: '30s', help: 'how long a peer may leave the daemon\'s writes unread before it is disconnected; 0 = never', parse: parseDuration },
+  { key: 'clusterPeers', env: 'CLUSTER_PEERS', flag: '--cluster-peers', default: '', help: 'comma-separated public keys (64 hex) of the other root peers of this cluster; empty = a single root peer', parse: parseKeys },
+  { key: 'minMirrors', env: 'MIN_MIRRORS', flag: '--min-mirrors', default: '0', help: 'cluster members besides the primary that must have stored a message before it is acked', parse: (v, n) => parseInteger(v, n, 0, 100) },
+  { key: 'replicationTimeout', env: 'REPLICATION_TIMEOUT', flag: '--replication-timeout', default: '5s', help: 'how long a write waits for MIN_MIRRORS mirrors (and a forwarded write for its primary) before NOT_REPLICATED', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) }
 ]
 
 /** Parses flags (`--flag value` or `--flag=value`) over env over defaults. Throws ConfigError. */
@@ -137,6 +146,9 @@ export function parseConfig (argv: readonly string[], env: NodeJS.ProcessEnv = p
   if ((config.maxMessageBytes as number) > (config.maxFrameBytes as number)) {
     throw new ConfigError('--max-message-bytes', `--max-message-bytes (MAX_MESSAGE_BYTES): ${String(config.maxMessageBytes)} is larger than MAX_FRAME_BYTES (${String(config.maxFrameBytes)}); a message must fit in a frame`)
   }
+  if ((config.minMirrors as number) > (config.clusterPeers as string[]).length) {
+    throw new ConfigError('--min-mirrors', `--min-mirrors (MIN_MIRRORS): ${String(config.minMirrors)} is more than the ${(config.clusterPeers as string[]).length} other root peers in CLUSTER_PEERS; no message could ever be acked`)
+  }
   return Object.freeze(config as unknown as Config)
 }
 
@@ -145,6 +157,8 @@ export function helpText (): string {
   return [
     'Usage: root-peer [start] [options]     run the daemon',
     '       root-peer testnet [--port N]    run a loopback DHT for offline use; prints DHT_BOOTSTRAP',
+    '       root-peer key [--storage DIR]   print the public key of the root peer on DIR (for CLUSTER_PEERS), creating its store if missing',
+    '       root-peer promote --from KEY    with the daemon stopped: take over the rooms of the cluster member KEY, gone for good',
     '',
     'Admin commands (on the data dir of --storage / STORAGE_DIR; refused while a daemon holds it):',
     '       root-peer rooms [--sort name|messages|bytes|created|active] [--json]',
@@ -179,6 +193,15 @@ function parseBootstrap (value: string, name: string): BootstrapNode[] | null {
     }
     return { host, port }
   })
+}
+
+function parseKeys (value: string, name: string): string[] {
+  if (value.trim() === '') return []
+  const keys = value.split(',').map(k => k.trim().toLowerCase())
+  for (const k of keys) {
+    if (!/^[0-9a-f]{64}$/.test(k)) throw new ConfigError(name, `${name}: ${JSON.stringify(k)} is not a public key (64 hex characters; a comma-separated list)`)
+  }
+  return [...new Set(keys)]
 }
 
 function parseHost (value: string, name: string): string {

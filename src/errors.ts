@@ -15,6 +15,8 @@ export type ErrorCode =
   | 'RATE_LIMITED'
   | 'BANNED'
   | 'INTERNAL_ERROR'
+  | 'PRIMARY_UNAVAILABLE'
+  | 'NOT_REPLICATED'
   // raised by the client library, never sent by the daemon
   | 'DISCONNECTED'
   | 'TIMEOUT'
@@ -119,6 +121,16 @@ export class RootPeerError extends Error {
     return err
   }
 
+  static PRIMARY_UNAVAILABLE (primary: string): RootPeerError {
+    return new RootPeerError('PRIMARY_UNAVAILABLE', `the room's primary root peer ${primary.slice(0, 16)}… is not reachable from this one; the message was not stored; retry later or at another root peer`, { primary })
+  }
+
+  static NOT_HELD (messageIndex: number, timeoutMs: number, cause: unknown): RootPeerError {
+    const err = new RootPeerError('NOT_REPLICATED', `the primary stored the message at index ${messageIndex}, but this root peer did not get it within ${timeoutMs} ms; it is not acked here; resend it (same id)`, { messageIndex })
+    err.cause = cause
+    return err
+  }
+
   static NO_DATA_DIR (dir: string): RootPeerError {
     return new RootPeerError('NO_DATA_DIR', `no root peer data dir at ${dir} (set STORAGE_DIR or --storage)`, { storageDir: dir })
   }
@@ -137,5 +149,9 @@ export class RootPeerError extends Error {
 
   static BAD_ARCHIVE (file: string, reason: string): RootPeerError {
     return new RootPeerError('BAD_ARCHIVE', `${file} is not a root peer backup: ${reason}`, { file })
+  }
+
+  static NOT_REPLICATED (stored: number, wanted: number, timeoutMs: number): RootPeerError {
+    return new RootPeerError('NOT_REPLICATED', `only ${stored} of the ${wanted} mirrors required (MIN_MIRRORS) stored the message within ${timeoutMs} ms; it is not acked; resend it (same id)`, { mirrors: stored, minMirrors: wanted })
   }
 }

@@ -42,6 +42,9 @@ export class Metrics {
     this.counter('root_peer_pruned_bytes_total', 'Message bytes reclaimed by retention since the process started', rp => rp.pruned.bytes)
     this.roomBytes()
     this.counter('root_peer_storage_failures_total', 'Times writes started failing (disk full, read-only disk, I/O error)', rp => rp.counters.storageFailures)
+    this.gauge('root_peer_cluster_members_connected', 'Other cluster members (CLUSTER_PEERS) connected now', rp => rp.health().cluster?.filter(m => m.connected).length ?? 0)
+    this.counter('root_peer_forwarded_writes_total', 'Messages this member forwarded to their room\'s primary and acked', rp => rp.counters.forwardedWrites)
+    this.mirrorLag()
     this.labelled('root_peer_frames_received_total', 'Frames received, by type (`invalid`: not decodable)', 'type', rp => rp.counters.framesReceived)
     this.labelled('root_peer_frames_sent_total', 'Frames sent, by type', 'type', rp => rp.counters.framesSent)
     this.labelled('root_peer_errors_total', 'Refusals and failures, by error code', 'code', rp => rp.counters.errors)
@@ -97,6 +100,44 @@ export class Metrics {
         if (self.rootPeer === null) return
         this.reset()
         for (const r of self.rootPeer.largestRooms(TOP_ROOMS)) this.set({ room: r.name }, r.bytes)
+      }
+    })
+  }
+
+  /** Replication lag: as a mirror, per primary (blocks and seconds); as a primary, per mirror (blocks). */
+  private mirrorLag (): void {
+    const self = this
+    new Gauge({
+      name: 'root_peer_mirror_lag_blocks',
+      help: 'Blocks a primary cluster member has announced that this member (its mirror) has not stored yet, by primary',
+      labelNames: ['primary'],
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer === null) return
+        this.reset()
+        for (const [primary, { blocks }] of self.rootPeer.mirrorLag()) this.set({ primary }, blocks)
+      }
+    })
+    new Gauge({
+      name: 'root_peer_mirror_lag_seconds',
+      help: 'Seconds since this member (a mirror) fell behind a primary cluster member, by primary; 0 when caught up',
+      labelNames: ['primary'],
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer === null) return
+        this.reset()
+        for (const [primary, { seconds }] of self.rootPeer.mirrorLag()) this.set({ primary }, seconds)
+      }
+    })
+    new Gauge({
+      name: 'root_peer_replica_lag_blocks',
+      help: 'Blocks of this member\'s own open rooms that a mirror has not announced as stored, by mirror',
+      labelNames: ['mirror'],
+      registers: [this.registry],
+      collect () {
+        if (self.rootPeer === null) return
+        this.reset()
+        for (const [mirror, blocks] of self.rootPeer.replicaLag()) this.set({ mirror }, blocks)
       }
     })
   }

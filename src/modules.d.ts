@@ -11,8 +11,18 @@ declare module 'hypercore' {
     readonly writable: boolean
     readonly closed: boolean
     readonly opened: boolean
+    readonly fork: number
+    /** blocks stored here from 0 without a gap */
+    readonly contiguousLength: number
+    /** the replication peers of the core (one per connection it is replicated on) */
+    readonly peers: Array<{ readonly remotePublicKey: Buffer, readonly remoteContiguousLength: number, readonly remoteLength: number, readonly remoteSynced: boolean }>
     ready (): Promise<void>
     close (): Promise<void>
+    /** keeps downloading the range; `end: -1` follows the core as it grows */
+    download (range?: { start?: number, end?: number }): { done (): Promise<void>, destroy (): void }
+    treeHash (length?: number): Promise<Buffer>
+    /** asks the peers for a longer length; resolves true when the core grew */
+    update (opts?: { wait?: boolean }): Promise<boolean>
     append (block: Buffer | Buffer[]): Promise<{ length: number, byteLength: number }>
     get (index: number, opts?: { wait?: boolean, timeout?: number }): Promise<Buffer | null>
     has (start: number, end?: number): Promise<boolean>
@@ -46,6 +56,8 @@ declare module 'corestore' {
     get (opts: { name?: string, key?: Buffer, exclusive?: boolean, valueEncoding?: string }): Hypercore
     namespace (name: string): Corestore
     createKeyPair (name: string): Promise<KeyPair>
+    /** runs Hypercore replication of every core over a connection (a Protomux on it, kept in `conn.userData`) */
+    replicate (conn: unknown): unknown
     /** hypercore-storage: its RocksDB, for fsyncing the write-ahead log (SYNC_WRITES), and flush/compact for backup */
     readonly storage: {
       rocks: { readonly path: string, currentWalFile (): Promise<{ path: string, number: number }> }
@@ -70,6 +82,8 @@ declare module 'hyperdht' {
     readonly bootstrapped: boolean
     readonly destroyed: boolean
     fullyBootstrapped (): Promise<void>
+    /** a Noise stream to the peer with that key; `open` once connected, `error` when it cannot be reached */
+    connect (remotePublicKey: Buffer, opts?: { keyPair?: { publicKey: Buffer, secretKey: Buffer } }): import('node:stream').Duplex
     address (): { host: string, port: number }
     toArray (opts?: { limit?: number }): Array<{ host: string, port: number }>
     destroy (): Promise<void>
@@ -99,6 +113,8 @@ declare module 'hyperswarm' {
     readonly isInitiator: boolean
     readonly rawBytesRead: number
     readonly rawBytesWritten: number
+    setKeepAlive (ms: number): void
+    setTimeout (ms: number): void
   }
 
   export interface PeerInfo {
@@ -158,4 +174,18 @@ declare module 'hypercore-crypto' {
     randomBytes: typeof randomBytes
   }
   export default crypto
+}
+
+declare module 'protomux' {
+  export interface Message { send (m: unknown): boolean }
+  export interface Channel {
+    readonly closed: boolean
+    addMessage (opts: { encoding: unknown, onmessage: (m: any) => void }): Message
+    open (handshake?: unknown): void
+    close (): void
+  }
+  export default class Protomux {
+    static from (stream: unknown): Protomux
+    createChannel (opts: { protocol: string, id?: Buffer | null, unique?: boolean, onopen?: () => void, onclose?: () => void, ondestroy?: () => void }): Channel | null
+  }
 }

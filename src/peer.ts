@@ -26,6 +26,8 @@ export class Peer {
   readonly record: PeerRecord
   readonly connectedAt = Date.now()
   readonly rooms = new Set<string>()
+  /** per room, the last of this peer's messages forwarded to another cluster member, until it is acked or refused */
+  readonly forwards = new Map<string, Promise<unknown>>()
   /** sent in the announcement; a signed room's reads are signed over it, so they cannot be replayed elsewhere */
   readonly challenge = newChallenge()
   closed = false

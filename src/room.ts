@@ -46,8 +46,14 @@ export class Room {
     this.onBatch = onBatch
   }
 
+  /** A mirrored room (another cluster member is its primary): never appended to here. */
+  get mirrored (): boolean {
+    return this.info.primary !== undefined
+  }
+
+  /** Messages held: for a mirrored room, the blocks stored here without a gap (what can be served). */
   get length (): number {
-    return this.core.length
+    return this.mirrored ? Math.min(this.core.length, this.core.contiguousLength) : this.core.length
   }
 
   /** Appends one block; resolves with its index once the append holding it has completed. */
@@ -102,7 +108,7 @@ export class Room {
 
   /** Reads up to `limit` records from `from`, concurrently, stopping early at `maxBytes` (at least one record). */
   async readPage (from: number, limit: number, maxBytes: number): Promise<Page> {
-    const totalMessages = this.core.length
+    const totalMessages = this.length
     const end = Math.min(totalMessages, from + limit)
     const gets: Array<Promise<Buffer | null>> = []
     for (let i = from; i < end; i++) gets.push(this.core.get(i, { wait: false }))

@@ -37,7 +37,7 @@ export interface RoomsOptions {
  * holds it, and `release` it when their work on it is done.
  *
  * Events: `index-recovered` ({ name }) for rooms found only in the index, `room-loaded` ({ name }) as `load`
- * reconciles each room with its core.
+ * reconciles each room with its core, `created` (name) for a room this root peer created.
  */
 export class Rooms extends EventEmitter {
   readonly maxOpen: number
@@ -82,13 +82,21 @@ export class Rooms extends EventEmitter {
         const known = indexed.get(entry.name)
         // a later entry only adds a signed room's writer key to the first
         if (known === undefined) indexed.set(entry.name, entry)
-        else if (entry.writerPublicKey !== undefined) known.writerPublicKey = entry.writerPublicKey
+        else {
+          if (entry.writerPublicKey !== undefined) known.writerPublicKey = entry.writerPublicKey
+          // a later entry with a key moves the room: to another primary's core, or (promoted) to our own
+          if (entry.key !== undefined) {
+            known.key = entry.key
+            known.primary = entry.primary
+            known.promotedFrom = entry.promotedFrom
+          }
+        }
       }
     }
     const savedRooms = saved === null ? [] : Object.values(saved.rooms)
     for (const r of savedRooms) this.infos.set(r.name, { ...r })
     let recovered = 0
-    for (const [name, { createdAt, writerPublicKey }] of indexed) {
+    for (const [name, { createdAt, writerPublicKey, key, primary, promotedFrom }] of indexed) {
       let info = this.infos.get(name)
       if (info === undefined) {
         info = { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 }
@@ -99,6 +107,15 @@ export class Rooms extends EventEmitter {
       // the index, not the state file, says which rooms are signed
       if (writerPublicKey !== undefined) info.writerPublicKey = writerPublicKey
       else delete info.writerPublicKey
+      // and which rooms are mirrored from another cluster member, by core key
+      if (key !== undefined && primary !== undefined) {
+        info.coreKey = key
+        info.primary = primary
+      } else {
+        delete info.primary
+      }
+      if (promotedFrom !== undefined && primary === undefined) info.promotedFrom = promotedFrom
+      else delete info.promotedFrom
     }
     // rooms a state file of the seed's knows but the index does not yet: add them
     const missing = savedRooms.filter(r => !indexed.has(r.name))
@@ -110,12 +127,13 @@ export class Rooms extends EventEmitter {
     const worker = async (): Promise<void> => {
       while (next < names.length) {
         const name = names[next++]
-        const core = this.store.get({ name: coreName(name) })
-        await core.ready()
         const info = this.infos.get(name)!
-        info.messageCount = core.length
+        const core = this.coreOf(info)
+        await core.ready()
+        info.coreKey = core.key.toString('hex')
+        info.messageCount = info.primary === undefined ? core.length : core.contiguousLength
         info.byteLength = core.byteLength
-        await reconcilePruned(core, info)
+        if (info.primary === undefined) await reconcilePruned(core, info)
         await core.close()
         this.emit('room-loaded', { name })
       }
@@ -158,6 +176,70 @@ export class Rooms extends EventEmitter {
       info.writerPublicKey = writerPublicKey
     }
     return info
+  }
+
+  /**
+   * Records a room another cluster member is primary for, mirrored here from its core `key` (hex).
+   * Resolves with false when the name is held already (by this root peer, or mirrored from another core).
+   */
+  async mirror (name: string, key: string, primary: string, writerPublicKey?: string): Promise<boolean> {
+    const known = this.infos.get(name)
+    if (known !== undefined) {
+      if (known.coreKey !== key) return false
+      if (writerPublicKey !== undefined && known.writerPublicKey === undefined) await this.register(name, writerPublicKey)
+      return true
+    }
+    const now = Date.now()
+    await this.index!.append(indexBlock(name, now, writerPublicKey, key, primary))
+    if (this.infos.has(name)) return this.infos.get(name)!.coreKey === key
+    this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, coreKey: key, primary, ...(writerPublicKey === undefined ? {} : { writerPublicKey }) })
+    return true
+  }
+
+  /**
+   * Makes a mirrored room this root peer's own, after its blocks were copied into the core named for it
+   * (`key`, hex); `from` is the gone primary. Used by `root-peer promote` with the daemon stopped.
+   */
+  async promote (name: string, key: string, from: string): Promise<void> {
+    const info = this.infos.get(name)!
+    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, undefined, from))
+    info.coreKey = key
+    info.promotedFrom = from
+    delete info.primary
+  }
+
+  /**
+   * Follows a mirrored room to the core `key` of its new primary (a member promoted over the old one).
+   * An open session of the old core is closed when no one holds it.
+   */
+  async repoint (name: string, key: string, primary: string): Promise<void> {
+    const info = this.infos.get(name)!
+    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, primary))
+    info.coreKey = key
+    info.primary = primary
+    const slot = this.open.get(name)
+    if (slot !== undefined && slot.holds === 0) this.evict(name, slot)
+  }
+
+  /** The room's core key (hex), opening its core once when it was never opened. */
+  async coreKey (name: string): Promise<string | null> {
+    const info = this.infos.get(name)
+    if (info === undefined) return null
+    if (info.coreKey !== undefined) return info.coreKey
+    const room = await this.get(name, false)
+    if (room !== null) this.release(room)
+    return info.coreKey ?? null
+  }
+
+  /** Updates a mirrored room's count to what its core holds now. */
+  mirrored (name: string, length: number, byteLength: number): void {
+    const info = this.infos.get(name)
+    if (info === undefined || length <= info.messageCount) return
+    this.totalMessages += length - info.messageCount
+    this.totalBytes += byteLength - info.byteLength
+    info.messageCount = length
+    info.byteLength = byteLength
+    info.lastActivity = Date.now()
   }
 
   /**
@@ -260,6 +342,11 @@ export class Rooms extends EventEmitter {
     this.totalBytes += bytes
   }
 
+  /** The rooms whose core is open now (not those still opening or closing). */
+  * openRooms (): IterableIterator<Room> {
+    for (const slot of this.open.values()) if (slot.opened !== null) yield slot.opened
+  }
+
   /** Rooms whose core is open now (closing ones included). */
   get openCount (): number {
     return this.open.size + this.closing.size
@@ -322,6 +409,7 @@ export class Rooms extends EventEmitter {
         // in the index before first use: an acked message's room is always recoverable
         await this.index!.append(indexBlock(name, now, writerPublicKey))
         this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }) })
+        this.emit('created', name)
       })()
       this.creating.set(name, pending)
       pending.finally(() => this.creating.delete(name)).catch(() => {})
@@ -333,25 +421,37 @@ export class Rooms extends EventEmitter {
     // a room being closed is reopened once its close is done
     const closing = this.closing.get(name)
     if (closing !== undefined) await closing
-    const core = this.store.get({ name: coreName(name) })
-    await core.ready()
     const info = this.infos.get(name)!
+    const core = this.coreOf(info)
+    await core.ready()
+    info.coreKey = core.key.toString('hex')
+    const length = info.primary === undefined ? core.length : core.contiguousLength
     // the core is the truth: the state file may be behind after a crash
-    if (info.messageCount !== core.length || info.byteLength !== core.byteLength) {
-      this.totalMessages += core.length - info.messageCount
+    if (info.messageCount !== length || info.byteLength !== core.byteLength) {
+      this.totalMessages += length - info.messageCount
       this.totalBytes += core.byteLength - info.byteLength
-      info.messageCount = core.length
+      info.messageCount = length
       info.byteLength = core.byteLength
     }
     return new Room(name, core, info, this.onBatch)
   }
+
+  /** A session of the room's core: its own by name, or a mirrored one by key. */
+  private coreOf (info: RoomState): Hypercore {
+    return info.primary === undefined ? this.store.get({ name: coreName(info.name) }) : this.store.get({ key: Buffer.from(info.coreKey!, 'hex') })
+  }
 }
 
 /** One entry of the room index core: a room's name, and for a signed room its writer key. */
-interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string }
+interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string }
 
-function indexBlock (name: string, createdAt: number, writerPublicKey?: string): Buffer {
+function indexBlock (name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string): Buffer {
   const entry: IndexEntry = writerPublicKey === undefined ? { name, createdAt } : { name, createdAt, writerPublicKey }
+  if (key !== undefined) {
+    entry.key = key
+    if (primary !== undefined) entry.primary = primary
+    if (promotedFrom !== undefined) entry.promotedFrom = promotedFrom
+  }
   return Buffer.from(JSON.stringify(entry))
 }
 

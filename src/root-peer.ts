@@ -11,7 +11,7 @@ import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer } from './peer.js'
 import {
-  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic,
+  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic, validateRoomName,
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
 } from './protocol.js'
 import type { Room } from './room.js'
@@ -21,6 +21,10 @@ import { keyMatchesName, verifyAccess, verifyMessage } from './room-auth.js'
 import { retentionOn, type RetentionPolicy } from './retention.js'
 import { StateFile, type PersistentState, type RoomState } from './state-file.js'
 import { WalSync } from './wal-sync.js'
+import { Cluster, SWARM_KEY_PAIR, type ForwardedWrite, type RoomAd } from './cluster.js'
+import { MirrorWaits, Mirrors } from './mirror.js'
+import { rendezvousOwner } from './rendezvous.js'
+import { newChallenge } from './room-auth.js'
 import { busiest, bump, createCounters, type Counters, type StatsSnapshot } from './stats.js'
 
 export interface RootPeerOptions {
@@ -69,6 +73,12 @@ export interface RootPeerOptions {
   stallTimeout?: number
   /** page sizes and other limits (the settings above win) */
   limits?: Partial<Limits>
+  /** public keys (hex) of the other root peers of this cluster; empty: a single root peer */
+  clusterPeers?: string[]
+  /** mirrors that must have stored a message before the primary acks it (at most the other members) */
+  minMirrors?: number
+  /** ms a write waits for its mirrors, or a forwarded write for its primary, before NOT_REPLICATED */
+  replicationTimeout?: number
   /** called with the seconds each append (frame to ack) and each sync page (request to answer) took */
   onLatency?: (kind: 'append' | 'sync', seconds: number) => void
 }
@@ -80,12 +90,16 @@ export interface Health {
   storage: boolean
   discovery: boolean
   dht: boolean
+  /** with CLUSTER_PEERS: every other member and whether it is connected (a member down does not make the root peer unhealthy) */
+  cluster?: Array<{ publicKey: string, connected: boolean }>
 }
 
 /** State is saved after this many stored messages (and on every stats tick and on shutdown)... */
 const SAVE_EVERY_MESSAGES = 10
 /** ...but not more often than this, so a busy root peer does not spend its time rewriting the file. */
 const MIN_SAVE_INTERVAL = 1000
+/** How much longer than REPLICATION_TIMEOUT a forwarded write waits for its primary's answer. */
+const FORWARD_GRACE = 2000
 /** How long shutdown waits for peers to read their last frames before the swarm is destroyed. */
 const CLOSE_CONNECTIONS_TIMEOUT = 2000
 
@@ -155,6 +169,12 @@ export class ChatRootPeer extends EventEmitter {
   /** set while the store is being reopened after a failure; frames wait for it */
   private reopening: Promise<void> | null = null
   private recoveryTimer: NodeJS.Timeout | null = null
+  private readonly clusterPeers: string[]
+  private readonly minMirrors: number
+  private readonly replicationTimeout: number
+  private cluster: Cluster | null = null
+  private mirrors: Mirrors | null = null
+  private mirrorWaits: MirrorWaits | null = null
 
   constructor (opts: RootPeerOptions) {
     super()
@@ -200,6 +220,9 @@ export class ChatRootPeer extends EventEmitter {
     this.maxStorageBytes = opts.maxStorageBytes ?? 0
     this.retentionOn = retentionOn(this.retention)
     this.onLatency = opts.onLatency ?? null
+    this.clusterPeers = opts.clusterPeers ?? []
+    this.minMirrors = opts.minMirrors ?? 0
+    this.replicationTimeout = opts.replicationTimeout ?? 5000
     this.handlers = {
       'register-room': this.onRegisterRoom.bind(this),
       message: this.onMessage.bind(this),
@@ -234,7 +257,22 @@ export class ChatRootPeer extends EventEmitter {
     else if (!storage) reasons.push('storage not open')
     if (!this.closing && !discovery) reasons.push('discovery topic not announced yet')
     if (!this.closing && !dht) reasons.push('DHT not bootstrapped')
-    return { ok: reasons.length === 0, reasons, storage, discovery, dht }
+    const health: Health = { ok: reasons.length === 0, reasons, storage, discovery, dht }
+    if (this.cluster !== null) health.cluster = this.cluster.status()
+    return health
+  }
+
+  /** With CLUSTER_PEERS: per primary member, the blocks it has announced that this member has not stored yet, and for how long. */
+  mirrorLag (): Map<string, { blocks: number, seconds: number }> {
+    return this.mirrors?.lag() ?? new Map()
+  }
+
+  /** With CLUSTER_PEERS, as a primary: per mirror, the blocks of this root peer's open rooms it has not stored yet. */
+  replicaLag (): Map<string, number> {
+    const cluster = this.cluster
+    if (cluster === null || this.rooms === null) return new Map()
+    const own = [...this.rooms.openRooms()].filter(room => !room.mirrored).map(room => room.core)
+    return Mirrors.behind(own, key => cluster.isMember(key))
   }
 
   /** Messages and bytes pruned by retention since the process started. */
@@ -277,7 +315,7 @@ export class ChatRootPeer extends EventEmitter {
   private async open (): Promise<void> {
     // the store first: it is the data dir's lock, so a dir another process holds is refused before anything in it is touched
     const store = await this.openStore()
-    const keyPair = await store.createKeyPair('root-peer-swarm')
+    const keyPair = await store.createKeyPair(SWARM_KEY_PAIR)
     this.publicKey = keyPair.publicKey
 
     const loaded = await this.stateFile.load()
@@ -302,11 +340,12 @@ export class ChatRootPeer extends EventEmitter {
     this.swarm = new Hyperswarm({
       dht,
       keyPair,
-      maxPeers: this.maxPeers + 1,
+      maxPeers: this.maxPeers + 1 + this.clusterPeers.length,
       // a banned key is refused at the handshake, before it costs a stream
       firewall: remotePublicKey => this.guard.isBanned(remotePublicKey.toString('hex'))
     })
     this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
+    if (this.clusterPeers.length > 0) this.openCluster(store, this.swarm)
     this.discovery = this.swarm.join(this.discoveryTopic, { server: true, client: false })
     this.topics.attach(topicSwarm(this.swarm))
 
@@ -354,6 +393,7 @@ export class ChatRootPeer extends EventEmitter {
     rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
     const recovered = await rooms.load(saved)
     this.rooms = rooms
+    if (this.cluster !== null) this.watchRooms(rooms)
     return recovered
   }
 
@@ -405,11 +445,17 @@ export class ChatRootPeer extends EventEmitter {
     const rooms = this.rooms!
     await rooms.settled()
     const snapshot = rooms.snapshot(this.createdAt)
+    await this.mirrors?.close()
     await rooms.close().catch(() => {})
     await this.store!.close().catch(() => {})
     if (this.closing) return
-    await this.openStore()
+    const store = await this.openStore()
     await this.openRooms(snapshot)
+    // the mirrored rooms are followed again in the new store, and member links start over on it
+    if (this.cluster !== null) {
+      this.followMirrored(store)
+      this.cluster.reconnect()
+    }
   }
 
   private async shutdown (): Promise<void> {
@@ -427,11 +473,14 @@ export class ChatRootPeer extends EventEmitter {
 
     // frames accepted before the signal finish, and their acks go out; later frames get SHUTTING_DOWN
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight])
+    this.mirrorWaits?.close()
+    this.cluster?.close()
     if (this.rooms !== null) await this.rooms.settled()
     if (this.rooms !== null) await this.save()
 
     await Promise.all([...this.peers.values()].map(peer => endGracefully(peer.conn, CLOSE_CONNECTIONS_TIMEOUT)))
     if (this.swarm !== null) await this.swarm.destroy()
+    if (this.mirrors !== null) await this.mirrors.close()
     if (this.rooms !== null) await this.rooms.close()
     if (this.walSync !== null) await this.walSync.close()
     if (this.store !== null) await this.store.close()
@@ -443,6 +492,11 @@ export class ChatRootPeer extends EventEmitter {
     conn.on('error', (err: Error) => this.emit('peer-error', conn.remotePublicKey.toString('hex'), err))
     if (this.closing) {
       conn.destroy()
+      return
+    }
+    if (this.cluster !== null && this.cluster.isMember(conn.remotePublicKey.toString('hex'))) {
+      // another root peer of this cluster: no client frames, replication and the cluster channel instead
+      this.cluster.attach(conn, JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: this.publicKey!.toString('hex'), limits: this.limits, challenge: newChallenge() }))
       return
     }
     if (this.peers.size >= this.maxPeers) {
@@ -519,6 +573,8 @@ export class ChatRootPeer extends EventEmitter {
     } else if (!verifyAccess(key, peer.challenge, roomName, signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: register-room needs a signature over (challenge, roomName) by the room\'s key')
     }
+    // in a cluster, a new room is created at its rendezvous owner and mirrored here
+    if (this.cluster !== null && !this.rooms!.has(roomName)) await this.placeRoom(peer, roomName, writerPublicKey)
     const info = await this.joinRoom(peer, roomName, true, writerPublicKey)
     if (frame.requestId !== undefined) {
       this.sendFrame(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: info.messageCount, requestId: frame.requestId })
@@ -533,6 +589,10 @@ export class ChatRootPeer extends EventEmitter {
     if (writerPublicKey !== undefined) checkSigned(writerPublicKey, frame)
     else if (this.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
     if (this.maxStorageBytes > 0 && rooms.totalBytes >= this.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.maxStorageBytes)
+    if (this.cluster !== null && !rooms.has(frame.roomName)) await this.placeRoom(peer, frame.roomName)
+    const primary = rooms.info(frame.roomName)?.primary
+    // another member's room: the write goes to its primary
+    if (primary !== undefined) return await this.forward(peer, frame, primary)
     // a message for a room not registered yet registers it first
     if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
     else await this.joinRoom(peer, frame.roomName, false)
@@ -556,7 +616,7 @@ export class ChatRootPeer extends EventEmitter {
       if (frame.id === undefined) {
         this.track(room.append(block).then(index => {
           rooms.release(room)
-          this.stored(room, peer, index, undefined, block.byteLength, started)
+          this.stored(room, peer.id, index, undefined, block.byteLength, started)
         }, err => {
           rooms.release(room)
           this.appendFailed(peer, room, frame, err)
@@ -568,15 +628,20 @@ export class ChatRootPeer extends EventEmitter {
       if (loading !== null) await loading
       const id = frame.id
       this.track(room.storeOnce(id, block).then(async ({ index, duplicate }) => {
-        rooms.release(room)
         if (duplicate) this.counters.duplicates++
-        else this.stored(room, peer, index, id, block.byteLength, started)
-        // acked only after the append resolved (and, with syncWrites, reached the disk): the ack is a durability promise
-        if (this.walSync !== null) await this.walSync.sync()
+        else this.stored(room, peer.id, index, id, block.byteLength, started)
+        // acked only after the append resolved (and, with syncWrites, reached the disk; with MIN_MIRRORS, k mirrors): the ack is a durability promise
+        try {
+          await this.durable(room, index)
+        } finally {
+          rooms.release(room)
+        }
         this.sendFrame(peer, 'message-ack', encodeAck(room.nameJson, id, index, duplicate))
       }, err => {
         rooms.release(room)
         this.appendFailed(peer, room, frame, err)
+      }).catch(err => {
+        if (err instanceof RootPeerError) this.refuse(peer, err, contextOf(frame))
       }))
       queued = true
     } finally {
@@ -593,6 +658,9 @@ export class ChatRootPeer extends EventEmitter {
     if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, peer.challenge, roomName, frame.signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
     }
+    // frames are handled in order: a sync after this connection's own forwarded message sees it
+    const forwarded = peer.forwards.get(roomName)
+    if (forwarded !== undefined) await forwarded
     const room = rooms.has(roomName) ? await rooms.get(roomName, false) : null
     const tail = requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}'
     const head = '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":['
@@ -707,7 +775,7 @@ export class ChatRootPeer extends EventEmitter {
     this.sweepTimer.unref()
   }
 
-  private stored (room: Room, peer: Peer, index: number, id: string | undefined, bytes: number, started: number): void {
+  private stored (room: Room, peerId: string, index: number, id: string | undefined, bytes: number, started: number): void {
     const rooms = this.rooms!
     rooms.stored(room, bytes)
     if (this.retentionOn) this.maybePrune(room)
@@ -718,7 +786,7 @@ export class ChatRootPeer extends EventEmitter {
       messageCount: room.length,
       totalMessages: rooms.totalMessages,
       messageIndex: index,
-      peerId: peer.id,
+      peerId,
       id
     })
     if (++this.unsaved >= SAVE_EVERY_MESSAGES) this.scheduleSave()
@@ -727,6 +795,205 @@ export class ChatRootPeer extends EventEmitter {
   private async appendFailed (peer: Peer, room: Room, frame: MessageFrame, err: unknown): Promise<void> {
     this.emit('append-error', { roomName: room.name, err })
     this.refuse(peer, this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storageFailed(err), contextOf(frame))
+  }
+
+  /** Resolves when the block at `index` may be acked: with SYNC_WRITES on disk, with MIN_MIRRORS on that many mirrors. */
+  private async durable (room: Room, index: number): Promise<void> {
+    if (this.walSync !== null) await this.walSync.sync()
+    if (this.mirrorWaits !== null && this.minMirrors > 0) await this.mirrorWaits.wait(room.core, index + 1, this.minMirrors, this.replicationTimeout)
+  }
+
+  /** Joins the cluster: members' connections carry replication and the cluster channel; mirrored rooms are followed. */
+  private openCluster (store: Corestore, swarm: Hyperswarm): void {
+    const rooms = this.rooms!
+    const cluster = new Cluster({
+      self: this.publicKey!.toString('hex'),
+      members: this.clusterPeers,
+      swarm,
+      // the current store: it is replaced when storage recovers from a failure
+      store: () => this.store!,
+      handlers: {
+        ownRooms: () => this.ownRooms(),
+        onRooms: (member, ads) => {
+          for (const ad of ads) this.track(this.adoptRoom(member, ad).catch(err => this.emit('cluster-error', { member, err })))
+        },
+        onWrite: (member, write) => this.onForwardedWrite(write),
+        onCreate: (member, req) => this.onCreateRoom(req.roomName, req.writerPublicKey)
+      }
+    })
+    cluster.on('member-connected', member => this.emit('member-connected', member))
+    cluster.on('member-disconnected', member => this.emit('member-disconnected', member))
+    cluster.on('member-error', (member, err) => this.emit('member-error', member, err))
+    this.cluster = cluster
+    this.mirrorWaits = new MirrorWaits(key => cluster.isMember(key))
+    this.followMirrored(store)
+    this.watchRooms(rooms)
+    cluster.start()
+  }
+
+  /** Follows every mirrored room in `store`. */
+  private followMirrored (store: Corestore): void {
+    const mirrors = new Mirrors(store, (name, core) => this.rooms?.mirrored(name, Math.min(core.length, core.contiguousLength), core.byteLength))
+    this.mirrors = mirrors
+    for (const info of this.rooms!.list()) {
+      if (info.primary !== undefined) this.track(mirrors.follow(info.name, info.coreKey!, info.primary).catch(err => this.emit('cluster-error', { member: info.primary, err })))
+    }
+  }
+
+  /** A room created here is told to every member, which mirrors it. */
+  private watchRooms (rooms: Rooms): void {
+    rooms.on('created', (name: string) => {
+      this.track(this.adOf(name).then(ad => { if (ad !== null) this.cluster?.announce([ad]) }, err => this.emit('cluster-error', { member: null, err })))
+    })
+  }
+
+  /** The rooms this root peer is primary for, with their core keys. */
+  private async ownRooms (): Promise<RoomAd[]> {
+    const ads: RoomAd[] = []
+    for (const info of [...this.rooms!.list()]) {
+      if (info.primary !== undefined) continue
+      const ad = await this.adOf(info.name)
+      if (ad !== null) ads.push(ad)
+    }
+    return ads
+  }
+
+  private async adOf (name: string): Promise<RoomAd | null> {
+    const key = await this.rooms!.coreKey(name)
+    const info = this.rooms!.info(name)
+    if (key === null || info === undefined) return null
+    const ad: RoomAd = { name, key }
+    if (info.primary !== undefined) ad.primary = info.primary
+    if (info.writerPublicKey !== undefined) ad.writerPublicKey = info.writerPublicKey
+    if (info.promotedFrom !== undefined) ad.promotedFrom = info.promotedFrom
+    return ad
+  }
+
+  /** Mirrors a room another member told us about (unless this root peer holds that name in another core). */
+  private async adoptRoom (from: string, ad: RoomAd): Promise<void> {
+    const cluster = this.cluster!
+    const primary = ad.primary ?? from
+    if (primary === cluster.self || !cluster.isMember(primary) || this.closing) return
+    validateRoomName(ad.name)
+    if (ad.writerPublicKey !== undefined && !keyMatchesName(ad.writerPublicKey, ad.name)) return
+    const fresh = !this.rooms!.has(ad.name)
+    const known = this.rooms!.info(ad.name)
+    const promotedOver = ad.promotedFrom !== undefined && (known?.primary === ad.promotedFrom || (ad.promotedFrom === cluster.self && known?.primary === undefined))
+    if (known !== undefined && promotedOver && known.coreKey !== ad.key) {
+      // the old primary is gone for good and `primary` took its rooms over: follow the new core
+      // (this root peer too, when it is that old primary started again: it hands the room over and stops writing to it)
+      await this.mirrors!.unfollow(ad.name)
+      await this.rooms!.repoint(ad.name, ad.key, primary)
+      await this.mirrors!.follow(ad.name, ad.key, primary)
+      this.emit('room-mirrored', { roomName: ad.name, primary })
+      return
+    }
+    if (!(await this.rooms!.mirror(ad.name, ad.key, primary, ad.writerPublicKey))) {
+      this.emit('room-conflict', { roomName: ad.name, primary, key: ad.key })
+      return
+    }
+    await this.mirrors!.follow(ad.name, ad.key, primary)
+    if (fresh) this.emit('room-mirrored', { roomName: ad.name, primary })
+  }
+
+  /** A new room, in a cluster: created at its rendezvous owner (here, or asked over the cluster channel) and mirrored here. */
+  private async placeRoom (peer: Peer, roomName: string, writerPublicKey?: string): Promise<void> {
+    const cluster = this.cluster!
+    const rooms = this.rooms!
+    const owner = rendezvousOwner(roomName, cluster.all)
+    if (owner === cluster.self) return
+    if (rooms.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
+    this.guard.admitNewRoom(peer.record)
+    const ad = await cluster.request(owner, { op: 'create', roomName, writerPublicKey }, this.replicationTimeout) as RoomAd
+    await this.adoptRoom(owner, ad)
+    if (!rooms.has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
+  }
+
+  /** A member asks this root peer, the rendezvous owner, to create a room (idempotent). */
+  private async onCreateRoom (roomName: string, writerPublicKey?: string): Promise<RoomAd> {
+    validateRoomName(roomName)
+    if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()
+    const rooms = this.rooms!
+    if (!rooms.has(roomName) && rooms.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
+    await rooms.register(roomName, writerPublicKey)
+    const ad = await this.adOf(roomName)
+    if (ad === null) throw RootPeerError.INTERNAL_ERROR(new Error('room without a core key'))
+    if (ad.primary === undefined) ad.primary = this.cluster!.self
+    return ad
+  }
+
+  /** Sends a client's message to the room's primary; acks with the primary's index once this member holds the block too. */
+  private async forward (peer: Peer, frame: MessageFrame, primary: string): Promise<void> {
+    const cluster = this.cluster
+    if (cluster === null || !cluster.connected(primary)) throw RootPeerError.PRIMARY_UNAVAILABLE(primary)
+    if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
+    else await this.joinRoom(peer, frame.roomName, false)
+    const write: ForwardedWrite = { roomName: frame.roomName, message: frame.message, fromPeer: peer.id }
+    if (frame.id !== undefined) write.id = frame.id
+    if (frame.signature !== undefined) write.signature = frame.signature
+    // the primary may wait REPLICATION_TIMEOUT for its mirrors; this waits a little longer for its answer
+    const forwarded = cluster.request(primary, { op: 'write', ...write }, this.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
+      await this.holdBlock(frame.roomName, messageIndex)
+      this.counters.forwardedWrites++
+      if (frame.id !== undefined) this.sendFrame(peer, 'message-ack', encodeAck(JSON.stringify(frame.roomName), frame.id, messageIndex, duplicate === true))
+    }).catch(err => this.refuse(peer, err, contextOf(frame))).finally(() => {
+      if (peer.forwards.get(frame.roomName) === forwarded) peer.forwards.delete(frame.roomName)
+    })
+    // a sync-request this peer writes after the message waits for it, as for a room of this root peer's own
+    peer.forwards.set(frame.roomName, forwarded)
+    this.track(forwarded)
+  }
+
+  /** Resolves once this member has the block `index` of a mirrored room (fetching it from the cluster if needed). */
+  private async holdBlock (roomName: string, index: number): Promise<void> {
+    const room = await this.rooms!.get(roomName, false)
+    if (room === null) throw RootPeerError.INTERNAL_ERROR(new Error(`mirrored room ${roomName} is gone`))
+    try {
+      await room.core.get(index, { timeout: this.replicationTimeout })
+    } catch (err) {
+      throw RootPeerError.NOT_HELD(index, this.replicationTimeout, err)
+    } finally {
+      this.rooms!.release(room)
+    }
+  }
+
+  /** A message another member forwarded to this root peer, the room's primary: stored (deduplicated by id) like a client's. */
+  private async onForwardedWrite (write: ForwardedWrite): Promise<{ messageIndex: number, duplicate: boolean }> {
+    if (this.closing) throw RootPeerError.SHUTTING_DOWN()
+    if (this.storageFailure !== null) throw this.storageFailure
+    const rooms = this.rooms!
+    const info = rooms.info(write.roomName)
+    if (info === undefined || info.primary !== undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(info?.primary ?? this.cluster!.self)
+    if (this.maxStorageBytes > 0 && rooms.totalBytes >= this.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.maxStorageBytes)
+    const room = rooms.hold(write.roomName) ?? (await rooms.get(write.roomName, false))!
+    try {
+      const block = Buffer.from(encodeRecord({
+        message: write.message,
+        storedAt: Date.now(),
+        fromPeer: write.fromPeer,
+        senderPublicKey: write.fromPeer,
+        id: write.id,
+        signature: info.writerPublicKey === undefined ? undefined : write.signature
+      }, JSON.stringify(write.message)))
+      let result: { index: number, duplicate: boolean }
+      try {
+        if (write.id === undefined) {
+          result = { index: await room.append(block), duplicate: false }
+        } else {
+          await room.idsReady()
+          result = await room.storeOnce(write.id, block)
+        }
+      } catch (err) {
+        this.emit('append-error', { roomName: room.name, err })
+        throw this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storageFailed(err)
+      }
+      if (result.duplicate) this.counters.duplicates++
+      else this.stored(room, write.fromPeer, result.index, write.id, block.byteLength, this.onLatency === null ? 0 : performance.now())
+      await this.durable(room, result.index)
+      return { messageIndex: result.index, duplicate: result.duplicate }
+    } finally {
+      rooms.release(room)
+    }
   }
 
   private scheduleSave (): void {
@@ -801,7 +1068,7 @@ function topicSwarm (swarm: Hyperswarm): TopicSwarm {
 }
 
 /** Refusals that are not the peer's fault and do not count towards a ban. */
-const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS'])
+const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
 
 /** First and longest wait between checks of a failed data dir. */
 const STORAGE_RETRY_MIN = 1000

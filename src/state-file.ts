@@ -20,6 +20,12 @@ export interface RoomState {
   firstIndex?: number
   /** bytes of the pruned blocks */
   prunedBytes?: number
+  /** the room's core key, hex (known once its core was opened; for a mirrored room, from the room index) */
+  coreKey?: string
+  /** a mirrored room: the public key (hex) of the cluster member whose core holds it; absent when this root peer is its primary */
+  primary?: string
+  /** a room this root peer took over (`root-peer promote`) from that gone member, hex */
+  promotedFrom?: string
 }
 
 /** The seed's `root-peer-state.json`, field for field. */

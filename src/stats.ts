@@ -19,6 +19,8 @@ export interface Counters {
   stalledPeers: number
   /** times writes started failing (disk full, read-only, I/O error) */
   storageFailures: number
+  /** messages this member forwarded to their room's primary and acked */
+  forwardedWrites: number
 }
 
 export function createCounters (): Counters {
@@ -35,7 +37,8 @@ export function createCounters (): Counters {
     stateSaveFailures: 0,
     bans: 0,
     stalledPeers: 0,
-    storageFailures: 0
+    storageFailures: 0,
+    forwardedWrites: 0
   }
 }
 

@@ -93,6 +93,10 @@ export class RawPeer {
     // look the topic up again until a connection comes: the root peer may still be announcing it
     const retry = setInterval(() => { discovery.refresh().catch(() => {}) }, 1000)
     const [conn] = await connected.finally(() => clearInterval(retry)) as [NoiseStream]
+    this.attach(conn)
+  }
+
+  private attach (conn: NoiseStream): void {
     this.conn = conn
     conn.on('error', () => {})
     conn.on('close', () => { this.closed = true })
@@ -107,6 +111,14 @@ export class RawPeer {
       if (i === -1) this.frames.push(frame)
       else this.waiters.splice(i, 1)[0].resolve(frame)
     })
+  }
+
+  /** Dials one root peer directly by its public key (hex), as a client that pins it. */
+  async connectTo (key: string): Promise<void> {
+    const connected = once(this.swarm, 'connection')
+    this.swarm.joinPeer(Buffer.from(key, 'hex'))
+    const [conn] = await connected as [NoiseStream]
+    this.attach(conn)
   }
 
   send (frame: object | string | Buffer): void {

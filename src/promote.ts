@@ -1,0 +1,168 @@
+import Corestore from 'corestore'
+import type Hypercore from 'hypercore'
+import HyperDHT from 'hyperdht'
+import Hyperswarm, { type NoiseStream } from 'hyperswarm'
+import { DEFAULT_LIMITS, PROTOCOL_VERSION } from './protocol.js'
+import { newChallenge } from './room-auth.js'
+import type { BootstrapNode } from './config.js'
+import { SWARM_KEY_PAIR } from './cluster.js'
+import { coreName, Rooms } from './rooms.js'
+import { openStore } from './data-dir-lock.js'
+
+/** How long `promote` tries to reach the old primary before it counts it as gone. */
+export const REACH_TIMEOUT = 10_000
+/** How long `promote` fetches, from the other members, blocks of the old primary's rooms this mirror lacks. */
+export const CATCH_UP_TIMEOUT = 15_000
+const COPY_BATCH = 256
+
+export interface PromoteOptions {
+  storageDir: string
+  /** the gone member's public key, hex */
+  from: string
+  bootstrap: BootstrapNode[] | null
+  dhtHost: string
+  /** the other members (CLUSTER_PEERS): blocks this mirror lacks are fetched from them first */
+  members?: string[]
+  reachTimeout?: number
+}
+
+export interface Promoted {
+  roomName: string
+  messages: number
+  key: string
+}
+
+/** Why a promotion was refused; the CLI prints `message` and exits 1. */
+export class PromoteError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'PromoteError'
+  }
+}
+
+/**
+ * `root-peer promote --from KEY`, on a stopped mirror: takes over every room the member KEY was
+ * primary for. Refuses while KEY answers on the DHT. Each room's mirrored blocks are appended, in
+ * order, into a core this root peer owns, so every index keeps its meaning; the room index records
+ * the room as this root peer's (with `promotedFrom`), and on its next start it tells the other
+ * members, which follow the new core.
+ */
+export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
+  const { storageDir, from, bootstrap, dhtHost, members = [], reachTimeout = REACH_TIMEOUT } = opts
+  // the store is the data dir's lock: refused while a daemon holds it
+  const store = await openStore(storageDir)
+  try {
+    const keyPair = await store.createKeyPair(SWARM_KEY_PAIR)
+    if (keyPair.publicKey.toString('hex') === from) throw new PromoteError('--from is this root peer\'s own key')
+    if (await reachable(from, bootstrap, dhtHost, reachTimeout)) {
+      throw new PromoteError(`the member ${from} is reachable: promote only a member that is gone for good (stop it, or wait until it is unreachable)`)
+    }
+    const rooms = new Rooms(store)
+    await rooms.load(null)
+    const promoted: Promoted[] = []
+    const taken = [...rooms.list()].filter(info => info.primary === from)
+    const mirroredCores = taken.map(info => store.get({ key: Buffer.from(info.coreKey!, 'hex') }))
+    try {
+      await Promise.all(mirroredCores.map(core => core.ready()))
+      // an acked block may be on another mirror only (MIN_MIRRORS below the mirrors): fetch what they have
+      const others = members.filter(m => m !== from && m !== keyPair.publicKey.toString('hex'))
+      if (others.length > 0 && mirroredCores.length > 0) await catchUp(store, keyPair, others, bootstrap, dhtHost, mirroredCores)
+      for (const [i, info] of taken.entries()) {
+        const mirrored = mirroredCores[i]
+        const own = store.get({ name: coreName(info.name) })
+        await own.ready()
+        if (mirrored.contiguousLength < mirrored.length) {
+          throw new PromoteError(`room ${info.name}: only ${mirrored.contiguousLength} of the ${mirrored.length} blocks known are held here; promote the member that holds them all`)
+        }
+        // a copy interrupted before is continued where it stopped
+        for (let at = own.length; at < mirrored.length; at += COPY_BATCH) {
+          const blocks: Buffer[] = []
+          for (let i = at; i < Math.min(mirrored.length, at + COPY_BATCH); i++) blocks.push((await mirrored.get(i, { wait: false }))!)
+          await own.append(blocks)
+        }
+        const key = own.key.toString('hex')
+        await rooms.promote(info.name, key, from)
+        promoted.push({ roomName: info.name, messages: own.length, key })
+        await own.close()
+      }
+    } finally {
+      await Promise.allSettled(mirroredCores.map(core => core.close()))
+      await rooms.close()
+    }
+    return promoted
+  } finally {
+    await store.close()
+  }
+}
+
+/**
+ * True when a connection to `key` opens within `timeout` ms. The probe uses a throwaway key, so the old
+ * primary takes it as a client: with this member's own key, a member dialing this key at the same moment
+ * could have Hyperswarm drop the probe as a duplicate, and a live primary would look gone.
+ */
+async function reachable (key: string, bootstrap: BootstrapNode[] | null, host: string, timeout: number): Promise<boolean> {
+  const dht = new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), host, ephemeral: true })
+  try {
+    const socket = dht.connect(Buffer.from(key, 'hex'))
+    return await new Promise<boolean>(resolve => {
+      const timer = setTimeout(() => resolve(false), timeout)
+      socket.on('open', () => { clearTimeout(timer); resolve(true) })
+      socket.on('error', () => { clearTimeout(timer); resolve(false) })
+      socket.on('close', () => { clearTimeout(timer); resolve(false) })
+    }).finally(() => socket.destroy())
+  } finally {
+    await dht.destroy()
+  }
+}
+
+/**
+ * Replicates the store with the other members for up to CATCH_UP_TIMEOUT, so each core learns the longest
+ * length any of them has and downloads every block up to it. A member's connection starts with the
+ * announcements, as between running members; no cluster channel is opened. The swarm listens too: the
+ * members keep dialing this key, and Hyperswarm keeps one of the two connections of a pair.
+ */
+async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKey: Buffer }, members: string[], bootstrap: BootstrapNode[] | null, host: string, cores: Hypercore[]): Promise<void> {
+  const swarm = new Hyperswarm({ dht: new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), host, keyPair }), keyPair })
+  const announcement = JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: keyPair.publicKey.toString('hex'), limits: DEFAULT_LIMITS, challenge: newChallenge() })
+  swarm.on('connection', (conn: NoiseStream) => {
+    conn.on('error', () => {})
+    if (!members.includes(conn.remotePublicKey.toString('hex'))) {
+      conn.destroy()
+      return
+    }
+    conn.write(announcement)
+    conn.once('data', () => store.replicate(conn))
+  })
+  await swarm.listen()
+  for (const member of members) swarm.joinPeer(Buffer.from(member, 'hex'))
+  const deadline = Date.now() + CATCH_UP_TIMEOUT
+  const left = (): number => Math.max(0, deadline - Date.now())
+  try {
+    await Promise.all(cores.map(async core => {
+      // replicated with every member reachable now (or until the deadline)
+      // and each of them has told its length (its sync message)
+      while ((core.peers.length < members.length || core.peers.some(p => !p.remoteSynced)) && left() > 0) await sleep(Math.min(50, left()))
+      const synced = core.peers.filter(p => p.remoteSynced)
+      const longest = Math.max(0, ...synced.map(p => p.remoteLength))
+      while (core.length < longest && left() > 0) await withTimeout(core.update({ wait: true }), Math.min(1000, left()))
+      if (core.contiguousLength < core.length) await withTimeout(core.download({ start: 0, end: core.length }).done(), left())
+      // a member that could not be asked may hold acked blocks this one lacks: never promote a shorter history silently
+      if (synced.length < members.length) {
+        throw new PromoteError(`could not fetch this room's blocks from every other member within ${CATCH_UP_TIMEOUT / 1000} s (${synced.length} of ${members.length} answered); run promote again, or leave a member that is gone for good out of CLUSTER_PEERS for the promote run`)
+      }
+    }))
+  } finally {
+    await swarm.destroy()
+  }
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+/** Resolves when `promise` settles or `ms` pass, whichever is first; never rejects. */
+async function withTimeout (promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | null = null
+  await Promise.race([promise.catch(() => {}), new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })])
+  if (timer !== null) clearTimeout(timer)
+}

@@ -1,0 +1,391 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import Corestore from 'corestore'
+import type { Testnet } from 'hyperdht/testnet.js'
+import { once } from 'node:events'
+import { RootPeerClient, type MessageAck } from '../src/client.js'
+import { readPublicKey } from '../src/cluster.js'
+import { coreName } from '../src/rooms.js'
+import { rendezvousOwner } from '../src/rendezvous.js'
+import { RawPeer, bootstrapEnv, daemon, runBin, teardown, testnet, tmpDir, type Daemon } from './helpers.js'
+
+const NO_RATES = { RATE_MESSAGES: '0', RATE_BYTES: '0', RATE_SYNCS: '0', RATE_NEW_ROOMS: '0', RATE_REGISTERS: '0' }
+
+interface Member { d: Daemon, key: string, storage: string }
+
+/** A member's daemon: a child process of src/bin.ts with the other members' keys in CLUSTER_PEERS. */
+function startMember (t: any, net: Testnet, storage: string, keys: string[], key: string, extra: Record<string, string>): Member {
+  const d = daemon(t, [], {
+    STORAGE_DIR: storage,
+    DHT_BOOTSTRAP: bootstrapEnv(net),
+    DHT_HOST: '127.0.0.1',
+    STATS_INTERVAL: '0',
+    CLUSTER_PEERS: keys.filter(k => k !== key).join(','),
+    ...NO_RATES,
+    ...extra
+  })
+  if (process.env.CLUSTER_DEBUG) {
+    d.child.stdout!.on('data', (chunk: string) => process.stderr.write(`[${key.slice(0, 4)}] ${chunk}`))
+    d.child.stderr!.on('data', (chunk: string) => process.stderr.write(`[${key.slice(0, 4)} ERR] ${chunk}`))
+  }
+  return { d, key, storage }
+}
+
+/** Resolves once `d` logs that `member` connected, counting only lines from `from` on. */
+function memberConnected (d: Daemon, member: string, from = 0): Promise<unknown> {
+  return d.line(l => l.msg === 'cluster member connected' && l.member === member && d.lines.indexOf(l) >= from, 30_000)
+}
+
+/** Three (or `n`) members on one testnet, each learning the others' keys from their data dirs before they start. */
+async function startCluster (t: any, net: Testnet, extra: Record<string, string> = {}, n = 3): Promise<Member[]> {
+  const storages: string[] = []
+  for (let i = 0; i < n; i++) storages.push(await tmpDir(t, 'root-peer-cluster-'))
+  // the same key `root-peer key` prints: derived from the data dir's store
+  const keys: string[] = []
+  for (const s of storages) keys.push(await readPublicKey(s))
+  // one after the other: each dials the ones already up, and finds them at once
+  const members: Member[] = []
+  for (let i = 0; i < n; i++) {
+    const m = startMember(t, net, storages[i], keys, keys[i], extra)
+    assert.equal(await m.d.ready(), m.key)
+    members.push(m)
+  }
+  await Promise.all(members.flatMap(m => members.filter(o => o !== m).map(o => memberConnected(m.d, o.key))))
+  return members
+}
+
+/** A room name whose rendezvous owner is `owner`. */
+function roomOwnedBy (members: Member[], owner: Member, prefix: string): string {
+  const keys = members.map(m => m.key)
+  for (let i = 0; ; i++) if (rendezvousOwner(`${prefix}-${i}`, keys) === owner.key) return `${prefix}-${i}`
+}
+
+/** A client connection pinned to one member. */
+async function dial (t: any, net: Testnet, member: Member): Promise<RawPeer> {
+  const peer = new RawPeer(net)
+  teardown(t, () => peer.close())
+  await peer.connectTo(member.key)
+  await peer.nextOfType('root-peer-announcement')
+  return peer
+}
+
+/** Every message of a room as one member serves it. */
+async function readAt (t: any, net: Testnet, member: Member, room: string): Promise<any[]> {
+  const peer = await dial(t, net, member)
+  const { messages } = await peer.syncAll(room)
+  await peer.close()
+  return messages
+}
+
+/** Reads the room at `member` until it serves `length` messages (it follows the primary, or the other mirrors, live). */
+async function readUntil (t: any, net: Testnet, member: Member, room: string, length: number): Promise<any[]> {
+  const peer = await dial(t, net, member)
+  const deadline = Date.now() + 20_000
+  let messages: any[] = []
+  while (Date.now() < deadline) {
+    messages = (await peer.syncAll(room)).messages
+    if (messages.length >= length) break
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  await peer.close()
+  return messages
+}
+
+/** Opens a stopped member's store in this process: the room's core, by key, for `fn`. */
+async function withCore<T> (storage: string, key: Buffer, fn: (core: any) => Promise<T>): Promise<T> {
+  const store = new Corestore(storage)
+  try {
+    const core = store.get({ key })
+    await core.ready()
+    return await fn(core)
+  } finally {
+    await store.close()
+  }
+}
+
+async function coreKeyOf (storage: string, room: string): Promise<Buffer> {
+  const store = new Corestore(storage)
+  try {
+    const core = store.get({ name: coreName(room) })
+    await core.ready()
+    return core.key
+  } finally {
+    await store.close()
+  }
+}
+
+/** Sends messages with ids and resolves with their acks (or error frames), by id. */
+async function sendAll (peer: RawPeer, room: string, ids: string[]): Promise<Map<string, any>> {
+  for (const id of ids) peer.send({ type: 'message', roomName: room, message: `payload of ${id}`, id })
+  const answers = new Map<string, any>()
+  for (const id of ids) answers.set(id, await peer.next(f => f.id === id, 30_000))
+  return answers
+}
+
+test('MIN_MIRRORS=1: an ack means a second member has the block; kill -9 of the primary after a burst loses no ack; survivors identical; primary down: reads served, writes PRIMARY_UNAVAILABLE; primary back: indices continue, fork 0', async t => {
+  const net = await testnet(t)
+  const members = await startCluster(t, net, { MIN_MIRRORS: '1', REPLICATION_TIMEOUT: '5s' })
+  const [a, b, c] = members
+  const room = roomOwnedBy(members, a, 'durable')
+  const writer = await dial(t, net, a)
+  writer.send({ type: 'register-room', roomName: room, requestId: 'reg' })
+  assert.equal((await writer.next(f => f.requestId === 'reg')).type, 'room-registered')
+
+  // one at a time: when the ack arrives, B or C already serves the message
+  const readers = [await dial(t, net, b), await dial(t, net, c)]
+  for (let i = 0; i < 5; i++) {
+    const ack = (await sendAll(writer, room, [`one-${i}`])).get(`one-${i}`)
+    assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
+    assert.equal(ack.messageIndex, i)
+    const served = await Promise.all(readers.map(async (r, k) => {
+      r.send({ type: 'sync-request', roomName: room, lastIndex: i, limit: 1, requestId: `s${i}-${k}` })
+      const page = await r.next(f => f.requestId === `s${i}-${k}`)
+      return page.messages.some((m: any) => m.id === `one-${i}` && m.messageIndex === i)
+    }))
+    assert.ok(served.includes(true), `ack ${i}: a second member holds the message`)
+  }
+  for (const r of readers) await r.close()
+
+  // a burst, then kill -9 of the primary as soon as the last ack is in
+  const ids = Array.from({ length: 300 }, (_, i) => `burst-${i}`)
+  const acks = await sendAll(writer, room, ids)
+  a.d.child.kill('SIGKILL')
+  assert.equal((await a.d.exited).signal, 'SIGKILL')
+  for (const [id, ack] of acks) assert.equal(ack.type, 'message-ack', `${id}: ${JSON.stringify(ack)}`)
+  const total = 5 + ids.length
+
+  // both survivors serve every acked message, at its index (they also replicate from each other)
+  for (const m of [b, c]) {
+    const messages = await readUntil(t, net, m, room, total)
+    assert.equal(messages.length, total, 'every acked message is served by each survivor')
+    for (const [id, ack] of acks) assert.equal(messages[ack.messageIndex].id, id)
+  }
+
+  // primary down (once B has noticed): reads are served, writes are refused and never acked
+  await b.d.line(l => l.msg.startsWith('cluster member disconnected') && l.member === a.key, 30_000)
+  const atB = await dial(t, net, b)
+  atB.send({ type: 'message', roomName: room, message: 'while down', id: 'down-1' })
+  const refused = await atB.next(f => f.id === 'down-1')
+  assert.equal(refused.type, 'error')
+  assert.equal(refused.code, 'PRIMARY_UNAVAILABLE')
+  const health = await fetch(new URL('/health', (await b.d.line(l => l.url !== undefined)).url))
+  const body = await health.json() as any
+  assert.deepEqual(body.cluster.find((m: any) => m.publicKey === a.key), { publicKey: a.key, connected: false })
+
+  // primary back on the same data dir: indices continue where they were
+  const fromB = b.d.lines.length
+  const fromC = c.d.lines.length
+  const keys = members.map(m => m.key)
+  const a2 = startMember(t, net, a.storage, keys, a.key, { MIN_MIRRORS: '1', REPLICATION_TIMEOUT: '5s' })
+  await a2.d.ready()
+  await Promise.all([memberConnected(b.d, a.key, fromB), memberConnected(c.d, a.key, fromC)])
+  atB.send({ type: 'message', roomName: room, message: 'after', id: 'after-1' })
+  const after = await atB.next(f => f.id === 'after-1', 30_000)
+  assert.equal(after.type, 'message-ack', JSON.stringify(after))
+  assert.equal(after.messageIndex, total, 'the next index after every acked one')
+  await atB.close()
+  await writer.close()
+  await readUntil(t, net, c, room, total + 1)
+
+  // the same blocks, the same tree hash and fork 0 on every member (read from their stores once stopped)
+  for (const m of [a2, b, c]) assert.equal((await m.d.stop('SIGTERM')).code, 0)
+  const key = await coreKeyOf(a.storage, room)
+  const copies = await Promise.all([a, b, c].map(m => withCore(m.storage, key, async core => {
+    const blocks: string[] = []
+    for (let i = 0; i < total + 1; i++) blocks.push((await core.get(i, { wait: false }))?.toString('utf8') ?? 'missing')
+    return { fork: core.fork as number, length: core.length as number, hash: (await core.treeHash(total + 1)).toString('hex'), blocks }
+  })))
+  for (const copy of copies) {
+    assert.equal(copy.fork, 0)
+    assert.equal(copy.length, total + 1)
+    assert.equal(copy.hash, copies[0].hash)
+    assert.deepEqual(copy.blocks, copies[0].blocks)
+  }
+})
+
+test('write anywhere: a message at a mirror is forwarded and acked with the primary\'s index, readable there at once; one new room registered at two members at once is one room; fewer than MIN_MIRRORS mirrors: NOT_REPLICATED, then the resend is acked once', async t => {
+  const net = await testnet(t)
+  const extra = { MIN_MIRRORS: '2', REPLICATION_TIMEOUT: '2s' }
+  const members = await startCluster(t, net, extra)
+  const [a, b, c] = members
+  const room = roomOwnedBy(members, a, 'anywhere')
+  const atA = await dial(t, net, a)
+  const atB = await dial(t, net, b)
+  const atC = await dial(t, net, c)
+
+  // registered at B, created at its owner A, mirrored by B and C
+  atB.send({ type: 'register-room', roomName: room, requestId: 'reg-b' })
+  assert.equal((await atB.next(f => f.requestId === 'reg-b')).type, 'room-registered')
+  const expected: string[] = []
+  for (const [peer, label] of [[atB, 'b'], [atC, 'c'], [atA, 'a'], [atB, 'b2']] as const) {
+    const id = `w-${label}`
+    peer.send({ type: 'message', roomName: room, message: `from ${label}`, id })
+    const ack = await peer.next(f => f.id === id, 15_000)
+    assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
+    assert.equal(ack.messageIndex, expected.length, `${id} is acked with the primary's next index`)
+    expected.push(id)
+    // the member that acked holds the block: the writer reads its own write there at once
+    peer.send({ type: 'sync-request', roomName: room, lastIndex: ack.messageIndex, requestId: `r-${id}` })
+    const page = await peer.next(f => f.requestId === `r-${id}`)
+    assert.equal(page.messages[0]?.id, id)
+  }
+  // frames stay in order at a mirror: a sync-request written right after a message, before its ack, sees it
+  atC.send({ type: 'message', roomName: room, message: 'then read', id: 'w-c2' })
+  atC.send({ type: 'sync-request', roomName: room, lastIndex: expected.length, requestId: 'r-ordered' })
+  const ordered = await atC.next(f => f.requestId === 'r-ordered', 15_000)
+  assert.deepEqual(ordered.messages.map((m: any) => m.id), ['w-c2'])
+  expected.push('w-c2')
+  for (const m of members) assert.deepEqual((await readUntil(t, net, m, room, expected.length)).map(x => x.id), expected)
+
+  // one new room, registered by two clients at two members at the same moment: one core, one numbering
+  const shared = roomOwnedBy(members, b, 'together')
+  atB.send({ type: 'register-room', roomName: shared, requestId: 'together-b' })
+  atC.send({ type: 'register-room', roomName: shared, requestId: 'together-c' })
+  assert.equal((await atB.next(f => f.requestId === 'together-b')).type, 'room-registered')
+  assert.equal((await atC.next(f => f.requestId === 'together-c')).type, 'room-registered')
+  atB.send({ type: 'message', roomName: shared, message: 'b', id: 'tb' })
+  atC.send({ type: 'message', roomName: shared, message: 'c', id: 'tc' })
+  const indices = [(await atB.next(f => f.id === 'tb', 15_000)).messageIndex, (await atC.next(f => f.id === 'tc', 15_000)).messageIndex]
+  assert.deepEqual(indices.sort(), [0, 1])
+  for (const m of members) assert.deepEqual((await readUntil(t, net, m, shared, 2)).map(x => x.id).sort(), ['tb', 'tc'])
+
+  const url = (await b.d.line(l => l.url !== undefined)).url as string
+  // B forwarded w-b and w-b2 (it is the primary of the shared room)
+  const metrics = await (await fetch(new URL('/metrics', url))).text()
+  assert.match(metrics, /^root_peer_cluster_members_connected 2$/m)
+  assert.match(metrics, /^root_peer_forwarded_writes_total 2$/m)
+  assert.match(metrics, new RegExp(`^root_peer_mirror_lag_blocks\\{primary="${a.key}"\\} 0$`, 'm'))
+  assert.match(metrics, new RegExp(`^root_peer_mirror_lag_seconds\\{primary="${a.key}"\\} 0$`, 'm'))
+  // A, the primary, sees B and C caught up on its open room
+  const fromPrimary = await (await fetch(new URL('/metrics', (await a.d.line(l => l.url !== undefined)).url))).text()
+  for (const m of [b, c]) assert.match(fromPrimary, new RegExp(`^root_peer_replica_lag_blocks\\{mirror="${m.key}"\\} 0$`, 'm'))
+
+  // C stops: A has one mirror of the two required, so the message is not acked
+  const fromA = a.d.lines.length
+  assert.equal((await c.d.stop('SIGTERM')).code, 0)
+  await a.d.line(l => l.msg.startsWith('cluster member disconnected') && l.member === c.key && a.d.lines.indexOf(l) >= fromA, 15_000)
+  atA.send({ type: 'message', roomName: room, message: 'needs two mirrors', id: 'nr-1' })
+  const refused = await atA.next(f => f.id === 'nr-1', 15_000)
+  assert.equal(refused.type, 'error')
+  assert.equal(refused.code, 'NOT_REPLICATED')
+  assert.equal(refused.minMirrors, 2)
+
+  // C back: the resend is deduplicated and acked with the index the first attempt got
+  const keys = members.map(m => m.key)
+  const c2 = startMember(t, net, c.storage, keys, c.key, extra)
+  await c2.d.ready()
+  await memberConnected(a.d, c.key, fromA)
+  atA.send({ type: 'message', roomName: room, message: 'needs two mirrors', id: 'nr-1' })
+  const ack = await atA.next(f => f.id === 'nr-1', 15_000)
+  assert.deepEqual(ack, { type: 'message-ack', roomName: room, id: 'nr-1', messageIndex: expected.length, duplicate: true })
+  assert.deepEqual((await readUntil(t, net, c2, room, expected.length + 1)).map(x => x.id), [...expected, 'nr-1'])
+})
+
+test('client failover: a client pinned to two members moves to the other when its member is killed (kill -9), resends its unacked messages there, and loses no acked message', async t => {
+  const net = await testnet(t)
+  const members = await startCluster(t, net, { MIN_MIRRORS: '1' })
+  const [a, b, c] = members
+  const room = roomOwnedBy(members, a, 'failover')
+  // a short connection timeout: root peers send a keep-alive every 5 s, and B will die without closing
+  const client = new RootPeerClient({ bootstrap: net.bootstrap, dhtHost: '127.0.0.1', rootPublicKeys: [b.key, c.key], connectionTimeout: 7000, requestTimeout: 15_000 })
+  teardown(t, () => client.close())
+  await client.ready()
+  // B is dialed first, but the discovery topic may find C first: either is one of the two pinned
+  const first = [b, c].find(m => m.key === client.rootPublicKey)!
+  const other = first === b ? c : b
+  assert.ok(first !== undefined, 'connected to a pinned member')
+  await client.registerRoom(room)
+
+  const N = 80
+  let acked = 0
+  const killed = new Promise<void>(resolve => {
+    client.on('ack-counted', () => { if (acked === 20) resolve() })
+  })
+  const sends: Array<Promise<MessageAck>> = []
+  for (let i = 0; i < N; i++) {
+    sends.push(client.sendMessage(room, `message ${i}`, { id: `fo-${i}` }).then(ack => {
+      acked++
+      client.emit('ack-counted')
+      return ack
+    }))
+  }
+  await killed
+  const movedTo = once(client, 'connect')
+  first.d.child.kill('SIGKILL')
+  const unackedAtKill = client.unacked
+  assert.ok(unackedAtKill > 0, 'messages were in flight when the member died')
+  assert.equal((await movedTo)[0], other.key, 'the client moved to the other pinned member')
+  const acks = await Promise.all(sends)
+  assert.equal(acks.length, N)
+  console.log(`failover: ${unackedAtKill} of ${N} messages unacked when the member was killed, all acked after the move`)
+  const byIndex = new Map(acks.map(ack => [ack.messageIndex, ack.id]))
+  assert.equal(byIndex.size, N, 'every message has its own index')
+  for (const m of [a, other]) {
+    const messages = await readUntil(t, net, m, room, N)
+    assert.equal(messages.length, N, 'nothing is stored twice')
+    for (const ack of acks) assert.equal(messages[ack.messageIndex].id, ack.id, `${ack.id} is at its acked index on ${m === a ? 'the primary' : 'the member the client moved to'}`)
+  }
+})
+
+test('promotion: refused while the old primary runs; after it is gone, root-peer promote on a mirror fetches what it lacks from the other mirror, takes the rooms over, every index keeps its meaning, and the other members follow the new primary', async t => {
+  const net = await testnet(t)
+  const extra = { MIN_MIRRORS: '1' }
+  const members = await startCluster(t, net, extra)
+  const [a, b, c] = members
+  const keys = members.map(m => m.key)
+  const room = roomOwnedBy(members, a, 'promoted')
+  const atA = await dial(t, net, a)
+  const ids = Array.from({ length: 40 }, (_, i) => `p-${i}`)
+  for (const [id, ack] of await sendAll(atA, room, ids)) assert.equal(ack.type, 'message-ack', `${id}: ${JSON.stringify(ack)}`)
+  assert.deepEqual((await readUntil(t, net, b, room, ids.length)).map(m => m.id), ids)
+
+  // B stopped; 20 more acked with C as the only mirror: B, the member to promote, lacks them
+  assert.equal((await b.d.stop('SIGTERM')).code, 0)
+  const later = Array.from({ length: 20 }, (_, i) => `p-${ids.length + i}`)
+  for (const [id, ack] of await sendAll(atA, room, later)) assert.equal(ack.type, 'message-ack', `${id}: ${JSON.stringify(ack)}`)
+  await atA.close()
+  ids.push(...later)
+  const before = await readUntil(t, net, c, room, ids.length)
+  assert.deepEqual(before.map(m => m.id), ids)
+
+  // A still running: refused
+  const promoteEnv = { STORAGE_DIR: b.storage, DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1', CLUSTER_PEERS: keys.filter(k => k !== b.key).join(',') }
+  const refused = await runBin(['promote', '--from', a.key], promoteEnv)
+  assert.equal(refused.code, 1, refused.stderr)
+  assert.match(refused.stderr, /promote refused: the member [0-9a-f]{64} is reachable/)
+
+  // A gone for good: B fetches the 20 blocks it lacks from C, then takes A's rooms over
+  a.d.child.kill('SIGKILL')
+  await a.d.exited
+  // a catch-up that could not ask every other member refuses (exit 1): the operator runs it again
+  let done = await runBin(['promote', '--from', a.key], promoteEnv)
+  for (let attempt = 1; attempt < 3 && done.code === 1 && done.stderr.includes('could not fetch'); attempt++) done = await runBin(['promote', '--from', a.key], promoteEnv)
+  assert.equal(done.code, 0, done.stderr)
+  const result = JSON.parse(done.stdout.trim().split('\n').pop()!)
+  assert.deepEqual(result.rooms.map((r: any) => [r.roomName, r.messages]), [[room, ids.length]])
+
+  // B back: C learns the new primary and follows its core; writes anywhere continue the numbering
+  const fromC = c.d.lines.length
+  const b2 = startMember(t, net, b.storage, keys, b.key, extra)
+  await b2.d.ready()
+  await c.d.line(l => l.msg === 'mirroring room' && l.roomName === room && l.primary === b.key && c.d.lines.indexOf(l) >= fromC, 30_000)
+  const atC = await dial(t, net, c)
+  atC.send({ type: 'message', roomName: room, message: 'after promotion', id: 'p-after' })
+  const ack = await atC.next(f => f.id === 'p-after', 15_000)
+  assert.deepEqual(ack, { type: 'message-ack', roomName: room, id: 'p-after', messageIndex: ids.length })
+  for (const m of [b2, c]) {
+    const messages = await readUntil(t, net, m, room, ids.length + 1)
+    assert.deepEqual(messages.map(x => x.id), [...ids, 'p-after'])
+    // the same records (contents, storedAt, sender) at the same indices as before the promotion
+    assert.deepEqual(messages.slice(0, ids.length), before)
+  }
+
+  // the old primary started again on its data dir hands the room over: it mirrors B's core, and its writes go to B
+  const a2 = startMember(t, net, a.storage, keys, a.key, extra)
+  await a2.d.ready()
+  await a2.d.line(l => l.msg === 'mirroring room' && l.roomName === room && l.primary === b.key, 30_000)
+  const atA2 = await dial(t, net, a2)
+  atA2.send({ type: 'message', roomName: room, message: 'at the old primary', id: 'p-old' })
+  assert.deepEqual(await atA2.next(f => f.id === 'p-old', 15_000), { type: 'message-ack', roomName: room, id: 'p-old', messageIndex: ids.length + 1 })
+  assert.deepEqual((await readUntil(t, net, b2, room, ids.length + 2)).map(x => x.id), [...ids, 'p-after', 'p-old'])
+})

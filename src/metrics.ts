@@ -40,11 +40,18 @@ export class Metrics {
     this.counter('root_peer_stalled_peers_total', 'Peers disconnected for leaving the root peer\'s writes unread past STALL_TIMEOUT', rp => rp.counters.stalledPeers)
     this.counter('root_peer_pruned_messages_total', 'Messages pruned by retention since the process started', rp => rp.pruned.messages)
     this.counter('root_peer_pruned_bytes_total', 'Message bytes reclaimed by retention since the process started', rp => rp.pruned.bytes)
-    this.roomBytes()
+    this.labelledGauge('root_peer_room_bytes', `Message bytes held, for each of the ${TOP_ROOMS} rooms that hold the most`, 'room',
+      rp => rp.largestRooms(TOP_ROOMS).map(r => [r.name, r.bytes]))
     this.counter('root_peer_storage_failures_total', 'Times writes started failing (disk full, read-only disk, I/O error)', rp => rp.counters.storageFailures)
     this.gauge('root_peer_cluster_members_connected', 'Other cluster members (CLUSTER_PEERS) connected now', rp => rp.health().cluster?.filter(m => m.connected).length ?? 0)
     this.counter('root_peer_forwarded_writes_total', 'Messages this member forwarded to their room\'s primary and acked', rp => rp.counters.forwardedWrites)
-    this.mirrorLag()
+    // replication lag: as a mirror, per primary (blocks and seconds); as a primary, per mirror (blocks)
+    this.labelledGauge('root_peer_mirror_lag_blocks', 'Blocks a primary cluster member has announced that this member (its mirror) has not stored yet, by primary', 'primary',
+      rp => [...rp.mirrorLag()].map(([primary, { blocks }]) => [primary, blocks]))
+    this.labelledGauge('root_peer_mirror_lag_seconds', 'Seconds since this member (a mirror) fell behind a primary cluster member, by primary; 0 when caught up', 'primary',
+      rp => [...rp.mirrorLag()].map(([primary, { seconds }]) => [primary, seconds]))
+    this.labelledGauge('root_peer_replica_lag_blocks', 'Blocks of this member\'s own open rooms that a mirror has not announced as stored, by mirror', 'mirror',
+      rp => rp.replicaLag())
     this.labelled('root_peer_frames_received_total', 'Frames received, by type (`invalid`: not decodable)', 'type', rp => rp.counters.framesReceived)
     this.labelled('root_peer_frames_sent_total', 'Frames sent, by type', 'type', rp => rp.counters.framesSent)
     this.labelled('root_peer_errors_total', 'Refusals and failures, by error code', 'code', rp => rp.counters.errors)
@@ -88,56 +95,18 @@ export class Metrics {
     })
   }
 
-  /** The message bytes each of the largest rooms holds (the largest only, so the series stay few). */
-  private roomBytes (): void {
+  /** A gauge with one label, its series replaced at each scrape by the pairs `read` gives. */
+  private labelledGauge (name: string, help: string, label: string, read: Read<Iterable<[string, number]>>): void {
     const self = this
     new Gauge({
-      name: 'root_peer_room_bytes',
-      help: `Message bytes held, for each of the ${TOP_ROOMS} rooms that hold the most`,
-      labelNames: ['room'],
+      name,
+      help,
+      labelNames: [label],
       registers: [this.registry],
       collect () {
         if (self.rootPeer === null) return
         this.reset()
-        for (const r of self.rootPeer.largestRooms(TOP_ROOMS)) this.set({ room: r.name }, r.bytes)
-      }
-    })
-  }
-
-  /** Replication lag: as a mirror, per primary (blocks and seconds); as a primary, per mirror (blocks). */
-  private mirrorLag (): void {
-    const self = this
-    new Gauge({
-      name: 'root_peer_mirror_lag_blocks',
-      help: 'Blocks a primary cluster member has announced that this member (its mirror) has not stored yet, by primary',
-      labelNames: ['primary'],
-      registers: [this.registry],
-      collect () {
-        if (self.rootPeer === null) return
-        this.reset()
-        for (const [primary, { blocks }] of self.rootPeer.mirrorLag()) this.set({ primary }, blocks)
-      }
-    })
-    new Gauge({
-      name: 'root_peer_mirror_lag_seconds',
-      help: 'Seconds since this member (a mirror) fell behind a primary cluster member, by primary; 0 when caught up',
-      labelNames: ['primary'],
-      registers: [this.registry],
-      collect () {
-        if (self.rootPeer === null) return
-        this.reset()
-        for (const [primary, { seconds }] of self.rootPeer.mirrorLag()) this.set({ primary }, seconds)
-      }
-    })
-    new Gauge({
-      name: 'root_peer_replica_lag_blocks',
-      help: 'Blocks of this member\'s own open rooms that a mirror has not announced as stored, by mirror',
-      labelNames: ['mirror'],
-      registers: [this.registry],
-      collect () {
-        if (self.rootPeer === null) return
-        this.reset()
-        for (const [mirror, blocks] of self.rootPeer.replicaLag()) this.set({ mirror }, blocks)
+        for (const [value, n] of read(self.rootPeer)) this.set({ [label]: value }, n)
       }
     })
   }

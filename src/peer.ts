@@ -86,8 +86,7 @@ export class Peer {
     if (this.closed) return
     this.closed = true
     this.queue.length = 0
-    this.conn.end()
-    setTimeout(() => this.conn.destroy(), CLOSE_GRACE).unref()
+    endConnection(this.conn, CLOSE_GRACE).catch(() => {})
   }
 
   private push (data: Buffer): void {
@@ -115,4 +114,24 @@ export class Peer {
     }
     this.running = false
   }
+}
+
+/**
+ * Ends a connection (with `lastFrame` as its last write), and destroys it if the peer has not ended its
+ * side within `timeout` ms, so no peer can hold a half-open stream. Resolves once it is closed.
+ */
+export function endConnection (conn: NoiseStream, timeout: number, lastFrame?: string): Promise<void> {
+  if (conn.destroyed) return Promise.resolve()
+  return new Promise(resolve => {
+    const timer = setTimeout(() => {
+      conn.destroy()
+      resolve()
+    }, timeout)
+    conn.once('close', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    if (lastFrame === undefined) conn.end()
+    else conn.end(lastFrame)
+  })
 }

@@ -9,7 +9,7 @@ import { openStore } from './data-dir-lock.js'
 import { freeBytes, fullBelow, writable } from './disk.js'
 import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
-import { CLOSE_GRACE, Peer } from './peer.js'
+import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
 import {
   DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic, validateRoomName,
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
@@ -478,7 +478,7 @@ export class ChatRootPeer extends EventEmitter {
     if (this.rooms !== null) await this.rooms.settled()
     if (this.rooms !== null) await this.save()
 
-    await Promise.all([...this.peers.values()].map(peer => endGracefully(peer.conn, CLOSE_CONNECTIONS_TIMEOUT)))
+    await Promise.all([...this.peers.values()].map(peer => endConnection(peer.conn, CLOSE_CONNECTIONS_TIMEOUT)))
     if (this.swarm !== null) await this.swarm.destroy()
     if (this.mirrors !== null) await this.mirrors.close()
     if (this.rooms !== null) await this.rooms.close()
@@ -501,9 +501,7 @@ export class ChatRootPeer extends EventEmitter {
     }
     if (this.peers.size >= this.maxPeers) {
       const err = RootPeerError.TOO_MANY_PEERS(this.maxPeers)
-      conn.end(JSON.stringify({ type: 'error', code: err.code, message: err.message, ...err.details }))
-      // a refused peer that does not end its side is not left holding a half-open stream
-      setTimeout(() => conn.destroy(), CLOSE_GRACE).unref()
+      endConnection(conn, CLOSE_GRACE, JSON.stringify({ type: 'error', code: err.code, message: err.message, ...err.details })).catch(() => {})
       bump(this.counters.errors, err.code)
       this.emit('peer-refused', conn.remotePublicKey.toString('hex'), err)
       return
@@ -601,15 +599,7 @@ export class ChatRootPeer extends EventEmitter {
     // the room stays held (its core open) until the append is done
     let queued = false
     try {
-      const block = Buffer.from(encodeRecord({
-        message: frame.message,
-        storedAt: Date.now(),
-        fromPeer: peer.id,
-        senderPublicKey: peer.id,
-        id: frame.id,
-        // kept with the message, so members can check it themselves
-        signature: writerPublicKey === undefined ? undefined : frame.signature
-      }, frame.messageJson))
+      const block = messageBlock(frame.message, frame.messageJson, peer.id, frame.id, writerPublicKey === undefined ? undefined : frame.signature)
 
       const started = this.onLatency === null ? 0 : performance.now()
       // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
@@ -967,14 +957,7 @@ export class ChatRootPeer extends EventEmitter {
     if (this.maxStorageBytes > 0 && rooms.totalBytes >= this.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.maxStorageBytes)
     const room = rooms.hold(write.roomName) ?? (await rooms.get(write.roomName, false))!
     try {
-      const block = Buffer.from(encodeRecord({
-        message: write.message,
-        storedAt: Date.now(),
-        fromPeer: write.fromPeer,
-        senderPublicKey: write.fromPeer,
-        id: write.id,
-        signature: info.writerPublicKey === undefined ? undefined : write.signature
-      }, JSON.stringify(write.message)))
+      const block = messageBlock(write.message, JSON.stringify(write.message), write.fromPeer, write.id, info.writerPublicKey === undefined ? undefined : write.signature)
       let result: { index: number, duplicate: boolean }
       try {
         if (write.id === undefined) {
@@ -1095,17 +1078,7 @@ function contextOf (frame: Frame): Record<string, unknown> {
   return ctx
 }
 
-function endGracefully (conn: NoiseStream, timeout: number): Promise<void> {
-  if (conn.destroyed) return Promise.resolve()
-  return new Promise(resolve => {
-    const timer = setTimeout(() => {
-      conn.destroy()
-      resolve()
-    }, timeout)
-    conn.once('close', () => {
-      clearTimeout(timer)
-      resolve()
-    })
-    conn.end()
-  })
+/** The block a message is stored as: the seed's record, and in a signed room the writer's signature, kept so members can check it. */
+function messageBlock (message: unknown, messageJson: string, fromPeer: string, id: string | undefined, signature: string | undefined): Buffer {
+  return Buffer.from(encodeRecord({ message, storedAt: Date.now(), fromPeer, senderPublicKey: fromPeer, id, signature }, messageJson))
 }

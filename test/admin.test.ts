@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import fs from 'node:fs/promises'
 import os from 'node:os'
@@ -8,7 +7,7 @@ import { after, before, test } from 'node:test'
 import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import { ChatRootPeer } from '../src/root-peer.js'
 import { RootPeerClient } from '../src/client.js'
-import { ROOT, bootstrapEnv, client, daemon, tmpDir } from './helpers.js'
+import { bootstrapEnv, client, daemon, runBin, tmpDir } from './helpers.js'
 
 const HEX_ROOM = 'ab'.repeat(32)
 /** What the fixture stores: room name, and how many messages. */
@@ -53,25 +52,8 @@ async function syncAll (c: RootPeerClient, room: string): Promise<any[]> {
   return got
 }
 
-/** `src/bin.ts` run to completion, with `input` on its stdin. */
-async function bin (args: string[], env: Record<string, string>, input = ''): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/bin.ts'), ...args], {
-    cwd: ROOT,
-    env: { ...process.env, NODE_ENV: 'production', PORT: '0', ...env },
-    stdio: ['pipe', 'pipe', 'pipe']
-  })
-  let stdout = ''
-  let stderr = ''
-  child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
-  child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
-  child.stdin.on('error', () => {})
-  child.stdin.end(input)
-  const [code] = await once(child, 'exit')
-  return { code, stdout, stderr }
-}
-
 function roomsJson (dir: string): Promise<any[]> {
-  return bin(['rooms', '--json'], { STORAGE_DIR: dir }).then(r => {
+  return runBin(['rooms', '--json'], { STORAGE_DIR: dir }).then(r => {
     assert.equal(r.code, 0, r.stderr)
     return JSON.parse(r.stdout)
   })
@@ -94,10 +76,10 @@ test('rooms: the table and --json show every room with what was stored, sorted a
     assert.equal(r.lastActivity, state.rooms[r.name].lastActivity)
   }
 
-  const bySize = await bin(['rooms', '--sort', 'messages', '--json'], { STORAGE_DIR: source })
+  const bySize = await runBin(['rooms', '--sort', 'messages', '--json'], { STORAGE_DIR: source })
   assert.deepEqual(JSON.parse(bySize.stdout).map((r: any) => r.messages), [25, 7, 3])
 
-  const table = await bin(['rooms', '--sort=bytes'], { STORAGE_DIR: source })
+  const table = await runBin(['rooms', '--sort=bytes'], { STORAGE_DIR: source })
   assert.equal(table.code, 0, table.stderr)
   assert.equal(table.stderr, '', 'no progress on a pipe')
   const lines = table.stdout.trimEnd().split('\n')
@@ -111,7 +93,7 @@ test('rooms: the table and --json show every room with what was stored, sorted a
   // aligned: every row's columns start where the header's do
   assert.ok(lines.every(l => l.indexOf(' ') <= lines[0].indexOf('MESSAGES')))
 
-  const bad = await bin(['rooms', '--sort', 'size'], { STORAGE_DIR: source })
+  const bad = await runBin(['rooms', '--sort', 'size'], { STORAGE_DIR: source })
   assert.equal(bad.code, 2)
   assert.match(bad.stderr, /--sort/)
 })
@@ -119,18 +101,18 @@ test('rooms: the table and --json show every room with what was stored, sorted a
 test('export then import into another data dir: a daemon there serves identical sync content', async t => {
   const target = path.join(await tmpDir(t), 'target')
   for (const [room, count] of ROOMS) {
-    const exported = await bin(['export', '--room', room], { STORAGE_DIR: source })
+    const exported = await runBin(['export', '--room', room], { STORAGE_DIR: source })
     assert.equal(exported.code, 0, exported.stderr)
     const lines = exported.stdout.trimEnd().split('\n')
     assert.equal(lines.length, count)
     assert.deepEqual(lines.map(l => JSON.parse(l)), served.get(room), 'each line is the stored record with its messageIndex')
-    const imported = await bin(['import', '--room', room], { STORAGE_DIR: target }, exported.stdout)
+    const imported = await runBin(['import', '--room', room], { STORAGE_DIR: target }, exported.stdout)
     assert.equal(imported.code, 0, imported.stderr)
     assert.match(imported.stdout, new RegExp(`imported ${count} messages`))
   }
-  const tail = await bin(['export', '--room', 'lobby', '--from', '20'], { STORAGE_DIR: source })
+  const tail = await runBin(['export', '--room', 'lobby', '--from', '20'], { STORAGE_DIR: source })
   assert.deepEqual(tail.stdout.trimEnd().split('\n').map(l => JSON.parse(l).messageIndex), [20, 21, 22, 23, 24])
-  const unknown = await bin(['export', '--room', 'nowhere'], { STORAGE_DIR: source })
+  const unknown = await runBin(['export', '--room', 'nowhere'], { STORAGE_DIR: source })
   assert.equal(unknown.code, 1)
   assert.match(unknown.stderr, /no room "nowhere"/)
 
@@ -148,28 +130,28 @@ test('import: a bad line is refused with its line number, and the room is left u
   const good = (i: number): string => JSON.stringify({ ...last, id: `new-${i}`, messageIndex: i })
 
   // into an existing room, continuing it: line 3 is not JSON
-  const notJson = await bin(['import', '--room', 'lobby'], { STORAGE_DIR: source }, [good(25), good(26), '{"message":', good(28)].join('\n') + '\n')
+  const notJson = await runBin(['import', '--room', 'lobby'], { STORAGE_DIR: source }, [good(25), good(26), '{"message":', good(28)].join('\n') + '\n')
   assert.equal(notJson.code, 1)
   assert.match(notJson.stderr, /line 3: not JSON; nothing was imported/)
 
   // into an existing room, not from its length
-  const wrongIndex = await bin(['import', '--room', 'lobby'], { STORAGE_DIR: source }, good(0) + '\n')
+  const wrongIndex = await runBin(['import', '--room', 'lobby'], { STORAGE_DIR: source }, good(0) + '\n')
   assert.equal(wrongIndex.code, 1)
   assert.match(wrongIndex.stderr, /line 1: messageIndex is 0, expected 25/)
 
   // into a new room: line 2 lacks a field
   const { storedAt: _, ...noStoredAt } = JSON.parse(good(1))
-  const newRoom = await bin(['import', '--room', 'fresh'], { STORAGE_DIR: source }, good(0) + '\n' + JSON.stringify(noStoredAt) + '\n')
+  const newRoom = await runBin(['import', '--room', 'fresh'], { STORAGE_DIR: source }, good(0) + '\n' + JSON.stringify(noStoredAt) + '\n')
   assert.equal(newRoom.code, 1)
   assert.match(newRoom.stderr, /line 2: storedAt/)
 
   assert.deepEqual(await roomsJson(source), before, 'no room created, no message added')
-  const exported = await bin(['export', '--room', 'lobby'], { STORAGE_DIR: source })
+  const exported = await runBin(['export', '--room', 'lobby'], { STORAGE_DIR: source })
   assert.deepEqual(exported.stdout.trimEnd().split('\n').map(l => JSON.parse(l)), served.get('lobby'))
 })
 
 test('verify: clean on a consistent store; wrong counts are reported, --repair fixes them, and a second verify is clean', async () => {
-  const clean = await bin(['verify'], { STORAGE_DIR: source })
+  const clean = await runBin(['verify'], { STORAGE_DIR: source })
   assert.equal(clean.code, 0, clean.stdout + clean.stderr)
   assert.match(clean.stdout, /^consistent: 3 rooms, 35 messages$/m)
 
@@ -181,7 +163,7 @@ test('verify: clean on a consistent store; wrong counts are reported, --repair f
   state.totalMessages = 30
   await fs.writeFile(file, JSON.stringify(state))
 
-  const wrong = await bin(['verify'], { STORAGE_DIR: source })
+  const wrong = await runBin(['verify'], { STORAGE_DIR: source })
   assert.equal(wrong.code, 1)
   const mismatches = wrong.stdout.split('\n').filter(l => l.startsWith('mismatch: '))
   assert.equal(mismatches.length, 3, wrong.stdout)
@@ -190,7 +172,7 @@ test('verify: clean on a consistent store; wrong counts are reported, --repair f
   assert.match(wrong.stdout, /totalMessages: the state file says 30; the cores hold 35/)
   assert.equal(JSON.parse(await fs.readFile(file, 'utf8')).rooms.lobby.messageCount, 20, 'verify alone changes nothing')
 
-  const repaired = await bin(['verify', '--repair'], { STORAGE_DIR: source })
+  const repaired = await runBin(['verify', '--repair'], { STORAGE_DIR: source })
   assert.equal(repaired.code, 0, repaired.stdout + repaired.stderr)
   assert.match(repaired.stdout, /^repaired: /m)
   const fixed = JSON.parse(await fs.readFile(file, 'utf8'))
@@ -201,7 +183,7 @@ test('verify: clean on a consistent store; wrong counts are reported, --repair f
   assert.equal(fixed.totalMessages, 35)
   assert.equal(fixed.rootPeerCreatedAt, right.rootPeerCreatedAt)
 
-  const again = await bin(['verify'], { STORAGE_DIR: source })
+  const again = await runBin(['verify'], { STORAGE_DIR: source })
   assert.equal(again.code, 0, again.stdout)
   assert.match(again.stdout, /^consistent: /m)
 })
@@ -209,30 +191,30 @@ test('verify: clean on a consistent store; wrong counts are reported, --repair f
 test('backup then restore into a fresh dir: a daemon there serves everything; restore refuses a non-empty dir without --force, and --force on a dir that is not a data dir', async t => {
   const dir = await tmpDir(t)
   const archive = path.join(dir, 'backup.tar.gz')
-  const backup = await bin(['backup', '--out', archive], { STORAGE_DIR: source })
+  const backup = await runBin(['backup', '--out', archive], { STORAGE_DIR: source })
   assert.equal(backup.code, 0, backup.stderr)
   assert.match(backup.stdout, /written to/)
   assert.ok((await fs.stat(archive)).size > 0)
   assert.deepEqual((await fs.readdir(dir)).sort(), ['backup.tar.gz'], 'no temp file left')
 
   const restored = path.join(dir, 'restored')
-  const restore = await bin(['restore', '--from', archive], { STORAGE_DIR: restored })
+  const restore = await runBin(['restore', '--from', archive], { STORAGE_DIR: restored })
   assert.equal(restore.code, 0, restore.stderr)
   assert.deepEqual(JSON.parse(await fs.readFile(path.join(restored, 'root-peer-state.json'), 'utf8')).rooms,
     JSON.parse(await fs.readFile(path.join(source, 'root-peer-state.json'), 'utf8')).rooms)
 
-  const again = await bin(['restore', '--from', archive], { STORAGE_DIR: restored })
+  const again = await runBin(['restore', '--from', archive], { STORAGE_DIR: restored })
   assert.equal(again.code, 1)
   assert.match(again.stderr, new RegExp(`data dir ${restored} is not empty`))
-  const forced = await bin(['restore', '--from', archive, '--force'], { STORAGE_DIR: restored })
+  const forced = await runBin(['restore', '--from', archive, '--force'], { STORAGE_DIR: restored })
   assert.equal(forced.code, 0, forced.stderr)
-  const notArchive = await bin(['restore', '--from', path.join(source, 'root-peer-state.json')], { STORAGE_DIR: path.join(dir, 'other') })
+  const notArchive = await runBin(['restore', '--from', path.join(source, 'root-peer-state.json')], { STORAGE_DIR: path.join(dir, 'other') })
   assert.equal(notArchive.code, 1)
   assert.match(notArchive.stderr, /is not a root peer backup/)
   const elsewhere = path.join(dir, 'elsewhere')
   await fs.mkdir(elsewhere)
   await fs.writeFile(path.join(elsewhere, 'notes.txt'), 'keep')
-  const wrongDir = await bin(['restore', '--from', archive, '--force'], { STORAGE_DIR: elsewhere })
+  const wrongDir = await runBin(['restore', '--from', archive, '--force'], { STORAGE_DIR: elsewhere })
   assert.equal(wrongDir.code, 1)
   assert.match(wrongDir.stderr, /is not a root peer data dir/)
   assert.deepEqual(await fs.readdir(elsewhere), ['notes.txt'], '--force empties only a data dir')
@@ -262,11 +244,11 @@ test('while a daemon holds the data dir: a second daemon exits 1 naming it, the 
 
   const archive = path.join(await tmpDir(t), 'b.tar.gz')
   const refused = await Promise.all([
-    bin(['backup', '--out', archive], { STORAGE_DIR: source }),
-    bin(['restore', '--from', archive, '--force'], { STORAGE_DIR: source }),
-    bin(['import', '--room', 'lobby'], { STORAGE_DIR: source }, ''),
-    bin(['verify', '--repair'], { STORAGE_DIR: source }),
-    bin(['rooms'], { STORAGE_DIR: source })
+    runBin(['backup', '--out', archive], { STORAGE_DIR: source }),
+    runBin(['restore', '--from', archive, '--force'], { STORAGE_DIR: source }),
+    runBin(['import', '--room', 'lobby'], { STORAGE_DIR: source }, ''),
+    runBin(['verify', '--repair'], { STORAGE_DIR: source }),
+    runBin(['rooms'], { STORAGE_DIR: source })
   ])
   for (const r of refused) {
     assert.equal(r.code, 1, r.stderr)

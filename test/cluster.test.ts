@@ -69,14 +69,6 @@ async function dial (t: any, net: Testnet, member: Member): Promise<RawPeer> {
   return peer
 }
 
-/** Every message of a room as one member serves it. */
-async function readAt (t: any, net: Testnet, member: Member, room: string): Promise<any[]> {
-  const peer = await dial(t, net, member)
-  const { messages } = await peer.syncAll(room)
-  await peer.close()
-  return messages
-}
-
 /** Reads the room at `member` until it serves `length` messages (it follows the primary, or the other mirrors, live). */
 async function readUntil (t: any, net: Testnet, member: Member, room: string, length: number): Promise<any[]> {
   const peer = await dial(t, net, member)

@@ -246,17 +246,20 @@ export function daemon (t: Ctx, args: string[], env: Record<string, string>): Da
   return d
 }
 
-/** Runs `src/bin.ts` to completion and returns its exit code and output. */
-export async function runBin (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
+/** Runs `src/bin.ts` to completion, with `input` on its stdin, and returns its exit code and output. */
+export async function runBin (args: string[], env: Record<string, string> = {}, input = ''): Promise<{ code: number | null, stdout: string, stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/bin.ts'), ...args], {
     cwd: ROOT,
     env: { ...process.env, NODE_ENV: 'production', PORT: '0', ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
+    stdio: ['pipe', 'pipe', 'pipe']
   })
   let stdout = ''
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
   child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c })
+  // a command that exits without reading its input is no error here
+  child.stdin.on('error', () => {})
+  child.stdin.end(input)
   const [code] = await once(child, 'exit')
   return { code, stdout, stderr }
 }

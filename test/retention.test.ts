@@ -17,6 +17,15 @@ async function send (peer: RawPeer, room: string, messages: string[], prefix: st
   return acks
 }
 
+/** Sends `body` to `room` one message at a time until one is refused; resolves with how many were stored, and the refusal. */
+async function fillToCap (peer: RawPeer, room: string, body: string, prefix: string): Promise<{ stored: number, refusal: any }> {
+  for (let stored = 0; ; stored++) {
+    peer.send({ type: 'message', roomName: room, message: body, id: `${prefix}${stored}` })
+    const answer = await peer.next(f => f.id === `${prefix}${stored}`)
+    if (answer.type === 'error') return { stored, refusal: answer }
+  }
+}
+
 /** The exact bytes of a stored block, rebuilt from a synced record. */
 function blockBytes (m: any): number {
   const { messageIndex, ...record } = m
@@ -92,17 +101,9 @@ test('MAX_STORAGE_BYTES refuses new messages with STORAGE_FULL, and accepts agai
   const rp = await rootPeer(t, net, { storageDir: storage, maxStorageBytes: 5000, messagesPerSecond: 0, bytesPerSecond: 0 })
   const peer = await rawPeer(t, net)
   const body = 'y'.repeat(1000)
-  let stored = 0
-  while (true) {
-    peer.send({ type: 'message', roomName: 'capped', message: body, id: `f${stored}` })
-    const answer = await peer.next(f => f.id === `f${stored}`)
-    if (answer.type === 'error') {
-      assert.equal(answer.code, 'STORAGE_FULL')
-      assert.equal(answer.maxStorageBytes, 5000)
-      break
-    }
-    stored++
-  }
+  const { stored, refusal } = await fillToCap(peer, 'capped', body, 'f')
+  assert.equal(refusal.code, 'STORAGE_FULL')
+  assert.equal(refusal.maxStorageBytes, 5000)
   assert.ok(stored >= 4 && stored <= 6, `${stored} stored before the cap`)
   assert.equal(rp.health().ok, true, 'a cap reached is not a failure')
   await peer.close()
@@ -123,16 +124,8 @@ test('root-peer prune applies retention now on a stopped daemon\'s data dir; the
   await first.ready()
   const peer = await rawPeer(t, net)
   const body = 'z'.repeat(1000)
-  let stored = 0
-  while (true) {
-    peer.send({ type: 'message', roomName: 'offline', message: body, id: `p${stored}` })
-    const answer = await peer.next(f => f.id === `p${stored}`)
-    if (answer.type === 'error') {
-      assert.equal(answer.code, 'STORAGE_FULL')
-      break
-    }
-    stored++
-  }
+  const { stored, refusal } = await fillToCap(peer, 'offline', body, 'p')
+  assert.equal(refusal.code, 'STORAGE_FULL')
   await peer.close()
   assert.equal((await first.stop('SIGTERM')).code, 0)
 

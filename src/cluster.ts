@@ -6,14 +6,18 @@ import type { NoiseStream } from 'hyperswarm'
 import Protomux, { type Message } from 'protomux'
 import { RootPeerError, type ErrorCode } from './errors.js'
 import { openStore } from './data-dir-lock.js'
+import { MemberDialer } from './member-dial.js'
 
 /** The root-to-root protocol's Protomux channel. */
 export const CLUSTER_PROTOCOL = 'root-peer-cluster/v1'
 /** A member link sends a keep-alive this often, and is dropped after this long without a byte from the member. */
 const KEEP_ALIVE = 2000
 const LINK_TIMEOUT = 6000
-/** How often a member that is not connected is dialed afresh (Hyperswarm's own backoff grows to 10 minutes). */
-const REDIAL_INTERVAL = 5000
+/**
+ * Two connections to one member within this long of each other are a simultaneous dial: both sides keep the one the
+ * member with the greater key initiated. A later one replaces the link (the member lost it and came back).
+ */
+const DUPLICATE_WINDOW = 2000
 
 /** The Corestore name of the key pair a root peer's swarm (and so its public key) uses. */
 export const SWARM_KEY_PAIR = 'root-peer-swarm'
@@ -78,12 +82,12 @@ export class Cluster extends EventEmitter {
   private readonly store: () => Corestore
   private readonly handlers: ClusterHandlers
   private readonly links = new Map<string, Link>()
-  /** members with a connection now, whether or not its channel has opened yet */
-  private readonly attached = new Map<string, NoiseStream>()
+  /** members with a connection now, whether or not its channel has opened yet, and when it was attached */
+  private readonly attached = new Map<string, { conn: NoiseStream, at: number }>()
   private readonly pending = new Map<number, PendingRequest>()
   private nextRequest = 1
   private closed = false
-  private redialTimer: NodeJS.Timeout | null = null
+  private dialer: MemberDialer | null = null
 
   constructor (opts: { self: string, members: readonly string[], swarm: Hyperswarm, store: () => Corestore, handlers: ClusterHandlers }) {
     super()
@@ -95,18 +99,16 @@ export class Cluster extends EventEmitter {
     this.handlers = opts.handlers
   }
 
-  /** Dials every other member; Hyperswarm keeps redialing them. */
-  start (): void {
-    for (const member of this.others) this.swarm.joinPeer(Buffer.from(member, 'hex'))
-    this.redialTimer = setInterval(() => {
-      for (const member of this.others) {
-        if (this.attached.has(member) || this.swarm.destroyed) continue
-        const key = Buffer.from(member, 'hex')
-        this.swarm.leavePeer(key)
-        this.swarm.joinPeer(key)
-      }
-    }, REDIAL_INTERVAL)
-    this.redialTimer.unref()
+  /** Dials every other member, and again whenever it is not connected; `announcement` is this root peer's first frame. */
+  start (announcement: () => string): void {
+    this.dialer = new MemberDialer({
+      dht: this.swarm.dht,
+      keyPair: this.swarm.keyPair,
+      members: [...this.others],
+      linked: member => this.attached.has(member),
+      onConnection: conn => this.attach(conn, announcement())
+    })
+    this.dialer.start()
   }
 
   isMember (key: string): boolean {
@@ -134,8 +136,17 @@ export class Cluster extends EventEmitter {
       conn.destroy()
       return
     }
+    const existing = this.attached.get(member)
+    if (existing !== undefined) {
+      const keepNew = Date.now() - existing.at > DUPLICATE_WINDOW || conn.isInitiator === (this.self > member)
+      if (!keepNew) {
+        conn.destroy()
+        return
+      }
+      existing.conn.destroy()
+    }
     const link: Link = { conn, message: null, open: false }
-    this.attached.set(member, conn)
+    this.attached.set(member, { conn, at: Date.now() })
     // a member that dies without closing (kill -9, a lost machine) is noticed within LINK_TIMEOUT
     conn.setKeepAlive(KEEP_ALIVE)
     conn.setTimeout(LINK_TIMEOUT)
@@ -169,7 +180,7 @@ export class Cluster extends EventEmitter {
     }
     conn.on('data', onfirst)
     conn.on('close', () => {
-      if (this.attached.get(member) === conn) this.attached.delete(member)
+      if (this.attached.get(member)?.conn === conn) this.attached.delete(member)
       this.detach(member, link)
     })
   }
@@ -201,7 +212,7 @@ export class Cluster extends EventEmitter {
 
   close (): void {
     this.closed = true
-    if (this.redialTimer !== null) clearInterval(this.redialTimer)
+    this.dialer?.close()
     for (const [reqId, p] of this.pending) {
       clearTimeout(p.timer)
       p.reject(RootPeerError.SHUTTING_DOWN())

@@ -121,8 +121,8 @@ export class RootPeerError extends Error {
     return err
   }
 
-  static PRIMARY_UNAVAILABLE (primary: string): RootPeerError {
-    return new RootPeerError('PRIMARY_UNAVAILABLE', `the room's primary root peer ${primary.slice(0, 16)}… is not reachable from this one; the message was not stored; retry later or at another root peer`, { primary })
+  static PRIMARY_UNAVAILABLE (primary: string, why?: string): RootPeerError {
+    return new RootPeerError('PRIMARY_UNAVAILABLE', `${why ?? `the room's primary root peer ${primary.slice(0, 16)}… is not reachable from this one`}; the message was not stored; retry later or at another root peer`, { primary })
   }
 
   static NOT_HELD (messageIndex: number, timeoutMs: number, cause: unknown): RootPeerError {

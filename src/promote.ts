@@ -8,6 +8,7 @@ import type { BootstrapNode } from './config.js'
 import { SWARM_KEY_PAIR } from './cluster.js'
 import { coreName, Rooms } from './rooms.js'
 import { openStore } from './data-dir-lock.js'
+import { MemberDialer } from './member-dial.js'
 
 /** How long `promote` tries to reach the old primary before it counts it as gone. */
 export const REACH_TIMEOUT = 10_000
@@ -118,23 +119,29 @@ async function reachable (key: string, bootstrap: BootstrapNode[] | null, host: 
 /**
  * Replicates the store with the other members for up to CATCH_UP_TIMEOUT, so each core learns the longest
  * length any of them has and downloads every block up to it. A member's connection starts with the
- * announcements, as between running members; no cluster channel is opened. The swarm listens too: the
- * members keep dialing this key, and Hyperswarm keeps one of the two connections of a pair.
+ * announcements, as between running members; no cluster channel is opened. The swarm listens too, and the
+ * members are dialed as running members dial each other (MemberDialer): a member may keep either connection of a pair.
  */
 async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKey: Buffer }, members: string[], bootstrap: BootstrapNode[] | null, host: string, cores: Hypercore[]): Promise<void> {
   const swarm = new Hyperswarm({ dht: new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), host, keyPair }), keyPair })
   const announcement = JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: keyPair.publicKey.toString('hex'), limits: DEFAULT_LIMITS, challenge: newChallenge() })
-  swarm.on('connection', (conn: NoiseStream) => {
+  const linked = new Map<string, NoiseStream>()
+  const onConnection = (conn: NoiseStream): void => {
     conn.on('error', () => {})
-    if (!members.includes(conn.remotePublicKey.toString('hex'))) {
+    const member = conn.remotePublicKey.toString('hex')
+    if (!members.includes(member)) {
       conn.destroy()
       return
     }
+    linked.set(member, conn)
+    conn.on('close', () => { if (linked.get(member) === conn) linked.delete(member) })
     conn.write(announcement)
     conn.once('data', () => store.replicate(conn))
-  })
+  }
+  swarm.on('connection', onConnection)
   await swarm.listen()
-  for (const member of members) swarm.joinPeer(Buffer.from(member, 'hex'))
+  const dialer = new MemberDialer({ dht: swarm.dht, keyPair, members, linked: member => linked.has(member), onConnection })
+  dialer.start()
   const deadline = Date.now() + CATCH_UP_TIMEOUT
   const left = (): number => Math.max(0, deadline - Date.now())
   try {
@@ -152,6 +159,7 @@ async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKe
       }
     }))
   } finally {
+    dialer.close()
     await swarm.destroy()
   }
 }

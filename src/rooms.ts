@@ -114,7 +114,8 @@ export class Rooms extends EventEmitter {
       } else {
         delete info.primary
       }
-      if (promotedFrom !== undefined && primary === undefined) info.promotedFrom = promotedFrom
+      // the member this room was taken over from (`root-peer promote`), kept by mirrors too so any member can tell it on
+      if (promotedFrom !== undefined) info.promotedFrom = promotedFrom
       else delete info.promotedFrom
     }
     // rooms a state file of the seed's knows but the index does not yet: add them
@@ -209,14 +210,15 @@ export class Rooms extends EventEmitter {
   }
 
   /**
-   * Follows a mirrored room to the core `key` of its new primary (a member promoted over the old one).
+   * Follows a mirrored room to the core `key` of its new primary, which took it over from `promotedFrom`.
    * An open session of the old core is closed when no one holds it.
    */
-  async repoint (name: string, key: string, primary: string): Promise<void> {
+  async repoint (name: string, key: string, primary: string, promotedFrom: string): Promise<void> {
     const info = this.infos.get(name)!
-    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, primary))
+    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, primary, promotedFrom))
     info.coreKey = key
     info.primary = primary
+    info.promotedFrom = promotedFrom
     const slot = this.open.get(name)
     if (slot !== undefined && slot.holds === 0) this.evict(name, slot)
   }

@@ -1,4 +1,4 @@
-import { EventEmitter, once } from 'node:events'
+import { EventEmitter } from 'node:events'
 import type Corestore from 'corestore'
 import HyperDHT from 'hyperdht'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
@@ -11,7 +11,7 @@ import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
 import {
-  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic, validateRoomName,
+  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic,
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
 } from './protocol.js'
 import type { Room } from './room.js'
@@ -19,11 +19,11 @@ import { RoomTopics, type TopicSwarm } from './room-topics.js'
 import { Rooms } from './rooms.js'
 import { keyMatchesName, verifyAccess, verifyMessage } from './room-auth.js'
 import { retentionOn, type RetentionPolicy } from './retention.js'
+import { Pruner } from './pruner.js'
 import { StateFile, type PersistentState, type RoomState } from './state-file.js'
 import { WalSync } from './wal-sync.js'
-import { Cluster, SWARM_KEY_PAIR, type ForwardedWrite, type RoomAd } from './cluster.js'
-import { MirrorWaits, Mirrors } from './mirror.js'
-import { rendezvousOwner } from './rendezvous.js'
+import { SWARM_KEY_PAIR, type ForwardedWrite } from './cluster.js'
+import { ClusterRooms } from './cluster-rooms.js'
 import { newChallenge } from './room-auth.js'
 import { busiest, bump, createCounters, type Counters, type StatsSnapshot } from './stats.js'
 
@@ -159,11 +159,8 @@ export class ChatRootPeer extends EventEmitter {
   private readonly requireSignedRooms: boolean
   readonly retention: Readonly<RetentionPolicy>
   private readonly maxStorageBytes: number
-  private readonly retentionOn: boolean
-  /** rooms being pruned now, and whether another prune was asked for meanwhile */
-  private readonly pruning = new Map<string, boolean>()
-  private pruneTimer: NodeJS.Timeout | null = null
-  private pruningAll = false
+  /** null when retention is off */
+  private readonly pruner: Pruner | null
   /** set while writes fail (disk full, read-only, I/O error); messages are refused with it until storage recovers */
   private storageFailure: RootPeerError | null = null
   /** set while the store is being reopened after a failure; frames wait for it */
@@ -172,9 +169,7 @@ export class ChatRootPeer extends EventEmitter {
   private readonly clusterPeers: string[]
   private readonly minMirrors: number
   private readonly replicationTimeout: number
-  private cluster: Cluster | null = null
-  private mirrors: Mirrors | null = null
-  private mirrorWaits: MirrorWaits | null = null
+  private cluster: ClusterRooms | null = null
 
   constructor (opts: RootPeerOptions) {
     super()
@@ -218,7 +213,9 @@ export class ChatRootPeer extends EventEmitter {
     this.requireSignedRooms = opts.requireSignedRooms === true
     this.retention = Object.freeze({ messages: opts.retentionMessages ?? 0, bytes: opts.retentionBytes ?? 0, maxAgeMs: opts.retentionAge ?? 0 })
     this.maxStorageBytes = opts.maxStorageBytes ?? 0
-    this.retentionOn = retentionOn(this.retention)
+    this.pruner = retentionOn(this.retention) ? new Pruner(this.retention, () => this.rooms) : null
+    this.pruner?.on('room-pruned', e => this.emit('room-pruned', e))
+    this.pruner?.on('prune-error', e => this.emit('prune-error', e))
     this.onLatency = opts.onLatency ?? null
     this.clusterPeers = opts.clusterPeers ?? []
     this.minMirrors = opts.minMirrors ?? 0
@@ -264,15 +261,13 @@ export class ChatRootPeer extends EventEmitter {
 
   /** With CLUSTER_PEERS: per primary member, the blocks it has announced that this member has not stored yet, and for how long. */
   mirrorLag (): Map<string, { blocks: number, seconds: number }> {
-    return this.mirrors?.lag() ?? new Map()
+    return this.cluster?.mirrorLag() ?? new Map()
   }
 
   /** With CLUSTER_PEERS, as a primary: per mirror, the blocks of this root peer's open rooms it has not stored yet. */
   replicaLag (): Map<string, number> {
-    const cluster = this.cluster
-    if (cluster === null || this.rooms === null) return new Map()
-    const own = [...this.rooms.openRooms()].filter(room => !room.mirrored).map(room => room.core)
-    return Mirrors.behind(own, key => cluster.isMember(key))
+    if (this.cluster === null || this.rooms === null) return new Map()
+    return this.cluster.replicaLag([...this.rooms.openRooms()].filter(room => !room.mirrored).map(room => room.core))
   }
 
   /** Messages and bytes pruned by retention since the process started. */
@@ -345,7 +340,7 @@ export class ChatRootPeer extends EventEmitter {
       firewall: remotePublicKey => this.guard.isBanned(remotePublicKey.toString('hex'))
     })
     this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
-    if (this.clusterPeers.length > 0) this.openCluster(store, this.swarm)
+    if (this.clusterPeers.length > 0) this.openCluster(this.swarm)
     this.discovery = this.swarm.join(this.discoveryTopic, { server: true, client: false })
     this.topics.attach(topicSwarm(this.swarm))
 
@@ -368,14 +363,7 @@ export class ChatRootPeer extends EventEmitter {
       this.statsTimer.unref()
     }
     this.startSweep()
-    if (this.retentionOn) {
-      // settings may have changed since the last run: apply them now, then the age bound as time passes
-      this.pruneAll()
-      if (this.retention.maxAgeMs > 0) {
-        this.pruneTimer = setInterval(() => this.pruneAll(), Math.min(Math.max(this.retention.maxAgeMs / 24, 10_000), 3_600_000))
-        this.pruneTimer.unref()
-      }
-    }
+    this.pruner?.start()
     this.startedAt = Date.now()
     await this.save()
     this.emit('ready', { publicKey: this.publicKey.toString('hex') })
@@ -393,7 +381,6 @@ export class ChatRootPeer extends EventEmitter {
     rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
     const recovered = await rooms.load(saved)
     this.rooms = rooms
-    if (this.cluster !== null) this.watchRooms(rooms)
     return recovered
   }
 
@@ -445,17 +432,14 @@ export class ChatRootPeer extends EventEmitter {
     const rooms = this.rooms!
     await rooms.settled()
     const snapshot = rooms.snapshot(this.createdAt)
-    await this.mirrors?.close()
+    await this.cluster?.pause()
     await rooms.close().catch(() => {})
     await this.store!.close().catch(() => {})
     if (this.closing) return
-    const store = await this.openStore()
+    await this.openStore()
     await this.openRooms(snapshot)
     // the mirrored rooms are followed again in the new store, and member links start over on it
-    if (this.cluster !== null) {
-      this.followMirrored(store)
-      this.cluster.reconnect()
-    }
+    this.cluster?.resume()
   }
 
   private async shutdown (): Promise<void> {
@@ -465,7 +449,6 @@ export class ChatRootPeer extends EventEmitter {
     if (this.statsTimer !== null) clearInterval(this.statsTimer)
     if (this.saveTimer !== null) clearTimeout(this.saveTimer)
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
-    if (this.pruneTimer !== null) clearInterval(this.pruneTimer)
     if (this.recoveryTimer !== null) clearTimeout(this.recoveryTimer)
     if (this.reopening !== null) await this.reopening.catch(() => {})
     this.topics.close()
@@ -473,14 +456,13 @@ export class ChatRootPeer extends EventEmitter {
 
     // frames accepted before the signal finish, and their acks go out; later frames get SHUTTING_DOWN
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight])
-    this.mirrorWaits?.close()
-    this.cluster?.close()
+    if (this.pruner !== null) await this.pruner.close()
+    if (this.cluster !== null) await this.cluster.close()
     if (this.rooms !== null) await this.rooms.settled()
     if (this.rooms !== null) await this.save()
 
     await Promise.all([...this.peers.values()].map(peer => endConnection(peer.conn, CLOSE_CONNECTIONS_TIMEOUT)))
     if (this.swarm !== null) await this.swarm.destroy()
-    if (this.mirrors !== null) await this.mirrors.close()
     if (this.rooms !== null) await this.rooms.close()
     if (this.walSync !== null) await this.walSync.close()
     if (this.store !== null) await this.store.close()
@@ -496,7 +478,7 @@ export class ChatRootPeer extends EventEmitter {
     }
     if (this.cluster !== null && this.cluster.isMember(conn.remotePublicKey.toString('hex'))) {
       // another root peer of this cluster: no client frames, replication and the cluster channel instead
-      this.cluster.attach(conn, JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: this.publicKey!.toString('hex'), limits: this.limits, challenge: newChallenge() }))
+      this.cluster.attach(conn)
       return
     }
     if (this.peers.size >= this.maxPeers) {
@@ -588,6 +570,9 @@ export class ChatRootPeer extends EventEmitter {
     else if (this.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
     if (this.maxStorageBytes > 0 && rooms.totalBytes >= this.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.maxStorageBytes)
     if (this.cluster !== null && !rooms.has(frame.roomName)) await this.placeRoom(peer, frame.roomName)
+    // in a cluster, who the primary is is known once another member was heard from since start (one may have taken this one's rooms over)
+    const writable = this.cluster?.writable() ?? null
+    if (writable !== null) await writable
     const primary = rooms.info(frame.roomName)?.primary
     // another member's room: the write goes to its primary
     if (primary !== undefined) return await this.forward(peer, frame, primary)
@@ -680,56 +665,6 @@ export class ChatRootPeer extends EventEmitter {
     if (this.onLatency !== null) this.onLatency('sync', (performance.now() - started) / 1000)
   }
 
-  /** Prunes a room in the background when it holds more than retention allows. */
-  private maybePrune (room: Room): void {
-    const { messages, bytes } = this.retention
-    const info = room.info
-    const held = room.length - (info.firstIndex ?? 0)
-    const heldBytes = info.byteLength - (info.prunedBytes ?? 0)
-    if ((messages > 0 && held > messages) || (bytes > 0 && heldBytes > bytes)) this.prune(room.name)
-  }
-
-  /** Applies retention to one room; a prune asked for while one runs for the room runs once after it. */
-  private prune (name: string): void {
-    if (this.pruning.has(name)) {
-      this.pruning.set(name, true)
-      return
-    }
-    this.pruning.set(name, false)
-    const run = this.rooms!.prune(name, this.retention).then(pruned => {
-      if (pruned.messages > 0) this.emit('room-pruned', { roomName: name, ...pruned })
-    }, err => {
-      if (!this.closing) this.emit('prune-error', { roomName: name, err })
-    }).finally(() => {
-      const again = this.pruning.get(name) === true
-      this.pruning.delete(name)
-      this.emit('prune-done', name)
-      if (again && !this.closing) this.prune(name)
-    })
-    this.track(run)
-  }
-
-  /** Applies retention to every room, a few at a time (at start, and periodically for the age bound). */
-  private pruneAll (): void {
-    if (this.closing || this.rooms === null || this.pruningAll) return
-    this.pruningAll = true
-    const names = [...this.rooms.list()].filter(info => info.messageCount > (info.firstIndex ?? 0)).map(info => info.name)
-    const worker = async (): Promise<void> => {
-      while (names.length > 0 && !this.closing) {
-        const name = names.pop()!
-        if (this.pruning.has(name)) continue
-        this.prune(name)
-        await this.pruneSettled(name)
-      }
-    }
-    this.track(Promise.all([worker(), worker(), worker(), worker()]).finally(() => { this.pruningAll = false }))
-  }
-
-  /** Resolves when no prune of `name` is running. */
-  private async pruneSettled (name: string): Promise<void> {
-    while (this.pruning.has(name)) await once(this, 'prune-done')
-  }
-
   /** Registers the room unless it exists (within the caps) and marks it active; opens no core. */
   private async joinRoom (peer: Peer, roomName: string, always: boolean, writerPublicKey?: string): Promise<RoomState> {
     const rooms = this.rooms!
@@ -768,7 +703,7 @@ export class ChatRootPeer extends EventEmitter {
   private stored (room: Room, peerId: string, index: number, id: string | undefined, bytes: number, started: number): void {
     const rooms = this.rooms!
     rooms.stored(room, bytes)
-    if (this.retentionOn) this.maybePrune(room)
+    this.pruner?.stored(room)
     if (this.onLatency !== null) this.onLatency('append', (performance.now() - started) / 1000)
     this.counters.messagesStored++
     this.emit('message-stored', {
@@ -790,139 +725,47 @@ export class ChatRootPeer extends EventEmitter {
   /** Resolves when the block at `index` may be acked: with SYNC_WRITES on disk, with MIN_MIRRORS on that many mirrors. */
   private async durable (room: Room, index: number): Promise<void> {
     if (this.walSync !== null) await this.walSync.sync()
-    if (this.mirrorWaits !== null && this.minMirrors > 0) await this.mirrorWaits.wait(room.core, index + 1, this.minMirrors, this.replicationTimeout)
+    if (this.cluster !== null) await this.cluster.replicated(room.core, index + 1)
   }
 
   /** Joins the cluster: members' connections carry replication and the cluster channel; mirrored rooms are followed. */
-  private openCluster (store: Corestore, swarm: Hyperswarm): void {
-    const rooms = this.rooms!
-    const cluster = new Cluster({
+  private openCluster (swarm: Hyperswarm): void {
+    const cluster = new ClusterRooms({
       self: this.publicKey!.toString('hex'),
       members: this.clusterPeers,
       swarm,
-      // the current store: it is replaced when storage recovers from a failure
       store: () => this.store!,
-      handlers: {
-        ownRooms: () => this.ownRooms(),
-        onRooms: (member, ads) => {
-          for (const ad of ads) this.track(this.adoptRoom(member, ad).catch(err => this.emit('cluster-error', { member, err })))
-        },
-        onWrite: (member, write) => this.onForwardedWrite(write),
-        onCreate: (member, req) => this.onCreateRoom(req.roomName, req.writerPublicKey)
-      }
+      rooms: () => this.rooms!,
+      maxRooms: this.maxRooms,
+      minMirrors: this.minMirrors,
+      timeout: this.replicationTimeout,
+      announcement: () => JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: this.publicKey!.toString('hex'), limits: this.limits, challenge: newChallenge() }),
+      onWrite: write => this.onForwardedWrite(write)
     })
-    cluster.on('member-connected', member => this.emit('member-connected', member))
-    cluster.on('member-disconnected', member => this.emit('member-disconnected', member))
-    cluster.on('member-error', (member, err) => this.emit('member-error', member, err))
+    for (const name of ['member-connected', 'member-disconnected', 'member-error', 'room-mirrored', 'room-conflict', 'cluster-error']) {
+      cluster.on(name, (...args: unknown[]) => this.emit(name, ...args))
+    }
     this.cluster = cluster
-    this.mirrorWaits = new MirrorWaits(key => cluster.isMember(key))
-    this.followMirrored(store)
-    this.watchRooms(rooms)
     cluster.start()
-  }
-
-  /** Follows every mirrored room in `store`. */
-  private followMirrored (store: Corestore): void {
-    const mirrors = new Mirrors(store, (name, core) => this.rooms?.mirrored(name, Math.min(core.length, core.contiguousLength), core.byteLength))
-    this.mirrors = mirrors
-    for (const info of this.rooms!.list()) {
-      if (info.primary !== undefined) this.track(mirrors.follow(info.name, info.coreKey!, info.primary).catch(err => this.emit('cluster-error', { member: info.primary, err })))
-    }
-  }
-
-  /** A room created here is told to every member, which mirrors it. */
-  private watchRooms (rooms: Rooms): void {
-    rooms.on('created', (name: string) => {
-      this.track(this.adOf(name).then(ad => { if (ad !== null) this.cluster?.announce([ad]) }, err => this.emit('cluster-error', { member: null, err })))
-    })
-  }
-
-  /** The rooms this root peer is primary for, with their core keys. */
-  private async ownRooms (): Promise<RoomAd[]> {
-    const ads: RoomAd[] = []
-    for (const info of [...this.rooms!.list()]) {
-      if (info.primary !== undefined) continue
-      const ad = await this.adOf(info.name)
-      if (ad !== null) ads.push(ad)
-    }
-    return ads
-  }
-
-  private async adOf (name: string): Promise<RoomAd | null> {
-    const key = await this.rooms!.coreKey(name)
-    const info = this.rooms!.info(name)
-    if (key === null || info === undefined) return null
-    const ad: RoomAd = { name, key }
-    if (info.primary !== undefined) ad.primary = info.primary
-    if (info.writerPublicKey !== undefined) ad.writerPublicKey = info.writerPublicKey
-    if (info.promotedFrom !== undefined) ad.promotedFrom = info.promotedFrom
-    return ad
-  }
-
-  /** Mirrors a room another member told us about (unless this root peer holds that name in another core). */
-  private async adoptRoom (from: string, ad: RoomAd): Promise<void> {
-    const cluster = this.cluster!
-    const primary = ad.primary ?? from
-    if (primary === cluster.self || !cluster.isMember(primary) || this.closing) return
-    validateRoomName(ad.name)
-    if (ad.writerPublicKey !== undefined && !keyMatchesName(ad.writerPublicKey, ad.name)) return
-    const fresh = !this.rooms!.has(ad.name)
-    const known = this.rooms!.info(ad.name)
-    const promotedOver = ad.promotedFrom !== undefined && (known?.primary === ad.promotedFrom || (ad.promotedFrom === cluster.self && known?.primary === undefined))
-    if (known !== undefined && promotedOver && known.coreKey !== ad.key) {
-      // the old primary is gone for good and `primary` took its rooms over: follow the new core
-      // (this root peer too, when it is that old primary started again: it hands the room over and stops writing to it)
-      await this.mirrors!.unfollow(ad.name)
-      await this.rooms!.repoint(ad.name, ad.key, primary)
-      await this.mirrors!.follow(ad.name, ad.key, primary)
-      this.emit('room-mirrored', { roomName: ad.name, primary })
-      return
-    }
-    if (!(await this.rooms!.mirror(ad.name, ad.key, primary, ad.writerPublicKey))) {
-      this.emit('room-conflict', { roomName: ad.name, primary, key: ad.key })
-      return
-    }
-    await this.mirrors!.follow(ad.name, ad.key, primary)
-    if (fresh) this.emit('room-mirrored', { roomName: ad.name, primary })
   }
 
   /** A new room, in a cluster: created at its rendezvous owner (here, or asked over the cluster channel) and mirrored here. */
   private async placeRoom (peer: Peer, roomName: string, writerPublicKey?: string): Promise<void> {
-    const cluster = this.cluster!
-    const rooms = this.rooms!
-    const owner = rendezvousOwner(roomName, cluster.all)
-    if (owner === cluster.self) return
-    if (rooms.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
-    this.guard.admitNewRoom(peer.record)
-    const ad = await cluster.request(owner, { op: 'create', roomName, writerPublicKey }, this.replicationTimeout) as RoomAd
-    await this.adoptRoom(owner, ad)
-    if (!rooms.has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
-  }
-
-  /** A member asks this root peer, the rendezvous owner, to create a room (idempotent). */
-  private async onCreateRoom (roomName: string, writerPublicKey?: string): Promise<RoomAd> {
-    validateRoomName(roomName)
-    if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()
-    const rooms = this.rooms!
-    if (!rooms.has(roomName) && rooms.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
-    await rooms.register(roomName, writerPublicKey)
-    const ad = await this.adOf(roomName)
-    if (ad === null) throw RootPeerError.INTERNAL_ERROR(new Error('room without a core key'))
-    if (ad.primary === undefined) ad.primary = this.cluster!.self
-    return ad
+    await this.cluster!.place(roomName, writerPublicKey, () => {
+      if (this.rooms!.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
+      this.guard.admitNewRoom(peer.record)
+    })
   }
 
   /** Sends a client's message to the room's primary; acks with the primary's index once this member holds the block too. */
   private async forward (peer: Peer, frame: MessageFrame, primary: string): Promise<void> {
-    const cluster = this.cluster
-    if (cluster === null || !cluster.connected(primary)) throw RootPeerError.PRIMARY_UNAVAILABLE(primary)
     if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
     else await this.joinRoom(peer, frame.roomName, false)
     const write: ForwardedWrite = { roomName: frame.roomName, message: frame.message, fromPeer: peer.id }
     if (frame.id !== undefined) write.id = frame.id
     if (frame.signature !== undefined) write.signature = frame.signature
     // the primary may wait REPLICATION_TIMEOUT for its mirrors; this waits a little longer for its answer
-    const forwarded = cluster.request(primary, { op: 'write', ...write }, this.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
+    const forwarded = this.cluster!.forward(primary, write, this.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
       await this.holdBlock(frame.roomName, messageIndex)
       this.counters.forwardedWrites++
       if (frame.id !== undefined) this.sendFrame(peer, 'message-ack', encodeAck(JSON.stringify(frame.roomName), frame.id, messageIndex, duplicate === true))
@@ -951,6 +794,7 @@ export class ChatRootPeer extends EventEmitter {
   private async onForwardedWrite (write: ForwardedWrite): Promise<{ messageIndex: number, duplicate: boolean }> {
     if (this.closing) throw RootPeerError.SHUTTING_DOWN()
     if (this.storageFailure !== null) throw this.storageFailure
+    await this.cluster!.writable()
     const rooms = this.rooms!
     const info = rooms.info(write.roomName)
     if (info === undefined || info.primary !== undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(info?.primary ?? this.cluster!.self)

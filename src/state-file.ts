@@ -24,7 +24,7 @@ export interface RoomState {
   coreKey?: string
   /** a mirrored room: the public key (hex) of the cluster member whose core holds it; absent when this root peer is its primary */
   primary?: string
-  /** a room this root peer took over (`root-peer promote`) from that gone member, hex */
+  /** the gone member this room was taken over from (`root-peer promote`), by this root peer or by its primary, hex */
   promotedFrom?: string
 }
 

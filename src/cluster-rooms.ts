@@ -1,0 +1,275 @@
+import { EventEmitter } from 'node:events'
+import type Corestore from 'corestore'
+import type Hypercore from 'hypercore'
+import type Hyperswarm from 'hyperswarm'
+import type { NoiseStream } from 'hyperswarm'
+import { Cluster, type ForwardedWrite, type RoomAd } from './cluster.js'
+import { RootPeerError } from './errors.js'
+import { MirrorWaits, Mirrors } from './mirror.js'
+import { validateRoomName } from './protocol.js'
+import { rendezvousOwner } from './rendezvous.js'
+import { keyMatchesName } from './room-auth.js'
+import type { Rooms } from './rooms.js'
+
+export interface ClusterRoomsOptions {
+  self: string
+  /** the other members' public keys, hex */
+  members: readonly string[]
+  swarm: Hyperswarm
+  /** the current store and rooms: both are replaced when storage recovers from a failure */
+  store: () => Corestore
+  rooms: () => Rooms
+  maxRooms: number
+  minMirrors: number
+  /** ms a write waits for its mirrors, a request for its member, and a write here for the first member to be heard from */
+  timeout: number
+  /** this root peer's `root-peer-announcement`, the first frame on a member's connection as on every connection */
+  announcement: () => string
+  /** stores a message another member forwarded to this root peer, the room's primary */
+  onWrite: (write: ForwardedWrite) => Promise<{ messageIndex: number, duplicate: boolean }>
+}
+
+/**
+ * Which member is primary for which room: tells the other members about the rooms this root peer knows,
+ * mirrors the rooms of the others, creates new rooms at their rendezvous owner, hands a room over when
+ * a member was promoted over its primary, and holds writes to this root peer's own rooms until it has
+ * heard from another member since it started (`writable`): a primary that was replaced while it was
+ * down learns so before it appends again.
+ *
+ * Events: `member-connected` (key), `member-disconnected` (key), `member-error` (key, err),
+ * `room-mirrored` ({ roomName, primary }), `room-conflict` ({ roomName, primary, key }), `cluster-error` ({ member, err }).
+ */
+export class ClusterRooms extends EventEmitter {
+  readonly cluster: Cluster
+  private readonly opts: ClusterRoomsOptions
+  private readonly waits: MirrorWaits
+  private mirrors: Mirrors | null = null
+  private readonly pending = new Set<Promise<unknown>>()
+  /** set once the rooms of some other member were heard and applied since start */
+  private heard = false
+  private readonly heardWaiters = new Set<() => void>()
+  private closed = false
+
+  constructor (opts: ClusterRoomsOptions) {
+    super()
+    this.opts = opts
+    const cluster = new Cluster({
+      self: opts.self,
+      members: opts.members,
+      swarm: opts.swarm,
+      store: opts.store,
+      handlers: {
+        ownRooms: () => this.ads(),
+        onRooms: (member, ads) => this.onRooms(member, ads),
+        onWrite: (member, write) => opts.onWrite(write),
+        onCreate: (member, req) => this.create(req.roomName, req.writerPublicKey)
+      }
+    })
+    cluster.on('member-connected', member => this.emit('member-connected', member))
+    cluster.on('member-disconnected', member => this.emit('member-disconnected', member))
+    cluster.on('member-error', (member, err) => this.emit('member-error', member, err))
+    this.cluster = cluster
+    this.waits = new MirrorWaits(key => cluster.isMember(key))
+  }
+
+  get self (): string {
+    return this.cluster.self
+  }
+
+  /** Follows the mirrored rooms and dials the other members. */
+  start (): void {
+    this.follow(this.opts.store())
+    this.watch(this.opts.rooms())
+    this.cluster.start(this.opts.announcement)
+  }
+
+  /** Takes a member's connection (see Cluster.attach). */
+  attach (conn: NoiseStream): void {
+    this.cluster.attach(conn, this.opts.announcement())
+  }
+
+  isMember (key: string): boolean {
+    return this.cluster.isMember(key)
+  }
+
+  /** Every other member, and whether it is connected. */
+  status (): Array<{ publicKey: string, connected: boolean }> {
+    return this.cluster.status()
+  }
+
+  /** Per primary: what this member, its mirror, has not stored yet. */
+  mirrorLag (): Map<string, { blocks: number, seconds: number }> {
+    return this.mirrors?.lag() ?? new Map()
+  }
+
+  /** Per mirror: blocks of `own` cores (this root peer's, open now) it has not stored yet. */
+  replicaLag (own: Iterable<Hypercore>): Map<string, number> {
+    return Mirrors.behind(own, key => this.cluster.isMember(key))
+  }
+
+  /** Resolves once MIN_MIRRORS members have stored `core` up to `length`; NOT_REPLICATED after the timeout. */
+  replicated (core: Hypercore, length: number): Promise<void> {
+    return this.waits.wait(core, length, this.opts.minMirrors, this.opts.timeout)
+  }
+
+  /**
+   * Resolves when this root peer may append to its own rooms: once it has heard the rooms of another member
+   * since it started (and handed over any room a member was promoted over it for). PRIMARY_UNAVAILABLE after the timeout.
+   */
+  writable (): Promise<void> | null {
+    if (this.heard) return null
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.heardWaiters.delete(done)
+        reject(RootPeerError.PRIMARY_UNAVAILABLE(this.self, 'this root peer has not heard from any other cluster member since it started; it takes writes to its rooms once it has'))
+      }, this.opts.timeout)
+      const done = (): void => {
+        clearTimeout(timer)
+        resolve()
+      }
+      this.heardWaiters.add(done)
+    })
+  }
+
+  /**
+   * A new room, named here: created at its rendezvous owner and mirrored here (nothing to do when this root peer
+   * is the owner). `admit` checks this root peer's own caps before a member is asked.
+   */
+  async place (roomName: string, writerPublicKey: string | undefined, admit: () => void): Promise<void> {
+    const owner = rendezvousOwner(roomName, this.cluster.all)
+    if (owner === this.self) return
+    admit()
+    const ad = await this.cluster.request(owner, { op: 'create', roomName, writerPublicKey }, this.opts.timeout) as RoomAd
+    await this.adopt(owner, ad)
+    if (!this.opts.rooms().has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
+  }
+
+  /** Sends a write to the room's primary; resolves with the primary's index. PRIMARY_UNAVAILABLE when it does not answer within `timeout`. */
+  forward (primary: string, write: ForwardedWrite, timeout: number): Promise<{ messageIndex: number, duplicate: boolean }> {
+    if (!this.cluster.connected(primary)) return Promise.reject(RootPeerError.PRIMARY_UNAVAILABLE(primary))
+    return this.cluster.request(primary, { op: 'write', ...write }, timeout)
+  }
+
+  /** Follows the mirrored rooms again, in the store reopened after a storage failure, and restarts the member links on it. */
+  resume (): void {
+    this.follow(this.opts.store())
+    this.watch(this.opts.rooms())
+    this.cluster.reconnect()
+  }
+
+  /** Stops following mirrored rooms (before the store is closed for a reopen). */
+  async pause (): Promise<void> {
+    const mirrors = this.mirrors
+    this.mirrors = null
+    if (mirrors !== null) await mirrors.close()
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+    this.waits.close()
+    this.cluster.close()
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending])
+    await this.pause()
+  }
+
+  /** Follows every mirrored room in `store`. */
+  private follow (store: Corestore): void {
+    const mirrors = new Mirrors(store, (name, core) => this.opts.rooms().mirrored(name, Math.min(core.length, core.contiguousLength), core.byteLength))
+    this.mirrors = mirrors
+    for (const info of this.opts.rooms().list()) {
+      if (info.primary !== undefined) this.track(mirrors.follow(info.name, info.coreKey!, info.primary), info.primary)
+    }
+  }
+
+  /** A room created here is told to every member, which mirrors it. */
+  private watch (rooms: Rooms): void {
+    rooms.on('created', (name: string) => {
+      this.track(this.adOf(name).then(ad => { if (ad !== null) this.cluster.announce([ad]) }), null)
+    })
+  }
+
+  /**
+   * Every room this root peer knows, with its core key and (for a mirrored one) its primary: a member learns
+   * the rooms of a primary it cannot reach from the others, and a hand-over (`promotedFrom`) from any of them.
+   */
+  private async ads (): Promise<RoomAd[]> {
+    const ads: RoomAd[] = []
+    for (const info of [...this.opts.rooms().list()]) {
+      const ad = await this.adOf(info.name)
+      if (ad !== null) ads.push(ad)
+    }
+    return ads
+  }
+
+  private async adOf (name: string): Promise<RoomAd | null> {
+    const rooms = this.opts.rooms()
+    const key = await rooms.coreKey(name)
+    const info = rooms.info(name)
+    if (key === null || info === undefined) return null
+    const ad: RoomAd = { name, key }
+    if (info.primary !== undefined) ad.primary = info.primary
+    if (info.writerPublicKey !== undefined) ad.writerPublicKey = info.writerPublicKey
+    if (info.promotedFrom !== undefined) ad.promotedFrom = info.promotedFrom
+    return ad
+  }
+
+  /** A member's room list: each room adopted; the first list applied since start makes this root peer writable. */
+  private onRooms (member: string, ads: RoomAd[]): void {
+    const applied = Promise.allSettled(ads.map(ad => this.adopt(member, ad).catch(err => {
+      this.emit('cluster-error', { member, err })
+    })))
+    this.track(applied.then(() => {
+      if (this.heard || this.closed) return
+      this.heard = true
+      for (const done of this.heardWaiters) done()
+      this.heardWaiters.clear()
+    }), member)
+  }
+
+  /** Mirrors a room another member told us about (unless this root peer holds that name in another core). */
+  private async adopt (from: string, ad: RoomAd): Promise<void> {
+    const cluster = this.cluster
+    const rooms = this.opts.rooms()
+    const primary = ad.primary ?? from
+    if (primary === this.self || !cluster.isMember(primary) || this.closed) return
+    validateRoomName(ad.name)
+    if (ad.writerPublicKey !== undefined && !keyMatchesName(ad.writerPublicKey, ad.name)) return
+    const known = rooms.info(ad.name)
+    // news older than ours: the room was taken over from that member already
+    if (known !== undefined && known.promotedFrom === primary) return
+    const promotedOver = ad.promotedFrom !== undefined && (known?.primary === ad.promotedFrom || (ad.promotedFrom === this.self && known?.primary === undefined))
+    if (known !== undefined && promotedOver && known.coreKey !== ad.key) {
+      // the old primary is gone for good and `primary` took its rooms over: follow the new core
+      // (this root peer too, when it is that old primary started again: it hands the room over and stops writing to it)
+      await this.mirrors?.unfollow(ad.name)
+      await rooms.repoint(ad.name, ad.key, primary, ad.promotedFrom!)
+      await this.mirrors?.follow(ad.name, ad.key, primary)
+      this.emit('room-mirrored', { roomName: ad.name, primary })
+      return
+    }
+    if (!(await rooms.mirror(ad.name, ad.key, primary, ad.writerPublicKey))) {
+      this.emit('room-conflict', { roomName: ad.name, primary, key: ad.key })
+      return
+    }
+    await this.mirrors?.follow(ad.name, ad.key, primary)
+    if (known === undefined) this.emit('room-mirrored', { roomName: ad.name, primary })
+  }
+
+  /** A member asks this root peer, the rendezvous owner, to create a room (idempotent). */
+  private async create (roomName: string, writerPublicKey?: string): Promise<RoomAd> {
+    validateRoomName(roomName)
+    if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()
+    const rooms = this.opts.rooms()
+    if (!rooms.has(roomName) && rooms.size >= this.opts.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.opts.maxRooms)
+    await rooms.register(roomName, writerPublicKey)
+    const ad = await this.adOf(roomName)
+    if (ad === null) throw RootPeerError.INTERNAL_ERROR(new Error('room without a core key'))
+    if (ad.primary === undefined) ad.primary = this.self
+    return ad
+  }
+
+  private track (promise: Promise<unknown>, member: string | null): void {
+    const p: Promise<unknown> = promise.catch(err => this.emit('cluster-error', { member, err })).finally(() => this.pending.delete(p))
+    this.pending.add(p)
+  }
+}

@@ -1,0 +1,101 @@
+import { EventEmitter, once } from 'node:events'
+import type { Room } from './room.js'
+import type { Rooms } from './rooms.js'
+import type { RetentionPolicy } from './retention.js'
+
+/** Rooms pruned at once by a pass over every room. */
+const PRUNE_CONCURRENCY = 4
+
+/**
+ * Applies retention in the background: to a room when a message takes it over a bound, to every room at
+ * start (settings may have changed since the last run), and periodically for the age bound.
+ *
+ * Events: `room-pruned` ({ roomName, messages, bytes }), `prune-error` ({ roomName, err }).
+ */
+export class Pruner extends EventEmitter {
+  readonly policy: Readonly<RetentionPolicy>
+  /** the current rooms: they are replaced when storage recovers from a failure */
+  private readonly rooms: () => Rooms | null
+  /** rooms being pruned now, and whether another prune was asked for meanwhile */
+  private readonly running = new Map<string, boolean>()
+  private readonly pending = new Set<Promise<unknown>>()
+  private readonly settled = new EventEmitter()
+  private timer: NodeJS.Timeout | null = null
+  private passing = false
+  private closed = false
+
+  constructor (policy: Readonly<RetentionPolicy>, rooms: () => Rooms | null) {
+    super()
+    this.policy = policy
+    this.rooms = rooms
+  }
+
+  /** Prunes every room now, and with an age bound again every 1/24 of it (10 s to 1 h). */
+  start (): void {
+    this.pruneAll()
+    if (this.policy.maxAgeMs > 0) {
+      this.timer = setInterval(() => this.pruneAll(), Math.min(Math.max(this.policy.maxAgeMs / 24, 10_000), 3_600_000))
+      this.timer.unref()
+    }
+  }
+
+  /** Prunes `room` in the background when it holds more than the count or byte bound allows. */
+  stored (room: Room): void {
+    const { messages, bytes } = this.policy
+    const info = room.info
+    const held = room.length - (info.firstIndex ?? 0)
+    const heldBytes = info.byteLength - (info.prunedBytes ?? 0)
+    if ((messages > 0 && held > messages) || (bytes > 0 && heldBytes > bytes)) this.prune(room.name)
+  }
+
+  /** Stops the timer and waits for the prunes running now. */
+  async close (): Promise<void> {
+    this.closed = true
+    if (this.timer !== null) clearInterval(this.timer)
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending])
+  }
+
+  /** Applies retention to one room; a prune asked for while one runs for the room runs once after it. */
+  private prune (name: string): void {
+    const rooms = this.rooms()
+    if (this.closed || rooms === null) return
+    if (this.running.has(name)) {
+      this.running.set(name, true)
+      return
+    }
+    this.running.set(name, false)
+    this.track(rooms.prune(name, this.policy).then(pruned => {
+      if (pruned.messages > 0) this.emit('room-pruned', { roomName: name, ...pruned })
+    }, err => {
+      if (!this.closed) this.emit('prune-error', { roomName: name, err })
+    }).finally(() => {
+      const again = this.running.get(name) === true
+      this.running.delete(name)
+      this.settled.emit('settled', name)
+      if (again) this.prune(name)
+    }))
+  }
+
+  /** Applies retention to every room this root peer is primary for, a few at a time. */
+  private pruneAll (): void {
+    const rooms = this.rooms()
+    if (this.closed || rooms === null || this.passing) return
+    this.passing = true
+    const names = [...rooms.list()].filter(info => info.primary === undefined && info.messageCount > (info.firstIndex ?? 0)).map(info => info.name)
+    const worker = async (): Promise<void> => {
+      while (names.length > 0 && !this.closed) {
+        const name = names.pop()!
+        if (this.running.has(name)) continue
+        this.prune(name)
+        while (this.running.has(name)) await once(this.settled, 'settled')
+      }
+    }
+    const workers = Array.from({ length: PRUNE_CONCURRENCY }, worker)
+    this.track(Promise.all(workers).finally(() => { this.passing = false }))
+  }
+
+  private track (promise: Promise<unknown>): void {
+    const p: Promise<unknown> = promise.finally(() => this.pending.delete(p))
+    this.pending.add(p)
+  }
+}

@@ -149,6 +149,12 @@ export function parseConfig (argv: readonly string[], env: NodeJS.ProcessEnv = p
   if ((config.minMirrors as number) > (config.clusterPeers as string[]).length) {
     throw new ConfigError('--min-mirrors', `--min-mirrors (MIN_MIRRORS): ${String(config.minMirrors)} is more than the ${(config.clusterPeers as string[]).length} other root peers in CLUSTER_PEERS; no message could ever be acked`)
   }
+  if ((config.clusterPeers as string[]).length > 0) {
+    const retention = SETTINGS.find(s => ['retentionMessages', 'retentionBytes', 'retentionAge'].includes(s.key) && (config[s.key] as number) > 0)
+    if (retention !== undefined) {
+      throw new ConfigError(retention.flag, `${retention.flag} (${retention.env}): retention is not supported in a cluster (CLUSTER_PEERS) yet: a mirror could not fetch pruned blocks, and a pruned mirror no longer tells its primary what it holds; unset it, or run a single root peer`)
+    }
+  }
   return Object.freeze(config as unknown as Config)
 }
 

@@ -46,7 +46,10 @@ test('each bad value throws a ConfigError naming the setting', () => {
     [['--max-peers', '1.5'], {}, '--max-peers (MAX_PEERS)'],
     [['--log-level', 'loud'], {}, '--log-level (LOG_LEVEL)'],
     [['--frobnicate'], {}, 'unknown option'],
-    [['--storage'], {}, '--storage (STORAGE_DIR) needs a value']
+    [['--storage'], {}, '--storage (STORAGE_DIR) needs a value'],
+    // retention in a cluster is refused, whichever bound is set
+    [['--retention-days', '7'], { CLUSTER_PEERS: 'ab'.repeat(32) }, '--retention-days (RETENTION_DAYS): retention is not supported in a cluster'],
+    [[], { RETENTION_MESSAGES: '100', CLUSTER_PEERS: 'ab'.repeat(32) }, '--retention-messages (RETENTION_MESSAGES): retention is not supported in a cluster']
   ]
   for (const [argv, env, named] of bad) {
     assert.throws(() => parseConfig(argv, env), (err: unknown) => err instanceof ConfigError && err.message.includes(named), JSON.stringify({ argv, env }))

@@ -20,6 +20,9 @@ export interface ClusterRoomsOptions {
   store: () => Corestore
   rooms: () => Rooms
   maxRooms: number
+  /** mirrored rooms followed actively at once, and ms after which an idle one is put to sleep (see Mirrors) */
+  maxOpenRooms: number
+  roomIdleTimeout: number
   minMirrors: number
   /** ms a write waits for its mirrors, a request for its member, and a write here for the first member to be heard from */
   timeout: number
@@ -47,6 +50,8 @@ export class ClusterRooms extends EventEmitter {
   private readonly pending = new Set<Promise<unknown>>()
   /** set once the rooms of some other member were heard and applied since start */
   private heard = false
+  /** per member, its `rooms` frames applied one after the other */
+  private readonly applying = new Map<string, Promise<void>>()
   private readonly heardWaiters = new Set<() => void>()
   private closed = false
 
@@ -59,8 +64,8 @@ export class ClusterRooms extends EventEmitter {
       swarm: opts.swarm,
       store: opts.store,
       handlers: {
-        ownRooms: () => this.ads(),
-        onRooms: (member, ads) => this.onRooms(member, ads),
+        knownRooms: () => this.ads(),
+        onRooms: (member, ads, more) => this.onRooms(member, ads, more),
         onWrite: (member, write) => opts.onWrite(write),
         onCreate: (member, req) => this.create(req.roomName, req.writerPublicKey)
       }
@@ -100,6 +105,11 @@ export class ClusterRooms extends EventEmitter {
   /** Per primary: what this member, its mirror, has not stored yet. */
   mirrorLag (): Map<string, { blocks: number, seconds: number }> {
     return this.mirrors?.lag() ?? new Map()
+  }
+
+  /** Mirrored rooms, and those followed actively now. */
+  mirroredRooms (): { followed: number, active: number } {
+    return { followed: this.mirrors?.size ?? 0, active: this.mirrors?.activeCount ?? 0 }
   }
 
   /** Per mirror: blocks of `own` cores (this root peer's, open now) it has not stored yet. */
@@ -174,10 +184,15 @@ export class ClusterRooms extends EventEmitter {
 
   /** Follows every mirrored room in `store`. */
   private follow (store: Corestore): void {
-    const mirrors = new Mirrors(store, (name, core) => this.opts.rooms().mirrored(name, Math.min(core.length, core.contiguousLength), core.byteLength))
+    const mirrors = new Mirrors(store, {
+      maxOpen: this.opts.maxOpenRooms,
+      idleTimeout: this.opts.roomIdleTimeout,
+      onProgress: (name, held, byteLength) => this.opts.rooms().mirrored(name, held, byteLength)
+    })
     this.mirrors = mirrors
+    // asleep: a room is woken when its core grows, or when a member says it holds more (its `rooms` on connecting)
     for (const info of this.opts.rooms().list()) {
-      if (info.primary !== undefined) this.track(mirrors.follow(info.name, info.coreKey!, info.primary), info.primary)
+      if (info.primary !== undefined) mirrors.follow(info.name, info.coreKey!, info.primary, info.messageCount, false)
     }
   }
 
@@ -210,20 +225,26 @@ export class ClusterRooms extends EventEmitter {
     if (info.primary !== undefined) ad.primary = info.primary
     if (info.writerPublicKey !== undefined) ad.writerPublicKey = info.writerPublicKey
     if (info.promotedFrom !== undefined) ad.promotedFrom = info.promotedFrom
+    ad.length = info.messageCount
     return ad
   }
 
-  /** A member's room list: each room adopted; the first list applied since start makes this root peer writable. */
-  private onRooms (member: string, ads: RoomAd[]): void {
-    const applied = Promise.allSettled(ads.map(ad => this.adopt(member, ad).catch(err => {
-      this.emit('cluster-error', { member, err })
-    })))
-    this.track(applied.then(() => {
-      if (this.heard || this.closed) return
+  /**
+   * A member's `rooms` frame: each room adopted, frames of one member in order; the first whole list applied
+   * since start (its last frame has no `more`) makes this root peer writable.
+   */
+  private onRooms (member: string, ads: RoomAd[], more: boolean): void {
+    const applied = (this.applying.get(member) ?? Promise.resolve()).then(async () => {
+      await Promise.all(ads.map(ad => this.adopt(member, ad).catch(err => {
+        this.emit('cluster-error', { member, err })
+      })))
+      if (more || this.heard || this.closed) return
       this.heard = true
       for (const done of this.heardWaiters) done()
       this.heardWaiters.clear()
-    }), member)
+    })
+    this.applying.set(member, applied)
+    this.track(applied.finally(() => { if (this.applying.get(member) === applied) this.applying.delete(member) }), member)
   }
 
   /** Mirrors a room another member told us about (unless this root peer holds that name in another core). */
@@ -243,7 +264,7 @@ export class ClusterRooms extends EventEmitter {
       // (this root peer too, when it is that old primary started again: it hands the room over and stops writing to it)
       await this.mirrors?.unfollow(ad.name)
       await rooms.repoint(ad.name, ad.key, primary, ad.promotedFrom!)
-      await this.mirrors?.follow(ad.name, ad.key, primary)
+      this.mirrors?.follow(ad.name, ad.key, primary, 0, true)
       this.emit('room-mirrored', { roomName: ad.name, primary })
       return
     }
@@ -251,7 +272,8 @@ export class ClusterRooms extends EventEmitter {
       this.emit('room-conflict', { roomName: ad.name, primary, key: ad.key })
       return
     }
-    await this.mirrors?.follow(ad.name, ad.key, primary)
+    this.mirrors?.follow(ad.name, ad.key, primary, known?.messageCount ?? 0, known === undefined)
+    if (ad.length !== undefined) this.mirrors?.hint(ad.name, ad.length)
     if (known === undefined) this.emit('room-mirrored', { roomName: ad.name, primary })
   }
 

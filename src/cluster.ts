@@ -18,6 +18,8 @@ const LINK_TIMEOUT = 6000
  * member with the greater key initiated. A later one replaces the link (the member lost it and came back).
  */
 const DUPLICATE_WINDOW = 2000
+/** Rooms per `rooms` frame: a write of a few MiB can reset a connection, so a long list goes in several frames. */
+const ROOMS_PER_FRAME = 256
 
 /** The Corestore name of the key pair a root peer's swarm (and so its public key) uses. */
 export const SWARM_KEY_PAIR = 'root-peer-swarm'
@@ -32,6 +34,8 @@ export interface RoomAd {
   writerPublicKey?: string
   /** the room was taken over (`root-peer promote`) from this gone member: mirrors of its old core follow this one */
   promotedFrom?: string
+  /** blocks the sender holds from 0 without a gap: a mirror holding fewer follows the room actively until it has them */
+  length?: number
 }
 
 /** A `message` forwarded by a member that is not the room's primary. */
@@ -45,9 +49,10 @@ export interface ForwardedWrite {
 }
 
 export interface ClusterHandlers {
-  /** the rooms this root peer is primary for */
-  ownRooms: () => Promise<RoomAd[]>
-  onRooms: (member: string, rooms: RoomAd[]) => void
+  /** the rooms this root peer knows, told to a member when its channel opens */
+  knownRooms: () => Promise<RoomAd[]>
+  /** `more`: the list sent on the channel's opening continues in the next `rooms` frame */
+  onRooms: (member: string, rooms: RoomAd[], more: boolean) => void
   onWrite: (member: string, write: ForwardedWrite) => Promise<{ messageIndex: number, duplicate: boolean }>
   onCreate: (member: string, req: { roomName: string, writerPublicKey?: string }) => Promise<RoomAd>
 }
@@ -236,15 +241,21 @@ export class Cluster extends EventEmitter {
   }
 
   private async sendRooms (member: string): Promise<void> {
-    const rooms = await this.handlers.ownRooms()
+    const rooms = await this.handlers.knownRooms()
     const link = this.links.get(member)
-    if (link?.open === true) link.message!.send({ type: 'rooms', rooms })
+    if (link?.open !== true) return
+    let at = 0
+    do {
+      const chunk = rooms.slice(at, at + ROOMS_PER_FRAME)
+      at += ROOMS_PER_FRAME
+      link.message!.send(at < rooms.length ? { type: 'rooms', rooms: chunk, more: true } : { type: 'rooms', rooms: chunk })
+    } while (at < rooms.length)
   }
 
   private onFrame (member: string, frame: any): void {
     if (this.closed || typeof frame !== 'object' || frame === null) return
     if (frame.type === 'rooms' && Array.isArray(frame.rooms)) {
-      this.handlers.onRooms(member, frame.rooms.filter(isRoomAd))
+      this.handlers.onRooms(member, frame.rooms.filter(isRoomAd), frame.more === true)
     } else if (frame.type === 'request' && Number.isSafeInteger(frame.reqId)) {
       this.answer(member, frame)
     } else if (frame.type === 'response') {
@@ -279,7 +290,8 @@ export class Cluster extends EventEmitter {
 function isRoomAd (ad: any): ad is RoomAd {
   return typeof ad === 'object' && ad !== null && typeof ad.name === 'string' && typeof ad.key === 'string' && /^[0-9a-f]{64}$/.test(ad.key) &&
     (ad.primary === undefined || (typeof ad.primary === 'string' && /^[0-9a-f]{64}$/.test(ad.primary))) &&
-    (ad.promotedFrom === undefined || (typeof ad.promotedFrom === 'string' && /^[0-9a-f]{64}$/.test(ad.promotedFrom)))
+    (ad.promotedFrom === undefined || (typeof ad.promotedFrom === 'string' && /^[0-9a-f]{64}$/.test(ad.promotedFrom))) &&
+    (ad.length === undefined || (Number.isSafeInteger(ad.length) && ad.length >= 0))
 }
 
 /** The public key (hex) a root peer on `storageDir` has, from its store; the store is created when missing. */

@@ -50,6 +50,7 @@ export class Metrics {
       rp => [...rp.mirrorLag()].map(([primary, { blocks }]) => [primary, blocks]))
     this.labelledGauge('root_peer_mirror_lag_seconds', 'Seconds since this member (a mirror) fell behind a primary cluster member, by primary; 0 when caught up', 'primary',
       rp => [...rp.mirrorLag()].map(([primary, { seconds }]) => [primary, seconds]))
+    this.gauge('root_peer_mirrored_rooms_active', 'Mirrored rooms this member follows actively now (a downloading session); the others sleep until their core grows', rp => rp.mirroredRooms().active)
     this.labelledGauge('root_peer_replica_lag_blocks', 'Blocks of this member\'s own open rooms that a mirror has not announced as stored, by mirror', 'mirror',
       rp => rp.replicaLag())
     this.labelled('root_peer_frames_received_total', 'Frames received, by type (`invalid`: not decodable)', 'type', rp => rp.counters.framesReceived)

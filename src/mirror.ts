@@ -1,5 +1,6 @@
 import type Corestore from 'corestore'
-import type Hypercore from 'hypercore'
+import Hypercore from 'hypercore'
+import { discoveryKey } from 'hypercore-crypto'
 import { RootPeerError } from './errors.js'
 
 /** How often the waits for mirrors look at the cores' peers (Hypercore has no event for a peer's stored length). */
@@ -76,49 +77,87 @@ export class MirrorWaits {
 }
 
 interface Followed {
-  core: Hypercore
+  name: string
+  key: Buffer
   primary: string
+  /** blocks held from 0 without a gap, the last time this member looked */
+  held: number
+  /** the session that downloads the core, while the room is followed actively; null while it is idle */
+  session: Hypercore | null
+  /** a weak session on the internal core while it is open (whoever opened it): tells of appends while idle */
+  weak: Hypercore | null
+  lastActive: number
   /** ms since the epoch when this mirror last fell behind the length it knows of; null while caught up */
   behindSince: number | null
 }
 
+export interface MirrorsOptions {
+  /** rooms followed actively (a downloading session) at once, besides those still catching up */
+  maxOpen?: number
+  /** ms without a new block after which a caught-up room's session is closed */
+  idleTimeout?: number
+  /** called as blocks arrive, with the blocks held from 0 without a gap and their bytes */
+  onProgress: (roomName: string, held: number, byteLength: number) => void
+}
+
 /**
- * The mirror's side: one session per room another member is primary for, downloading its core from
- * block 0 and following it live. `onProgress` is called as blocks arrive.
+ * The mirror's side: follows the cores of the rooms other members are primary for. A room is followed
+ * actively (a session downloading from block 0 to the end, live) while it is behind or was active within
+ * `idleTimeout`, at most `maxOpen` caught-up rooms at once (least recently active closed first): a mirror
+ * with a session open also keeps the primary's core open. An idle room is woken up again when its core
+ * grows: Corestore opens a stored core by itself when a member opens it on a replication link, and a weak
+ * session on the open core sees its length grow; and when a member's `rooms` says it holds more (`hint`).
  */
 export class Mirrors {
   private readonly store: Corestore
   private readonly followed = new Map<string, Followed>()
-  private readonly onProgress: (roomName: string, core: Hypercore) => void
+  /** discovery key (hex) to room name */
+  private readonly byDiscoveryKey = new Map<string, string>()
+  private readonly maxOpen: number
+  private readonly idleTimeout: number
+  private readonly onProgress: MirrorsOptions['onProgress']
+  private readonly watcher: (core: { readonly discoveryKey: Buffer }) => void
+  private readonly sweepTimer: NodeJS.Timeout
+  private active = 0
   private closed = false
 
-  constructor (store: Corestore, onProgress: (roomName: string, core: Hypercore) => void) {
+  constructor (store: Corestore, { maxOpen = 256, idleTimeout = 300_000, onProgress }: MirrorsOptions) {
     this.store = store
+    this.maxOpen = maxOpen
+    this.idleTimeout = idleTimeout
     this.onProgress = onProgress
+    this.watcher = core => this.onCoreOpen(core)
+    store.watch(this.watcher)
+    this.sweepTimer = setInterval(() => this.sweep(), Math.max(1000, Math.min(idleTimeout / 2, 60_000)))
+    this.sweepTimer.unref()
   }
 
+  /** Rooms followed; and of them, followed actively now. */
   get size (): number {
     return this.followed.size
   }
 
-  /** Starts following room `name`'s core `key` (hex), held by `primary`; a room followed already is left as it is. */
-  async follow (name: string, key: string, primary: string): Promise<void> {
+  get activeCount (): number {
+    return this.active
+  }
+
+  /**
+   * Follows room `name`'s core `key` (hex), held by `primary`, of which `held` blocks are stored here; actively
+   * at once when `wake`. A room followed already is left as it is.
+   */
+  follow (name: string, key: string, primary: string, held: number, wake: boolean): void {
     if (this.closed || this.followed.has(name)) return
-    const core = this.store.get({ key: Buffer.from(key, 'hex') })
-    const followed: Followed = { core, primary, behindSince: null }
+    const keyBuffer = Buffer.from(key, 'hex')
+    const followed: Followed = { name, key: keyBuffer, primary, held, session: null, weak: null, lastActive: Date.now(), behindSince: null }
     this.followed.set(name, followed)
-    await core.ready()
-    if (this.closed) return
-    const progress = (): void => {
-      const behind = core.contiguousLength < core.length
-      if (!behind) followed.behindSince = null
-      else if (followed.behindSince === null) followed.behindSince = Date.now()
-      this.onProgress(name, core)
-    }
-    core.on('download', progress)
-    core.on('append', progress)
-    core.download({ start: 0, end: -1 })
-    progress()
+    this.byDiscoveryKey.set(discoveryKey(keyBuffer).toString('hex'), name)
+    if (wake) this.wake(followed)
+  }
+
+  /** A member holds `length` blocks of the room: followed actively until this member holds them too. */
+  hint (name: string, length: number): void {
+    const followed = this.followed.get(name)
+    if (followed !== undefined && length > followed.held) this.wake(followed)
   }
 
   /** Stops following a room (its primary changed). */
@@ -126,23 +165,20 @@ export class Mirrors {
     const followed = this.followed.get(name)
     if (followed === undefined) return
     this.followed.delete(name)
-    await followed.core.close()
-  }
-
-  /** The followed core of a room, or null. */
-  core (name: string): Hypercore | null {
-    return this.followed.get(name)?.core ?? null
+    this.byDiscoveryKey.delete(discoveryKey(followed.key).toString('hex'))
+    await this.sleep(followed)
+    await followed.weak?.close()
   }
 
   /**
    * Per primary: blocks it has announced that this member has not stored yet, all its rooms together, and
-   * the seconds since the oldest of its rooms fell behind (0 when caught up).
+   * the seconds since the oldest of its rooms fell behind (0 when caught up). Idle rooms were caught up.
    */
   lag (now = Date.now()): Map<string, { blocks: number, seconds: number }> {
     const lag = new Map<string, { blocks: number, seconds: number }>()
-    for (const { core, primary, behindSince } of this.followed.values()) {
+    for (const { session, primary, behindSince } of this.followed.values()) {
       const entry = lag.get(primary) ?? { blocks: 0, seconds: 0 }
-      const blocks = core.opened ? Math.max(0, core.length - core.contiguousLength) : 0
+      const blocks = session?.opened === true ? Math.max(0, session.length - session.contiguousLength) : 0
       entry.blocks += blocks
       if (blocks > 0 && behindSince !== null) entry.seconds = Math.max(entry.seconds, (now - behindSince) / 1000)
       lag.set(primary, entry)
@@ -167,8 +203,74 @@ export class Mirrors {
 
   async close (): Promise<void> {
     this.closed = true
-    const cores = [...this.followed.values()].map(f => f.core)
+    clearInterval(this.sweepTimer)
+    this.store.unwatch(this.watcher)
+    const all = [...this.followed.values()]
     this.followed.clear()
-    await Promise.allSettled(cores.map(core => core.close()))
+    await Promise.allSettled(all.flatMap(f => [f.session?.close(), f.weak?.close()]))
+  }
+
+  /** Opens the room's downloading session, unless it has one. */
+  private wake (followed: Followed): void {
+    if (this.closed || followed.session !== null || this.followed.get(followed.name) !== followed) return
+    const session = this.store.get({ key: followed.key })
+    followed.session = session
+    followed.lastActive = Date.now()
+    this.active++
+    const progress = (): void => {
+      if (followed.session !== session || !session.opened) return
+      followed.lastActive = Date.now()
+      const behind = session.contiguousLength < session.length
+      if (!behind) followed.behindSince = null
+      else if (followed.behindSince === null) followed.behindSince = Date.now()
+      if (session.contiguousLength > followed.held) {
+        followed.held = session.contiguousLength
+        this.onProgress(followed.name, followed.held, session.byteLength)
+      }
+    }
+    session.on('download', progress)
+    session.on('append', progress)
+    session.ready().then(() => {
+      if (followed.session !== session) return
+      session.download({ start: 0, end: -1 })
+      progress()
+    }, () => this.sleep(followed))
+  }
+
+  /** Closes the room's downloading session; the weak session stays while the core is open. */
+  private async sleep (followed: Followed): Promise<void> {
+    const session = followed.session
+    if (session === null) return
+    followed.session = null
+    followed.behindSince = null
+    this.active--
+    await session.close().catch(() => {})
+  }
+
+  /** Puts caught-up rooms idle for `idleTimeout` to sleep, and the least recently active ones over `maxOpen`. */
+  private sweep (now = Date.now()): void {
+    const caughtUp = [...this.followed.values()].filter(f => f.session?.opened === true && f.session.contiguousLength >= f.session.length)
+    caughtUp.sort((a, b) => a.lastActive - b.lastActive)
+    let over = this.active - this.maxOpen
+    for (const f of caughtUp) {
+      if (over <= 0 && now - f.lastActive < this.idleTimeout) break
+      over--
+      this.sleep(f).catch(() => {})
+    }
+  }
+
+  /** An internal core opened (by anyone): a followed room gets a weak session that wakes it when the core grows. */
+  private onCoreOpen (core: { readonly discoveryKey: Buffer }): void {
+    const name = this.byDiscoveryKey.get(core.discoveryKey.toString('hex'))
+    const followed = name === undefined ? undefined : this.followed.get(name)
+    if (followed === undefined || followed.weak !== null || this.closed) return
+    const weak = new Hypercore({ core, weak: true })
+    followed.weak = weak
+    const grown = (): void => {
+      if (weak.opened && weak.length > followed.held) this.wake(followed)
+    }
+    weak.on('append', grown)
+    weak.on('close', () => { if (followed.weak === weak) followed.weak = null })
+    weak.ready().then(grown, () => {})
   }
 }

@@ -4,6 +4,10 @@
 declare module 'hypercore' {
   import { EventEmitter } from 'node:events'
   export default class Hypercore extends EventEmitter {
+    /** a session on an open internal core; a weak one neither keeps the core open nor makes it download */
+    constructor (opts: { core: unknown, weak?: boolean })
+    /** the internal core under every session of this core */
+    readonly core: unknown
     readonly key: Buffer
     readonly discoveryKey: Buffer
     readonly length: number
@@ -55,6 +59,9 @@ declare module 'corestore' {
     close (): Promise<void>
     get (opts: { name?: string, key?: Buffer, exclusive?: boolean, valueEncoding?: string }): Hypercore
     namespace (name: string): Corestore
+    /** calls `fn` with each internal core as it is opened (by a session, or by replication for a core stored here) */
+    watch (fn: (core: { readonly discoveryKey: Buffer }) => void): void
+    unwatch (fn: (core: { readonly discoveryKey: Buffer }) => void): void
     createKeyPair (name: string): Promise<KeyPair>
     /** runs Hypercore replication of every core over a connection (a Protomux on it, kept in `conn.userData`) */
     replicate (conn: unknown): unknown

@@ -6,7 +6,7 @@ import crypto from 'hypercore-crypto'
 import type { BootstrapNode } from './config.js'
 import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
 import { openStore } from './data-dir-lock.js'
-import { freeBytes, fullBelow, writable } from './disk.js'
+import { StorageHealth } from './storage-health.js'
 import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
@@ -161,11 +161,8 @@ export class ChatRootPeer extends EventEmitter {
   private readonly maxStorageBytes: number
   /** null when retention is off */
   private readonly pruner: Pruner | null
-  /** set while writes fail (disk full, read-only, I/O error); messages are refused with it until storage recovers */
-  private storageFailure: RootPeerError | null = null
-  /** set while the store is being reopened after a failure; frames wait for it */
-  private reopening: Promise<void> | null = null
-  private recoveryTimer: NodeJS.Timeout | null = null
+  /** whether writes fail (disk full, read-only, I/O error): messages are refused until storage recovers, frames wait for a reopen */
+  private readonly storage: StorageHealth
   private readonly clusterPeers: string[]
   private readonly minMirrors: number
   private readonly replicationTimeout: number
@@ -213,6 +210,16 @@ export class ChatRootPeer extends EventEmitter {
     this.requireSignedRooms = opts.requireSignedRooms === true
     this.retention = Object.freeze({ messages: opts.retentionMessages ?? 0, bytes: opts.retentionBytes ?? 0, maxAgeMs: opts.retentionAge ?? 0 })
     this.maxStorageBytes = opts.maxStorageBytes ?? 0
+    this.storage = new StorageHealth({ dir: storageDir, writeBuffer: storageWriteBuffer, reopen: () => this.reopenStorage() })
+    this.storage.on('storage-failed', e => {
+      this.counters.storageFailures++
+      this.emit('storage-failed', e)
+    })
+    this.storage.on('storage-recovery-failed', err => this.emit('storage-recovery-failed', err))
+    this.storage.on('storage-recovered', () => {
+      this.emit('storage-recovered')
+      this.save()
+    })
     this.pruner = retentionOn(this.retention) ? new Pruner(this.retention, () => this.rooms) : null
     this.pruner?.on('room-pruned', e => this.emit('room-pruned', e))
     this.pruner?.on('prune-error', e => this.emit('prune-error', e))
@@ -245,12 +252,13 @@ export class ChatRootPeer extends EventEmitter {
 
   /** Ready means: storage open, discovery topic announced, DHT bootstrapped. */
   health (): Health {
-    const storage = this.store !== null && this.rooms !== null && !this.closing && this.storageFailure === null
+    const failure = this.storage.reason()
+    const storage = this.store !== null && this.rooms !== null && !this.closing && failure === null
     const discovery = this.announced && !this.closing
     const dht = this.dhtBootstrapped
     const reasons: string[] = []
     if (this.closing) reasons.push('shutting down')
-    else if (this.storageFailure !== null) reasons.push(storageReason(this.storageFailure, this.storageDir))
+    else if (failure !== null) reasons.push(failure)
     else if (!storage) reasons.push('storage not open')
     if (!this.closing && !discovery) reasons.push('discovery topic not announced yet')
     if (!this.closing && !dht) reasons.push('DHT not bootstrapped')
@@ -262,6 +270,11 @@ export class ChatRootPeer extends EventEmitter {
   /** With CLUSTER_PEERS: per primary member, the blocks it has announced that this member has not stored yet, and for how long. */
   mirrorLag (): Map<string, { blocks: number, seconds: number }> {
     return this.cluster?.mirrorLag() ?? new Map()
+  }
+
+  /** With CLUSTER_PEERS: rooms mirrored here, and those followed actively now (the others sleep until their core grows). */
+  mirroredRooms (): { followed: number, active: number } {
+    return this.cluster?.mirroredRooms() ?? { followed: 0, active: 0 }
   }
 
   /** With CLUSTER_PEERS, as a primary: per mirror, the blocks of this root peer's open rooms it has not stored yet. */
@@ -384,50 +397,6 @@ export class ChatRootPeer extends EventEmitter {
     return recovered
   }
 
-  /** Marks storage as failing after a write failed, with the code peers get until it recovers. */
-  private async storageFailed (err: unknown): Promise<RootPeerError> {
-    if (this.storageFailure !== null) return this.storageFailure
-    const free = await freeBytes(this.storageDir)
-    if (this.storageFailure !== null) return this.storageFailure
-    const failure = free !== null && free < fullBelow(this.storageWriteBuffer) ? RootPeerError.STORAGE_FULL(free, err) : RootPeerError.STORAGE_ERROR(err)
-    this.storageFailure = failure
-    this.counters.storageFailures++
-    this.emit('storage-failed', { code: failure.code, freeBytes: free, err })
-    this.scheduleRecovery(STORAGE_RETRY_MIN)
-    return failure
-  }
-
-  /** Retries until the data dir takes writes again, then reopens the store (RocksDB stays read-only after a failed write). */
-  private scheduleRecovery (delay: number): void {
-    if (this.closing || this.recoveryTimer !== null) return
-    this.recoveryTimer = setTimeout(() => {
-      this.recoveryTimer = null
-      this.recover().then(ok => {
-        if (!ok) this.scheduleRecovery(Math.min(delay * 2, STORAGE_RETRY_MAX))
-      }, () => this.scheduleRecovery(Math.min(delay * 2, STORAGE_RETRY_MAX)))
-    }, delay)
-  }
-
-  private async recover (): Promise<boolean> {
-    if (this.closing || this.storageFailure === null) return true
-    if (!(await writable(this.storageDir, fullBelow(this.storageWriteBuffer)))) return false
-    const reopening = this.reopenStorage()
-    this.reopening = reopening
-    try {
-      await reopening
-    } catch (err) {
-      this.emit('storage-recovery-failed', err)
-      return false
-    } finally {
-      this.reopening = null
-    }
-    if (this.closing) return true
-    this.storageFailure = null
-    this.emit('storage-recovered')
-    this.save()
-    return true
-  }
-
   private async reopenStorage (): Promise<void> {
     const rooms = this.rooms!
     await rooms.settled()
@@ -449,8 +418,8 @@ export class ChatRootPeer extends EventEmitter {
     if (this.statsTimer !== null) clearInterval(this.statsTimer)
     if (this.saveTimer !== null) clearTimeout(this.saveTimer)
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
-    if (this.recoveryTimer !== null) clearTimeout(this.recoveryTimer)
-    if (this.reopening !== null) await this.reopening.catch(() => {})
+    this.storage.close()
+    if (this.storage.reopening !== null) await this.storage.reopening.catch(() => {})
     this.topics.close()
     this.guard.close()
 
@@ -533,7 +502,7 @@ export class ChatRootPeer extends EventEmitter {
       this.refuse(peer, err, contextOf(frame))
       return
     }
-    if (this.reopening !== null) await this.reopening.catch(() => {})
+    if (this.storage.reopening !== null) await this.storage.reopening.catch(() => {})
     const handled = (this.handlers[frame.type] as Handler<Frame>)(peer, frame)
     this.track(handled)
     try {
@@ -563,7 +532,7 @@ export class ChatRootPeer extends EventEmitter {
 
   private async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
     // while writes fail, nothing is tried: the peer resends after the failure has passed
-    if (this.storageFailure !== null) throw this.storageFailure
+    if (this.storage.failure !== null) throw this.storage.failure
     const rooms = this.rooms!
     const writerPublicKey = rooms.info(frame.roomName)?.writerPublicKey
     if (writerPublicKey !== undefined) checkSigned(writerPublicKey, frame)
@@ -719,7 +688,7 @@ export class ChatRootPeer extends EventEmitter {
 
   private async appendFailed (peer: Peer, room: Room, frame: MessageFrame, err: unknown): Promise<void> {
     this.emit('append-error', { roomName: room.name, err })
-    this.refuse(peer, this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storageFailed(err), contextOf(frame))
+    this.refuse(peer, this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storage.failed(err), contextOf(frame))
   }
 
   /** Resolves when the block at `index` may be acked: with SYNC_WRITES on disk, with MIN_MIRRORS on that many mirrors. */
@@ -737,6 +706,8 @@ export class ChatRootPeer extends EventEmitter {
       store: () => this.store!,
       rooms: () => this.rooms!,
       maxRooms: this.maxRooms,
+      maxOpenRooms: this.maxOpenRooms,
+      roomIdleTimeout: this.roomIdleTimeout,
       minMirrors: this.minMirrors,
       timeout: this.replicationTimeout,
       announcement: () => JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: this.publicKey!.toString('hex'), limits: this.limits, challenge: newChallenge() }),
@@ -793,7 +764,7 @@ export class ChatRootPeer extends EventEmitter {
   /** A message another member forwarded to this root peer, the room's primary: stored (deduplicated by id) like a client's. */
   private async onForwardedWrite (write: ForwardedWrite): Promise<{ messageIndex: number, duplicate: boolean }> {
     if (this.closing) throw RootPeerError.SHUTTING_DOWN()
-    if (this.storageFailure !== null) throw this.storageFailure
+    if (this.storage.failure !== null) throw this.storage.failure
     await this.cluster!.writable()
     const rooms = this.rooms!
     const info = rooms.info(write.roomName)
@@ -812,7 +783,7 @@ export class ChatRootPeer extends EventEmitter {
         }
       } catch (err) {
         this.emit('append-error', { roomName: room.name, err })
-        throw this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storageFailed(err)
+        throw this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storage.failed(err)
       }
       if (result.duplicate) this.counters.duplicates++
       else this.stored(room, write.fromPeer, result.index, write.id, block.byteLength, this.onLatency === null ? 0 : performance.now())
@@ -896,16 +867,6 @@ function topicSwarm (swarm: Hyperswarm): TopicSwarm {
 
 /** Refusals that are not the peer's fault and do not count towards a ban. */
 const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
-
-/** First and longest wait between checks of a failed data dir. */
-const STORAGE_RETRY_MIN = 1000
-const STORAGE_RETRY_MAX = 30_000
-
-function storageReason (failure: RootPeerError, dir: string): string {
-  if (failure.code === 'STORAGE_FULL') return `storage full: ${String(failure.details.freeBytes ?? 0)} bytes free in ${dir}; writes are refused until there is room`
-  const cause = failure.cause instanceof Error ? failure.cause.message : String(failure.cause)
-  return `storage error in ${dir}: ${cause}; writes are refused until a write succeeds again`
-}
 
 /** A message for a signed room: a string with an id, signed by the room's key over (roomName, id, message). */
 function checkSigned (writerPublicKey: string, frame: MessageFrame): void {

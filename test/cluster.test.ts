@@ -389,3 +389,49 @@ test('promotion: refused while the old primary runs; after it is gone, root-peer
   assert.ok(a2.d.lines.some(l => l.msg === 'mirroring room' && l.roomName === room && l.primary === b.key), 'the old primary follows the new core')
   assert.deepEqual((await readUntil(t, net, b2, room, ids.length + 2)).map(x => x.id), [...ids, 'p-after', 'p-old'])
 })
+
+test('mirrored rooms sleep when idle and wake when their core grows: with MIN_MIRRORS=2 every later write is acked (both mirrors stored it); a mirror restarted with its rooms asleep fetches what it missed', async t => {
+  const net = await testnet(t)
+  const extra = { MIN_MIRRORS: '2', ROOM_IDLE_TIMEOUT: '1s', MAX_OPEN_ROOMS: '2', REPLICATION_TIMEOUT: '5s' }
+  const members = await startCluster(t, net, extra)
+  const [a, b, c] = members
+  const rooms = Array.from({ length: 6 }, (_, i) => roomOwnedBy(members, a, `sleepy${i}`))
+  const atA = await dial(t, net, a)
+  const round = async (label: string, index: number): Promise<void> => {
+    for (const room of rooms) {
+      const ack = (await sendAll(atA, room, [`${label}-${room}`])).get(`${label}-${room}`)
+      assert.deepEqual(ack, { type: 'message-ack', roomName: room, id: `${label}-${room}`, messageIndex: index })
+    }
+  }
+  const activeAt = async (m: Member): Promise<number> => {
+    const url = (await m.d.line(l => l.url !== undefined)).url as string
+    const metrics = await (await fetch(new URL('/metrics', url))).text()
+    return Number(/^root_peer_mirrored_rooms_active (\d+)$/m.exec(metrics)?.[1])
+  }
+  /** Waits until every mirrored room of `m` sleeps (idle 1 s, swept every second); the metric is read once a second. */
+  const allAsleep = async (m: Member): Promise<void> => {
+    const deadline = Date.now() + 20_000
+    while (await activeAt(m) > 0) {
+      assert.ok(Date.now() < deadline, 'mirrored rooms were put to sleep')
+      await new Promise(resolve => setTimeout(resolve, 1000))
+    }
+  }
+
+  await round('first', 0)
+  await Promise.all([allAsleep(b), allAsleep(c)])
+  // every room asleep at both mirrors: each write is acked only once both have woken the room and stored it
+  await round('second', 1)
+  assert.ok(await activeAt(b) > 0, 'woken rooms are followed actively')
+
+  // C down: not replicated; C back with its rooms asleep: woken (A's rooms say it holds more), the resend is acked once
+  const fromA = a.d.lines.length
+  assert.equal((await c.d.stop('SIGTERM')).code, 0)
+  await a.d.line(l => l.msg.startsWith('cluster member disconnected') && l.member === c.key && a.d.lines.indexOf(l) >= fromA, 15_000)
+  atA.send({ type: 'message', roomName: rooms[0], message: 'while C is down', id: 'third' })
+  assert.equal((await atA.next(f => f.id === 'third', 15_000)).code, 'NOT_REPLICATED')
+  const c2 = startMember(t, net, c.storage, members.map(m => m.key), c.key, extra)
+  await c2.d.ready()
+  await memberConnected(a.d, c.key, fromA)
+  atA.send({ type: 'message', roomName: rooms[0], message: 'while C is down', id: 'third' })
+  assert.deepEqual(await atA.next(f => f.id === 'third', 15_000), { type: 'message-ack', roomName: rooms[0], id: 'third', messageIndex: 2, duplicate: true })
+})

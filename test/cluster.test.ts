@@ -435,3 +435,29 @@ test('mirrored rooms sleep when idle and wake when their core grows: with MIN_MI
   atA.send({ type: 'message', roomName: rooms[0], message: 'while C is down', id: 'third' })
   assert.deepEqual(await atA.next(f => f.id === 'third', 15_000), { type: 'message-ack', roomName: rooms[0], id: 'third', messageIndex: 2, duplicate: true })
 })
+
+test('write fence: a member that has heard from no other member since it started takes no writes to its own rooms (PRIMARY_UNAVAILABLE, nothing stored) but serves reads; once a member is linked, the resend is acked', async t => {
+  const net = await testnet(t)
+  const storages = [await tmpDir(t, 'root-peer-cluster-'), await tmpDir(t, 'root-peer-cluster-')]
+  const keys = [await readPublicKey(storages[0]), await readPublicKey(storages[1])]
+  const extra = { REPLICATION_TIMEOUT: '1s' }
+  // A alone: B is listed but not started
+  const a = startMember(t, net, storages[0], keys, keys[0], extra)
+  await a.d.ready()
+  const room = roomOwnedBy([a, { key: keys[1] } as Member], a, 'fenced')
+  const atA = await dial(t, net, a)
+  atA.send({ type: 'register-room', roomName: room, requestId: 'reg' })
+  assert.equal((await atA.next(f => f.requestId === 'reg')).type, 'room-registered')
+  atA.send({ type: 'message', roomName: room, message: 'too early', id: 'early' })
+  const refused = await atA.next(f => f.id === 'early', 10_000)
+  assert.equal(refused.type, 'error')
+  assert.equal(refused.code, 'PRIMARY_UNAVAILABLE')
+  assert.match(refused.message, /has not heard from any other cluster member since it started/)
+  assert.deepEqual((await atA.syncAll(room)).messages, [], 'nothing was stored')
+
+  const b = startMember(t, net, storages[1], keys, keys[1], extra)
+  await b.d.ready()
+  await memberConnected(a.d, b.key)
+  atA.send({ type: 'message', roomName: room, message: 'too early', id: 'early' })
+  assert.deepEqual(await atA.next(f => f.id === 'early', 10_000), { type: 'message-ack', roomName: room, id: 'early', messageIndex: 0 })
+})

@@ -17,7 +17,6 @@ export function mirroredBy (core: Hypercore, length: number, isMember: (key: str
 }
 
 interface Wait {
-  core: Hypercore
   length: number
   wanted: number
   deadline: number
@@ -31,7 +30,8 @@ interface Wait {
  * stored its block (a peer announces a block only after storing it), or fails with NOT_REPLICATED.
  */
 export class MirrorWaits {
-  private readonly waits = new Set<Wait>()
+  /** waits by core, and the listener each core has for its `remote-contiguous-length` event */
+  private readonly byCore = new Map<Hypercore, { waits: Set<Wait>, onChange: () => void }>()
   private timer: NodeJS.Timeout | null = null
   private readonly isMember: (key: string) => boolean
 
@@ -39,35 +39,58 @@ export class MirrorWaits {
     this.isMember = isMember
   }
 
-  /** Resolves once `wanted` members hold `core` up to `length`; rejects with NOT_REPLICATED after `timeout` ms. */
+  /**
+   * Resolves once `wanted` members hold `core` up to `length`; rejects with NOT_REPLICATED after `timeout` ms.
+   * Checked when the core's longest remote contiguous length grows (the first mirror to store the block), and
+   * every POLL_INTERVAL ms for the rest (Hypercore has no event for a peer that reaches a length another reached).
+   */
   wait (core: Hypercore, length: number, wanted: number, timeout: number): Promise<void> {
     if (wanted <= 0 || mirroredBy(core, length, this.isMember) >= wanted) return Promise.resolve()
     return new Promise((resolve, reject) => {
-      this.waits.add({ core, length, wanted, deadline: Date.now() + timeout, timeout, resolve, reject })
+      let entry = this.byCore.get(core)
+      if (entry === undefined) {
+        const onChange = (): void => this.checkCore(core, Date.now())
+        entry = { waits: new Set(), onChange }
+        core.on('remote-contiguous-length', onChange)
+        this.byCore.set(core, entry)
+      }
+      entry.waits.add({ length, wanted, deadline: Date.now() + timeout, timeout, resolve, reject })
       if (this.timer === null) this.timer = setInterval(() => this.check(), POLL_INTERVAL)
     })
   }
 
   /** Fails every wait (on shutdown). */
   close (): void {
-    for (const w of this.waits) w.reject(RootPeerError.SHUTTING_DOWN())
-    this.waits.clear()
+    for (const [core, { waits, onChange }] of this.byCore) {
+      core.off('remote-contiguous-length', onChange)
+      for (const w of waits) w.reject(RootPeerError.SHUTTING_DOWN())
+    }
+    this.byCore.clear()
     this.stop()
   }
 
   private check (): void {
     const now = Date.now()
-    for (const w of this.waits) {
-      const n = mirroredBy(w.core, w.length, this.isMember)
+    for (const core of [...this.byCore.keys()]) this.checkCore(core, now)
+  }
+
+  private checkCore (core: Hypercore, now: number): void {
+    const entry = this.byCore.get(core)
+    if (entry === undefined) return
+    for (const w of entry.waits) {
+      const n = mirroredBy(core, w.length, this.isMember)
       if (n >= w.wanted) {
-        this.waits.delete(w)
+        entry.waits.delete(w)
         w.resolve()
       } else if (now >= w.deadline) {
-        this.waits.delete(w)
+        entry.waits.delete(w)
         w.reject(RootPeerError.NOT_REPLICATED(n, w.wanted, w.timeout))
       }
     }
-    if (this.waits.size === 0) this.stop()
+    if (entry.waits.size > 0) return
+    core.off('remote-contiguous-length', entry.onChange)
+    this.byCore.delete(core)
+    if (this.byCore.size === 0) this.stop()
   }
 
   private stop (): void {

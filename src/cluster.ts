@@ -71,9 +71,9 @@ interface PendingRequest {
 }
 
 /**
- * The other root peers of this operator: dials them (Hyperswarm `joinPeer`), and on each member's
+ * The other root peers of this operator: dials them (MemberDialer, outside Hyperswarm's peer handling), and on each member's
  * connection, after the announcements, runs Hypercore replication of the whole store and the
- * `root-peer-cluster/v1` channel: `rooms` (rooms the sender is primary for, with core keys), and
+ * `root-peer-cluster/v1` channel: `rooms` (the rooms the sender knows, with core keys and primaries), and
  * `request` / `response` (a forwarded write, a room to create at its rendezvous owner).
  *
  * Events: `member-connected` (key hex), `member-disconnected` (key hex), `member-error` (key hex, err).

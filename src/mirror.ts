@@ -287,7 +287,13 @@ export class Mirrors {
     const name = this.byDiscoveryKey.get(core.discoveryKey.toString('hex'))
     const followed = name === undefined ? undefined : this.followed.get(name)
     if (followed === undefined || followed.weak !== null || this.closed) return
-    const weak = new Hypercore({ core, weak: true })
+    let weak: Hypercore
+    try {
+      weak = new Hypercore({ core, weak: true })
+    } catch {
+      // the core is closing already: it is watched again when it next opens
+      return
+    }
     followed.weak = weak
     const grown = (): void => {
       if (weak.opened && weak.length > followed.held) this.wake(followed)

@@ -230,12 +230,20 @@ export class ClusterRooms extends EventEmitter {
   }
 
   /**
-   * A member's `rooms` frame: each room adopted, frames of one member in order; the first whole list applied
-   * since start (its last frame has no `more`) makes this root peer writable.
+   * A member's `rooms` frame: each room adopted. What it says of rooms this root peer is primary for (a hand-over)
+   * is applied in order, frame after frame; once the last frame of the first whole list since start is (its last
+   * frame has no `more`), this root peer is writable. The other rooms are mirrored meanwhile, not waited for.
    */
   private onRooms (member: string, ads: RoomAd[], more: boolean): void {
+    const rooms = this.opts.rooms()
+    const own: RoomAd[] = []
+    for (const ad of ads) {
+      const info = rooms.info(ad.name)
+      if (info !== undefined && info.primary === undefined) own.push(ad)
+      else this.track(this.adopt(member, ad), member)
+    }
     const applied = (this.applying.get(member) ?? Promise.resolve()).then(async () => {
-      await Promise.all(ads.map(ad => this.adopt(member, ad).catch(err => {
+      await Promise.all(own.map(ad => this.adopt(member, ad).catch(err => {
         this.emit('cluster-error', { member, err })
       })))
       if (more || this.heard || this.closed) return

@@ -449,15 +449,27 @@ test('mirrored rooms sleep when idle and wake when their core grows: with MIN_MI
   assert.deepEqual(await atA.next(f => f.id === 'third', 15_000), { type: 'message-ack', roomName: rooms[0], id: 'third', messageIndex: 2, duplicate: true })
 })
 
-test('write fence: a member that has heard from no other member since it started takes no writes to its own rooms (PRIMARY_UNAVAILABLE, nothing stored) but serves reads; once a member is linked, the resend is acked', async t => {
+test('write fence: a member that has heard from no other member since it started takes no writes to its own rooms (PRIMARY_UNAVAILABLE, nothing stored) but serves reads; once a member is linked (its 300 rooms told in two frames), the resend is acked', async t => {
   const net = await testnet(t)
   const storages = [await tmpDir(t, 'root-peer-cluster-'), await tmpDir(t, 'root-peer-cluster-')]
   const keys = [await readPublicKey(storages[0]), await readPublicKey(storages[1])]
-  const extra = { REPLICATION_TIMEOUT: '1s' }
-  // A alone: B is listed but not started
+  const extra = { REPLICATION_TIMEOUT: '1s', ...NO_RATES }
+  const [memberA, memberB] = [{ key: keys[0] }, { key: keys[1] }] as Member[]
+
+  // B alone first, with 300 rooms of its own: its rooms list will take two frames (256 rooms a frame)
+  const b1 = startMember(t, net, storages[1], keys, keys[1], extra)
+  await b1.d.ready()
+  const atB = await dial(t, net, b1)
+  const many = Array.from({ length: 300 }, (_, i) => roomOwnedBy([memberA, memberB], memberB, `many${i}`))
+  for (const name of many) atB.send({ type: 'register-room', roomName: name, requestId: name })
+  for (const name of many) assert.equal((await atB.next(f => f.requestId === name)).type, 'room-registered')
+  await atB.close()
+  assert.equal((await b1.d.stop('SIGTERM')).code, 0)
+
+  // A alone: B is listed but not running
   const a = startMember(t, net, storages[0], keys, keys[0], extra)
   await a.d.ready()
-  const room = roomOwnedBy([a, { key: keys[1] } as Member], a, 'fenced')
+  const room = roomOwnedBy([memberA, memberB], memberA, 'fenced')
   const atA = await dial(t, net, a)
   atA.send({ type: 'register-room', roomName: room, requestId: 'reg' })
   assert.equal((await atA.next(f => f.requestId === 'reg')).type, 'room-registered')
@@ -473,4 +485,8 @@ test('write fence: a member that has heard from no other member since it started
   await memberConnected(a.d, b.key)
   atA.send({ type: 'message', roomName: room, message: 'too early', id: 'early' })
   assert.deepEqual(await atA.next(f => f.id === 'early', 10_000), { type: 'message-ack', roomName: room, id: 'early', messageIndex: 0 })
+  // every room of B's two frames is mirrored at A
+  const mirrored = (): number => a.d.lines.filter(l => l.msg === 'mirroring room' && l.primary === b.key).length
+  await a.d.line(() => mirrored() >= many.length, 30_000)
+  assert.equal(mirrored(), many.length)
 })

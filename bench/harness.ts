@@ -40,6 +40,23 @@ export function sleep (ms: number): Promise<void> {
   return new Promise(resolve => setTimeout(resolve, ms))
 }
 
+/** The settings every bench daemon runs with: the loopback testnet, the monitor on a free port, rate limits and bans off. */
+export function benchEnv (net: { bootstrap: Array<{ host: string, port: number }> }): Record<string, string> {
+  return {
+    DHT_BOOTSTRAP: net.bootstrap.map(b => `${b.host}:${b.port}`).join(','),
+    DHT_HOST: '127.0.0.1',
+    HOST: '127.0.0.1',
+    PORT: '0',
+    STATS_INTERVAL: '0',
+    RATE_MESSAGES: '0',
+    RATE_BYTES: '0',
+    RATE_SYNCS: '0',
+    RATE_REGISTERS: '0',
+    RATE_NEW_ROOMS: '0',
+    BAN_THRESHOLD: '0'
+  }
+}
+
 /** The daemon as a child process, its JSON log lines read for the ready and monitor lines. */
 export class Daemon {
   readonly child: ChildProcess

@@ -6,7 +6,7 @@ import createTestnet from 'hyperdht/testnet.js'
 import os from 'node:os'
 import { readPublicKey } from '../src/cluster.js'
 import { rendezvousOwner } from '../src/rendezvous.js'
-import { Client, Daemon, build, cleanup, cleanups, heapMB, percentile, sleep, stats, tempDir } from './harness.js'
+import { Client, Daemon, benchEnv, build, cleanup, cleanups, heapMB, percentile, sleep, stats, tempDir } from './harness.js'
 
 function option (name: string, fallback: number): number {
   const at = process.argv.indexOf(name)
@@ -35,22 +35,12 @@ async function main (): Promise<void> {
   const keys = [await readPublicKey(dirs[0]), await readPublicKey(dirs[1])]
   const members = dirs.map((dir, i) => {
     const d = new Daemon({
+      ...benchEnv(net),
       STORAGE_DIR: dir,
-      DHT_BOOTSTRAP: net.bootstrap.map(b => `${b.host}:${b.port}`).join(','),
-      DHT_HOST: '127.0.0.1',
-      HOST: '127.0.0.1',
-      PORT: '0',
-      STATS_INTERVAL: '0',
       CLUSTER_PEERS: keys[1 - i],
       ROOM_IDLE_TIMEOUT: '5s',
       MIN_MIRRORS: String(MIN_MIRRORS),
-      MAX_ROOMS: String(ROOMS * 2 + 10),
-      RATE_MESSAGES: '0',
-      RATE_BYTES: '0',
-      RATE_SYNCS: '0',
-      RATE_REGISTERS: '0',
-      RATE_NEW_ROOMS: '0',
-      BAN_THRESHOLD: '0'
+      MAX_ROOMS: String(ROOMS * 2 + 10)
     }, null)
     cleanups.push(() => d.stop())
     return d

@@ -13,7 +13,7 @@ import HyperDHT from 'hyperdht'
 import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import crypto from 'hypercore-crypto'
 import { encodeRecord } from '../src/protocol.js'
-import { Client, Daemon, build, cleanup, cleanups, heapMB, percentile, rate, round2, sleep, stats, tempDir } from './harness.js'
+import { Client, Daemon, benchEnv, build, cleanup, cleanups, heapMB, percentile, rate, round2, sleep, stats, tempDir } from './harness.js'
 
 interface Options {
   clients: number
@@ -212,20 +212,10 @@ async function startDaemon (net: Testnet, o: Options, dir: string | null = null)
   const storage = dir ?? await tempDir('root-peer-bench-')
   const t0 = performance.now()
   const daemon = new Daemon({
+    ...benchEnv(net),
     STORAGE_DIR: storage,
-    DHT_BOOTSTRAP: net.bootstrap.map(b => `${b.host}:${b.port}`).join(','),
-    DHT_HOST: '127.0.0.1',
-    HOST: '127.0.0.1',
-    PORT: '0',
-    STATS_INTERVAL: '0',
     MAX_PEERS: String(Math.max(2048, o.peers + 64)),
     MAX_ROOMS: String(Math.max(100_000, o.rooms * 2)),
-    RATE_MESSAGES: '0',
-    RATE_BYTES: '0',
-    RATE_SYNCS: '0',
-    RATE_REGISTERS: '0',
-    RATE_NEW_ROOMS: '0',
-    BAN_THRESHOLD: '0',
     ...(o.heapSnapshot !== null ? { NODE_OPTIONS: `--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${o.heapSnapshot}` } : {}),
     ...o.daemonEnv
   }, o.profile)

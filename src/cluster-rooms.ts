@@ -11,6 +11,9 @@ import { rendezvousOwner } from './rendezvous.js'
 import { keyMatchesName } from './room-auth.js'
 import type { Rooms } from './rooms.js'
 
+/** How long a request waits for its member's link to come (back) before PRIMARY_UNAVAILABLE: a link is replaced now and then. */
+const LINK_WAIT = 2000
+
 export interface ClusterRoomsOptions {
   self: string
   /** the other members' public keys, hex */
@@ -73,6 +76,8 @@ export class ClusterRooms extends EventEmitter {
     cluster.on('member-connected', member => this.emit('member-connected', member))
     cluster.on('member-disconnected', member => this.emit('member-disconnected', member))
     cluster.on('member-error', (member, err) => this.emit('member-error', member, err))
+    // requests waiting for a member's link listen for it
+    cluster.setMaxListeners(0)
     this.cluster = cluster
     this.waits = new MirrorWaits(key => cluster.isMember(key))
   }
@@ -149,15 +154,31 @@ export class ClusterRooms extends EventEmitter {
     const owner = rendezvousOwner(roomName, this.cluster.all)
     if (owner === this.self) return
     admit()
-    const ad = await this.cluster.request(owner, { op: 'create', roomName, writerPublicKey }, this.opts.timeout) as RoomAd
+    const ad = await this.request(owner, { op: 'create', roomName, writerPublicKey }, this.opts.timeout) as RoomAd
     await this.adopt(owner, ad)
     if (!this.opts.rooms().has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
   }
 
   /** Sends a write to the room's primary; resolves with the primary's index. PRIMARY_UNAVAILABLE when it does not answer within `timeout`. */
-  forward (primary: string, write: ForwardedWrite, timeout: number): Promise<{ messageIndex: number, duplicate: boolean }> {
-    if (!this.cluster.connected(primary)) return Promise.reject(RootPeerError.PRIMARY_UNAVAILABLE(primary))
-    return this.cluster.request(primary, { op: 'write', ...write }, timeout)
+  async forward (primary: string, write: ForwardedWrite, timeout: number): Promise<{ messageIndex: number, duplicate: boolean }> {
+    return await this.request(primary, { op: 'write', ...write }, timeout)
+  }
+
+  /** A request to a member, once its link is up (waiting up to LINK_WAIT for it). */
+  private async request (member: string, body: Record<string, unknown>, timeout: number): Promise<any> {
+    if (!this.cluster.connected(member)) {
+      await new Promise<void>(resolve => {
+        const done = (): void => {
+          clearTimeout(timer)
+          this.cluster.off('member-connected', onConnected)
+          resolve()
+        }
+        const onConnected = (m: string): void => { if (m === member) done() }
+        const timer = setTimeout(done, Math.min(LINK_WAIT, timeout))
+        this.cluster.on('member-connected', onConnected)
+      })
+    }
+    return await this.cluster.request(member, body, timeout)
   }
 
   /** Follows the mirrored rooms again, in the store reopened after a storage failure, and restarts the member links on it. */

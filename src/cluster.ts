@@ -15,9 +15,11 @@ const KEEP_ALIVE = 2000
 const LINK_TIMEOUT = 6000
 /**
  * Two connections to one member within this long of each other are a simultaneous dial: both sides keep the one the
- * member with the greater key initiated. A later one replaces the link (the member lost it and came back).
+ * member with the greater key initiated. A later one replaces the link only when the link has read nothing (not even
+ * a keep-alive) for LIVE_WINDOW: the member lost it and came back; a live link is kept, and the newcomer dropped.
  */
 const DUPLICATE_WINDOW = 2000
+const LIVE_WINDOW = 3000
 /** Rooms per `rooms` frame: a write of a few MiB can reset a connection, so a long list goes in several frames. */
 const ROOMS_PER_FRAME = 256
 
@@ -87,8 +89,9 @@ export class Cluster extends EventEmitter {
   private readonly store: () => Corestore
   private readonly handlers: ClusterHandlers
   private readonly links = new Map<string, Link>()
-  /** members with a connection now, whether or not its channel has opened yet, and when it was attached */
-  private readonly attached = new Map<string, { conn: NoiseStream, at: number }>()
+  /** members with a connection now, whether or not its channel has opened yet, when it was attached, and when it last read a byte */
+  private readonly attached = new Map<string, { conn: NoiseStream, at: number, rawRead: number, heardAt: number }>()
+  private liveTimer: NodeJS.Timeout | null = null
   private readonly pending = new Map<number, PendingRequest>()
   private nextRequest = 1
   private closed = false
@@ -106,7 +109,18 @@ export class Cluster extends EventEmitter {
 
   /** Dials every other member, and again whenever it is not connected; `announcement` is this root peer's first frame. */
   start (announcement: () => string): void {
+    this.liveTimer = setInterval(() => {
+      const now = Date.now()
+      for (const a of this.attached.values()) {
+        if (a.conn.rawBytesRead !== a.rawRead) {
+          a.rawRead = a.conn.rawBytesRead
+          a.heardAt = now
+        }
+      }
+    }, 500)
+    this.liveTimer.unref()
     this.dialer = new MemberDialer({
+      self: this.self,
       dht: this.swarm.dht,
       keyPair: this.swarm.keyPair,
       members: [...this.others],
@@ -142,8 +156,9 @@ export class Cluster extends EventEmitter {
       return
     }
     const existing = this.attached.get(member)
+    const now = Date.now()
     if (existing !== undefined) {
-      const keepNew = Date.now() - existing.at > DUPLICATE_WINDOW || conn.isInitiator === (this.self > member)
+      const keepNew = now - existing.at < DUPLICATE_WINDOW ? conn.isInitiator === (this.self > member) : now - existing.heardAt >= LIVE_WINDOW
       if (!keepNew) {
         conn.destroy()
         return
@@ -151,7 +166,7 @@ export class Cluster extends EventEmitter {
       existing.conn.destroy()
     }
     const link: Link = { conn, message: null, open: false }
-    this.attached.set(member, { conn, at: Date.now() })
+    this.attached.set(member, { conn, at: now, rawRead: conn.rawBytesRead, heardAt: now })
     // a member that dies without closing (kill -9, a lost machine) is noticed within LINK_TIMEOUT
     conn.setKeepAlive(KEEP_ALIVE)
     conn.setTimeout(LINK_TIMEOUT)
@@ -218,6 +233,7 @@ export class Cluster extends EventEmitter {
   close (): void {
     this.closed = true
     this.dialer?.close()
+    if (this.liveTimer !== null) clearInterval(this.liveTimer)
     for (const [reqId, p] of this.pending) {
       clearTimeout(p.timer)
       p.reject(RootPeerError.SHUTTING_DOWN())

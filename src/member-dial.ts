@@ -6,6 +6,11 @@ const DIAL_TICK = 1000
 const RETRY_AFTER = 2000
 /** A dial that has not opened by then is dropped (one to a stale DHT record of a member that restarted can hang). */
 const DIAL_TIMEOUT = 10_000
+/**
+ * Of two members, the one with the greater key dials; the other dials too only after being without a link for this
+ * long (the greater one's dial may hang on a stale DHT record of it), so that two dials rarely cross.
+ */
+const FALLBACK_AFTER = 3000
 
 /**
  * Dials the other members of a cluster directly on the DHT (`dht.connect`), outside Hyperswarm's peer
@@ -15,6 +20,7 @@ const DIAL_TIMEOUT = 10_000
  * the receiver of two connections to one member keeps one (see Cluster.attach).
  */
 export class MemberDialer {
+  private readonly self: string
   private readonly dht: HyperDHT
   private readonly keyPair: { publicKey: Buffer, secretKey: Buffer }
   private readonly members: readonly string[]
@@ -22,10 +28,13 @@ export class MemberDialer {
   private readonly onConnection: (conn: NoiseStream) => void
   private readonly dialing = new Map<string, NoiseStream>()
   private readonly notBefore = new Map<string, number>()
+  /** when each member that does not lead was last seen linked, or first seen unlinked */
+  private readonly unlinkedSince = new Map<string, number>()
   private timer: NodeJS.Timeout | null = null
   private closed = false
 
-  constructor (opts: { dht: HyperDHT, keyPair: { publicKey: Buffer, secretKey: Buffer }, members: readonly string[], linked: (member: string) => boolean, onConnection: (conn: NoiseStream) => void }) {
+  constructor (opts: { self: string, dht: HyperDHT, keyPair: { publicKey: Buffer, secretKey: Buffer }, members: readonly string[], linked: (member: string) => boolean, onConnection: (conn: NoiseStream) => void }) {
+    this.self = opts.self
     this.dht = opts.dht
     this.keyPair = opts.keyPair
     this.members = opts.members
@@ -50,7 +59,14 @@ export class MemberDialer {
     const now = Date.now()
     for (const member of this.members) {
       if (this.closed || this.dht.destroyed) return
-      if (this.linked(member) || this.dialing.has(member) || now < (this.notBefore.get(member) ?? 0)) continue
+      if (this.linked(member)) {
+        this.unlinkedSince.delete(member)
+        continue
+      }
+      if (!this.unlinkedSince.has(member)) this.unlinkedSince.set(member, now)
+      const leads = this.self > member
+      if (!leads && now - this.unlinkedSince.get(member)! < FALLBACK_AFTER) continue
+      if (this.dialing.has(member) || now < (this.notBefore.get(member) ?? 0)) continue
       this.dial(member)
     }
   }

@@ -140,7 +140,7 @@ async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKe
   }
   swarm.on('connection', onConnection)
   await swarm.listen()
-  const dialer = new MemberDialer({ dht: swarm.dht, keyPair, members, linked: member => linked.has(member), onConnection })
+  const dialer = new MemberDialer({ self: keyPair.publicKey.toString('hex'), dht: swarm.dht, keyPair, members, linked: member => linked.has(member), onConnection })
   dialer.start()
   const deadline = Date.now() + CATCH_UP_TIMEOUT
   const left = (): number => Math.max(0, deadline - Date.now())

@@ -292,7 +292,7 @@ export class ClusterRooms extends EventEmitter {
       // the old primary is gone for good and `primary` took its rooms over: follow the new core
       // (this root peer too, when it is that old primary started again: it hands the room over and stops writing to it)
       await this.mirrors?.unfollow(ad.name)
-      await rooms.repoint(ad.name, ad.key, primary, ad.promotedFrom!)
+      await rooms.move(ad.name, ad.key, primary, ad.promotedFrom!)
       this.mirrors?.follow(ad.name, ad.key, primary, 0, true)
       this.emit('room-mirrored', { roomName: ad.name, primary })
       return

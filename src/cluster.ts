@@ -59,10 +59,15 @@ export interface ClusterHandlers {
   onCreate: (member: string, req: { roomName: string, writerPublicKey?: string }) => Promise<RoomAd>
 }
 
+/** A member's connection, from the moment it is attached: `open` once its cluster channel is. */
 interface Link {
   conn: NoiseStream
   message: Message | null
   open: boolean
+  /** when it was attached, and when it last read a byte (sampled) */
+  at: number
+  rawRead: number
+  heardAt: number
 }
 
 interface PendingRequest {
@@ -88,9 +93,8 @@ export class Cluster extends EventEmitter {
   private readonly swarm: Hyperswarm
   private readonly store: () => Corestore
   private readonly handlers: ClusterHandlers
+  /** members with a connection now, whether or not its channel has opened yet */
   private readonly links = new Map<string, Link>()
-  /** members with a connection now, whether or not its channel has opened yet, when it was attached, and when it last read a byte */
-  private readonly attached = new Map<string, { conn: NoiseStream, at: number, rawRead: number, heardAt: number }>()
   private liveTimer: NodeJS.Timeout | null = null
   private readonly pending = new Map<number, PendingRequest>()
   private nextRequest = 1
@@ -111,7 +115,7 @@ export class Cluster extends EventEmitter {
   start (announcement: () => string): void {
     this.liveTimer = setInterval(() => {
       const now = Date.now()
-      for (const a of this.attached.values()) {
+      for (const a of this.links.values()) {
         if (a.conn.rawBytesRead !== a.rawRead) {
           a.rawRead = a.conn.rawBytesRead
           a.heardAt = now
@@ -124,7 +128,7 @@ export class Cluster extends EventEmitter {
       dht: this.swarm.dht,
       keyPair: this.swarm.keyPair,
       members: [...this.others],
-      linked: member => this.attached.has(member),
+      linked: member => this.links.has(member),
       onConnection: conn => this.attach(conn, announcement())
     })
     this.dialer.start()
@@ -155,7 +159,7 @@ export class Cluster extends EventEmitter {
       conn.destroy()
       return
     }
-    const existing = this.attached.get(member)
+    const existing = this.links.get(member)
     const now = Date.now()
     if (existing !== undefined) {
       const keepNew = now - existing.at < DUPLICATE_WINDOW ? conn.isInitiator === (this.self > member) : now - existing.heardAt >= LIVE_WINDOW
@@ -163,10 +167,11 @@ export class Cluster extends EventEmitter {
         conn.destroy()
         return
       }
+      this.detach(member, existing)
       existing.conn.destroy()
     }
-    const link: Link = { conn, message: null, open: false }
-    this.attached.set(member, { conn, at: now, rawRead: conn.rawBytesRead, heardAt: now })
+    const link: Link = { conn, message: null, open: false, at: now, rawRead: conn.rawBytesRead, heardAt: now }
+    this.links.set(member, link)
     // a member that dies without closing (kill -9, a lost machine) is noticed within LINK_TIMEOUT
     conn.setKeepAlive(KEEP_ALIVE)
     conn.setTimeout(LINK_TIMEOUT)
@@ -187,22 +192,20 @@ export class Cluster extends EventEmitter {
       const channel = mux.createChannel({
         protocol: CLUSTER_PROTOCOL,
         onopen: () => {
+          if (this.links.get(member) !== link) return
           link.open = true
-          this.links.set(member, link)
           this.emit('member-connected', member)
           this.sendRooms(member).catch(err => this.emit('member-error', member, err))
         },
-        onclose: () => this.detach(member, link)
+        // a channel the other side never opens (promote's catch-up replicates only) leaves the connection as it is
+        onclose: () => { if (link.open) this.detach(member, link) }
       })
       if (channel === null) return
       link.message = channel.addMessage({ encoding: c.json, onmessage: (frame: any) => this.onFrame(member, frame) })
       channel.open()
     }
     conn.on('data', onfirst)
-    conn.on('close', () => {
-      if (this.attached.get(member)?.conn === conn) this.attached.delete(member)
-      this.detach(member, link)
-    })
+    conn.on('close', () => this.detach(member, link))
   }
 
   /** Tells every connected member about rooms this root peer is primary for. */
@@ -243,10 +246,13 @@ export class Cluster extends EventEmitter {
     this.links.clear()
   }
 
+  /** Forgets a member's link; if its channel was open, its requests fail and `member-disconnected` is emitted. */
   private detach (member: string, link: Link): void {
     if (this.links.get(member) !== link) return
     this.links.delete(member)
+    const wasOpen = link.open
     link.open = false
+    if (!wasOpen) return
     for (const [reqId, p] of this.pending) {
       if (p.member !== member) continue
       clearTimeout(p.timer)

@@ -82,7 +82,7 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
           await own.append(blocks)
         }
         const key = own.key.toString('hex')
-        await rooms.promote(info.name, key, from)
+        await rooms.move(info.name, key, undefined, from)
         promoted.push({ roomName: info.name, messages: own.length, key })
         await own.close()
       }

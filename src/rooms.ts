@@ -198,27 +198,17 @@ export class Rooms extends EventEmitter {
   }
 
   /**
-   * Makes a mirrored room this root peer's own, after its blocks were copied into the core named for it
-   * (`key`, hex); `from` is the gone primary. Used by `root-peer promote` with the daemon stopped.
-   */
-  async promote (name: string, key: string, from: string): Promise<void> {
-    const info = this.infos.get(name)!
-    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, undefined, from))
-    info.coreKey = key
-    info.promotedFrom = from
-    delete info.primary
-  }
-
-  /**
-   * Follows a mirrored room to the core `key` of its new primary, which took it over from `promotedFrom`.
+   * Moves a room to the core `key` (hex) of the member that took it over from `promotedFrom`: `primary`, or this
+   * root peer (`primary` undefined: `root-peer promote`, after the blocks were copied into the core named for it).
    * An open session of the old core is closed when no one holds it.
    */
-  async repoint (name: string, key: string, primary: string, promotedFrom: string): Promise<void> {
+  async move (name: string, key: string, primary: string | undefined, promotedFrom: string): Promise<void> {
     const info = this.infos.get(name)!
     await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, primary, promotedFrom))
     info.coreKey = key
-    info.primary = primary
     info.promotedFrom = promotedFrom
+    if (primary === undefined) delete info.primary
+    else info.primary = primary
     const slot = this.open.get(name)
     if (slot !== undefined && slot.holds === 0) this.evict(name, slot)
   }

@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import http from 'node:http'
 import net from 'node:net'
+import os from 'node:os'
 import path from 'node:path'
 import { test } from 'node:test'
 import type { Testnet } from 'hyperdht/testnet.js'
@@ -11,13 +12,14 @@ import { chromium } from 'playwright-core'
 import { Metrics } from '../src/metrics.js'
 import { Monitor, type MonitorOptions, type MonitorStats } from '../src/monitor.js'
 import { ChatRootPeer } from '../src/root-peer.js'
-import { ROOT, bootstrapEnv, client, daemon, rawPeer, teardown, testnet, tmpDir } from './helpers.js'
+import { bootstrapEnv, client, daemon, rawPeer, teardown, testnet, tmpDir } from './helpers.js'
 
 type Ctx = Parameters<typeof teardown>[0]
 
 const CHROMIUM = '/usr/bin/chromium'
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-const ARTIFACTS = path.join(ROOT, 'test-artifacts')
+/** outside the checkout: a test run leaves the project's tree as it found it */
+const ARTIFACTS = path.join(os.tmpdir(), 'root-peer-test-artifacts')
 
 /** The metric names the README documents, each of which /metrics must carry. */
 const METRIC_NAMES = [

@@ -6,7 +6,7 @@ import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from './config.js'
 import { RootPeerError, type ErrorCode } from './errors.js'
 import type { Limits, StoredRecord } from './protocol.js'
 import { TokenBucket } from './rate-limit.js'
-import { roomKeyPair, signAccess, signMessage, signedRoomName, type KeyPair } from './room-auth.js'
+import { roomKeyPair, signAccess, signMessage, signedRoomName, verifyMessage, type KeyPair } from './room-auth.js'
 
 export interface RootPeerClientOptions {
   /** DHT bootstrap nodes (a loopback testnet in tests); omitted: the public DHT */
@@ -43,6 +43,12 @@ export interface SyncPage {
 
 export interface MessageAck { id: string, messageIndex: number, duplicate: boolean }
 
+/** Why a signed room's record was dropped: it is not what a member wrote. */
+export type RejectReason = 'not-a-record' | 'no-id' | 'not-a-string' | 'unsigned' | 'bad-signature'
+
+/** A record of a signed room that the client dropped instead of returning it. */
+export interface RecordRejected { roomName: string, messageIndex: number | null, reason: RejectReason }
+
 interface Outgoing {
   roomName: string
   message: unknown
@@ -71,11 +77,15 @@ const RECONNECT_BACKOFF = [250, 500, 1000, 2000, 5000, 10000]
  * A chat app's side of the protocol: finds a root peer on the discovery topic, registers rooms,
  * sends messages until they are acked (resending after a reconnect), and syncs rooms page by page.
  *
- * Events: `connect` (publicKey hex, announcement), `disconnect` (publicKey hex), `error-frame` (frame).
+ * Events: `connect` (publicKey hex, announcement), `disconnect` (publicKey hex), `error-frame` (frame),
+ * `announcement-refused` (publicKey hex, reason), `record-rejected` (RecordRejected).
  */
 export class RootPeerClient extends EventEmitter {
   readonly swarm: Hyperswarm
-  announcement: { version: number, publicKey: string, limits: Limits, challenge?: string } | null = null
+  /** the connected root peer's announcement; its `publicKey` is the connection's Noise key, never the frame's word */
+  announcement: { version: number, publicKey: string, limits: Limits, challenge?: string, access?: number } | null = null
+  /** records of signed rooms dropped because their signature did not hold */
+  readonly counters = { recordsRejected: 0 }
   private readonly ownsSwarm: boolean
   private readonly topic: Buffer
   /** the root peers accepted (empty: any on the discovery topic), and the one dialed now */
@@ -183,10 +193,15 @@ export class RootPeerClient extends EventEmitter {
     return this.outbox.size
   }
 
-  /** One page of a room from `fromIndex` (inclusive). */
+  /**
+   * One page of a room from `fromIndex` (inclusive). In a signed room every record's signature is checked,
+   * and one that fails is dropped (`record-rejected`); `nextIndex` stays the root peer's, so paging goes on past it.
+   */
   async syncPage (roomName: string, fromIndex = 0, limit?: number): Promise<SyncPage> {
     const frame = await this.request({ type: 'sync-request', roomName, lastIndex: fromIndex, ...(limit ? { limit } : {}) }, true)
-    return { roomName: frame.roomName, messages: frame.messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore, firstIndex: frame.firstIndex ?? 0 }
+    const signer = this.signers.get(roomName)
+    const messages = signer === undefined ? frame.messages : this.signedOnly(roomName, signer.publicKey.toString('hex'), frame.messages)
+    return { roomName: signer === undefined ? frame.roomName : roomName, messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore, firstIndex: frame.firstIndex ?? 0 }
   }
 
   /** Every page of a room from `fromIndex`, in order. */
@@ -233,6 +248,11 @@ export class RootPeerClient extends EventEmitter {
         frame = null
       }
       announced = frame?.type === 'root-peer-announcement'
+      // what a member signs names the root peer by its Noise key: a peer announcing another key is not it
+      if (announced && (typeof frame.publicKey !== 'string' || frame.publicKey.toLowerCase() !== conn.remotePublicKey.toString('hex'))) {
+        announced = false
+        this.emit('announcement-refused', conn.remotePublicKey.toString('hex'), 'its publicKey is not the connection\'s key')
+      }
       const wanted = announced && (this.pinned.length === 0 || this.pinned.some(k => k.equals(conn.remotePublicKey))) && this.conn === null
       if (!wanted) {
         conn.off('data', onfirst)
@@ -250,7 +270,7 @@ export class RootPeerClient extends EventEmitter {
     this.rootKey = conn.remotePublicKey
     // a root peer that dies without closing (kill -9, a lost machine) is noticed, so the client can move on
     if (this.connectionTimeout > 0) conn.setTimeout(this.connectionTimeout)
-    this.announcement = { version: announcement.version, publicKey: announcement.publicKey, limits: announcement.limits, challenge: announcement.challenge }
+    this.announcement = { version: announcement.version, publicKey: conn.remotePublicKey.toString('hex'), limits: announcement.limits, challenge: announcement.challenge, access: announcement.access }
     this.reconnects = 0
     // dial it directly from now on, so a restarted root peer is found again without a topic lookup
     this.swarm.joinPeer(conn.remotePublicKey)
@@ -392,12 +412,32 @@ export class RootPeerClient extends EventEmitter {
     }
   }
 
-  /** Adds the proof a signed room asks for: a signature over this connection's challenge and the room's name. */
+  /** The records a member of the room wrote: the others are dropped, counted and reported. */
+  private signedOnly (roomName: string, writerPublicKey: string, records: unknown): SyncedMessage[] {
+    const kept: SyncedMessage[] = []
+    for (const record of Array.isArray(records) ? records : []) {
+      const reason = rejectReason(roomName, writerPublicKey, record)
+      if (reason === null) {
+        kept.push(record as SyncedMessage)
+        continue
+      }
+      this.counters.recordsRejected++
+      const messageIndex = Number.isSafeInteger(record?.messageIndex) ? record.messageIndex as number : null
+      this.emit('record-rejected', { roomName, messageIndex, reason } satisfies RecordRejected)
+    }
+    return kept
+  }
+
+  /**
+   * Adds the proof a signed room asks for: a signature over the root peer's key (the connection's, so a
+   * fake root peer cannot relay it to the real one), this connection's challenge and the room's name.
+   */
   private withAccess (frame: { type: string, roomName: string } & Record<string, unknown>): Record<string, unknown> {
     const signer = this.signers.get(frame.roomName)
     const challenge = this.announcement?.challenge
-    if (signer === undefined || challenge === undefined) return frame
-    return { ...frame, writerPublicKey: signer.publicKey.toString('hex'), signature: signAccess(signer.secretKey, challenge, frame.roomName) }
+    if (signer === undefined || typeof challenge !== 'string' || this.rootKey === null) return frame
+    const signature = signAccess(signer.secretKey, this.rootKey.toString('hex'), challenge, frame.roomName)
+    return { ...frame, writerPublicKey: signer.publicKey.toString('hex'), signature }
   }
 
   private async request (frame: { type: string, roomName: string } & Record<string, unknown>, access = false): Promise<any> {
@@ -425,4 +465,13 @@ export class RootPeerClient extends EventEmitter {
   private write (frame: object): void {
     if (this.conn !== null) this.conn.write(JSON.stringify(frame))
   }
+}
+
+/** Why a record of a signed room is not what a member wrote, or null when it is. */
+function rejectReason (roomName: string, writerPublicKey: string, record: any): RejectReason | null {
+  if (typeof record !== 'object' || record === null) return 'not-a-record'
+  if (typeof record.id !== 'string') return 'no-id'
+  if (typeof record.message !== 'string') return 'not-a-string'
+  if (record.signature === undefined) return 'unsigned'
+  return verifyMessage(writerPublicKey, roomName, record.id, record.message, record.signature) ? null : 'bad-signature'
 }

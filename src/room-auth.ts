@@ -4,15 +4,19 @@ import crypto from 'hypercore-crypto'
  * Signed rooms. Every member derives one signing key pair from the room key (which the root peer
  * never sees); the room's name is the discovery key of its public key, so the name commits to the
  * key. Messages carry a signature over (roomName, id, message); reads and registrations carry a
- * signature over (the connection's challenge, roomName), so a signature cannot be replayed on
- * another connection. What is signed is `signable(parts)`: each part as a 4-byte big-endian
- * length and its UTF-8 bytes, so every language encodes it the same way.
+ * signature over (the root peer's public key, the connection's challenge, roomName), so a signature
+ * cannot be replayed on another connection, nor relayed by a fake root peer to the real one. What is
+ * signed is `signable(parts)`: each part as a 4-byte big-endian length and its UTF-8 bytes, so every
+ * language encodes it the same way.
  */
 
 export interface KeyPair { publicKey: Buffer, secretKey: Buffer }
 
 const MESSAGE_CONTEXT = 'root-peer/message/v1'
-const ACCESS_CONTEXT = 'root-peer/access/v1'
+// v1 signed (challenge, roomName) only: a fake root peer could relay a member's signature to the real one
+const ACCESS_CONTEXT = 'root-peer/access/v2'
+/** The access signable's version, advertised as the announcement's `access`. */
+export const ACCESS_VERSION = 2
 const KEY = /^[0-9a-f]{64}$/i
 const SIGNATURE = /^[0-9a-f]{128}$/i
 
@@ -51,12 +55,18 @@ export function verifyMessage (writerPublicKey: string, roomName: string, id: st
   return verify(signable([MESSAGE_CONTEXT, roomName, id, message]), signature, writerPublicKey)
 }
 
-export function signAccess (secretKey: Buffer, challenge: string, roomName: string): string {
-  return crypto.sign(signable([ACCESS_CONTEXT, challenge, roomName]), secretKey).toString('hex')
+/** Proof of membership for register-room and sync-request, bound to one root peer (its public key, hex) and one connection (its challenge). */
+export function signAccess (secretKey: Buffer, rootPublicKey: string, challenge: string, roomName: string): string {
+  if (!KEY.test(rootPublicKey)) throw new TypeError('rootPublicKey: must be 64 hex characters')
+  return crypto.sign(accessSignable(rootPublicKey, challenge, roomName), secretKey).toString('hex')
 }
 
-export function verifyAccess (writerPublicKey: string, challenge: string, roomName: string, signature: unknown): boolean {
-  return verify(signable([ACCESS_CONTEXT, challenge, roomName]), signature, writerPublicKey)
+export function verifyAccess (writerPublicKey: string, rootPublicKey: string, challenge: string, roomName: string, signature: unknown): boolean {
+  return KEY.test(rootPublicKey) && verify(accessSignable(rootPublicKey, challenge, roomName), signature, writerPublicKey)
+}
+
+function accessSignable (rootPublicKey: string, challenge: string, roomName: string): Buffer {
+  return signable([ACCESS_CONTEXT, rootPublicKey.toLowerCase(), challenge, roomName])
 }
 
 /** A fresh per-connection challenge, hex. */

@@ -1,10 +1,16 @@
 import assert from 'node:assert/strict'
+import { EventEmitter, once } from 'node:events'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { test } from 'node:test'
+import HyperDHT from 'hyperdht'
+import type { Testnet } from 'hyperdht/testnet.js'
+import Hyperswarm, { type NoiseStream } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
-import { roomKeyPair, signAccess, signMessage, signedRoomName } from '../src/room-auth.js'
-import { client, rawPeer, rootPeer, testnet, tmpDir } from './helpers.js'
+import { RootPeerClient, type RecordRejected } from '../src/client.js'
+import { DEFAULT_LIMITS } from '../src/protocol.js'
+import { roomKeyPair, signable, signAccess, signMessage, signedRoomName, verifyAccess } from '../src/room-auth.js'
+import { client, DISCOVERY, RawPeer, rawPeer, rootPeer, teardown, testnet, tmpDir } from './helpers.js'
 
 const ROOM_KEY = Buffer.from('the room key every member holds, and the root peer never sees')
 
@@ -25,6 +31,7 @@ test('a signed room: members write and read with the room key alone; an outsider
   const outsider = await rawPeer(t, net)
   const announcement = await outsider.nextOfType('root-peer-announcement')
   assert.match(announcement.challenge, /^[0-9a-f]{64}$/)
+  assert.equal(announcement.access, 2)
   const other = crypto.keyPair()
   const forged = signMessage(other.secretKey, roomName, 'x1', 'junk')
   const refusals: Array<[string, object, string]> = [
@@ -33,9 +40,9 @@ test('a signed room: members write and read with the room key alone; an outsider
     ['a signed message altered', { type: 'message', roomName, message: 'ciphertext 1 altered', id: 'm1', signature: page.messages[1].signature }, 'UNAUTHORIZED'],
     ['a message without an id', { type: 'message', roomName, message: 'junk' }, 'UNAUTHORIZED'],
     ['a sync-request without a signature', { type: 'sync-request', roomName, lastIndex: 0, requestId: 'sync' }, 'UNAUTHORIZED'],
-    ['a sync-request signed by another key', { type: 'sync-request', roomName, lastIndex: 0, requestId: 'sync2', signature: signAccess(other.secretKey, announcement.challenge, roomName) }, 'UNAUTHORIZED'],
+    ['a sync-request signed by another key', { type: 'sync-request', roomName, lastIndex: 0, requestId: 'sync2', signature: signAccess(other.secretKey, announcement.publicKey, announcement.challenge, roomName) }, 'UNAUTHORIZED'],
     ['register-room without the key', { type: 'register-room', roomName, requestId: 'reg' }, 'UNAUTHORIZED'],
-    ['register-room claiming the name with another key', { type: 'register-room', roomName, writerPublicKey: other.publicKey.toString('hex'), signature: signAccess(other.secretKey, announcement.challenge, roomName), requestId: 'reg2' }, 'BAD_ROOM_KEY']
+    ['register-room claiming the name with another key', { type: 'register-room', roomName, writerPublicKey: other.publicKey.toString('hex'), signature: signAccess(other.secretKey, announcement.publicKey, announcement.challenge, roomName), requestId: 'reg2' }, 'BAD_ROOM_KEY']
   ]
   for (const [what, frame, code] of refusals) {
     outsider.send(frame)
@@ -54,8 +61,9 @@ test('a read signed over one connection\'s challenge is refused on another: no r
   const kp = roomKeyPair(ROOM_KEY)
   const roomName = signedRoomName(kp.publicKey)
   const a = await rawPeer(t, net)
-  const challengeA = (await a.nextOfType('root-peer-announcement')).challenge
-  const accessA = signAccess(kp.secretKey, challengeA, roomName)
+  const announcementA = await a.nextOfType('root-peer-announcement')
+  const challengeA = announcementA.challenge
+  const accessA = signAccess(kp.secretKey, announcementA.publicKey, challengeA, roomName)
   a.send({ type: 'register-room', roomName, writerPublicKey: kp.publicKey.toString('hex'), signature: accessA, requestId: 'r' })
   assert.equal((await a.next(f => f.requestId === 'r')).type, 'room-registered')
   a.send({ type: 'message', roomName, message: 'secret', id: 's0', signature: signMessage(kp.secretKey, roomName, 's0', 'secret') })
@@ -107,4 +115,187 @@ test('REQUIRE_SIGNED_ROOMS refuses unsigned rooms; a signed room stays signed ac
   assert.deepEqual(page.messages.map(m => m.message), ['kept'])
   // and an unsigned room is an ordinary room again
   assert.equal((await back.sendMessage('lobby', 'open')).messageIndex, 0)
+})
+
+/**
+ * A peer that plays a root peer on the discovery topic: sends `announce()` as the first frame of every
+ * connection, records what it receives (`frame` events) and writes back what `answer` returns.
+ */
+class FakeRootPeer extends EventEmitter {
+  readonly swarm: Hyperswarm
+  readonly received: any[] = []
+
+  constructor (net: Testnet, announce: () => object, answer: (frame: any) => object | null = () => null) {
+    super()
+    this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
+    this.swarm.on('connection', (conn: NoiseStream) => {
+      conn.on('error', () => {})
+      conn.on('close', () => this.emit('connection-closed'))
+      conn.write(JSON.stringify(announce()))
+      conn.on('data', (data: Buffer) => {
+        const frame = JSON.parse(data.toString('utf8'))
+        this.received.push(frame)
+        this.emit('frame', frame)
+        const reply = answer(frame)
+        if (reply !== null) conn.write(JSON.stringify(reply))
+      })
+    })
+  }
+
+  get publicKey (): string {
+    return this.swarm.keyPair.publicKey.toString('hex')
+  }
+
+  /** The next frame received (already or coming) that matches. */
+  frame (match: (f: any) => boolean): Promise<any> {
+    const seen = this.received.find(match)
+    if (seen !== undefined) return Promise.resolve(seen)
+    return new Promise(resolve => {
+      const onframe = (f: any): void => {
+        if (!match(f)) return
+        this.off('frame', onframe)
+        resolve(f)
+      }
+      this.on('frame', onframe)
+    })
+  }
+}
+
+async function fakeRootPeer (t: Parameters<typeof teardown>[0], net: Testnet, announce: () => object, answer?: (frame: any) => object | null): Promise<FakeRootPeer> {
+  const fake = new FakeRootPeer(net, announce, answer)
+  teardown(t, () => fake.swarm.destroy())
+  await fake.swarm.join(DISCOVERY, { server: true, client: false }).flushed()
+  return fake
+}
+
+test('a fake root peer that relays the real one\'s challenge gets nothing it can replay: access is signed for one root peer', async t => {
+  const net = await testnet(t)
+  // the real root peer on a topic of its own, so the member's unpinned client finds only the fake
+  const rp = await rootPeer(t, net, { discoveryTopic: 'the-real-root-peer' })
+  const realKey = rp.publicKey!.toString('hex')
+  const owner = await client(t, net, { discoveryTopic: 'the-real-root-peer', rootPublicKey: realKey })
+  const { roomName } = await owner.registerRoom(ROOM_KEY)
+  for (let i = 0; i < 3; i++) await owner.sendMessage(roomName, `secret ${i}`)
+  const kp = roomKeyPair(ROOM_KEY)
+
+  // the outsider's own connection to the real root peer, whose challenge it forwards
+  const relay = new RawPeer(net)
+  teardown(t, () => relay.close())
+  await relay.connectTo(realKey)
+  const real = await relay.nextOfType('root-peer-announcement')
+  let claimed = ''
+  const fake = await fakeRootPeer(t, net,
+    () => ({ type: 'root-peer-announcement', version: 2, publicKey: claimed, limits: real.limits, challenge: real.challenge, access: 2 }),
+    f => f.type === 'register-room'
+      ? { type: 'room-registered', roomName: f.roomName, messageCount: 0, requestId: f.requestId }
+      : { type: 'sync-response', roomName: f.roomName, messages: [], totalMessages: 0, nextIndex: 0, hasMore: false, firstIndex: 0, requestId: f.requestId })
+
+  // claiming the real root peer's key: the Noise key says otherwise, and the client signs nothing
+  claimed = realKey
+  const fooled = new RootPeerClient({ bootstrap: net.bootstrap, dhtHost: '127.0.0.1' })
+  teardown(t, () => fooled.close())
+  const [refusedKey] = await once(fooled, 'announcement-refused')
+  assert.equal(refusedKey, fake.publicKey)
+  assert.equal(fooled.connected, false)
+  await fooled.close()
+  assert.equal(fake.received.length, 0)
+  console.log(`fake claiming the real key: refused by the client, ${fake.received.length} frames captured`)
+
+  // announcing its own key: the member signs, but for the fake, so the signature is worth nothing at the real one
+  claimed = fake.publicKey
+  const member = await client(t, net)
+  assert.equal(member.rootPublicKey, fake.publicKey)
+  await member.registerRoom(ROOM_KEY)
+  await member.syncPage(roomName, 0)
+  const register = await fake.frame(f => f.type === 'register-room')
+  const sync = await fake.frame(f => f.type === 'sync-request')
+  // the member did sign over the real challenge: only the root peer's key in the signable stops the relay
+  assert.ok(verifyAccess(kp.publicKey.toString('hex'), fake.publicKey, real.challenge, roomName, register.signature))
+  const v1 = crypto.sign(signable(['root-peer/access/v1', real.challenge, roomName]), kp.secretKey).toString('hex')
+  const replays: Array<[string, object]> = [
+    ['the captured register-room signature in a sync-request', { type: 'sync-request', roomName, lastIndex: 0, signature: register.signature }],
+    ['the captured sync-request signature', { type: 'sync-request', roomName, lastIndex: 0, signature: sync.signature }],
+    ['the captured register-room', { type: 'register-room', roomName, writerPublicKey: register.writerPublicKey, signature: register.signature }],
+    ['a v1 signature over the real challenge', { type: 'sync-request', roomName, lastIndex: 0, signature: v1 }]
+  ]
+  let read = 0
+  for (const [what, frame] of replays) {
+    relay.send({ ...frame, requestId: what })
+    const answer = await relay.next(f => f.requestId === what)
+    assert.equal(answer.code, 'UNAUTHORIZED', what)
+    read += answer.messages?.length ?? 0
+  }
+  assert.equal(read, 0)
+  const total = (await owner.syncPage(roomName, 0)).messages.length
+  assert.equal(total, 3)
+  console.log(`outsider read ${read} of ${total} messages (${replays.length} replays refused UNAUTHORIZED)`)
+})
+
+test('a client pinned to the real root peer registers and syncs a signed room, a fake on the topic notwithstanding', async t => {
+  const net = await testnet(t)
+  const rp = await rootPeer(t, net)
+  const fake = await fakeRootPeer(t, net, () => ({ type: 'root-peer-announcement', version: 2, publicKey: fake.publicKey, limits: DEFAULT_LIMITS, challenge: crypto.randomBytes(32).toString('hex'), access: 2 }))
+  const member = await client(t, net, { rootPublicKey: rp.publicKey! })
+  assert.equal(member.rootPublicKey, rp.publicKey!.toString('hex'))
+  assert.equal(member.announcement?.access, 2)
+  const { roomName } = await member.registerRoom(ROOM_KEY)
+  for (let i = 0; i < 3; i++) await member.sendMessage(roomName, `ciphertext ${i}`)
+  const messages = []
+  for await (const page of member.sync(roomName, 0, { limit: 2 })) messages.push(...page.messages)
+  assert.deepEqual(messages.map(m => m.message), ['ciphertext 0', 'ciphertext 1', 'ciphertext 2'])
+  assert.equal(member.counters.recordsRejected, 0)
+  assert.equal(fake.received.length, 0)
+  console.log(`pinned client: synced ${messages.length} of 3 messages, ${member.counters.recordsRejected} rejected; the fake on the topic got ${fake.received.length} frames`)
+})
+
+test('a lying root peer: the client returns only the records a member signed, and reports each one it drops', async t => {
+  const net = await testnet(t)
+  const kp = roomKeyPair(ROOM_KEY)
+  const roomName = signedRoomName(kp.publicKey)
+  const other = crypto.keyPair()
+  const signed = (id: string, message: string, secretKey = kp.secretKey): string => signMessage(secretKey, roomName, id, message)
+  const records: any[] = [
+    { id: 'm0', message: 'c0', signature: signed('m0', 'c0') },
+    { id: 'm1', message: 'c1 altered by the root peer', signature: signed('m1', 'c1') },
+    { id: 'm2', message: 'c2 unsigned' },
+    { message: 'c3 without an id', signature: signed('', 'c3 without an id') },
+    { id: 'm4', message: 'c4 by an outsider', signature: signed('m4', 'c4 by an outsider', other.secretKey) },
+    { id: 'm5', message: 'c5', signature: signed('m5', 'c5') },
+    { id: 'm6', message: 'c6', signature: signed('m6', 'c6') },
+    { id: 'm7', message: { not: 'a string' }, signature: signed('m7', '[object Object]') }
+  ].map((r, messageIndex) => ({ ...r, storedAt: Date.now(), fromPeer: 'ab'.repeat(32), senderPublicKey: 'ab'.repeat(32), messageIndex }))
+  const PAGE = 2
+  const fake = await fakeRootPeer(t, net,
+    () => ({ type: 'root-peer-announcement', version: 2, publicKey: fake.publicKey, limits: DEFAULT_LIMITS, challenge: crypto.randomBytes(32).toString('hex'), access: 2 }),
+    f => {
+      if (f.type === 'register-room') return { type: 'room-registered', roomName: f.roomName, messageCount: records.length, requestId: f.requestId }
+      const messages = records.slice(f.lastIndex, f.lastIndex + PAGE)
+      const nextIndex = f.lastIndex + messages.length
+      return { type: 'sync-response', roomName: f.roomName, messages, totalMessages: records.length, nextIndex, hasMore: nextIndex < records.length, firstIndex: 0, requestId: f.requestId }
+    })
+  const member = await client(t, net)
+  const rejected: RecordRejected[] = []
+  member.on('record-rejected', (r: RecordRejected) => rejected.push(r))
+  await member.registerRoom(ROOM_KEY)
+  const kept = []
+  let pages = 0
+  for await (const page of member.sync(roomName, 0)) {
+    pages++
+    kept.push(...page.messages)
+  }
+  // the page of indices 2 and 3 held nothing valid: paging went on from the root peer's nextIndex
+  assert.equal(pages, 4)
+  assert.deepEqual(kept.map(m => m.message), ['c0', 'c5', 'c6'])
+  assert.deepEqual(rejected, [
+    { roomName, messageIndex: 1, reason: 'bad-signature' },
+    { roomName, messageIndex: 2, reason: 'unsigned' },
+    { roomName, messageIndex: 3, reason: 'no-id' },
+    { roomName, messageIndex: 4, reason: 'bad-signature' },
+    { roomName, messageIndex: 7, reason: 'not-a-string' }
+  ])
+  assert.equal(member.counters.recordsRejected, 5)
+  const byReason = new Map<string, number>()
+  for (const r of rejected) byReason.set(r.reason, (byReason.get(r.reason) ?? 0) + 1)
+  const reasons = [...byReason].map(([reason, n]) => `${reason} ${n}`).join(', ')
+  console.log(`lying root peer: ${records.length} records served in ${pages} pages, ${kept.length} returned, ${member.counters.recordsRejected} rejected (${reasons})`)
 })

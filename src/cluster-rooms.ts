@@ -159,6 +159,12 @@ export class ClusterRooms extends EventEmitter {
     if (!this.opts.rooms().has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
   }
 
+  /** A mirrored room's key, learned here: its primary signs the room (it alone knows where the signed history starts), and this mirror follows. */
+  async sign (primary: string, roomName: string, writerPublicKey: string): Promise<void> {
+    const ad = await this.request(primary, { op: 'create', roomName, writerPublicKey }, this.opts.timeout) as RoomAd
+    await this.adopt(primary, ad)
+  }
+
   /** Sends a write to the room's primary; resolves with the primary's index. PRIMARY_UNAVAILABLE when it does not answer within `timeout`. */
   async forward (primary: string, write: ForwardedWrite, timeout: number): Promise<{ messageIndex: number, duplicate: boolean }> {
     return await this.request(primary, { op: 'write', ...write }, timeout)
@@ -245,6 +251,7 @@ export class ClusterRooms extends EventEmitter {
     const ad: RoomAd = { name, key }
     if (info.primary !== undefined) ad.primary = info.primary
     if (info.writerPublicKey !== undefined) ad.writerPublicKey = info.writerPublicKey
+    if (info.signedFrom !== undefined) ad.signedFrom = info.signedFrom
     if (info.promotedFrom !== undefined) ad.promotedFrom = info.promotedFrom
     ad.length = info.messageCount
     return ad
@@ -297,7 +304,7 @@ export class ClusterRooms extends EventEmitter {
       this.emit('room-mirrored', { roomName: ad.name, primary })
       return
     }
-    if (!(await rooms.mirror(ad.name, ad.key, primary, ad.writerPublicKey))) {
+    if (!(await rooms.mirror(ad.name, ad.key, primary, ad.writerPublicKey, ad.signedFrom))) {
       this.emit('room-conflict', { roomName: ad.name, primary, key: ad.key })
       return
     }

@@ -38,6 +38,8 @@ export interface RoomAd {
   promotedFrom?: string
   /** blocks the sender holds from 0 without a gap: a mirror holding fewer follows the room actively until it has them */
   length?: number
+  /** a signed room's first signed index (see RoomState.signedFrom) */
+  signedFrom?: number
 }
 
 /** A `message` forwarded by a member that is not the room's primary. */
@@ -313,7 +315,8 @@ function isRoomAd (ad: any): ad is RoomAd {
   return typeof ad === 'object' && ad !== null && typeof ad.name === 'string' && typeof ad.key === 'string' && /^[0-9a-f]{64}$/.test(ad.key) &&
     (ad.primary === undefined || (typeof ad.primary === 'string' && /^[0-9a-f]{64}$/.test(ad.primary))) &&
     (ad.promotedFrom === undefined || (typeof ad.promotedFrom === 'string' && /^[0-9a-f]{64}$/.test(ad.promotedFrom))) &&
-    (ad.length === undefined || (Number.isSafeInteger(ad.length) && ad.length >= 0))
+    (ad.length === undefined || (Number.isSafeInteger(ad.length) && ad.length >= 0)) &&
+    (ad.signedFrom === undefined || (Number.isSafeInteger(ad.signedFrom) && ad.signedFrom >= 0))
 }
 
 /** The public key (hex) a root peer on `storageDir` has, from its store; the store is created when missing. */

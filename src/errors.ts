@@ -17,6 +17,9 @@ export type ErrorCode =
   | 'INTERNAL_ERROR'
   | 'PRIMARY_UNAVAILABLE'
   | 'NOT_REPLICATED'
+  | 'IDLE'
+  | 'FRAME_TIMEOUT'
+  | 'OVERLOADED'
   // raised by the client library, never sent by the daemon
   | 'DISCONNECTED'
   | 'TIMEOUT'
@@ -67,6 +70,22 @@ export class RootPeerError extends Error {
 
   static TOO_MANY_PEERS (max: number): RootPeerError {
     return new RootPeerError('TOO_MANY_PEERS', `the root peer serves at most ${max} peers at once; retry later`, { maxPeers: max })
+  }
+
+  static TOO_MANY_PEERS_FROM_HOST (max: number): RootPeerError {
+    return new RootPeerError('TOO_MANY_PEERS', `the root peer serves at most ${max} connections from one address at once; retry later`, { maxPeersPerHost: max })
+  }
+
+  static IDLE (idleMs: number): RootPeerError {
+    return new RootPeerError('IDLE', `disconnected after ${idleMs} ms without a valid frame`, { idleMs })
+  }
+
+  static FRAME_TIMEOUT (timeoutMs: number): RootPeerError {
+    return new RootPeerError('FRAME_TIMEOUT', `a frame was not finished within ${timeoutMs} ms`, { frameTimeoutMs: timeoutMs })
+  }
+
+  static OVERLOADED (maxBufferedBytes: number): RootPeerError {
+    return new RootPeerError('OVERLOADED', `incoming frames of all peers reached ${maxBufferedBytes} bytes; this connection held the most`, { maxBufferedBytes })
   }
 
   static TOO_MANY_ROOMS (max: number): RootPeerError {

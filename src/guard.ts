@@ -1,9 +1,13 @@
 import { RootPeerError } from './errors.js'
 import type { Frame } from './protocol.js'
-import { PeerBudget, type RateLimits } from './rate-limit.js'
+import { PeerBudget, TokenBucket, type RateLimits } from './rate-limit.js'
 
 /** Bans remembered at most; the oldest is forgotten first. */
 const MAX_BANS = 10_000
+/** Budgets remembered at most, by public key and by remote address each; the least recently used is forgotten first. */
+export const MAX_BUDGETS = 16_384
+/** One remote address may create this many times the rooms one key may (several users behind one NAT). */
+export const HOST_ROOMS_FACTOR = 10
 const REFUSAL_WINDOW = 60_000
 
 export interface GuardOptions extends RateLimits {
@@ -14,27 +18,53 @@ export interface GuardOptions extends RateLimits {
   onUnban: (peerId: string) => void
 }
 
-/** What the guard keeps per connected peer. */
+/** What the guard keeps per public key, across its connections. */
 export interface PeerRecord {
   budget: PeerBudget
   refusals: number
   windowStart: number
+  /** the new-room budget of the address the key connected from last; null when the transport does not say */
+  hostRooms: TokenBucket | null
 }
 
 /**
- * Abuse control: per-peer token buckets for every kind of frame, and bans for peers that keep sending
- * frames that are refused. A ban is by public key; the swarm's firewall asks `isBanned` at the handshake.
+ * Abuse control: per-key token buckets for every kind of frame, a per-address bucket for new rooms,
+ * and bans for keys that keep sending frames that are refused. Budgets are kept by public key (and
+ * address) in bounded tables, so reconnecting does not refill them. A ban is by public key; the
+ * swarm's firewall asks `isBanned` at the handshake.
  */
 export class Guard {
   private readonly opts: GuardOptions
   private readonly bans = new Map<string, NodeJS.Timeout>()
+  private readonly records = new Map<string, PeerRecord>()
+  private readonly hosts = new Map<string, TokenBucket>()
 
   constructor (opts: GuardOptions) {
     this.opts = opts
   }
 
-  record (): PeerRecord {
-    return { budget: new PeerBudget(this.opts), refusals: 0, windowStart: Date.now() }
+  /** The budgets of `peerId`, as its last connection left them, now charged to `host` as well. */
+  record (peerId: string, host: string | null = null): PeerRecord {
+    let record = lru(this.records, peerId)
+    if (record === undefined) {
+      record = { budget: new PeerBudget(this.opts), refusals: 0, windowStart: Date.now(), hostRooms: null }
+      remember(this.records, peerId, record)
+    }
+    if (host !== null) {
+      let bucket = lru(this.hosts, host)
+      if (bucket === undefined) {
+        const perMinute = this.opts.newRoomsPerMinute * HOST_ROOMS_FACTOR
+        bucket = new TokenBucket(perMinute / 60, perMinute)
+        remember(this.hosts, host, bucket)
+      }
+      record.hostRooms = bucket
+    }
+    return record
+  }
+
+  /** Keys and addresses whose budgets are remembered now. */
+  get remembered (): { keys: number, hosts: number } {
+    return { keys: this.records.size, hosts: this.hosts.size }
   }
 
   /** Charges a decoded frame to the peer's budgets; throws RATE_LIMITED (nothing charged) when one is spent. */
@@ -56,8 +86,10 @@ export class Guard {
 
   /** Charges the creation of a new room. */
   admitNewRoom (record: PeerRecord): void {
-    const wait = record.budget.newRooms.take(1)
+    const wait = Math.max(record.budget.newRooms.wait(1), record.hostRooms?.wait(1) ?? 0)
     if (wait > 0) throw RootPeerError.RATE_LIMITED('new rooms', wait)
+    record.budget.newRooms.consume(1)
+    record.hostRooms?.consume(1)
   }
 
   /** Notes a refused frame; true when the peer has now earned a ban. */
@@ -93,6 +125,8 @@ export class Guard {
   close (): void {
     for (const timer of this.bans.values()) clearTimeout(timer)
     this.bans.clear()
+    this.records.clear()
+    this.hosts.clear()
   }
 
   private unban (peerId: string): void {
@@ -102,4 +136,19 @@ export class Guard {
     this.bans.delete(peerId)
     this.opts.onUnban(peerId)
   }
+}
+
+/** The entry for `key`, made the most recently used. */
+function lru<V> (map: Map<string, V>, key: string): V | undefined {
+  const value = map.get(key)
+  if (value !== undefined) {
+    map.delete(key)
+    map.set(key, value)
+  }
+  return value
+}
+
+function remember<V> (map: Map<string, V>, key: string, value: V): void {
+  map.set(key, value)
+  if (map.size > MAX_BUDGETS) map.delete(map.keys().next().value as string)
 }

@@ -120,6 +120,8 @@ declare module 'hyperswarm' {
     readonly isInitiator: boolean
     readonly rawBytesRead: number
     readonly rawBytesWritten: number
+    /** the transport under the Noise stream (a UDX stream); its remoteHost is the peer's address */
+    readonly rawStream: import('node:stream').Duplex & { remoteHost?: string, pause: () => void }
     setKeepAlive (ms: number): void
     setTimeout (ms: number): void
   }

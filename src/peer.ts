@@ -1,15 +1,22 @@
 import type { NoiseStream } from 'hyperswarm'
 import type { PeerRecord } from './guard.js'
+import type { InboundAccount } from './inbound.js'
 import { newChallenge } from './room-auth.js'
 
-/** Incoming frames queued per connection before the stream is paused. */
+/** Incoming frames queued per connection before the stream is paused... */
 const MAX_QUEUED_FRAMES = 64
+/** ...or bytes of them. */
+const MAX_QUEUED_BYTES = 1024 * 1024
+/** Room names a connection remembers having joined (most recently used kept); one it forgot is joined again. */
+export const MAX_PEER_ROOMS = 64
 /** How long a peer we close may take to read its last frame before its stream is destroyed. */
 export const CLOSE_GRACE = 2000
 
 export interface PeerOptions {
   /** ms our writes may stay unread before the connection is destroyed; 0 = never */
   stallTimeout: number
+  /** charges the bytes of queued frames to the daemon-wide inbound budget */
+  inbound: InboundAccount
   handle: (peer: Peer, data: Buffer) => Promise<void>
   onStall: (peer: Peer) => void
 }
@@ -24,14 +31,22 @@ export class Peer {
   readonly publicKey: Buffer
   readonly conn: NoiseStream
   readonly record: PeerRecord
+  /** the remote IP address, when the transport knows it */
+  readonly host: string | null
   readonly connectedAt = Date.now()
-  readonly rooms = new Set<string>()
+  /** when this peer last sent a frame that was handled without refusal (connectedAt until then) */
+  lastActive = this.connectedAt
+  /** frames handled without refusal */
+  accepted = 0
+  /** rooms this connection joined, least recently used first, at most MAX_PEER_ROOMS */
+  readonly rooms = new RoomSet(MAX_PEER_ROOMS)
   /** per room, the last of this peer's messages forwarded to another cluster member, until it is acked or refused */
   readonly forwards = new Map<string, Promise<unknown>>()
   /** sent in the announcement; a signed room's reads are signed over it, so they cannot be replayed elsewhere */
   readonly challenge = newChallenge()
   closed = false
   private readonly queue: Buffer[] = []
+  private queuedBytes = 0
   private running = false
   private paused = false
   private needDrain = false
@@ -41,13 +56,14 @@ export class Peer {
     this.conn = conn
     this.publicKey = conn.remotePublicKey
     this.id = conn.remotePublicKey.toString('hex')
+    this.host = conn.rawStream?.remoteHost ?? null
     this.record = record
     this.opts = opts
     conn.on('data', (data: Buffer) => this.push(data))
     conn.on('drain', () => { this.needDrain = false })
     conn.on('close', () => {
       this.closed = true
-      this.queue.length = 0
+      this.clearQueue()
     })
   }
 
@@ -85,14 +101,16 @@ export class Peer {
   close (): void {
     if (this.closed) return
     this.closed = true
-    this.queue.length = 0
+    this.clearQueue()
     endConnection(this.conn, CLOSE_GRACE).catch(() => {})
   }
 
   private push (data: Buffer): void {
     if (this.closed) return
     this.queue.push(data)
-    if (this.queue.length >= MAX_QUEUED_FRAMES && !this.paused) {
+    this.queuedBytes += data.byteLength
+    this.opts.inbound.queued(data.byteLength)
+    if ((this.queue.length >= MAX_QUEUED_FRAMES || this.queuedBytes >= MAX_QUEUED_BYTES) && !this.paused) {
       this.paused = true
       this.conn.pause()
     }
@@ -106,13 +124,48 @@ export class Peer {
       if (this.needDrain) await this.drained()
       if (this.closed) break
       const data = this.queue.shift()!
+      this.queuedBytes -= data.byteLength
+      this.opts.inbound.queued(-data.byteLength)
       await this.opts.handle(this, data)
-      if (this.paused && this.queue.length < MAX_QUEUED_FRAMES / 2) {
+      if (this.paused && this.queue.length < MAX_QUEUED_FRAMES / 2 && this.queuedBytes < MAX_QUEUED_BYTES / 2) {
         this.paused = false
         this.conn.resume()
       }
     }
     this.running = false
+  }
+
+  private clearQueue (): void {
+    this.queue.length = 0
+    this.opts.inbound.queued(-this.queuedBytes)
+    this.queuedBytes = 0
+  }
+}
+
+/** A set of room names that keeps the `max` most recently added or touched. */
+export class RoomSet {
+  private readonly max: number
+  private readonly names = new Set<string>()
+
+  constructor (max: number) {
+    this.max = max
+  }
+
+  get size (): number {
+    return this.names.size
+  }
+
+  /** True when the name is held; it becomes the most recently used. */
+  has (name: string): boolean {
+    if (!this.names.delete(name)) return false
+    this.names.add(name)
+    return true
+  }
+
+  add (name: string): void {
+    this.names.delete(name)
+    this.names.add(name)
+    if (this.names.size > this.max) this.names.delete(this.names.values().next().value as string)
   }
 }
 

@@ -1,9 +1,20 @@
 import type Hypercore from 'hypercore'
-import { parseRecord, pageEntry } from './protocol.js'
+import { MAX_ID, parseRecord, pageEntry } from './protocol.js'
 import type { RoomState } from './state-file.js'
 
 /** Ids remembered per room for deduplication (the newest ones). */
 export const DEDUP_WINDOW = 10_000
+/** Characters of ids remembered per room, at most: with DEDUP_WINDOW, bounds the ids' memory in bytes. */
+export const DEDUP_ID_CHARS = 256 * 1024
+/** Blocks, and bytes of blocks, one read of the ids held at once. */
+const LOAD_CHUNK = 256
+const LOAD_CHUNK_BYTES = 1024 * 1024
+/** Blocks read at once when the tree cannot say how large they are. */
+const BLIND_CHUNK = 16
+/** Block byte offsets remembered per room, so a client paging on costs no search. */
+const MAX_ANCHORS = 32
+/** Seeks one byte-offset search may take before it gives up (bisection needs about 2 × log2(bytes)). */
+const MAX_SEEKS = 128
 /** Most blocks one append carries. */
 const MAX_BATCH = 1024
 
@@ -31,12 +42,18 @@ export class Room {
   /** the name as a JSON string, for the frames that carry it */
   readonly nameJson: string
   private queue: PendingAppend[] = []
+  /** the append in flight: its first index and how many blocks it carries */
+  private appendingFrom = 0
+  private appending = 0
   private flushing: Promise<void> | null = null
   private last: Promise<unknown> | null = null
-  private ids: Map<string, number | Promise<number>> | null = null
+  private ids: DedupIds | null = null
   private loadingIds: Promise<void> | null = null
   /** called before each core append, for the appendBatches counter */
   private readonly onBatch: (() => void) | null
+  /** known byte offsets of blocks (index to offset), valid for the core's fork `anchorsFork` */
+  private readonly anchors = new Map<number, number>()
+  private anchorsFork = -1
 
   constructor (name: string, core: Hypercore, info: RoomState, onBatch: (() => void) | null = null) {
     this.name = name
@@ -54,6 +71,26 @@ export class Room {
   /** Messages held: for a mirrored room, the blocks stored here without a gap (what can be served). */
   get length (): number {
     return this.mirrored ? Math.min(this.core.length, this.core.contiguousLength) : this.core.length
+  }
+
+  /** The index the next block queued will get. */
+  get nextIndex (): number {
+    // exact even between the core's append completing and this room hearing of it
+    return Math.max(this.core.length, this.appendingFrom + this.appending) + this.queue.length
+  }
+
+  /** Forgets the ids stored so far: the room was signed, and what came before is not its members'. */
+  forgetIds (): void {
+    if (this.ids !== null) this.ids = new DedupIds()
+  }
+
+  /** Ids held for deduplication, and their characters (0 before they are loaded). */
+  get idCount (): number {
+    return this.ids === null ? 0 : this.ids.size
+  }
+
+  get idChars (): number {
+    return this.ids === null ? 0 : this.ids.chars
   }
 
   /** Appends one block; resolves with its index once the append holding it has completed. */
@@ -95,8 +132,8 @@ export class Room {
     const found = ids.get(id)
     if (found !== undefined) return Promise.resolve(found).then(index => ({ index, duplicate: true }))
     const pending = this.append(block)
+    // forgets the oldest ids past DEDUP_WINDOW or DEDUP_ID_CHARS
     ids.set(id, pending)
-    if (ids.size > DEDUP_WINDOW) ids.delete(ids.keys().next().value as string)
     return pending.then(index => {
       if (ids.get(id) === pending) ids.set(id, index)
       return { index, duplicate: false }
@@ -106,23 +143,47 @@ export class Room {
     })
   }
 
-  /** Reads up to `limit` records from `from`, concurrently, stopping early at `maxBytes` (at least one record). */
+  /**
+   * Reads up to `limit` records from `from` whose entries, joined by commas, take at most `maxBytes` UTF-8 bytes
+   * (at least one record). Which blocks fit is found in the tree's byte offsets before any is read, so a page
+   * reads about `maxBytes`, whatever its `limit`. Stops at the first block missing here.
+   */
   async readPage (from: number, limit: number, maxBytes: number): Promise<Page> {
     const totalMessages = this.length
     const end = Math.min(totalMessages, from + limit)
-    const gets: Array<Promise<Buffer | null>> = []
-    for (let i = from; i < end; i++) gets.push(this.core.get(i, { wait: false }))
-    const blocks = await Promise.all(gets)
     const entries: string[] = []
-    let bytes = 0
     let next = from
-    for (const block of blocks) {
-      if (block === null) break
-      const entry = pageEntry(block, next)
-      if (entries.length > 0 && bytes + entry.length > maxBytes) break
-      entries.push(entry)
-      bytes += entry.length + 1
-      next++
+    // the page's bytes so far, counting a comma before each entry but the first
+    let bytes = -1
+    const take = (blocks: Array<Buffer | null>): boolean => {
+      for (const block of blocks) {
+        if (block === null) return false
+        const entry = pageEntry(block, next)
+        const size = Buffer.byteLength(entry) + 1
+        if (entries.length > 0 && bytes + size > maxBytes) return false
+        entries.push(entry)
+        bytes += size
+        next++
+      }
+      return true
+    }
+    if (from < end) {
+      const overhead = entryOverhead(end - 1)
+      const fit = await this.fitting(from, end, maxBytes, overhead)
+      if (fit !== null) {
+        const blocks = await this.getRange(from, fit.stop)
+        if (take(blocks) && fit.start !== null) this.anchor(fit.stop, fit.start + sumBytes(blocks))
+      } else {
+        // the tree cannot say (nodes missing here): read in small steps, sized by the largest block seen
+        let largest = 0
+        for (let at = from; at < end && bytes < maxBytes;) {
+          const n = largest === 0 ? 1 : Math.max(1, Math.min(BLIND_CHUNK, end - at, Math.floor((maxBytes - bytes) / largest)))
+          const blocks = await this.getRange(at, at + n)
+          for (const block of blocks) if (block !== null) largest = Math.max(largest, block.byteLength + overhead)
+          if (!take(blocks)) break
+          at += n
+        }
+      }
     }
     return { entries, nextIndex: Math.max(next, from), totalMessages }
   }
@@ -137,30 +198,172 @@ export class Room {
       const batch = this.queue.splice(0, MAX_BATCH)
       try {
         if (this.onBatch !== null) this.onBatch()
+        this.appendingFrom = this.core.length
+        this.appending = batch.length
         const { length } = await this.core.append(batch.map(p => p.block))
         const first = length - batch.length
         for (let i = 0; i < batch.length; i++) batch[i].resolve(first + i)
       } catch (err) {
         for (const p of batch) p.reject(err)
+      } finally {
+        this.appending = 0
       }
     }
     this.flushing = null
   }
 
   private async loadIds (): Promise<void> {
-    const ids = new Map<string, number | Promise<number>>()
+    const ids = new DedupIds()
     const end = this.core.length
-    const start = Math.max(0, end - DEDUP_WINDOW)
-    const CHUNK = 256
-    for (let at = start; at < end; at += CHUNK) {
-      const gets: Array<Promise<Buffer | null>> = []
-      for (let i = at; i < Math.min(end, at + CHUNK); i++) gets.push(this.core.get(i, { wait: false }))
-      const blocks = await Promise.all(gets)
+    for (let at = Math.max(0, end - DEDUP_WINDOW); at < end;) {
+      // chunks bounded in blocks and in bytes, as a page is
+      const chunkEnd = Math.min(end, at + LOAD_CHUNK)
+      const stop = (await this.fitting(at, chunkEnd, LOAD_CHUNK_BYTES, 0))?.stop ?? Math.min(chunkEnd, at + BLIND_CHUNK)
+      const blocks = await this.getRange(at, stop)
       blocks.forEach((block, k) => {
         const record = block === null ? null : parseRecord(block)
-        if (record !== null && typeof record.id === 'string') ids.set(record.id, at + k)
+        if (record === null || typeof record.id !== 'string' || record.id.length > MAX_ID) return
+        // an id stored again (after it was forgotten) counts as of its newest index
+        ids.delete(record.id)
+        ids.set(record.id, at + k)
       })
+      at = stop
     }
+    // a room signed while its ids loaded: the ids below its signed history are not its members'
+    const signedFrom = this.info.signedFrom ?? 0
+    if (signedFrom > 0) for (const [id, index] of ids) if ((index as number) < signedFrom) ids.delete(id)
     this.ids = ids
+  }
+
+  private getRange (from: number, to: number): Promise<Array<Buffer | null>> {
+    const gets: Array<Promise<Buffer | null>> = []
+    for (let i = from; i < to; i++) gets.push(this.core.get(i, { wait: false }))
+    return Promise.all(gets)
+  }
+
+  /**
+   * Where the blocks from `from` that fit in `maxBytes`, each with `overhead` bytes added, end (at least one
+   * block, at most `end`), and where block `from` starts (null when not looked up): found with the tree's byte
+   * offsets, reading no block. Null when the tree cannot say.
+   */
+  private async fitting (from: number, end: number, maxBytes: number, overhead: number): Promise<{ stop: number, start: number | null } | null> {
+    const core = this.core
+    // one block, or a room smaller than the page: nothing to look up
+    if (end - from <= 1 || core.byteLength + (end - from) * overhead <= maxBytes) return { stop: end, start: null }
+    const start = await this.offsetOf(from)
+    if (start === null) return null
+    let budget = maxBytes
+    // the first seek counts the blocks within maxBytes; if their overhead does not fit too, the second leaves room for it
+    for (let pass = 0; pass < 2; pass++) {
+      const target = start + Math.max(0, budget)
+      let index = core.length
+      let offset = core.byteLength
+      if (target < core.byteLength) {
+        const found = await core.seek(target, { wait: false })
+        if (found === null) return null
+        // block `index` holds byte `target`: the blocks before it end within the budget
+        index = found[0]
+        offset = target - found[1]
+        this.anchor(index, offset)
+      }
+      const fits = Math.min(Math.max(0, index - from), end - from)
+      if (fits === 0) return { stop: from + 1, start }
+      if (offset - start + fits * overhead <= maxBytes || pass === 1) return { stop: from + fits, start }
+      budget = maxBytes - fits * overhead
+    }
+    return { stop: from + 1, start }
+  }
+
+  /** The byte offset at which block `index` starts, from the tree (no block is read); null when the tree cannot say. */
+  private async offsetOf (index: number): Promise<number | null> {
+    const core = this.core
+    if (core.fork !== this.anchorsFork) {
+      this.anchors.clear()
+      this.anchorsFork = core.fork
+    }
+    if (index <= 0) return 0
+    if (index >= core.length) return index === core.length ? core.byteLength : null
+    const known = this.anchors.get(index)
+    if (known !== undefined) return known
+    // the nearest blocks whose offsets are known, below and above; the offset sought is within [min, max]
+    let lo = 0
+    let loBytes = 0
+    let hi = core.length
+    let hiBytes = core.byteLength
+    for (const [i, bytes] of this.anchors) {
+      if (i < index && i > lo) [lo, loBytes] = [i, bytes]
+      else if (i > index && i < hi) [hi, hiBytes] = [i, bytes]
+    }
+    let min = loBytes
+    let max = hiBytes
+    for (let step = 0; step < MAX_SEEKS && min <= max; step++) {
+      // interpolate between the known offsets, bisect every other step: a skewed room still takes O(log bytes) seeks
+      const guess = step % 2 === 0 ? loBytes + Math.floor((index - lo) * (hiBytes - loBytes) / (hi - lo)) : Math.floor((min + max) / 2)
+      const at = Math.min(Math.max(guess, min), max)
+      const found = await core.seek(at, { wait: false })
+      if (found === null) return null
+      const [i, rel] = found
+      const start = at - rel
+      if (i === index) {
+        this.anchor(index, start)
+        return start
+      }
+      if (i < index) {
+        [lo, loBytes] = [i, start]
+        min = at + 1
+      } else {
+        [hi, hiBytes] = [i, start]
+        max = start - 1
+      }
+    }
+    return null
+  }
+
+  private anchor (index: number, offset: number): void {
+    if (this.anchors.size >= MAX_ANCHORS && !this.anchors.has(index)) this.anchors.delete(this.anchors.keys().next().value as number)
+    this.anchors.set(index, offset)
+  }
+}
+
+/** Bytes an entry of a sync page adds to its block: `,"messageIndex":N` and the comma between entries. */
+function entryOverhead (maxIndex: number): number {
+  return 17 + String(maxIndex).length
+}
+
+function sumBytes (blocks: Array<Buffer | null>): number {
+  let bytes = 0
+  for (const block of blocks) bytes += block!.byteLength
+  return bytes
+}
+
+/**
+ * A room's ids, oldest first, and what each was stored at: at most DEDUP_WINDOW ids and DEDUP_ID_CHARS characters
+ * of them. Adding a new id forgets the oldest ones past either bound; setting a held id keeps its place.
+ */
+export class DedupIds extends Map<string, number | Promise<number>> {
+  /** characters of the ids held */
+  chars = 0
+
+  constructor () {
+    super()
+  }
+
+  override set (id: string, value: number | Promise<number>): this {
+    if (this.has(id)) return super.set(id, value)
+    super.set(id, value)
+    this.chars += id.length
+    while (this.size > 1 && (this.size > DEDUP_WINDOW || this.chars > DEDUP_ID_CHARS)) this.delete(this.keys().next().value as string)
+    return this
+  }
+
+  override delete (id: string): boolean {
+    if (!super.delete(id)) return false
+    this.chars -= id.length
+    return true
+  }
+
+  override clear (): void {
+    super.clear()
+    this.chars = 0
   }
 }

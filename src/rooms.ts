@@ -8,9 +8,10 @@ import type { PersistentState, RoomState } from './state-file.js'
 const ROOM_INDEX = 'root-peer-rooms'
 const OPEN_CONCURRENCY = 16
 
-/** The Corestore name of a room's core, as the seed names it. */
-export function coreName (roomName: string): string {
-  return `room-${roomName}`
+/** The Corestore name of a room's core, as the seed names it (a room removed and registered again gets a new one). */
+export function coreName (roomName: string, generation = 0): string {
+  // '/' is not allowed in room names, so no generation's name is another room's
+  return generation === 0 ? `room-${roomName}` : `room-${roomName}/${generation}`
 }
 
 /** An open room: its core's session, and how many handlers use it now (a held room is never closed). */
@@ -36,8 +37,11 @@ export interface RoomsOptions {
  * closed first, never one that is held (appends or reads in flight). Callers `get` a room, which
  * holds it, and `release` it when their work on it is done.
  *
+ * Rooms that never stored a message are not permanent: `removeEmpty` takes the one unused longest out
+ * (to make room at MAX_ROOMS), `expireEmpty` those unused for a while.
+ *
  * Events: `index-recovered` ({ name }) for rooms found only in the index, `room-loaded` ({ name }) as `load`
- * reconciles each room with its core, `created` (name) for a room this root peer created.
+ * reconciles each room with its core, `created` (name) for a room this root peer created, `removed` (name).
  */
 export class Rooms extends EventEmitter {
   readonly maxOpen: number
@@ -49,6 +53,12 @@ export class Rooms extends EventEmitter {
   private readonly open = new Map<string, Slot>()
   private readonly closing = new Map<string, Promise<void>>()
   private readonly creating = new Map<string, Promise<void>>()
+  /** rooms of this root peer's own with no message stored, least recently used first, and when they were last used */
+  private readonly empty = new Map<string, number>()
+  /** the generation a removed room's name gets when it is registered again */
+  private readonly generations = new Map<string, number>()
+  /** rooms being signed: acks of their messages wait until the index says so */
+  private readonly signing = new Map<string, Promise<void>>()
   private waiters: Array<() => void> = []
   totalMessages = 0
   /** message bytes held, all rooms (pruned blocks not counted) */
@@ -73,17 +83,28 @@ export class Rooms extends EventEmitter {
     this.index = this.store.get({ name: ROOM_INDEX })
     await this.index.ready()
     const indexed = new Map<string, IndexEntry>()
+    const removed = new Set<string>()
     for (let at = 0; at < this.index.length; at += 256) {
       const gets: Array<Promise<Buffer | null>> = []
       for (let i = at; i < Math.min(this.index.length, at + 256); i++) gets.push(this.index.get(i))
       for (const block of await Promise.all(gets)) {
         if (block === null) continue
         const entry = JSON.parse(block.toString('utf8')) as IndexEntry
+        if (entry.removed === true) {
+          indexed.delete(entry.name)
+          removed.add(entry.name)
+          if (entry.generation !== undefined) this.generations.set(entry.name, entry.generation)
+          continue
+        }
+        removed.delete(entry.name)
         const known = indexed.get(entry.name)
         // a later entry only adds a signed room's writer key to the first
         if (known === undefined) indexed.set(entry.name, entry)
         else {
-          if (entry.writerPublicKey !== undefined) known.writerPublicKey = entry.writerPublicKey
+          if (entry.writerPublicKey !== undefined) {
+            known.writerPublicKey = entry.writerPublicKey
+            known.signedFrom = entry.signedFrom
+          }
           // a later entry with a key moves the room: to another primary's core, or (promoted) to our own
           if (entry.key !== undefined) {
             known.key = entry.key
@@ -93,10 +114,11 @@ export class Rooms extends EventEmitter {
         }
       }
     }
-    const savedRooms = saved === null ? [] : Object.values(saved.rooms)
+    // a room the index says was removed stays removed, whatever an older state file says
+    const savedRooms = saved === null ? [] : Object.values(saved.rooms).filter(r => !removed.has(r.name))
     for (const r of savedRooms) this.infos.set(r.name, { ...r })
     let recovered = 0
-    for (const [name, { createdAt, writerPublicKey, key, primary, promotedFrom }] of indexed) {
+    for (const [name, { createdAt, writerPublicKey, key, primary, promotedFrom, signedFrom, generation }] of indexed) {
       let info = this.infos.get(name)
       if (info === undefined) {
         info = { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 }
@@ -107,6 +129,10 @@ export class Rooms extends EventEmitter {
       // the index, not the state file, says which rooms are signed
       if (writerPublicKey !== undefined) info.writerPublicKey = writerPublicKey
       else delete info.writerPublicKey
+      if (signedFrom !== undefined && writerPublicKey !== undefined) info.signedFrom = signedFrom
+      else delete info.signedFrom
+      if (generation !== undefined) info.generation = generation
+      else delete info.generation
       // and which rooms are mirrored from another cluster member, by core key
       if (key !== undefined && primary !== undefined) {
         info.coreKey = key
@@ -142,10 +168,14 @@ export class Rooms extends EventEmitter {
     await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, worker))
     this.totalMessages = 0
     this.totalBytes = 0
+    const empty: RoomState[] = []
     for (const info of this.infos.values()) {
       this.totalMessages += info.messageCount
       this.totalBytes += info.byteLength - (info.prunedBytes ?? 0)
+      if (info.messageCount === 0 && info.primary === undefined) empty.push(info)
     }
+    empty.sort((a, b) => a.lastActivity - b.lastActivity)
+    for (const info of empty) this.empty.set(info.name, info.lastActivity)
     return recovered
   }
 
@@ -169,31 +199,59 @@ export class Rooms extends EventEmitter {
    * Creates a room unless it exists; returns its info. With `writerPublicKey` the room is (or becomes) a
    * signed room; the caller has checked that the key matches the name.
    */
-  async register (name: string, writerPublicKey?: string): Promise<RoomState> {
+  async register (name: string, writerPublicKey?: string, signedFrom?: number): Promise<RoomState> {
     if (!this.infos.has(name)) await this.create(name, writerPublicKey)
     const info = this.infos.get(name)!
-    if (writerPublicKey !== undefined && info.writerPublicKey === undefined) {
-      await this.index!.append(indexBlock(name, info.createdAt, writerPublicKey))
-      info.writerPublicKey = writerPublicKey
-    }
+    this.used(name)
+    if (writerPublicKey !== undefined && info.writerPublicKey === undefined) await this.sign(info, writerPublicKey, signedFrom)
     return info
+  }
+
+  /** Resolves once a room being signed is signed in the index too (at once for any other room). */
+  async signed (name: string): Promise<void> {
+    await this.signing.get(name)
+  }
+
+  /**
+   * Makes a room a signed room. Blocks stored before it (a stranger's, under the name before its members came)
+   * stay below `signedFrom`, never served to members, and their ids are forgotten; from the moment the key is set,
+   * every block queued is checked against it (see ChatRootPeer.onMessage), so nothing unsigned lands after.
+   */
+  private async sign (info: RoomState, writerPublicKey: string, given?: number): Promise<void> {
+    const slot = this.open.get(info.name)
+    const room = slot === undefined ? null : await slot.room.catch(() => null)
+    if (info.writerPublicKey !== undefined) return await this.signing.get(info.name)
+    // no await from here to the key being set: what is queued is below signedFrom, what comes after is checked
+    const signedFrom = given ?? Math.max(info.messageCount, room?.nextIndex ?? 0)
+    info.writerPublicKey = writerPublicKey
+    if (signedFrom > 0) {
+      info.signedFrom = signedFrom
+      room?.forgetIds()
+    }
+    const done = this.index!.append(indexBlock(info.name, info.createdAt, writerPublicKey, undefined, undefined, undefined, signedFrom, info.generation)).then(() => {})
+    this.signing.set(info.name, done)
+    try {
+      await done
+    } finally {
+      if (this.signing.get(info.name) === done) this.signing.delete(info.name)
+    }
   }
 
   /**
    * Records a room another cluster member is primary for, mirrored here from its core `key` (hex).
    * Resolves with false when the name is held already (by this root peer, or mirrored from another core).
    */
-  async mirror (name: string, key: string, primary: string, writerPublicKey?: string): Promise<boolean> {
+  async mirror (name: string, key: string, primary: string, writerPublicKey?: string, signedFrom?: number): Promise<boolean> {
     const known = this.infos.get(name)
     if (known !== undefined) {
       if (known.coreKey !== key) return false
-      if (writerPublicKey !== undefined && known.writerPublicKey === undefined) await this.register(name, writerPublicKey)
+      if (writerPublicKey !== undefined && known.writerPublicKey === undefined) await this.register(name, writerPublicKey, signedFrom ?? 0)
       return true
     }
     const now = Date.now()
-    await this.index!.append(indexBlock(name, now, writerPublicKey, key, primary))
+    await this.index!.append(indexBlock(name, now, writerPublicKey, key, primary, undefined, signedFrom))
     if (this.infos.has(name)) return this.infos.get(name)!.coreKey === key
-    this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, coreKey: key, primary, ...(writerPublicKey === undefined ? {} : { writerPublicKey }) })
+    this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, coreKey: key, primary, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(signedFrom === undefined || signedFrom === 0 ? {} : { signedFrom }) })
     return true
   }
 
@@ -204,7 +262,7 @@ export class Rooms extends EventEmitter {
    */
   async move (name: string, key: string, primary: string | undefined, promotedFrom: string): Promise<void> {
     const info = this.infos.get(name)!
-    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, primary, promotedFrom))
+    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, primary, promotedFrom, info.signedFrom))
     info.coreKey = key
     info.promotedFrom = promotedFrom
     if (primary === undefined) delete info.primary
@@ -267,6 +325,7 @@ export class Rooms extends EventEmitter {
       if (!create) return null
       await this.create(name)
     }
+    this.used(name)
     let slot = this.open.get(name)
     while (slot === undefined) {
       if (this.open.size + this.closing.size < this.maxOpen) {
@@ -327,11 +386,69 @@ export class Rooms extends EventEmitter {
 
   /** Notes one message of `bytes` newly stored in `room`. */
   stored (room: Room, bytes: number): void {
+    this.empty.delete(room.name)
     room.info.messageCount = room.length
     room.info.byteLength += bytes
     room.info.lastActivity = Date.now()
     this.totalMessages++
     this.totalBytes += bytes
+  }
+
+  /** Rooms that never stored a message. */
+  get emptyCount (): number {
+    return this.empty.size
+  }
+
+  /**
+   * Forgets a room: the index records its removal, its core is closed and its blocks cleared; registered again,
+   * it starts empty in a new core. Resolves with false when it is in use now (held, or being created).
+   */
+  async remove (name: string): Promise<boolean> {
+    const info = this.infos.get(name)
+    if (info === undefined || this.creating.has(name) || this.signing.has(name)) return false
+    const slot = this.open.get(name)
+    if (slot !== undefined) {
+      if (slot.holds > 0) return false
+      this.evict(name, slot)
+    }
+    this.infos.delete(name)
+    this.empty.delete(name)
+    this.totalMessages -= info.messageCount
+    this.totalBytes -= info.byteLength - (info.prunedBytes ?? 0)
+    const held = info.messageCount > 0 || info.byteLength > 0
+    const generation = held ? (info.generation ?? 0) + 1 : info.generation
+    if (generation !== undefined) this.generations.set(name, generation)
+    await this.index!.append(Buffer.from(JSON.stringify({ name, removed: true, ...(generation === undefined ? {} : { generation }) })))
+    if (held && info.primary === undefined) {
+      await this.closing.get(name)
+      const core = this.coreOf(info)
+      await core.ready()
+      if (core.length > 0) await core.clear(0, core.length)
+      await core.close()
+    }
+    this.emit('removed', name)
+    return true
+  }
+
+  /** Removes the empty room unused longest that is not in use now; resolves with its name, or null when there is none. */
+  async removeEmpty (): Promise<string | null> {
+    for (const name of this.empty.keys()) {
+      if ((this.open.get(name)?.holds ?? 0) > 0 || this.creating.has(name)) continue
+      if (await this.remove(name)) return name
+    }
+    return null
+  }
+
+  /** Removes the empty rooms unused since `before` (ms); resolves with their names. */
+  async expireEmpty (before: number): Promise<string[]> {
+    const old: string[] = []
+    for (const [name, used] of this.empty) {
+      if (used >= before) break
+      old.push(name)
+    }
+    const removed: string[] = []
+    for (const name of old) if (await this.remove(name)) removed.push(name)
+    return removed
   }
 
   /** The rooms whose core is open now (not those still opening or closing). */
@@ -399,8 +516,10 @@ export class Rooms extends EventEmitter {
       pending = (async () => {
         const now = Date.now()
         // in the index before first use: an acked message's room is always recoverable
-        await this.index!.append(indexBlock(name, now, writerPublicKey))
-        this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }) })
+        const generation = this.generations.get(name)
+        await this.index!.append(indexBlock(name, now, writerPublicKey, undefined, undefined, undefined, undefined, generation))
+        this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(generation === undefined ? {} : { generation }) })
+        this.empty.set(name, now)
         this.emit('created', name)
       })()
       this.creating.set(name, pending)
@@ -419,6 +538,7 @@ export class Rooms extends EventEmitter {
     info.coreKey = core.key.toString('hex')
     const length = info.primary === undefined ? core.length : core.contiguousLength
     // the core is the truth: the state file may be behind after a crash
+    if (length > 0) this.empty.delete(name)
     if (info.messageCount !== length || info.byteLength !== core.byteLength) {
       this.totalMessages += length - info.messageCount
       this.totalBytes += core.byteLength - info.byteLength
@@ -430,15 +550,23 @@ export class Rooms extends EventEmitter {
 
   /** A session of the room's core: its own by name, or a mirrored one by key. */
   private coreOf (info: RoomState): Hypercore {
-    return info.primary === undefined ? this.store.get({ name: coreName(info.name) }) : this.store.get({ key: Buffer.from(info.coreKey!, 'hex') })
+    return info.primary === undefined ? this.store.get({ name: coreName(info.name, info.generation) }) : this.store.get({ key: Buffer.from(info.coreKey!, 'hex') })
+  }
+
+  /** Notes that an empty room was used now, so it is the last to be removed. */
+  private used (name: string): void {
+    if (!this.empty.delete(name)) return
+    this.empty.set(name, Date.now())
   }
 }
 
-/** One entry of the room index core: a room's name, and for a signed room its writer key. */
-interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string }
+/** One entry of the room index core: a room's name, for a signed room its writer key, or that it was removed. */
+interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string, signedFrom?: number, generation?: number, removed?: true }
 
-function indexBlock (name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string): Buffer {
+function indexBlock (name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string, signedFrom?: number, generation?: number): Buffer {
   const entry: IndexEntry = writerPublicKey === undefined ? { name, createdAt } : { name, createdAt, writerPublicKey }
+  if (writerPublicKey !== undefined && signedFrom !== undefined && signedFrom > 0) entry.signedFrom = signedFrom
+  if (generation !== undefined) entry.generation = generation
   if (key !== undefined) {
     entry.key = key
     if (primary !== undefined) entry.primary = primary

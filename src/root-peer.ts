@@ -10,6 +10,7 @@ import { StorageHealth } from './storage-health.js'
 import { RootPeerError } from './errors.js'
 import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
+import { Inbound, type DropReason } from './inbound.js'
 import {
   DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic,
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
@@ -17,7 +18,7 @@ import {
 import type { Room } from './room.js'
 import { RoomTopics, type TopicSwarm } from './room-topics.js'
 import { Rooms } from './rooms.js'
-import { keyMatchesName, verifyAccess, verifyMessage } from './room-auth.js'
+import { ACCESS_VERSION, keyMatchesName, verifyAccess, verifyMessage } from './room-auth.js'
 import { retentionOn, type RetentionPolicy } from './retention.js'
 import { Pruner } from './pruner.js'
 import { StateFile, type PersistentState, type RoomState } from './state-file.js'
@@ -71,6 +72,18 @@ export interface RootPeerOptions {
   banDuration?: number
   /** ms a peer may leave our writes unread before it is disconnected; 0 = never */
   stallTimeout?: number
+  /** incoming frame bytes held for all connections together; past it the connection holding the most is dropped */
+  maxBufferedBytes?: number
+  /** ms a peer may take to finish a frame it has started */
+  frameTimeout?: number
+  /** ms a new connection may take to send its first valid frame; 0 = forever */
+  firstFrameTimeout?: number
+  /** connections at once from one remote address; 0 = no cap */
+  maxPeersPerHost?: number
+  /** at MAX_PEERS, ms a peer must have gone without a valid frame to give its place to a newcomer; 0 = never */
+  idleEvictAfter?: number
+  /** ms an empty room (no message ever stored) is kept after its last use; 0 = until MAX_ROOMS needs its place */
+  emptyRoomTtl?: number
   /** page sizes and other limits (the settings above win) */
   limits?: Partial<Limits>
   /** public keys (hex) of the other root peers of this cluster; empty: a single root peer */
@@ -102,6 +115,8 @@ const MIN_SAVE_INTERVAL = 1000
 const FORWARD_GRACE = 2000
 /** How long shutdown waits for peers to read their last frames before the swarm is destroyed. */
 const CLOSE_CONNECTIONS_TIMEOUT = 2000
+/** When MAX_ROOMS are held, a new room takes the place of the empty room unused longest, if unused at least this long. */
+const EMPTY_EVICT_AFTER = 60_000
 
 const LIMIT_SETTINGS = ['maxFrameBytes', 'maxMessageBytes', 'messagesPerSecond', 'bytesPerSecond', 'syncsPerSecond', 'registersPerMinute', 'newRoomsPerMinute'] as const
 
@@ -155,6 +170,13 @@ export class ChatRootPeer extends EventEmitter {
   private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
   private readonly guard: Guard
   private readonly stallTimeout: number
+  private readonly inbound: Inbound
+  private readonly firstFrameTimeout: number
+  private readonly maxPeersPerHost: number
+  private readonly idleEvictAfter: number
+  private readonly emptyRoomTtl: number
+  /** connected peers per remote address */
+  private readonly hosts = new Map<string, number>()
   private readonly walSync: WalSync | null
   private readonly requireSignedRooms: boolean
   readonly retention: Readonly<RetentionPolicy>
@@ -183,6 +205,12 @@ export class ChatRootPeer extends EventEmitter {
       banThreshold = 100,
       banDuration = 600_000,
       stallTimeout = 30_000,
+      maxBufferedBytes = 64 * 1024 * 1024,
+      frameTimeout = 20_000,
+      firstFrameTimeout = 30_000,
+      maxPeersPerHost = 256,
+      idleEvictAfter = 10_000,
+      emptyRoomTtl = 3_600_000,
       limits = {}
     } = opts
     this.opts = opts
@@ -199,6 +227,11 @@ export class ChatRootPeer extends EventEmitter {
     const settings: Partial<Limits> = {}
     for (const key of LIMIT_SETTINGS) if (opts[key] !== undefined) settings[key] = opts[key]
     this.limits = Object.freeze({ ...DEFAULT_LIMITS, ...limits, ...settings })
+    this.inbound = new Inbound({ maxFrameBytes: this.limits.maxFrameBytes, frameTimeout, maxBufferedBytes })
+    this.firstFrameTimeout = firstFrameTimeout
+    this.maxPeersPerHost = maxPeersPerHost
+    this.idleEvictAfter = idleEvictAfter
+    this.emptyRoomTtl = emptyRoomTtl
     this.guard = new Guard({
       ...this.limits,
       banThreshold,
@@ -281,6 +314,16 @@ export class ChatRootPeer extends EventEmitter {
   replicaLag (): Map<string, number> {
     if (this.cluster === null || this.rooms === null) return new Map()
     return this.cluster.replicaLag([...this.rooms.openRooms()].filter(room => !room.mirrored).map(room => room.core))
+  }
+
+  /** Bytes of incoming frames held now for all connections (half-received and queued), at most MAX_BUFFERED_BYTES. */
+  get inboundBytes (): number {
+    return this.inbound.total
+  }
+
+  /** Keys and addresses whose rate budgets are remembered now (each table at most MAX_BUDGETS). */
+  get budgets (): { keys: number, hosts: number } {
+    return this.guard.remembered
   }
 
   /** Messages and bytes pruned by retention since the process started. */
@@ -450,15 +493,20 @@ export class ChatRootPeer extends EventEmitter {
       this.cluster.attach(conn)
       return
     }
-    if (this.peers.size >= this.maxPeers) {
-      const err = RootPeerError.TOO_MANY_PEERS(this.maxPeers)
-      endConnection(conn, CLOSE_GRACE, JSON.stringify({ type: 'error', code: err.code, message: err.message, ...err.details })).catch(() => {})
-      bump(this.counters.errors, err.code)
-      this.emit('peer-refused', conn.remotePublicKey.toString('hex'), err)
+    const host = conn.rawStream?.remoteHost ?? null
+    const refusal = this.admission(host)
+    if (refusal !== null) {
+      endConnection(conn, CLOSE_GRACE, JSON.stringify({ type: 'error', code: refusal.code, message: refusal.message, ...refusal.details })).catch(() => {})
+      bump(this.counters.errors, refusal.code)
+      this.emit('peer-refused', conn.remotePublicKey.toString('hex'), refusal)
       return
     }
-    const peer = new Peer(conn, this.guard.record(), {
+    // before the Peer's own data listener: the inbound budget sees each chunk as secret-stream leaves it
+    const inbound = this.inbound.watch(conn, reason => this.dropPeer(conn, reason))
+    const peerId = conn.remotePublicKey.toString('hex')
+    const peer = new Peer(conn, this.guard.record(peerId, host), {
       stallTimeout: this.stallTimeout,
+      inbound,
       handle: (p, data) => this.onFrame(p, data),
       onStall: p => {
         this.counters.stalledPeers++
@@ -466,9 +514,20 @@ export class ChatRootPeer extends EventEmitter {
       }
     })
     this.peers.set(peer.id, peer)
+    if (host !== null) this.hosts.set(host, (this.hosts.get(host) ?? 0) + 1)
     this.counters.peersConnected++
+    const firstFrame = this.firstFrameTimeout > 0
+      ? setTimeout(() => { if (peer.accepted === 0) this.disconnect(peer, RootPeerError.IDLE(this.firstFrameTimeout)) }, this.firstFrameTimeout)
+      : null
+    firstFrame?.unref()
     conn.on('close', () => {
+      if (firstFrame !== null) clearTimeout(firstFrame)
       if (this.peers.get(peer.id) === peer) this.peers.delete(peer.id)
+      if (host !== null) {
+        const n = (this.hosts.get(host) ?? 1) - 1
+        if (n === 0) this.hosts.delete(host)
+        else this.hosts.set(host, n)
+      }
       this.counters.peersDisconnected++
       this.emit('peer-disconnected', peer.id)
     })
@@ -478,7 +537,8 @@ export class ChatRootPeer extends EventEmitter {
       version: PROTOCOL_VERSION,
       publicKey: this.publicKey!.toString('hex'),
       limits: this.limits,
-      challenge: peer.challenge
+      challenge: peer.challenge,
+      access: ACCESS_VERSION
     })
   }
 
@@ -502,6 +562,8 @@ export class ChatRootPeer extends EventEmitter {
       this.refuse(peer, err, contextOf(frame))
       return
     }
+    peer.accepted++
+    peer.lastActive = Date.now()
     if (this.storage.reopening !== null) await this.storage.reopening.catch(() => {})
     const handled = (this.handlers[frame.type] as Handler<Frame>)(peer, frame)
     this.track(handled)
@@ -519,11 +581,16 @@ export class ChatRootPeer extends EventEmitter {
     const key = writerPublicKey ?? this.rooms!.info(roomName)?.writerPublicKey
     if (key === undefined) {
       if (this.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register-room needs writerPublicKey and signature')
-    } else if (!verifyAccess(key, peer.challenge, roomName, signature)) {
+    } else if (!verifyAccess(key, this.publicKey!.toString('hex'), peer.challenge, roomName, signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: register-room needs a signature over (challenge, roomName) by the room\'s key')
     }
     // in a cluster, a new room is created at its rendezvous owner and mirrored here
     if (this.cluster !== null && !this.rooms!.has(roomName)) await this.placeRoom(peer, roomName, writerPublicKey)
+    // a mirrored room signed here: its primary signs it, and says where its signed history starts
+    const known = this.rooms!.info(roomName)
+    if (this.cluster !== null && writerPublicKey !== undefined && known?.primary !== undefined && known.writerPublicKey === undefined) {
+      await this.cluster.sign(known.primary, roomName, writerPublicKey)
+    }
     const info = await this.joinRoom(peer, roomName, true, writerPublicKey)
     if (frame.requestId !== undefined) {
       this.sendFrame(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: info.messageCount, requestId: frame.requestId })
@@ -549,11 +616,18 @@ export class ChatRootPeer extends EventEmitter {
     if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
     else await this.joinRoom(peer, frame.roomName, false)
     // the common case, a room open already, takes no await
-    const room = rooms.hold(frame.roomName) ?? (await rooms.get(frame.roomName, false))!
+    const room = rooms.hold(frame.roomName) ?? await rooms.get(frame.roomName, false)
+    // an empty room can give its place to another at MAX_ROOMS between the two lines above
+    if (room === null) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
     // the room stays held (its core open) until the append is done
     let queued = false
     try {
-      const block = messageBlock(frame.message, frame.messageJson, peer.id, frame.id, writerPublicKey === undefined ? undefined : frame.signature)
+      const loading = frame.id === undefined ? null : room.idsReady()
+      if (loading !== null) await loading
+      // checked again with no await before the append: a room signed meanwhile (on another connection) takes nothing unsigned
+      const signer = room.info.writerPublicKey
+      if (signer !== undefined && signer !== writerPublicKey) checkSigned(signer, frame)
+      const block = messageBlock(frame.message, frame.messageJson, peer.id, frame.id, signer === undefined ? undefined : frame.signature)
 
       const started = this.onLatency === null ? 0 : performance.now()
       // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
@@ -568,8 +642,6 @@ export class ChatRootPeer extends EventEmitter {
         queued = true
         return
       }
-      const loading = room.idsReady()
-      if (loading !== null) await loading
       const id = frame.id
       this.track(room.storeOnce(id, block).then(async ({ index, duplicate }) => {
         if (duplicate) this.counters.duplicates++
@@ -599,7 +671,7 @@ export class ChatRootPeer extends EventEmitter {
     const rooms = this.rooms!
     const writerPublicKey = rooms.info(roomName)?.writerPublicKey
     // a signed room is read only with a signature over this connection's challenge; a refusal tells nothing of it
-    if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, peer.challenge, roomName, frame.signature)) {
+    if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, this.publicKey!.toString('hex'), peer.challenge, roomName, frame.signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
     }
     // frames are handled in order: a sync after this connection's own forwarded message sees it
@@ -620,7 +692,8 @@ export class ChatRootPeer extends EventEmitter {
     try {
       // frames are handled in order: a sync after this connection's own message sees it
       await room.barrier()
-      firstIndex = room.info.firstIndex ?? 0
+      // a signed room's members are served its signed history only: what a stranger stored under the name before is below signedFrom
+      firstIndex = Math.max(room.info.firstIndex ?? 0, room.info.writerPublicKey === undefined ? 0 : room.info.signedFrom ?? 0)
       page = await room.readPage(Math.max(lastIndex, firstIndex), limit, this.limits.maxPageBytes)
     } finally {
       rooms.release(room)
@@ -638,8 +711,9 @@ export class ChatRootPeer extends EventEmitter {
   private async joinRoom (peer: Peer, roomName: string, always: boolean, writerPublicKey?: string): Promise<RoomState> {
     const rooms = this.rooms!
     if (!rooms.has(roomName)) {
-      if (rooms.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
       this.guard.admitNewRoom(peer.record)
+      // full: an empty room (a stranger's, most likely) gives its place up; rooms with history never do
+      if (rooms.size >= this.maxRooms && !(this.cluster === null && await this.removeEmptyRoom('evicted'))) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
     }
     const info = await rooms.register(roomName, writerPublicKey)
     this.topics.touch(roomName)
@@ -662,11 +736,34 @@ export class ChatRootPeer extends EventEmitter {
   /** Closes idle rooms' cores and leaves idle rooms' topics, every half idle timeout (1 s to 1 min). */
   private startSweep (): void {
     // this.rooms, not a copy: the rooms are replaced when the store is reopened after a storage failure
+    const expire = this.cluster === null && this.emptyRoomTtl > 0
     this.sweepTimer = setInterval(() => {
       this.rooms?.closeIdle(this.roomIdleTimeout)
       this.topics.sweep()
-    }, Math.max(1000, Math.min(this.roomIdleTimeout / 2, 60_000)))
+      if (expire && this.rooms !== null && !this.closing) this.track(this.expireEmptyRooms(this.rooms))
+    }, Math.max(1000, Math.min(this.roomIdleTimeout / 2, expire ? this.emptyRoomTtl / 2 : Infinity, 60_000)))
     this.sweepTimer.unref()
+  }
+
+  /** Removes the empty room unused longest; false when every room has history or is in use. */
+  private async removeEmptyRoom (reason: 'evicted'): Promise<boolean> {
+    const name = await this.rooms!.removeEmpty()
+    if (name !== null) this.roomRemoved(name, reason)
+    return name !== null
+  }
+
+  private async expireEmptyRooms (rooms: Rooms): Promise<void> {
+    const removed = await rooms.expireEmpty(Date.now() - this.emptyRoomTtl).catch(err => {
+      this.emit('append-error', { roomName: null, err })
+      return []
+    })
+    for (const name of removed) this.roomRemoved(name, 'expired')
+  }
+
+  private roomRemoved (roomName: string, reason: 'evicted' | 'expired'): void {
+    bump(this.counters.roomsRemoved, reason)
+    this.emit('room-removed', { roomName, reason })
+    if (++this.unsaved >= SAVE_EVERY_MESSAGES) this.scheduleSave()
   }
 
   private stored (room: Room, peerId: string, index: number, id: string | undefined, bytes: number, started: number): void {
@@ -693,6 +790,8 @@ export class ChatRootPeer extends EventEmitter {
 
   /** Resolves when the block at `index` may be acked: with SYNC_WRITES on disk, with MIN_MIRRORS on that many mirrors. */
   private async durable (room: Room, index: number): Promise<void> {
+    // a room being signed: its index entry first, so no acked signed message is ever below the signedFrom of a later signing
+    if (room.info.writerPublicKey !== undefined) await this.rooms!.signed(room.name)
     if (this.walSync !== null) await this.walSync.sync()
     if (this.cluster !== null) await this.cluster.replicated(room.core, index + 1)
   }
@@ -710,7 +809,7 @@ export class ChatRootPeer extends EventEmitter {
       roomIdleTimeout: this.roomIdleTimeout,
       minMirrors: this.minMirrors,
       timeout: this.replicationTimeout,
-      announcement: () => JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: this.publicKey!.toString('hex'), limits: this.limits, challenge: newChallenge() }),
+      announcement: () => JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: this.publicKey!.toString('hex'), limits: this.limits, challenge: newChallenge(), access: ACCESS_VERSION }),
       onWrite: write => this.onForwardedWrite(write)
     })
     for (const name of ['member-connected', 'member-disconnected', 'member-error', 'room-mirrored', 'room-conflict', 'cluster-error']) {
@@ -772,19 +871,16 @@ export class ChatRootPeer extends EventEmitter {
     if (this.maxStorageBytes > 0 && rooms.totalBytes >= this.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.maxStorageBytes)
     const room = rooms.hold(write.roomName) ?? (await rooms.get(write.roomName, false))!
     try {
-      const block = messageBlock(write.message, JSON.stringify(write.message), write.fromPeer, write.id, info.writerPublicKey === undefined ? undefined : write.signature)
-      let result: { index: number, duplicate: boolean }
-      try {
-        if (write.id === undefined) {
-          result = { index: await room.append(block), duplicate: false }
-        } else {
-          await room.idsReady()
-          result = await room.storeOnce(write.id, block)
-        }
-      } catch (err) {
+      const failed = async (err: unknown): Promise<never> => {
         this.emit('append-error', { roomName: room.name, err })
         throw this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storage.failed(err)
       }
+      if (write.id !== undefined) await room.idsReady()?.catch(failed)
+      // the primary checks too, with its own view and no await before the append: the forwarding member's view may be behind
+      const signer = room.info.writerPublicKey
+      if (signer !== undefined) checkSigned(signer, write)
+      const block = messageBlock(write.message, JSON.stringify(write.message), write.fromPeer, write.id, signer === undefined ? undefined : write.signature)
+      const result = await (write.id === undefined ? room.append(block).then(index => ({ index, duplicate: false })) : room.storeOnce(write.id, block)).catch(failed)
       if (result.duplicate) this.counters.duplicates++
       else this.stored(room, write.fromPeer, result.index, write.id, block.byteLength, this.onLatency === null ? 0 : performance.now())
       await this.durable(room, result.index)
@@ -825,6 +921,55 @@ export class ChatRootPeer extends EventEmitter {
     this.emit('frame-refused', peer.id, coded)
     this.sendFrame(peer, 'error', { type: 'error', code: coded.code, message: coded.message, ...coded.details, ...context })
     if (!BLAMELESS.has(coded.code) && this.guard.refused(peer.record)) this.banPeer(peer)
+  }
+
+  /**
+   * Null when a connection from `host` may be served, else why not: the address has MAX_PEERS_PER_HOST
+   * connections, or MAX_PEERS are connected and none has been idle long enough to give its place up.
+   */
+  private admission (host: string | null): RootPeerError | null {
+    if (host !== null && this.maxPeersPerHost > 0 && (this.hosts.get(host) ?? 0) >= this.maxPeersPerHost) {
+      return RootPeerError.TOO_MANY_PEERS_FROM_HOST(this.maxPeersPerHost)
+    }
+    if (this.peers.size < this.maxPeers) return null
+    if (this.idleEvictAfter === 0) return RootPeerError.TOO_MANY_PEERS(this.maxPeers)
+    let idlest: Peer | null = null
+    for (const peer of this.peers.values()) {
+      if (!peer.closed && (idlest === null || peer.lastActive < idlest.lastActive)) idlest = peer
+    }
+    const idle = idlest === null ? 0 : Date.now() - idlest.lastActive
+    if (idlest === null || idle < this.idleEvictAfter) return RootPeerError.TOO_MANY_PEERS(this.maxPeers)
+    this.disconnect(idlest, RootPeerError.IDLE(idle))
+    // its place is free now: close() stops counting it before the stream is gone
+    this.peers.delete(idlest.id)
+    return null
+  }
+
+  /** Ends a peer's connection with an error frame saying why. */
+  private disconnect (peer: Peer, err: RootPeerError): void {
+    if (peer.closed) return
+    bump(this.counters.errors, err.code)
+    this.counters.idleDisconnects++
+    this.emit('peer-idle', peer.id, err)
+    peer.send({ type: 'error', code: err.code, message: err.message, ...err.details })
+    peer.close()
+  }
+
+  /** Ends a connection the inbound budget gave up on: a frame too large, too slow, or too much held. */
+  private dropPeer (conn: NoiseStream, reason: DropReason): void {
+    const err = reason === 'frame-too-large'
+      ? RootPeerError.FRAME_TOO_LARGE((conn as unknown as { _len: number })._len - 17, this.limits.maxFrameBytes)
+      : reason === 'frame-timeout' ? RootPeerError.FRAME_TIMEOUT(this.inbound.frameTimeout) : RootPeerError.OVERLOADED(this.inbound.maxBufferedBytes)
+    bump(this.counters.errors, err.code)
+    bump(this.counters.droppedPeers, reason)
+    const peerId = conn.remotePublicKey.toString('hex')
+    this.emit('peer-dropped', peerId, err)
+    // the error goes out, and the stream is destroyed at once: the transport keeps taking in what a peer sends
+    // while it is open, whether anyone reads it or not
+    const peer = this.peers.get(peerId)
+    if (peer !== undefined && peer.conn === conn) this.sendFrame(peer, 'error', { type: 'error', code: err.code, message: err.message, ...err.details })
+    peer?.close()
+    setImmediate(() => conn.destroy())
   }
 
   /** Disconnects a peer that keeps sending refused frames, and refuses its key for a while. */
@@ -869,7 +1014,7 @@ function topicSwarm (swarm: Hyperswarm): TopicSwarm {
 const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
 
 /** A message for a signed room: a string with an id, signed by the room's key over (roomName, id, message). */
-function checkSigned (writerPublicKey: string, frame: MessageFrame): void {
+function checkSigned (writerPublicKey: string, frame: Pick<MessageFrame, 'roomName' | 'message' | 'id' | 'signature'>): void {
   if (typeof frame.message !== 'string' || frame.id === undefined) throw RootPeerError.UNAUTHORIZED('a signed room takes string messages with an id and a signature')
   if (!verifyMessage(writerPublicKey, frame.roomName, frame.id, frame.message, frame.signature)) {
     throw RootPeerError.UNAUTHORIZED('a signed room: the message\'s signature over (roomName, id, message) is missing or wrong')

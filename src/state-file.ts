@@ -26,6 +26,10 @@ export interface RoomState {
   primary?: string
   /** the gone member this room was taken over from (`root-peer promote`), by this root peer or by its primary, hex */
   promotedFrom?: string
+  /** a room signed after unsigned messages were stored: the first index of its signed history (members are served from here) */
+  signedFrom?: number
+  /** a room registered again after `root-peer rooms --remove`: its core is a new one, named for this generation */
+  generation?: number
 }
 
 /** The seed's `root-peer-state.json`, field for field. */
@@ -102,8 +106,10 @@ export class StateFile {
 
   private async write (state: PersistentState): Promise<void> {
     const tmp = `${this.file}.tmp`
-    const handle = await fs.open(tmp, 'w')
+    // private whatever the umask, also over a temp file an older version left: it lists every room
+    const handle = await fs.open(tmp, 'w', 0o600)
     try {
+      await handle.chmod(0o600)
       await handle.writeFile(JSON.stringify(state, null, 2))
       await handle.sync()
     } finally {

@@ -1,3 +1,4 @@
+import type { ChatRootPeer } from './root-peer.js'
 import type { RoomState } from './state-file.js'
 
 /** Plain counters, bumped on the hot paths and read by the stats display (and later exporters). */
@@ -21,6 +22,12 @@ export interface Counters {
   storageFailures: number
   /** messages this member forwarded to their room's primary and acked */
   forwardedWrites: number
+  /** peers disconnected for sending no valid frame: after FIRST_FRAME_TIMEOUT, or to make room for a newcomer at MAX_PEERS */
+  idleDisconnects: number
+  /** connections dropped by the inbound budget, by reason: frame-too-large, frame-timeout, buffer-full */
+  droppedPeers: Record<string, number>
+  /** empty rooms removed, by reason: expired (EMPTY_ROOM_TTL) or evicted (MAX_ROOMS) */
+  roomsRemoved: Record<string, number>
 }
 
 export function createCounters (): Counters {
@@ -38,7 +45,10 @@ export function createCounters (): Counters {
     bans: 0,
     stalledPeers: 0,
     storageFailures: 0,
-    forwardedWrites: 0
+    forwardedWrites: 0,
+    idleDisconnects: 0,
+    droppedPeers: Object.create(null),
+    roomsRemoved: Object.create(null)
   }
 }
 
@@ -58,6 +68,29 @@ export interface StatsSnapshot {
 }
 
 export const BUSIEST_ROOMS = 10
+
+/** Every room the root peer holds. Its `Rooms` are private to it; the monitor and the metrics read them through here only. */
+export function roomInfos (rootPeer: ChatRootPeer): Iterable<RoomState> {
+  return rootPeer['rooms']?.list() ?? []
+}
+
+/** The rooms the monitor may name: a signed room's name and writer key are its members' business, so signed rooms are left out (the totals still count them). */
+export function * namedRooms (rooms: Iterable<RoomState>): Generator<RoomState> {
+  for (const r of rooms) if (r.writerPublicKey === undefined) yield r
+}
+
+/** The `n` rooms that hold the most message bytes (pruned ones not counted), most first. */
+export function largest (rooms: Iterable<RoomState>, n: number): Array<{ name: string, bytes: number }> {
+  const top: Array<{ name: string, bytes: number }> = []
+  for (const info of rooms) {
+    const bytes = info.byteLength - (info.prunedBytes ?? 0)
+    if (top.length === n && bytes <= top[n - 1].bytes) continue
+    top.push({ name: info.name, bytes })
+    top.sort((a, b) => b.bytes - a.bytes)
+    if (top.length > n) top.pop()
+  }
+  return top
+}
 
 export function busiest (rooms: Iterable<RoomState>, n = BUSIEST_ROOMS): RoomState[] {
   const top: RoomState[] = []

@@ -83,8 +83,9 @@ export class RawPeer {
   closed = false
   private requests = 0
 
-  constructor (net: Testnet) {
-    this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
+  /** `keyPair`: connect as this key (a reconnect of the same peer); a fresh one by default */
+  constructor (net: Testnet, keyPair?: { publicKey: Buffer, secretKey: Buffer }) {
+    this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }), ...(keyPair === undefined ? {} : { keyPair }) })
   }
 
   async connect (topic = DISCOVERY): Promise<void> {

@@ -179,7 +179,8 @@ test('a peer that stops reading cannot grow the daemon\'s memory: nothing more i
 
 test('1,000 concurrent peers are served; the 1,001st over MAX_PEERS is refused with TOO_MANY_PEERS', async t => {
   const net = await testnet(t)
-  const rp = await rootPeer(t, net, { maxPeers: 1000 })
+  // every peer here comes from 127.0.0.1 and stays silent: no per-address cap, no idle timeouts
+  const rp = await rootPeer(t, net, { maxPeers: 1000, maxPeersPerHost: 0, firstFrameTimeout: 0, idleEvictAfter: 0 })
   const nodes = Array.from({ length: 4 }, () => new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }))
   const conns: any[] = []
   teardown(t, async () => {
@@ -208,7 +209,7 @@ test('1,000 concurrent peers are served; the 1,001st over MAX_PEERS is refused w
   assert.equal(JSON.parse(ack.toString()).type, 'message-ack')
 })
 
-test('room caps: MAX_ROOMS answers TOO_MANY_ROOMS, and new rooms per peer are rate-limited', async t => {
+test('room caps: MAX_ROOMS answers TOO_MANY_ROOMS once every room has history, and new rooms per peer are rate-limited', async t => {
   const net = await testnet(t)
   await rootPeer(t, net, { maxRooms: 3, newRoomsPerMinute: 2 })
   const peer = await rawPeer(t, net)
@@ -225,6 +226,11 @@ test('room caps: MAX_ROOMS answers TOO_MANY_ROOMS, and new rooms per peer are ra
   const other = await rawPeer(t, net)
   other.send({ type: 'register-room', roomName: 'r3', requestId: 1 })
   assert.equal((await other.next(f => f.requestId === 1)).type, 'room-registered')
+  // an empty room would give its place up to a new one: these have history
+  peer.send({ type: 'message', roomName: 'r2', message: 'x', id: 'x2' })
+  assert.equal((await peer.next(f => f.id === 'x2')).type, 'message-ack')
+  other.send({ type: 'message', roomName: 'r3', message: 'x', id: 'x3' })
+  assert.equal((await other.next(f => f.id === 'x3')).type, 'message-ack')
   other.send({ type: 'message', roomName: 'r4', message: 'x', id: 'y' })
   const full = await other.nextOfType('error')
   assert.equal(full.code, 'TOO_MANY_ROOMS')

@@ -19,11 +19,14 @@ COPY package.json package-lock.json ./
 # --ignore-scripts: no build here (dist/ comes from the build stage); the native modules ship prebuilt binaries
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist ./dist
-RUN mkdir -p /data && chown node:node /data
+# private to the daemon's user: the data dir holds the key pair's seed and every room (a named
+# volume takes this owner and mode)
+RUN mkdir -p /data && chown node:node /data && chmod 700 /data
 USER node
 VOLUME ["/data"]
 # the monitor (HTTP, HOST=0.0.0.0 inside the container): publish it only to localhost or a
-# private network, e.g. -p 127.0.0.1:3000:3000
+# private network, e.g. -p 127.0.0.1:3000:3000, and give it a token at run time (never in the
+# image): -e MONITOR_TOKEN=<openssl rand -hex 32>; the HEALTHCHECK's /health needs none
 EXPOSE 3000
 # the DHT's UDP socket (DHT_PORT), for a fixed port mapping: -p 49737:49737/udp
 EXPOSE 49737/udp

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { createRequire } from 'node:module'
+import { isIP } from 'node:net'
 import pino, { type Logger } from 'pino'
 import { ConfigError, helpText, parseConfig, type Config } from './config.js'
 import { Metrics } from './metrics.js'
@@ -9,7 +10,7 @@ import { formatStats, type StatsSnapshot } from './stats.js'
 import { runTestnet } from './testnet.js'
 import { exportCommand, importCommand, pruneCommand, roomsCommand, verifyCommand, type AdminIO } from './admin.js'
 import { backupCommand, restoreCommand } from './backup.js'
-import { openStore } from './data-dir-lock.js'
+import { makePrivate, openStore, type LooseModes } from './data-dir-lock.js'
 import { RootPeerError } from './errors.js'
 import { readPublicKey } from './cluster.js'
 import { PromoteError, promote } from './promote.js'
@@ -34,6 +35,9 @@ main(process.argv.slice(2)).catch(err => {
 })
 
 async function main (argv: string[]): Promise<void> {
+  // whatever the daemon and the admin commands create is private to this user, RocksDB's own files included:
+  // the data dir holds the seed of the root peer's key pair and every room, and a backup holds the same
+  process.umask(0o077)
   if (argv.includes('--help') || argv.includes('-h')) {
     console.log(helpText())
     return
@@ -92,11 +96,10 @@ async function admin (command: string, argv: string[]): Promise<void> {
     if (err instanceof ConfigError) usageError(`${command}: ${err.message}`)
     // a reader that went away (export | head) is not an error
     if (err?.code === 'EPIPE') process.exit(0)
-    if (err instanceof RootPeerError) {
-      console.error(`root-peer ${command}: ${err.message}`)
-      process.exit(1)
-    }
-    throw err
+    // a bug keeps its stack; anything else (a refusal, a file system or storage error) is one line
+    if (err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError) throw err
+    console.error(`root-peer ${command}: ${String(err?.message ?? err).replace(/\s*\n\s*/g, ' ')}`)
+    process.exit(1)
   }
 }
 
@@ -115,7 +118,7 @@ async function start (config: Readonly<Config>): Promise<void> {
   const metrics = new Metrics()
   const rootPeer = new ChatRootPeer({ ...config, onLatency: metrics.onLatency })
   metrics.attach(rootPeer)
-  const monitor = new Monitor(rootPeer, { metrics, host: config.host, port: config.port })
+  const monitor = new Monitor(rootPeer, { metrics, host: config.host, port: config.port, hosts: config.monitorHosts, token: config.monitorToken })
   wireLogs(rootPeer, log, pretty)
   monitor.on('request-error', err => log.error({ err }, 'monitor request failed'))
 
@@ -149,6 +152,12 @@ async function start (config: Readonly<Config>): Promise<void> {
   })
 
   log.info({ storageDir: config.storageDir, bootstrap: config.bootstrap ?? 'public DHT', dhtHost: config.dhtHost }, 'starting root peer')
+  try {
+    const loose = await makePrivate(config.storageDir)
+    if (loose !== null) log.warn({ storageDir: config.storageDir, mode: octal(loose.mode), entries: loose.entries, error: loose.error ?? undefined }, looseMessage(config.storageDir, loose))
+  } catch (err: any) {
+    log.warn({ storageDir: config.storageDir, code: err?.code }, `could not check who can read data dir ${config.storageDir}: ${err?.message ?? err}`)
+  }
   // the data dir's lock is looked at before the monitor takes its port, so a second daemon is told about the dir
   // (a dir with no store yet is held by no one, and is left for the root peer to create)
   try {
@@ -166,12 +175,29 @@ async function start (config: Readonly<Config>): Promise<void> {
     process.exit(1)
   }
   log.info({ url: monitor.url }, `monitor listening on ${monitor.url}`)
+  if (!isLoopback(config.host) && config.monitorToken === '') {
+    log.warn({ host: config.host, port: monitor.port }, `the monitor listens on HOST=${config.host}, not only loopback, and has no MONITOR_TOKEN: whoever reaches port ${monitor.port} reads /stats and /metrics; set MONITOR_TOKEN`)
+  }
   try {
     await rootPeer.ready()
   } catch (err) {
     log.fatal({ err, storageDir: config.storageDir }, `could not start: ${(err as Error)?.message ?? err}`)
     process.exit(1)
   }
+}
+
+function looseMessage (dir: string, { mode, entries, error }: LooseModes): string {
+  const what = `data dir ${dir} was open to other users (mode ${octal(mode)}${entries > 0 ? `, and ${entries} ${entries === 1 ? 'entry' : 'entries'} in it` : ''}); it holds the key pair's seed and every room`
+  return error === null ? `${what}: made it 0700 and its files 0600` : `${what}: could not make it private (${error}); chmod -R go-rwx it`
+}
+
+function octal (mode: number): string {
+  return '0' + (mode & 0o777).toString(8).padStart(3, '0')
+}
+
+function isLoopback (host: string): boolean {
+  if (isIP(host) === 4) return host.startsWith('127.')
+  return host === '::1' || /^::ffff:127\./i.test(host)
 }
 
 function wantsPretty (): boolean {

@@ -52,12 +52,28 @@ export interface Config {
   banDuration: number
   /** ms a peer may leave the daemon's writes unread before it is disconnected; 0 = never */
   stallTimeout: number
+  /** bytes of incoming frames held for all connections together (half-received and queued); past it the connection holding the most is dropped */
+  maxBufferedBytes: number
+  /** ms a peer may take to finish sending a frame it has started */
+  frameTimeout: number
+  /** ms a new connection may take to send its first valid frame; 0 = forever */
+  firstFrameTimeout: number
+  /** connections at once from one remote address; 0 = no cap */
+  maxPeersPerHost: number
+  /** at MAX_PEERS, ms a peer must have gone without a valid frame to give its place to a newcomer; 0 = never */
+  idleEvictAfter: number
+  /** ms an empty room (no message ever stored) is kept after its last use; 0 = until MAX_ROOMS needs its place */
+  emptyRoomTtl: number
   /** public keys (hex) of the other root peers of this cluster; empty: a single root peer */
   clusterPeers: string[]
   /** mirrors that must have stored a message before it is acked */
   minMirrors: number
   /** ms a write waits for MIN_MIRRORS mirrors (or a forwarded write for its primary) before NOT_REPLICATED */
   replicationTimeout: number
+  /** host names (besides IP addresses and localhost) the monitor answers in a request's Host header */
+  monitorHosts: string[]
+  /** bearer token every monitor endpoint but /health requires; '' = none */
+  monitorToken: string
 }
 
 /** A setting an operator got wrong; the entry point prints `message` and exits 2. */
@@ -113,9 +129,17 @@ export const SETTINGS: readonly Setting[] = [
   { key: 'banThreshold', env: 'BAN_THRESHOLD', flag: '--ban-threshold', default: '100', help: 'refused frames within a minute that get a peer disconnected and banned; 0 = never', parse: (v, n) => parseInteger(v, n, 0, 1_000_000) },
   { key: 'banDuration', env: 'BAN_DURATION', flag: '--ban-duration', default: '10m', help: 'how long a banned peer is refused', parse: parseDuration },
   { key: 'stallTimeout', env: 'STALL_TIMEOUT', flag: '--stall-timeout', default: '30s', help: 'how long a peer may leave the daemon\'s writes unread before it is disconnected; 0 = never', parse: parseDuration },
+  { key: 'maxBufferedBytes', env: 'MAX_BUFFERED_BYTES', flag: '--max-buffered-bytes', default: '64MiB', help: 'incoming frame bytes held for all connections together (half-received and queued); past it the connection holding the most is dropped', parse: (v, n) => parseBytes(v, n, 1024 * 1024, 64 * 1024 ** 3) },
+  { key: 'frameTimeout', env: 'FRAME_TIMEOUT', flag: '--frame-timeout', default: '20s', help: 'how long a peer may take to finish sending a frame it has started before it is disconnected', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
+  { key: 'firstFrameTimeout', env: 'FIRST_FRAME_TIMEOUT', flag: '--first-frame-timeout', default: '30s', help: 'how long a new connection may take to send its first valid frame before it is disconnected; 0 = forever', parse: parseDuration },
+  { key: 'maxPeersPerHost', env: 'MAX_PEERS_PER_HOST', flag: '--max-peers-per-host', default: '256', help: 'connections at once from one IP address; 0 = no cap', parse: (v, n) => parseInteger(v, n, 0, 100_000) },
+  { key: 'idleEvictAfter', env: 'IDLE_EVICT_AFTER', flag: '--idle-evict-after', default: '10s', help: 'with MAX_PEERS connected, a newcomer takes the place of the peer longest without a valid frame, if that is at least this long; 0 = never', parse: parseDuration },
+  { key: 'emptyRoomTtl', env: 'EMPTY_ROOM_TTL', flag: '--empty-room-ttl', default: '1h', help: 'how long a room that never stored a message is kept after its last use; 0 = until MAX_ROOMS needs its place', parse: parseDuration },
   { key: 'clusterPeers', env: 'CLUSTER_PEERS', flag: '--cluster-peers', default: '', help: 'comma-separated public keys (64 hex) of the other root peers of this cluster; empty = a single root peer', parse: parseKeys },
   { key: 'minMirrors', env: 'MIN_MIRRORS', flag: '--min-mirrors', default: '0', help: 'cluster members besides the primary that must have stored a message before it is acked', parse: (v, n) => parseInteger(v, n, 0, 100) },
-  { key: 'replicationTimeout', env: 'REPLICATION_TIMEOUT', flag: '--replication-timeout', default: '5s', help: 'how long a write waits for MIN_MIRRORS mirrors (and a forwarded write for its primary) before NOT_REPLICATED', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) }
+  { key: 'replicationTimeout', env: 'REPLICATION_TIMEOUT', flag: '--replication-timeout', default: '5s', help: 'how long a write waits for MIN_MIRRORS mirrors (and a forwarded write for its primary) before NOT_REPLICATED', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
+  { key: 'monitorHosts', env: 'MONITOR_HOSTS', flag: '--monitor-hosts', default: '', help: 'comma-separated host names the monitor answers (IP addresses and localhost always are); other Host headers get 421', parse: parseHostNames },
+  { key: 'monitorToken', env: 'MONITOR_TOKEN', flag: '--monitor-token', default: '', help: 'bearer token every monitor endpoint but /health requires (16 to 256 printable characters, e.g. openssl rand -hex 32); empty = none', parse: parseToken }
 ]
 
 /** Parses flags (`--flag value` or `--flag=value`) over env over defaults. Throws ConfigError. */
@@ -276,4 +300,24 @@ export function parseInteger (value: string, name: string, min: number, max: num
   const n = /^\d+$/.test(value.trim()) ? Number(value) : NaN
   if (!Number.isSafeInteger(n) || n < min || n > max) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not an integer from ${min} to ${max}`)
   return n
+}
+
+/** Host names as a Host header carries them, lowercased; no ports, no IP addresses (those are always answered). */
+function parseHostNames (value: string, name: string): string[] {
+  if (value.trim() === '') return []
+  const names = value.split(',').map(h => h.trim().toLowerCase())
+  for (const h of names) {
+    if (h.length > 253 || !/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(h) || isIP(h) !== 0) {
+      throw new ConfigError(name, `${name}: ${JSON.stringify(h)} is not a host name (a comma-separated list of names such as monitor.example.com, without a port)`)
+    }
+  }
+  return [...new Set(names)]
+}
+
+function parseToken (value: string, name: string): string {
+  if (value === '') return ''
+  if (value.length < 16 || value.length > 256 || !/^[\x21-\x7e]+$/.test(value)) {
+    throw new ConfigError(name, `${name}: must be 16 to 256 printable characters without spaces (e.g. openssl rand -hex 32), or empty for none`)
+  }
+  return value
 }

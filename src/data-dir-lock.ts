@@ -26,7 +26,8 @@ const LOCKED_MESSAGE = 'could not be locked'
 export async function openStore (dir: string, { create = true, writeBufferSize = DEFAULT_WRITE_BUFFER } = {}): Promise<Corestore> {
   const fresh = !await exists(path.join(dir, DEVICE_FILE))
   if (fresh && !create && !await exists(path.join(dir, 'db'))) throw RootPeerError.NO_DATA_DIR(dir)
-  await fs.mkdir(dir, { recursive: true })
+  // private to this user: the store holds the seed of the root peer's key pair and every room
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 })
   // without a device file, hypercore-storage moves every file it does not know into db/ (a migration of
   // an older layout): ours are moved back once the lock is held
   const ours = fresh ? (await fs.readdir(dir)).filter(f => f.startsWith(STATE_FILE_PREFIX)) : []
@@ -42,6 +43,52 @@ export async function openStore (dir: string, { create = true, writeBufferSize =
   }
   for (const f of ours) await fs.rename(path.join(dir, 'db', f), path.join(dir, f)).catch(() => {})
   return store
+}
+
+/** What `makePrivate` found open to other users. */
+export interface LooseModes {
+  /** the data dir's mode before (permission bits) */
+  mode: number
+  /** files and dirs under it that were open to others */
+  entries: number
+  /** why they could not all be made private; null when they were */
+  error: string | null
+}
+
+/**
+ * Makes a data dir private to its user, whatever it was made with: the dir and the dirs under it 0700, the files
+ * 0600 (symlinks are left alone). Resolves with what was open to others (group or other bits), or null when
+ * nothing was or the dir does not exist.
+ */
+export async function makePrivate (dir: string): Promise<LooseModes | null> {
+  let mode: number
+  try {
+    const st = await fs.stat(dir)
+    if (!st.isDirectory()) return null
+    mode = st.mode & 0o7777
+  } catch (err: any) {
+    if (err?.code === 'ENOENT' || err?.code === 'ENOTDIR') return null
+    throw err
+  }
+  const inside: Array<{ file: string, want: number }> = []
+  for (const entry of await fs.readdir(dir, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile() && !entry.isDirectory()) continue
+    const file = path.join(entry.parentPath ?? entry.path, entry.name)
+    const st = await fs.lstat(file).catch(() => null)
+    if (st !== null && (st.mode & 0o077) !== 0) inside.push({ file, want: entry.isDirectory() ? 0o700 : 0o600 })
+  }
+  const loose = (mode & 0o077) !== 0 ? [{ file: dir, want: 0o700 }, ...inside] : inside
+  if (loose.length === 0) return null
+  let error: string | null = null
+  for (const { file, want } of loose) {
+    try {
+      await fs.chmod(file, want)
+    } catch (err: any) {
+      // a file that went away is private enough
+      if (err?.code !== 'ENOENT') error ??= `${err?.code ?? 'error'} on ${file}`
+    }
+  }
+  return { mode, entries: inside.length, error }
 }
 
 async function exists (file: string): Promise<boolean> {

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { ChatRootPeer } from './root-peer.js'
+import { largest, namedRooms, roomInfos } from './stats.js'
 
 /** Seconds; appends are group-committed, so most land in the low milliseconds. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
@@ -25,6 +26,7 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry })
     this.gauge('root_peer_rooms', 'Rooms known to the root peer', rp => rp.roomCounts.total)
     this.gauge('root_peer_rooms_open', 'Rooms whose core is open now', rp => rp.roomCounts.open)
+    this.gauge('root_peer_inbound_buffered_bytes', 'Bytes of incoming frames held now for all connections (half-received and queued); at most MAX_BUFFERED_BYTES', rp => rp.inboundBytes)
     this.gauge('root_peer_messages', 'Messages stored, all rooms (the cores\' lengths)', rp => rp.stats().totalMessages)
     this.gauge('root_peer_stored_bytes', 'Bytes of stored message blocks, all rooms', rp => rp.roomCounts.bytes)
     this.gauge('root_peer_peers', 'Peer connections open now', rp => rp.peers.size)
@@ -37,11 +39,12 @@ export class Metrics {
     this.counter('root_peer_state_saves_total', 'State file saves that succeeded', rp => rp.counters.stateSaves)
     this.counter('root_peer_state_save_failures_total', 'State file saves that failed', rp => rp.counters.stateSaveFailures)
     this.counter('root_peer_bans_total', 'Peers disconnected and banned for too many refused frames', rp => rp.counters.bans)
+    this.counter('root_peer_idle_disconnects_total', 'Peers disconnected for sending no valid frame (FIRST_FRAME_TIMEOUT, or making room at MAX_PEERS)', rp => rp.counters.idleDisconnects)
     this.counter('root_peer_stalled_peers_total', 'Peers disconnected for leaving the root peer\'s writes unread past STALL_TIMEOUT', rp => rp.counters.stalledPeers)
     this.counter('root_peer_pruned_messages_total', 'Messages pruned by retention since the process started', rp => rp.pruned.messages)
     this.counter('root_peer_pruned_bytes_total', 'Message bytes reclaimed by retention since the process started', rp => rp.pruned.bytes)
-    this.labelledGauge('root_peer_room_bytes', `Message bytes held, for each of the ${TOP_ROOMS} rooms that hold the most`, 'room',
-      rp => rp.largestRooms(TOP_ROOMS).map(r => [r.name, r.bytes]))
+    this.labelledGauge('root_peer_room_bytes', `Message bytes held, for each of the ${TOP_ROOMS} rooms that hold the most (signed rooms are not named)`, 'room',
+      rp => largest(namedRooms(roomInfos(rp)), TOP_ROOMS).map(r => [r.name, r.bytes]))
     this.counter('root_peer_storage_failures_total', 'Times writes started failing (disk full, read-only disk, I/O error)', rp => rp.counters.storageFailures)
     this.gauge('root_peer_cluster_members_connected', 'Other cluster members (CLUSTER_PEERS) connected now', rp => rp.health().cluster?.filter(m => m.connected).length ?? 0)
     this.counter('root_peer_forwarded_writes_total', 'Messages this member forwarded to their room\'s primary and acked', rp => rp.counters.forwardedWrites)
@@ -56,6 +59,8 @@ export class Metrics {
     this.labelled('root_peer_frames_received_total', 'Frames received, by type (`invalid`: not decodable)', 'type', rp => rp.counters.framesReceived)
     this.labelled('root_peer_frames_sent_total', 'Frames sent, by type', 'type', rp => rp.counters.framesSent)
     this.labelled('root_peer_errors_total', 'Refusals and failures, by error code', 'code', rp => rp.counters.errors)
+    this.labelled('root_peer_dropped_peers_total', 'Connections dropped by the inbound budget, by reason (frame-too-large, frame-timeout, buffer-full)', 'reason', rp => rp.counters.droppedPeers)
+    this.labelled('root_peer_rooms_removed_total', 'Empty rooms removed, by reason (expired, evicted)', 'reason', rp => rp.counters.roomsRemoved)
     this.appendLatency = new Histogram({
       name: 'root_peer_append_latency_seconds',
       help: 'Seconds from a message frame to its message being stored',

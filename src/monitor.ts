@@ -1,9 +1,10 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { isIP, type AddressInfo } from 'node:net'
 import type { Metrics } from './metrics.js'
 import type { ChatRootPeer, Health } from './root-peer.js'
-import type { StatsSnapshot } from './stats.js'
+import { busiest, namedRooms, roomInfos, type StatsSnapshot } from './stats.js'
 import { STATUS_PAGE } from './status-page.js'
 
 export interface MonitorOptions {
@@ -16,6 +17,10 @@ export interface MonitorOptions {
   sampleInterval?: number
   /** samples kept: the history spans `sampleInterval * historySize` */
   historySize?: number
+  /** host names answered besides IP addresses and localhost (MONITOR_HOSTS), lowercase */
+  hosts?: readonly string[]
+  /** bearer token every endpoint but /health requires (MONITOR_TOKEN); '' = none */
+  token?: string
 }
 
 export interface RatePoint {
@@ -38,12 +43,17 @@ type Route = (req: IncomingMessage, res: ServerResponse) => Promise<void> | void
 
 const JSON_TYPE = 'application/json; charset=utf-8'
 const PAGE_HEADERS = {
-  'Content-Security-Policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+  'Content-Security-Policy': "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+  // the page's URL may carry ?token=
+  'Referrer-Policy': 'no-referrer'
 }
+const MISDIRECTED = 'misdirected request: this monitor answers only a Host that is an IP address, localhost or a name in MONITOR_HOSTS\n'
 
 /**
  * The monitoring HTTP server: `/health`, `/metrics`, `/stats` and a status page at `/`.
- * Only GET and HEAD; anything else is a JSON 404 (or 405).
+ * Only GET and HEAD; anything else is a JSON 404 (or 405). A request whose Host is not the monitor's own
+ * address gets 421 (a web page the operator visits could read it by DNS rebinding otherwise); with a token,
+ * every endpoint but /health needs it (401). Signed rooms are never named.
  *
  * Events: `listening` ({ url }), `request-error` (err): a request failed and got a 500.
  */
@@ -54,6 +64,9 @@ export class Monitor extends EventEmitter {
   private readonly metrics: Metrics
   private readonly sampleInterval: number
   private readonly historySize: number
+  private readonly hosts: ReadonlySet<string>
+  /** SHA-256 of the token; null: no token */
+  private readonly tokenHash: Buffer | null
   private readonly server: http.Server
   private readonly routes: Map<string, Route>
   private readonly samples: Array<{ t: number, messages: number }> = []
@@ -64,13 +77,15 @@ export class Monitor extends EventEmitter {
 
   constructor (rootPeer: ChatRootPeer, opts: MonitorOptions) {
     super()
-    const { metrics, host = '127.0.0.1', port = 3000, sampleInterval = 5000, historySize = 120 } = opts
+    const { metrics, host = '127.0.0.1', port = 3000, sampleInterval = 5000, historySize = 120, hosts = [], token = '' } = opts
     this.rootPeer = rootPeer
     this.metrics = metrics
     this.host = host
     this.requestedPort = port
     this.sampleInterval = sampleInterval
     this.historySize = historySize
+    this.hosts = new Set(hosts.map(h => h.toLowerCase()))
+    this.tokenHash = token === '' ? null : sha256(token)
     this.routes = new Map<string, Route>([
       ['/', (req, res) => send(res, 200, 'text/html; charset=utf-8', STATUS_PAGE, PAGE_HEADERS)],
       ['/health', (req, res) => this.onHealth(res)],
@@ -104,6 +119,7 @@ export class Monitor extends EventEmitter {
   stats (): MonitorStats {
     return {
       ...this.rootPeer.stats(),
+      busiestRooms: busiest(namedRooms(roomInfos(this.rootPeer))),
       generatedAt: Date.now(),
       health: this.health(),
       rooms: this.rootPeer.roomCounts,
@@ -148,11 +164,23 @@ export class Monitor extends EventEmitter {
   }
 
   private onRequest (req: IncomingMessage, res: ServerResponse): void {
+    if (!hostAllowed(req.headers.host, this.hosts)) {
+      send(res, 421, 'text/plain; charset=utf-8', MISDIRECTED)
+      return
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       sendJson(res, 405, { error: 'method not allowed' }, { Allow: 'GET, HEAD' })
       return
     }
-    const route = this.routes.get((req.url ?? '/').split('?')[0])
+    const url = req.url ?? '/'
+    const q = url.indexOf('?')
+    const pathname = q === -1 ? url : url.slice(0, q)
+    if (this.tokenHash !== null && pathname !== '/health' && !this.authorized(req, pathname, q === -1 ? '' : url.slice(q + 1))) {
+      const how = pathname === '/' ? 'open /?token=<MONITOR_TOKEN>, or send Authorization: Bearer <MONITOR_TOKEN>' : 'send Authorization: Bearer <MONITOR_TOKEN>'
+      sendJson(res, 401, { error: `unauthorized: ${how}` }, { 'WWW-Authenticate': 'Bearer realm="root-peer monitor"' })
+      return
+    }
+    const route = this.routes.get(pathname)
     if (route === undefined) {
       sendJson(res, 404, { error: 'not found' })
       return
@@ -163,6 +191,13 @@ export class Monitor extends EventEmitter {
     } catch (err) {
       this.failed(res, err)
     }
+  }
+
+  /** The bearer token, or on the status page its `?token=`; compared in constant time. */
+  private authorized (req: IncomingMessage, pathname: string, query: string): boolean {
+    const bearer = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')
+    const given = bearer !== null ? bearer[1] : pathname === '/' ? new URLSearchParams(query).get('token') : null
+    return given !== null && timingSafeEqual(sha256(given), this.tokenHash!)
   }
 
   private failed (res: ServerResponse, err: unknown): void {
@@ -198,6 +233,23 @@ export class Monitor extends EventEmitter {
     }
     return points
   }
+}
+
+/**
+ * Whether a Host header names this monitor: an IP address (DNS rebinding needs a host name), `localhost`, or one of
+ * `names`; any port. A request without one (HTTP/1.0) is refused too.
+ */
+export function hostAllowed (host: string | undefined, names: ReadonlySet<string>): boolean {
+  if (host === undefined) return false
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(host)
+  if (m === null || (m[3] !== undefined && Number(m[3]) > 65535)) return false
+  if (m[1] !== undefined) return isIP(m[1]) === 6
+  const name = m[2].toLowerCase()
+  return isIP(name) === 4 || name === 'localhost' || names.has(name)
+}
+
+function sha256 (text: string): Buffer {
+  return createHash('sha256').update(text).digest()
 }
 
 function send (res: ServerResponse, status: number, type: string, body: string, headers: Record<string, string> = {}): void {

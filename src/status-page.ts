@@ -1,6 +1,7 @@
 /**
  * The status page served at `/`: one self-contained HTML document (inline CSS and JS, no external
  * assets) that fetches `stats` every few seconds and renders it. Data is only ever set as text.
+ * Opened as `/?token=T` (MONITOR_TOKEN), it sends T to `stats` as a bearer token.
  */
 export const STATUS_PAGE = `<!doctype html>
 <html lang="en">
@@ -73,6 +74,7 @@ export const STATUS_PAGE = `<!doctype html>
 <script>
 "use strict";
 var REFRESH_MS = 2000;
+var TOKEN = new URLSearchParams(location.search).get("token");
 var SVG = "http://www.w3.org/2000/svg";
 function $(id) { return document.getElementById(id); }
 function int(n) { return Math.round(n).toLocaleString("en-US"); }
@@ -188,7 +190,7 @@ function render(s) {
 
 async function refresh() {
   try {
-    var res = await fetch("stats", { cache: "no-store" });
+    var res = await fetch("stats", { cache: "no-store", headers: TOKEN ? { Authorization: "Bearer " + TOKEN } : {} });
     if (!res.ok) throw new Error("HTTP " + res.status);
     render(await res.json());
     $("error").hidden = true;

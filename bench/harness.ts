@@ -53,7 +53,9 @@ export function benchEnv (net: { bootstrap: Array<{ host: string, port: number }
     RATE_SYNCS: '0',
     RATE_REGISTERS: '0',
     RATE_NEW_ROOMS: '0',
-    BAN_THRESHOLD: '0'
+    BAN_THRESHOLD: '0',
+    // every bench peer connects from 127.0.0.1
+    MAX_PEERS_PER_HOST: '0'
   }
 }
 

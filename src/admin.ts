@@ -113,9 +113,24 @@ const SORTS: Record<string, (a: RoomState, b: RoomState) => number> = {
   active: (a, b) => b.lastActivity - a.lastActivity
 }
 
-/** `rooms [--sort name|messages|bytes|created|active] [--json]` */
+/** `rooms [--sort name|messages|bytes|created|active] [--json]`, or `rooms --remove R`: the room removed for good. */
 export async function roomsCommand (argv: readonly string[], io: AdminIO): Promise<number> {
-  const { flags, storageDir } = commandArgs(argv, { '--sort': 'value', '--json': 'bool' })
+  const { flags, storageDir, config } = commandArgs(argv, { '--sort': 'value', '--json': 'bool', '--remove': 'value' })
+  if (flags['--remove'] !== undefined) {
+    const name = validateRoomName(flags['--remove'])
+    if (config.clusterPeers.length > 0) throw new ConfigError('--remove', '--remove: a room of a cluster (CLUSTER_PEERS) is held by every member; removing it on one is not supported')
+    const removed = await withDataDir(storageDir, async d => {
+      const rooms = await d.open({ openAll: false, moveBad: false })
+      const info = rooms.info(name)
+      if (info === undefined) throw RootPeerError.UNKNOWN_ROOM(name)
+      const held = { messages: info.messageCount, bytes: info.byteLength - (info.prunedBytes ?? 0) }
+      await rooms.remove(name, { clear: true })
+      await d.save()
+      return held
+    })
+    await write(io.stdout, JSON.stringify({ removed: name, ...removed }) + '\n')
+    return 0
+  }
   const sort = (flags['--sort'] ?? 'name') as string
   if (SORTS[sort] === undefined) throw new ConfigError('--sort', `--sort: ${JSON.stringify(sort)} is not one of ${Object.keys(SORTS).join(', ')}`)
   const list = await withDataDir(storageDir, async d => {

@@ -193,6 +193,7 @@ export function helpText (): string {
     'Admin commands (on the data dir of --storage / STORAGE_DIR; refused while a daemon holds it):',
     '       root-peer rooms [--sort name|messages|bytes|created|active] [--json]',
     '                                       every room: messages, bytes, created, last active',
+    '       root-peer rooms --remove R      remove room R for good: its messages are deleted; registered again, it starts empty',
     '       root-peer export --room R [--from N]   the room\'s records as NDJSON on stdout',
     '       root-peer import --room R       NDJSON records on stdin appended to room R (indices kept)',
     '       root-peer verify [--repair]     every room\'s core against the state file; --repair rewrites it',

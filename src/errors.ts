@@ -18,7 +18,7 @@ export type ErrorCode =
   | 'PRIMARY_UNAVAILABLE'
   | 'NOT_REPLICATED'
   | 'IDLE'
-  | 'FRAME_TIMEOUT'
+  | 'FRAME_INCOMPLETE'
   | 'OVERLOADED'
   // raised by the client library, never sent by the daemon
   | 'DISCONNECTED'
@@ -80,8 +80,8 @@ export class RootPeerError extends Error {
     return new RootPeerError('IDLE', `disconnected after ${idleMs} ms without a valid frame`, { idleMs })
   }
 
-  static FRAME_TIMEOUT (timeoutMs: number): RootPeerError {
-    return new RootPeerError('FRAME_TIMEOUT', `a frame was not finished within ${timeoutMs} ms`, { frameTimeoutMs: timeoutMs })
+  static FRAME_INCOMPLETE (timeoutMs: number): RootPeerError {
+    return new RootPeerError('FRAME_INCOMPLETE', `a frame was not finished within ${timeoutMs} ms`, { frameTimeoutMs: timeoutMs })
   }
 
   static OVERLOADED (maxBufferedBytes: number): RootPeerError {

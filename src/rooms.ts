@@ -402,8 +402,9 @@ export class Rooms extends EventEmitter {
   /**
    * Forgets a room: the index records its removal, its core is closed and its blocks cleared; registered again,
    * it starts empty in a new core. Resolves with false when it is in use now (held, or being created).
+   * `clear` (default: unless the room is known to be empty) opens its core to clear what it holds.
    */
-  async remove (name: string): Promise<boolean> {
+  async remove (name: string, { clear = !this.empty.has(name) } = {}): Promise<boolean> {
     const info = this.infos.get(name)
     if (info === undefined || this.creating.has(name) || this.signing.has(name)) return false
     const slot = this.open.get(name)
@@ -415,11 +416,12 @@ export class Rooms extends EventEmitter {
     this.empty.delete(name)
     this.totalMessages -= info.messageCount
     this.totalBytes -= info.byteLength - (info.prunedBytes ?? 0)
-    const held = info.messageCount > 0 || info.byteLength > 0
-    const generation = held ? (info.generation ?? 0) + 1 : info.generation
+    const mine = info.primary === undefined
+    // a room that held blocks comes back, if registered again, in a core of its own: the old indices are not reused
+    const generation = clear && mine ? (info.generation ?? 0) + 1 : info.generation
     if (generation !== undefined) this.generations.set(name, generation)
     await this.index!.append(Buffer.from(JSON.stringify({ name, removed: true, ...(generation === undefined ? {} : { generation }) })))
-    if (held && info.primary === undefined) {
+    if (clear && mine) {
       await this.closing.get(name)
       const core = this.coreOf(info)
       await core.ready()

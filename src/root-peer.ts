@@ -959,7 +959,7 @@ export class ChatRootPeer extends EventEmitter {
   private dropPeer (conn: NoiseStream, reason: DropReason): void {
     const err = reason === 'frame-too-large'
       ? RootPeerError.FRAME_TOO_LARGE((conn as unknown as { _len: number })._len - 17, this.limits.maxFrameBytes)
-      : reason === 'frame-timeout' ? RootPeerError.FRAME_TIMEOUT(this.inbound.frameTimeout) : RootPeerError.OVERLOADED(this.inbound.maxBufferedBytes)
+      : reason === 'frame-timeout' ? RootPeerError.FRAME_INCOMPLETE(this.inbound.frameTimeout) : RootPeerError.OVERLOADED(this.inbound.maxBufferedBytes)
     bump(this.counters.errors, err.code)
     bump(this.counters.droppedPeers, reason)
     const peerId = conn.remotePublicKey.toString('hex')

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer'
 import { RootPeerError } from './errors.js'
 
 /** Wire protocol version, sent in the announcement. Bumped only for changes an old client would notice. */
@@ -34,7 +35,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
 /** Deepest nesting of arrays and objects a frame may have; deeper JSON would make parsing and encoding recurse. */
 export const MAX_NESTING = 32
 const MAX_ROOM_NAME = 128
-const MAX_ID = 128
+/** Most characters of an `id` (and of a string `requestId`). */
+export const MAX_ID = 128
 const ROOM_NAME = /^[A-Za-z0-9._~:@+=#-]+$/
 const HEX_TOPIC = /^[0-9a-f]{64}$/i
 const SIGNATURE = /^[0-9a-f]{128}$/i
@@ -59,7 +61,8 @@ export interface StoredRecord {
 }
 
 type Obj = Record<string, unknown>
-type Validator = (obj: Obj, limits: Limits) => Frame
+/** `text` is the frame's JSON text, for the checks the parsed object cannot answer. */
+type Validator = (obj: Obj, limits: Limits, text: string) => Frame
 
 const validators: Record<string, Validator> = {
   'register-room' (obj) {
@@ -71,7 +74,7 @@ const validators: Record<string, Validator> = {
     return frame
   },
 
-  message (obj, limits) {
+  message (obj, limits, text) {
     const roomName = roomNameOf(obj)
     const message = obj.message
     if (message === undefined || message === null) throw RootPeerError.BAD_FRAME('message: required')
@@ -83,6 +86,8 @@ const validators: Record<string, Validator> = {
     }
     const size = typeof message === 'string' ? Buffer.byteLength(message) : Buffer.byteLength(messageJson)
     if (size > limits.maxMessageBytes) throw RootPeerError.MESSAGE_TOO_LARGE(size, limits.maxMessageBytes)
+    // a string (the ciphertext) is stored as sent; a number JSON.parse would change is refused, not altered
+    if (typeof message !== 'string') checkNumbers(text)
     const frame: MessageFrame = { type: 'message', roomName, message, messageJson, size, ...signatureOf(obj) }
     if (obj.id !== undefined) frame.id = idOf(obj.id)
     return frame
@@ -107,6 +112,8 @@ const validators: Record<string, Validator> = {
  */
 export function decodeFrame (data: Buffer, limits: Limits): Frame {
   if (data.byteLength > limits.maxFrameBytes) throw RootPeerError.FRAME_TOO_LARGE(data.byteLength, limits.maxFrameBytes)
+  // decoding would put U+FFFD in place of bad bytes, and the message would be stored altered
+  if (!isUtf8(data)) throw RootPeerError.BAD_FRAME('not valid UTF-8')
   const text = data.toString('utf8')
   if (mayNest(text, MAX_NESTING) && tooDeep(text, MAX_NESTING)) throw RootPeerError.BAD_FRAME(`nested deeper than ${MAX_NESTING} levels`)
   let obj: unknown
@@ -120,7 +127,123 @@ export function decodeFrame (data: Buffer, limits: Limits): Frame {
   if (typeof type !== 'string') throw RootPeerError.BAD_FRAME('type: required string')
   const validator = Object.hasOwn(validators, type) ? validators[type] : undefined
   if (validator === undefined) throw RootPeerError.UNKNOWN_TYPE(type)
-  return validator(obj as Obj, limits)
+  return validator(obj as Obj, limits, text)
+}
+
+/**
+ * Throws BAD_FRAME when a number in the frame's `message` would not be stored as the same decimal number. One pass
+ * over the text, strings skipped by a native search; of repeated `message` members, the last counts (as in JSON.parse).
+ */
+function checkNumbers (text: string): void {
+  let depth = 0
+  let expectKey = false
+  let inMessage = false
+  // why the `message` member being read cannot be stored, once known
+  let bad: string | null = null
+  for (let i = 0; i < text.length; i++) {
+    let c = text.charCodeAt(i)
+    if (c === 0x22) {
+      const close = stringEnd(text, i)
+      if (depth === 1 && expectKey) {
+        expectKey = false
+        const key = text.slice(i, close + 1)
+        inMessage = key === '"message"' || (key.includes('\\') && JSON.parse(key) === 'message')
+        if (inMessage) bad = null
+      }
+      i = close
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth === 1) expectKey = true
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--
+    } else if (c === 0x2c) {
+      if (depth === 1) {
+        expectKey = true
+        inMessage = false
+      }
+    } else if (inMessage && bad === null && (c === 0x2d || isDigit(c))) {
+      // the number's digits, its value while an integer, and its exponent: most need no conversion
+      const from = i
+      let digits = 0
+      let value = 0
+      let integer = true
+      let exponent = 0
+      if (c === 0x2d) c = text.charCodeAt(++i)
+      for (; isDigit(c) || c === 0x2e; c = text.charCodeAt(++i)) {
+        if (c === 0x2e) {
+          integer = false
+          continue
+        }
+        digits++
+        value = value * 10 + c - 0x30
+      }
+      if (c === 0x65 || c === 0x45) {
+        integer = false
+        c = text.charCodeAt(++i)
+        if (c === 0x2b || c === 0x2d) c = text.charCodeAt(++i)
+        for (; isDigit(c); c = text.charCodeAt(++i)) exponent = Math.min(exponent * 10 + c - 0x30, 1e6)
+      }
+      const to = i--
+      const negative = text.charCodeAt(from) === 0x2d
+      // an integer a double holds exactly, a zero (but -0), or up to 15 digits within a double's normal range (DBL_DIG)
+      if (value === 0 ? !negative : integer ? value <= Number.MAX_SAFE_INTEGER : digits <= 15 && exponent <= 280) continue
+      const token = text.slice(from, to)
+      const stored = storedAs(token)
+      if (stored !== null) bad = `message: number ${token.length > 40 ? token.slice(0, 40) + '…' : token} cannot be stored exactly (it would be ${stored})`
+    }
+  }
+  if (bad !== null) throw RootPeerError.BAD_FRAME(bad)
+}
+
+function isDigit (c: number): boolean {
+  return c >= 0x30 && c <= 0x39
+}
+
+/**
+ * What a JSON number becomes through JSON.parse and JSON.stringify, when that is another number: `null` for one
+ * beyond a double (1e999), fewer digits for one more precise than a double, `0` for -0 (a double has it, JSON.stringify
+ * drops the sign). Null when it stays the same decimal number (`1.5e3` and `1500` are the same).
+ */
+function storedAs (token: string): string | null {
+  const n = Number(token)
+  if (!Number.isFinite(n)) return 'null'
+  const out = JSON.stringify(n)
+  if (out === token) return null
+  if (Object.is(n, -0)) return out
+  return decimal(token) === decimal(out) ? null : out
+}
+
+/** A decimal number's canonical form: sign, digits without leading or trailing zeros, exponent. */
+function decimal (token: string): string {
+  let s = token
+  const negative = s.charCodeAt(0) === 0x2d
+  if (negative) s = s.slice(1)
+  let exponent = 0
+  const e = s.search(/[eE]/)
+  if (e !== -1) {
+    exponent = Number(s.slice(e + 1))
+    s = s.slice(0, e)
+  }
+  const dot = s.indexOf('.')
+  if (dot !== -1) {
+    exponent -= s.length - dot - 1
+    s = s.slice(0, dot) + s.slice(dot + 1)
+  }
+  s = s.replace(/^0+/, '')
+  if (s === '') return '0'
+  const digits = s.replace(/0+$/, '')
+  return (negative ? '-' : '') + digits + 'e' + (exponent + s.length - digits.length)
+}
+
+/** The index of the quote that closes the JSON string opened at `open`. */
+function stringEnd (text: string, open: number): number {
+  let at = text.indexOf('"', open + 1)
+  while (at !== -1) {
+    let backslashes = 0
+    while (text.charCodeAt(at - 1 - backslashes) === 0x5c) backslashes++
+    if (backslashes % 2 === 0) return at
+    at = text.indexOf('"', at + 1)
+  }
+  return text.length
 }
 
 /** False when the text has too few brackets to nest deeper than `max` (a native search, not a scan per character). */

@@ -218,7 +218,8 @@ export class Room {
     for (let at = Math.max(0, end - DEDUP_WINDOW); at < end;) {
       // chunks bounded in blocks and in bytes, as a page is
       const chunkEnd = Math.min(end, at + LOAD_CHUNK)
-      const stop = (await this.fitting(at, chunkEnd, LOAD_CHUNK_BYTES, 0))?.stop ?? Math.min(chunkEnd, at + BLIND_CHUNK)
+      const fit = await this.fitting(at, chunkEnd, LOAD_CHUNK_BYTES, 0)
+      const stop = fit?.stop ?? Math.min(chunkEnd, at + BLIND_CHUNK)
       const blocks = await this.getRange(at, stop)
       blocks.forEach((block, k) => {
         const record = block === null ? null : parseRecord(block)
@@ -227,6 +228,7 @@ export class Room {
         ids.delete(record.id)
         ids.set(record.id, at + k)
       })
+      if (fit !== null && fit.start !== null && !blocks.includes(null)) this.anchor(stop, fit.start + sumBytes(blocks))
       at = stop
     }
     // a room signed while its ids loaded: the ids below its signed history are not its members'

@@ -29,12 +29,12 @@ const mutatedArb = fc.tuple(validFrameArb, fc.constantFrom('type', 'roomName', '
 const deepArb = fc.tuple(fc.integer({ min: 1000, max: 100_000 }), fc.boolean()).map(([n, bare]) => bare
   ? '['.repeat(n) + ']'.repeat(n)
   : '{"type":"message","roomName":"alpha","message":' + '['.repeat(n) + ']'.repeat(n) + '}')
+// no frame over MAX_FRAME_BYTES: it ends the connection (test/public-dht.test.ts), and this property runs on one
 const frameArb: fc.Arbitrary<string | Uint8Array> = fc.oneof(
   { arbitrary: fc.uint8Array({ maxLength: 512 }), weight: 2 },
   { arbitrary: fc.json({ maxDepth: 4 }), weight: 2 },
   { arbitrary: validFrameArb.map(f => JSON.stringify(f)), weight: 6 },
   { arbitrary: mutatedArb, weight: 6 },
-  { arbitrary: fc.constant(JSON.stringify({ type: 'message', roomName: 'alpha', message: 'z'.repeat(300 * 1024) })), weight: 1 },
   { arbitrary: deepArb, weight: 1 }
 )
 

@@ -35,6 +35,9 @@ interface Held {
   drop: (reason: DropReason) => void
 }
 
+/** Why a connection was dropped, and the length (plaintext bytes) of the frame it announced. */
+export type Drop = (reason: DropReason, announced: number) => void
+
 /** One connection's account: `queued(delta)` charges frames waiting to be handled. */
 export interface InboundAccount {
   queued: (delta: number) => void
@@ -66,7 +69,7 @@ export class Inbound {
   }
 
   /** Starts watching a connection; `drop` ends it (it is called at most once). */
-  watch (conn: NoiseStream, drop: (reason: DropReason) => void): InboundAccount {
+  watch (conn: NoiseStream, drop: Drop): InboundAccount {
     const reader = conn as unknown as FrameReader
     let dropped = false
     const h: Held = {
@@ -78,7 +81,7 @@ export class Inbound {
         if (dropped) return
         dropped = true
         this.forget(h)
-        drop(reason)
+        drop(reason, Math.max(0, reader._len - FRAME_OVERHEAD))
       }
     }
     this.held.set(conn, h)

@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import type { ChatRootPeer } from './root-peer.js'
-import { largest, namedRooms, roomInfos } from './stats.js'
+import { largest, namedRooms } from './stats.js'
 
 /** Seconds; appends are group-committed, so most land in the low milliseconds. */
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
@@ -44,7 +44,7 @@ export class Metrics {
     this.counter('root_peer_pruned_messages_total', 'Messages pruned by retention since the process started', rp => rp.pruned.messages)
     this.counter('root_peer_pruned_bytes_total', 'Message bytes reclaimed by retention since the process started', rp => rp.pruned.bytes)
     this.labelledGauge('root_peer_room_bytes', `Message bytes held, for each of the ${TOP_ROOMS} rooms that hold the most (signed rooms are not named)`, 'room',
-      rp => largest(namedRooms(roomInfos(rp)), TOP_ROOMS).map(r => [r.name, r.bytes]))
+      rp => largest(namedRooms(rp.roomList()), TOP_ROOMS).map(r => [r.name, r.bytes]))
     this.counter('root_peer_storage_failures_total', 'Times writes started failing (disk full, read-only disk, I/O error)', rp => rp.counters.storageFailures)
     this.gauge('root_peer_cluster_members_connected', 'Other cluster members (CLUSTER_PEERS) connected now', rp => rp.health().cluster?.filter(m => m.connected).length ?? 0)
     this.counter('root_peer_forwarded_writes_total', 'Messages this member forwarded to their room\'s primary and acked', rp => rp.counters.forwardedWrites)

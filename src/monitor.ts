@@ -4,7 +4,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import { isIP, type AddressInfo } from 'node:net'
 import type { Metrics } from './metrics.js'
 import type { ChatRootPeer, Health } from './root-peer.js'
-import { busiest, namedRooms, roomInfos, type StatsSnapshot } from './stats.js'
+import { busiest, namedRooms, type StatsSnapshot } from './stats.js'
 import { STATUS_PAGE } from './status-page.js'
 
 export interface MonitorOptions {
@@ -119,7 +119,7 @@ export class Monitor extends EventEmitter {
   stats (): MonitorStats {
     return {
       ...this.rootPeer.stats(),
-      busiestRooms: busiest(namedRooms(roomInfos(this.rootPeer))),
+      busiestRooms: busiest(namedRooms(this.rootPeer.roomList())),
       generatedAt: Date.now(),
       health: this.health(),
       rooms: this.rootPeer.roomCounts,

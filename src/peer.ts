@@ -31,8 +31,6 @@ export class Peer {
   readonly publicKey: Buffer
   readonly conn: NoiseStream
   readonly record: PeerRecord
-  /** the remote IP address, when the transport knows it */
-  readonly host: string | null
   readonly connectedAt = Date.now()
   /** when this peer last sent a frame that was handled without refusal (connectedAt until then) */
   lastActive = this.connectedAt
@@ -56,7 +54,6 @@ export class Peer {
     this.conn = conn
     this.publicKey = conn.remotePublicKey
     this.id = conn.remotePublicKey.toString('hex')
-    this.host = conn.rawStream?.remoteHost ?? null
     this.record = record
     this.opts = opts
     conn.on('data', (data: Buffer) => this.push(data))

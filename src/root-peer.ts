@@ -26,7 +26,7 @@ import { WalSync } from './wal-sync.js'
 import { SWARM_KEY_PAIR, type ForwardedWrite } from './cluster.js'
 import { ClusterRooms } from './cluster-rooms.js'
 import { newChallenge } from './room-auth.js'
-import { busiest, bump, createCounters, type Counters, type StatsSnapshot } from './stats.js'
+import { busiest, bump, createCounters, largest, type Counters, type StatsSnapshot } from './stats.js'
 
 export interface RootPeerOptions {
   storageDir: string
@@ -331,18 +331,14 @@ export class ChatRootPeer extends EventEmitter {
     return { messages: this.rooms?.prunedMessages ?? 0, bytes: this.rooms?.prunedBytes ?? 0 }
   }
 
+  /** Every room this root peer holds (the monitor and the metrics read them; see stats.ts namedRooms). */
+  roomList (): Iterable<RoomState> {
+    return this.rooms?.list() ?? []
+  }
+
   /** The `n` rooms that hold the most message bytes. */
   largestRooms (n: number): Array<{ name: string, bytes: number }> {
-    if (this.rooms === null) return []
-    const top: Array<{ name: string, bytes: number }> = []
-    for (const info of this.rooms.list()) {
-      const bytes = info.byteLength - (info.prunedBytes ?? 0)
-      if (top.length === n && bytes <= top[n - 1].bytes) continue
-      top.push({ name: info.name, bytes })
-      top.sort((a, b) => b.bytes - a.bytes)
-      if (top.length > n) top.pop()
-    }
-    return top
+    return largest(this.roomList(), n)
   }
 
   /** Rooms known, rooms whose core is open now, bytes stored, and room topics announced now. */
@@ -502,7 +498,7 @@ export class ChatRootPeer extends EventEmitter {
       return
     }
     // before the Peer's own data listener: the inbound budget sees each chunk as secret-stream leaves it
-    const inbound = this.inbound.watch(conn, reason => this.dropPeer(conn, reason))
+    const inbound = this.inbound.watch(conn, (reason, announced) => this.dropPeer(conn, reason, announced))
     const peerId = conn.remotePublicKey.toString('hex')
     const peer = new Peer(conn, this.guard.record(peerId, host), {
       stallTimeout: this.stallTimeout,
@@ -956,9 +952,9 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   /** Ends a connection the inbound budget gave up on: a frame too large, too slow, or too much held. */
-  private dropPeer (conn: NoiseStream, reason: DropReason): void {
+  private dropPeer (conn: NoiseStream, reason: DropReason, announced: number): void {
     const err = reason === 'frame-too-large'
-      ? RootPeerError.FRAME_TOO_LARGE((conn as unknown as { _len: number })._len - 17, this.limits.maxFrameBytes)
+      ? RootPeerError.FRAME_TOO_LARGE(announced, this.limits.maxFrameBytes)
       : reason === 'frame-timeout' ? RootPeerError.FRAME_INCOMPLETE(this.inbound.frameTimeout) : RootPeerError.OVERLOADED(this.inbound.maxBufferedBytes)
     bump(this.counters.errors, err.code)
     bump(this.counters.droppedPeers, reason)

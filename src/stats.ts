@@ -1,4 +1,3 @@
-import type { ChatRootPeer } from './root-peer.js'
 import type { RoomState } from './state-file.js'
 
 /** Plain counters, bumped on the hot paths and read by the stats display (and later exporters). */
@@ -68,11 +67,6 @@ export interface StatsSnapshot {
 }
 
 export const BUSIEST_ROOMS = 10
-
-/** Every room the root peer holds. Its `Rooms` are private to it; the monitor and the metrics read them through here only. */
-export function roomInfos (rootPeer: ChatRootPeer): Iterable<RoomState> {
-  return rootPeer['rooms']?.list() ?? []
-}
 
 /** The rooms the monitor may name: a signed room's name and writer key are its members' business, so signed rooms are left out (the totals still count them). */
 export function * namedRooms (rooms: Iterable<RoomState>): Generator<RoomState> {

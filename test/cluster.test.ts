@@ -7,6 +7,7 @@ import { RootPeerClient, type MessageAck } from '../src/client.js'
 import { readPublicKey } from '../src/cluster.js'
 import { coreName } from '../src/rooms.js'
 import { rendezvousOwner } from '../src/rendezvous.js'
+import { roomKeyPair, signAccess, signedRoomName, signMessage } from '../src/room-auth.js'
 import { RawPeer, bootstrapEnv, daemon, runBin, teardown, testnet, tmpDir, type Daemon } from './helpers.js'
 
 const NO_RATES = { RATE_MESSAGES: '0', RATE_BYTES: '0', RATE_SYNCS: '0', RATE_NEW_ROOMS: '0', RATE_REGISTERS: '0' }
@@ -72,7 +73,7 @@ async function dial (t: any, net: Testnet, member: Member): Promise<RawPeer> {
     teardown(t, () => peer.close())
     await peer.connectTo(member.key)
     try {
-      await peer.nextOfType('root-peer-announcement', 5000)
+      peer.announcement = await peer.nextOfType('root-peer-announcement', 5000)
       return peer
     } catch (err) {
       await peer.close()
@@ -489,4 +490,50 @@ test('write fence: a member that has heard from no other member since it started
   const mirrored = (): number => a.d.lines.filter(l => l.msg === 'mirroring room' && l.primary === b.key).length
   await a.d.line(() => mirrored() >= many.length, 30_000)
   assert.equal(mirrored(), many.length)
+})
+
+test('signed rooms in a cluster: an outsider\'s unsigned write before the members came stays below the signed history at every member, and takes no member id', async t => {
+  const net = await testnet(t)
+  const members = await startCluster(t, net, {}, 2)
+  const [a, b] = members
+  // a signed room whose primary is A, reached through B
+  let kp = roomKeyPair('cluster room 0')
+  for (let i = 1; rendezvousOwner(signedRoomName(kp.publicKey), members.map(m => m.key)) !== a.key; i++) kp = roomKeyPair(`cluster room ${i}`)
+  const roomName = signedRoomName(kp.publicKey)
+  const writerPublicKey = kp.publicKey.toString('hex')
+
+  const outsider = await dial(t, net, b)
+  outsider.send({ type: 'message', roomName, message: 'squat', id: 'msg-1' })
+  assert.equal((await outsider.next(f => f.id === 'msg-1')).messageIndex, 0)
+
+  const member = await dial(t, net, b)
+  const { challenge } = member.announcement
+  member.send({ type: 'register-room', roomName, writerPublicKey, signature: signAccess(kp.secretKey, b.key, challenge, roomName), requestId: 'reg' })
+  assert.equal((await member.next(f => f.requestId === 'reg')).type, 'room-registered')
+
+  // unsigned writes are refused at either member now
+  outsider.send({ type: 'message', roomName, message: 'late', id: 'late-b' })
+  assert.equal((await outsider.next(f => f.id === 'late-b')).code, 'UNAUTHORIZED')
+  const atA = await dial(t, net, a)
+  atA.send({ type: 'message', roomName, message: 'late', id: 'late-a' })
+  assert.equal((await atA.next(f => f.id === 'late-a')).code, 'UNAUTHORIZED')
+
+  // the member's own msg-1 is stored, not taken for the outsider's
+  const message = 'ciphertext'
+  member.send({ type: 'message', roomName, message, id: 'msg-1', signature: signMessage(kp.secretKey, roomName, 'msg-1', message) })
+  const ack = await member.next(f => f.id === 'msg-1')
+  assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
+  assert.equal(ack.duplicate, undefined)
+  assert.equal(ack.messageIndex, 1)
+
+  // both members serve the signed history only
+  const served: string[] = []
+  for (const [m, peer] of [[b, member], [a, atA]] as const) {
+    peer.send({ type: 'sync-request', roomName, lastIndex: 0, signature: signAccess(kp.secretKey, m.key, peer.announcement.challenge, roomName), requestId: `sync-${m.key}` })
+    const page = await peer.next(f => f.requestId === `sync-${m.key}`)
+    assert.equal(page.firstIndex, 1, JSON.stringify(page))
+    assert.deepEqual(page.messages.map((r: any) => r.message), [message])
+    served.push(`${m === a ? 'A (primary)' : 'B'}: firstIndex ${page.firstIndex}, ${page.messages.length} message`)
+  }
+  console.log(`signed room in a cluster after an outsider's write: ${served.join('; ')}; unsigned writes refused at both members`)
 })

@@ -79,6 +79,8 @@ export class RawPeer {
   readonly swarm: Hyperswarm
   conn: NoiseStream | null = null
   readonly frames: any[] = []
+  /** the announcement, once a caller has taken it from `frames` and kept it here */
+  announcement: any = null
   private waiters: Array<{ match: (f: any) => boolean, resolve: (f: any) => void }> = []
   closed = false
   private requests = 0

@@ -248,6 +248,28 @@ test('signed rooms: an unsigned write racing the signing register never reaches 
     assert.equal(page.firstIndex, ack.messageIndex)
   }
   console.log(`${trials} races of a signed register-room and an unsigned message: the unsigned one was acked ${unsignedAcked} times (stored below the signed history), served to members 0 times; every member msg-1 stored, none a duplicate`)
+
+  // squatting: the outsider's messages are stored and acked before the members come
+  const kp = roomKeyPair('squatted room')
+  const roomName = signedRoomName(kp.publicKey)
+  for (let i = 0; i < 3; i++) {
+    outsider.send({ type: 'message', roomName, message: `squat ${i}`, id: `msg-${i}` })
+    assert.equal((await outsider.next(f => f.id === `msg-${i}` && f.roomName === roomName)).messageIndex, i)
+  }
+  member.send({ type: 'register-room', roomName, writerPublicKey: kp.publicKey.toString('hex'), signature: signAccess(kp.secretKey, rootKey, challenge, roomName), requestId: 'squat-reg' })
+  assert.equal((await member.next(f => f.requestId === 'squat-reg')).type, 'room-registered')
+  const acks = []
+  for (let i = 0; i < 3; i++) {
+    const message = `member ${i}`
+    member.send({ type: 'message', roomName, message, id: `msg-${i}`, signature: signMessage(kp.secretKey, roomName, `msg-${i}`, message) })
+    acks.push(await member.next(f => f.id === `msg-${i}` && f.roomName === roomName))
+  }
+  assert.deepEqual(acks.map(a => [a.type, a.messageIndex, a.duplicate]), [['message-ack', 3, undefined], ['message-ack', 4, undefined], ['message-ack', 5, undefined]])
+  member.send({ type: 'sync-request', roomName, lastIndex: 0, signature: signAccess(kp.secretKey, rootKey, challenge, roomName), requestId: 'squat-sync' })
+  const page = await member.next(f => f.requestId === 'squat-sync')
+  assert.equal(page.firstIndex, 3)
+  assert.deepEqual(page.messages.map((m: any) => m.message), ['member 0', 'member 1', 'member 2'])
+  console.log(`a squatter's 3 acked messages before the members came: members are served from firstIndex ${page.firstIndex}, ${page.messages.length} of their own messages, ids msg-0..2 stored again (none a duplicate)`)
 })
 
 test('root-peer rooms --remove: a room removed on purpose is gone, and comes back empty when registered again', async t => {

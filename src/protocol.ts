@@ -4,7 +4,7 @@ import { RootPeerError } from './errors.js'
 /** Wire protocol version, sent in the announcement. Bumped only for changes an old client would notice. */
 export const PROTOCOL_VERSION = 2
 
-/** Hard caps on what a peer can make the daemon allocate or send (see the README's limits table). */
+/** Hard caps on what a peer can make the daemon allocate or send (see the limits table in docs/configuration.md). */
 export interface Limits {
   maxFrameBytes: number
   maxMessageBytes: number

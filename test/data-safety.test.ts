@@ -135,7 +135,7 @@ function record (i: number, size: number, id = `id-${i}`): Buffer {
   return Buffer.from(encodeRecord({ message, storedAt: 1700000000000 + i, fromPeer: key, senderPublicKey: key, id }, JSON.stringify(message)))
 }
 
-/** The page the README describes, read the simple way: every block up to `limit`, cut before maxBytes. */
+/** The page the docs describe, read the simple way: every block up to `limit`, cut before maxBytes. */
 async function referencePage (core: Hypercore, length: number, from: number, limit: number, maxBytes: number): Promise<string[]> {
   const entries: string[] = []
   let bytes = -1
@@ -150,7 +150,7 @@ async function referencePage (core: Hypercore, length: number, from: number, lim
   return entries
 }
 
-test('sync pages: a page reads no more than maxBytes of blocks (or its one block), and is the page the README describes', async t => {
+test('sync pages: a page reads no more than maxBytes of blocks (or its one block), and is the page the docs describe', async t => {
   const { room, reads } = await roomOnDisk(t)
   // sizes from 150 bytes to 60 kB, a few large runs among small ones
   const sizes = Array.from({ length: 600 }, (_, i) => i % 97 < 5 ? 60_000 : i % 7 === 0 ? 5_000 + (i * 7919) % 20_000 : 150 + (i * 104_729) % 900)

@@ -72,7 +72,7 @@ export async function client (t: Ctx, net: Testnet, opts: RootPeerClientOptions 
 }
 
 /**
- * A bare connection to the root peer, written only from the README's frame table:
+ * A bare connection to the root peer, written only from the frame tables of docs/protocol.md:
  * one JSON object per write, frames read back as parsed objects.
  */
 export class RawPeer {

@@ -21,7 +21,7 @@ const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable
 /** outside the checkout: a test run leaves the project's tree as it found it */
 const ARTIFACTS = path.join(os.tmpdir(), 'root-peer-test-artifacts')
 
-/** The metric names the README documents, each of which /metrics must carry. */
+/** The metric names docs/monitoring.md documents, each of which /metrics must carry. */
 const METRIC_NAMES = [
   'root_peer_rooms', 'root_peer_rooms_open', 'root_peer_messages', 'root_peer_stored_bytes', 'root_peer_peers',
   'root_peer_dht_bootstrapped', 'root_peer_healthy', 'root_peer_messages_stored_total', 'root_peer_duplicate_messages_total',

@@ -6,40 +6,94 @@ import { SETTINGS } from '../src/config.js'
 import { Metrics } from '../src/metrics.js'
 import { ROOT } from './helpers.js'
 
-const readme = fs.readFile(path.join(ROOT, 'README.md'), 'utf8')
+/** README.md and every docs/*.md, by path relative to the repository's root. */
+const pages: Promise<Map<string, string>> = (async () => {
+  const files = ['README.md', ...(await fs.readdir(path.join(ROOT, 'docs'))).filter(f => f.endsWith('.md')).sort().map(f => `docs/${f}`)]
+  return new Map(await Promise.all(files.map(async f => [f, await fs.readFile(path.join(ROOT, f), 'utf8')] as const)))
+})()
+/** The docs: README.md and every docs/*.md, one after the other. */
+const docs = pages.then(p => [...p.values()].join('\n'))
 const source = (file: string): Promise<string> => fs.readFile(path.join(ROOT, 'src', file), 'utf8')
 
-test('every setting is in the README with its env name, its flag and its default', async () => {
-  const text = await readme
+test('every setting is in the docs with its env name, its flag and its default', async () => {
+  const text = await docs
   for (const s of SETTINGS) {
     const row = text.split('\n').find(l => l.startsWith(`| \`${s.env}\` |`))
-    assert.ok(row !== undefined, `${s.env} has no row in a README settings table`)
+    assert.ok(row !== undefined, `${s.env} has no row in a settings table of the docs`)
     assert.ok(row.includes(`\`${s.flag}\``), `${s.env}'s row names ${s.flag}`)
   }
 })
 
-test('every error code the daemon or the client can give is in the README', async () => {
-  const text = await readme
+test('every error code the daemon or the client can give is in the docs', async () => {
+  const text = await docs
   const codes = [...(await source('errors.ts')).matchAll(/^\s*\| '([A-Z_]+)'/gm)].map(m => m[1])
   assert.ok(codes.length >= 10)
-  for (const code of codes) assert.ok(text.includes(`\`${code}\``), `error code ${code} is not in the README`)
+  for (const code of codes) assert.ok(text.includes(`\`${code}\``), `error code ${code} is not in the docs`)
 })
 
-test('every metric the monitor exports is in the README', async () => {
-  const text = await readme
+test('every metric the monitor exports is in the docs', async () => {
+  const text = await docs
   const names = (await new Metrics().registry.getMetricsAsJSON()).map(m => m.name).filter(n => n.startsWith('root_peer_'))
   assert.ok(names.length >= 15)
-  for (const name of names) assert.ok(firstCells(text).some(c => c.includes(`\`${name}\``) || c.includes(`\`${name}{`)), `metric ${name} has no row in the README`)
+  for (const name of names) assert.ok(firstCells(text).some(c => c.includes(`\`${name}\``) || c.includes(`\`${name}{`)), `metric ${name} has no row in the docs`)
 })
 
-test('every event ChatRootPeer emits is in the README\'s events table', async () => {
-  const text = await readme
+test('every event ChatRootPeer emits is in the docs\' events table', async () => {
+  const text = await docs
   const events = new Set([...(await source('root-peer.ts')).matchAll(/this\.emit\('([a-z-]+)'/g)].map(m => m[1]))
   assert.ok(events.size >= 10)
-  for (const event of events) assert.ok(firstCells(text).some(c => c.includes(`\`${event}\``)), `event ${event} has no row in the README`)
+  for (const event of events) assert.ok(firstCells(text).some(c => c.includes(`\`${event}\``)), `event ${event} has no row in the docs`)
+})
+
+test('every relative link in the README and docs/ to a .md file or an anchor resolves', async () => {
+  const all = await pages
+  assert.ok(all.size >= 5, 'docs/ holds the reference pages')
+  const headings = new Map([...all].map(([file, text]) => [file, anchors(text)]))
+  let checked = 0
+  for (const [file, text] of all) {
+    for (const [, target] of prose(text).matchAll(/\]\(([^)\s]+)\)/g)) {
+      if (/^[a-z][a-z0-9+.-]*:/i.test(target)) continue // https:, mailto:, ...
+      const hash = target.indexOf('#')
+      const linked = hash === -1 ? target : target.slice(0, hash)
+      const anchor = hash === -1 ? '' : target.slice(hash + 1)
+      if (linked !== '' && !linked.endsWith('.md')) continue
+      const into = linked === '' ? file : path.posix.normalize(path.posix.join(path.posix.dirname(file), linked))
+      const there = headings.get(into) ?? (await exists(into) ? anchors(await fs.readFile(path.join(ROOT, into), 'utf8')) : undefined)
+      assert.ok(there !== undefined, `${file}: link ${target}: no file ${into}`)
+      if (anchor !== '') assert.ok(there.includes(anchor), `${file}: link ${target}: no heading #${anchor} in ${into}`)
+      checked++
+    }
+  }
+  assert.ok(checked >= 20, `only ${checked} links checked`)
 })
 
 /** The first cell of every table row. */
 function firstCells (text: string): string[] {
   return text.split('\n').filter(l => l.startsWith('| ')).map(l => l.split(' | ')[0])
+}
+
+/** The text outside fenced code blocks and inline code spans, where a link is a link. */
+function prose (text: string): string {
+  return text.replace(/^```[^\n]*\n[\s\S]*?^```[^\n]*$/gm, '').replace(/`[^`\n]*`/g, '')
+}
+
+/** The anchors of a page's headings, by GitHub's rule: lowercase, punctuation but '-' and '_' dropped, spaces to '-', '-1', '-2' ... for repeats. */
+function anchors (text: string): string[] {
+  const seen = new Map<string, number>()
+  const out: string[] = []
+  let fenced = false
+  for (const line of text.split('\n')) {
+    if (line.startsWith('```')) fenced = !fenced
+    const m = fenced ? null : /^#{1,6} (.*)$/.exec(line)
+    if (m === null) continue
+    const slug = m[1].trim().toLowerCase().replace(/[^\p{L}\p{N}\p{M}_\- ]/gu, '').replace(/ /g, '-')
+    const n = seen.get(slug) ?? 0
+    seen.set(slug, n + 1)
+    out.push(n === 0 ? slug : `${slug}-${n}`)
+  }
+  return out
+}
+
+async function exists (file: string): Promise<boolean> {
+  return fs.access(path.join(ROOT, file)).then(() => true, () => false)
 }

@@ -20,7 +20,7 @@ test('a signed room: members write and read with the room key alone; an outsider
   const member = await client(t, net)
   const { roomName } = await member.registerRoom(ROOM_KEY)
   const kp = roomKeyPair(ROOM_KEY)
-  // the derivation the README documents
+  // the derivation docs/protocol.md documents
   assert.equal(roomName, crypto.discoveryKey(crypto.keyPair(crypto.hash(ROOM_KEY)).publicKey).toString('hex'))
   for (let i = 0; i < 3; i++) assert.equal((await member.sendMessage(roomName, `ciphertext ${i}`, { id: `m${i}` })).messageIndex, i)
   const page = await member.syncPage(roomName, 0)

@@ -12,19 +12,20 @@ import { Guard } from './guard.js'
 import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
 import { Inbound, type DropReason } from './inbound.js'
 import {
-  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic,
+  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, frameContext, isHexTopic,
   type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
 } from './protocol.js'
 import type { Room } from './room.js'
 import { RoomTopics, type TopicSwarm } from './room-topics.js'
 import { Rooms } from './rooms.js'
-import { ACCESS_VERSION, keyMatchesName, verifyAccess, verifyMessage } from './room-auth.js'
+import { ACCESS_VERSION, keyMatchesName, verifyAccess } from './room-auth.js'
 import { retentionOn, type RetentionPolicy } from './retention.js'
 import { Pruner } from './pruner.js'
 import { StateFile, type PersistentState, type RoomState } from './state-file.js'
 import { WalSync } from './wal-sync.js'
 import { SWARM_KEY_PAIR, type ForwardedWrite } from './cluster.js'
 import { ClusterRooms } from './cluster-rooms.js'
+import { RoomWriter, checkSigned } from './room-writer.js'
 import { newChallenge } from './room-auth.js'
 import { busiest, bump, createCounters, largest, type Counters, type StatsSnapshot } from './stats.js'
 
@@ -115,8 +116,6 @@ const MIN_SAVE_INTERVAL = 1000
 const FORWARD_GRACE = 2000
 /** How long shutdown waits for peers to read their last frames before the swarm is destroyed. */
 const CLOSE_CONNECTIONS_TIMEOUT = 2000
-/** When MAX_ROOMS are held, a new room takes the place of the empty room unused longest, if unused at least this long. */
-const EMPTY_EVICT_AFTER = 60_000
 
 const LIMIT_SETTINGS = ['maxFrameBytes', 'maxMessageBytes', 'messagesPerSecond', 'bytesPerSecond', 'syncsPerSecond', 'registersPerMinute', 'newRoomsPerMinute'] as const
 
@@ -189,6 +188,7 @@ export class ChatRootPeer extends EventEmitter {
   private readonly minMirrors: number
   private readonly replicationTimeout: number
   private cluster: ClusterRooms | null = null
+  private readonly writer: RoomWriter
 
   constructor (opts: RootPeerOptions) {
     super()
@@ -260,6 +260,22 @@ export class ChatRootPeer extends EventEmitter {
     this.clusterPeers = opts.clusterPeers ?? []
     this.minMirrors = opts.minMirrors ?? 0
     this.replicationTimeout = opts.replicationTimeout ?? 5000
+    this.writer = new RoomWriter({
+      rooms: () => this.rooms!,
+      storage: this.storage,
+      walSync: this.walSync,
+      cluster: () => this.cluster,
+      pruner: this.pruner,
+      counters: this.counters,
+      closing: () => this.closing,
+      maxRooms: this.maxRooms,
+      onLatency: this.onLatency
+    })
+    this.writer.on('message-stored', e => {
+      this.emit('message-stored', e)
+      if (++this.unsaved >= SAVE_EVERY_MESSAGES) this.scheduleSave()
+    })
+    this.writer.on('append-error', e => this.emit('append-error', e))
     this.handlers = {
       'register-room': this.onRegisterRoom.bind(this),
       message: this.onMessage.bind(this),
@@ -611,54 +627,13 @@ export class ChatRootPeer extends EventEmitter {
     // a message for a room not registered yet registers it first
     if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
     else await this.joinRoom(peer, frame.roomName, false)
-    // the common case, a room open already, takes no await
-    const room = rooms.hold(frame.roomName) ?? await rooms.get(frame.roomName, false)
-    // an empty room can give its place to another at MAX_ROOMS between the two lines above
-    if (room === null) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
-    // the room stays held (its core open) until the append is done
-    let queued = false
-    try {
-      const loading = frame.id === undefined ? null : room.idsReady()
-      if (loading !== null) await loading
-      // checked again with no await before the append: a room signed meanwhile (on another connection) takes nothing unsigned
-      const signer = room.info.writerPublicKey
-      if (signer !== undefined && signer !== writerPublicKey) checkSigned(signer, frame)
-      const block = messageBlock(frame.message, frame.messageJson, peer.id, frame.id, signer === undefined ? undefined : frame.signature)
-
-      const started = this.onLatency === null ? 0 : performance.now()
-      // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
-      if (frame.id === undefined) {
-        this.track(room.append(block).then(index => {
-          rooms.release(room)
-          this.stored(room, peer.id, index, undefined, block.byteLength, started)
-        }, err => {
-          rooms.release(room)
-          this.appendFailed(peer, room, frame, err)
-        }))
-        queued = true
-        return
-      }
-      const id = frame.id
-      this.track(room.storeOnce(id, block).then(async ({ index, duplicate }) => {
-        if (duplicate) this.counters.duplicates++
-        else this.stored(room, peer.id, index, id, block.byteLength, started)
-        // acked only after the append resolved (and, with syncWrites, reached the disk; with MIN_MIRRORS, k mirrors): the ack is a durability promise
-        try {
-          await this.durable(room, index)
-        } finally {
-          rooms.release(room)
-        }
-        this.sendFrame(peer, 'message-ack', encodeAck(room.nameJson, id, index, duplicate))
-      }, err => {
-        rooms.release(room)
-        this.appendFailed(peer, room, frame, err)
-      }).catch(err => {
-        if (err instanceof RootPeerError) this.refuse(peer, err, contextOf(frame))
-      }))
-      queued = true
-    } finally {
-      if (!queued) rooms.release(room)
-    }
+    // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
+    const { roomName, message, messageJson, id, signature } = frame
+    const { result } = await this.writer.queue({ roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey })
+    this.track(result.then(({ index, duplicate }) => {
+      // acked only once the promise is kept (appended; with SYNC_WRITES on disk; with MIN_MIRRORS mirrored)
+      if (id !== undefined) this.sendFrame(peer, 'message-ack', encodeAck(JSON.stringify(roomName), id, index, duplicate))
+    }, err => this.refuse(peer, err, contextOf(frame))))
   }
 
   private async onSyncRequest (peer: Peer, frame: SyncRequestFrame): Promise<void> {
@@ -762,36 +737,6 @@ export class ChatRootPeer extends EventEmitter {
     if (++this.unsaved >= SAVE_EVERY_MESSAGES) this.scheduleSave()
   }
 
-  private stored (room: Room, peerId: string, index: number, id: string | undefined, bytes: number, started: number): void {
-    const rooms = this.rooms!
-    rooms.stored(room, bytes)
-    this.pruner?.stored(room)
-    if (this.onLatency !== null) this.onLatency('append', (performance.now() - started) / 1000)
-    this.counters.messagesStored++
-    this.emit('message-stored', {
-      roomName: room.name,
-      messageCount: room.length,
-      totalMessages: rooms.totalMessages,
-      messageIndex: index,
-      peerId,
-      id
-    })
-    if (++this.unsaved >= SAVE_EVERY_MESSAGES) this.scheduleSave()
-  }
-
-  private async appendFailed (peer: Peer, room: Room, frame: MessageFrame, err: unknown): Promise<void> {
-    this.emit('append-error', { roomName: room.name, err })
-    this.refuse(peer, this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storage.failed(err), contextOf(frame))
-  }
-
-  /** Resolves when the block at `index` may be acked: with SYNC_WRITES on disk, with MIN_MIRRORS on that many mirrors. */
-  private async durable (room: Room, index: number): Promise<void> {
-    // a room being signed: its index entry first, so no acked signed message is ever below the signedFrom of a later signing
-    if (room.info.writerPublicKey !== undefined) await this.rooms!.signed(room.name)
-    if (this.walSync !== null) await this.walSync.sync()
-    if (this.cluster !== null) await this.cluster.replicated(room.core, index + 1)
-  }
-
   /** Joins the cluster: members' connections carry replication and the cluster channel; mirrored rooms are followed. */
   private openCluster (swarm: Hyperswarm): void {
     const cluster = new ClusterRooms({
@@ -865,25 +810,9 @@ export class ChatRootPeer extends EventEmitter {
     const info = rooms.info(write.roomName)
     if (info === undefined || info.primary !== undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(info?.primary ?? this.cluster!.self)
     if (this.maxStorageBytes > 0 && rooms.totalBytes >= this.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.maxStorageBytes)
-    const room = rooms.hold(write.roomName) ?? (await rooms.get(write.roomName, false))!
-    try {
-      const failed = async (err: unknown): Promise<never> => {
-        this.emit('append-error', { roomName: room.name, err })
-        throw this.closing ? RootPeerError.STORAGE_ERROR(err) : await this.storage.failed(err)
-      }
-      if (write.id !== undefined) await room.idsReady()?.catch(failed)
-      // the primary checks too, with its own view and no await before the append: the forwarding member's view may be behind
-      const signer = room.info.writerPublicKey
-      if (signer !== undefined) checkSigned(signer, write)
-      const block = messageBlock(write.message, JSON.stringify(write.message), write.fromPeer, write.id, signer === undefined ? undefined : write.signature)
-      const result = await (write.id === undefined ? room.append(block).then(index => ({ index, duplicate: false })) : room.storeOnce(write.id, block)).catch(failed)
-      if (result.duplicate) this.counters.duplicates++
-      else this.stored(room, write.fromPeer, result.index, write.id, block.byteLength, this.onLatency === null ? 0 : performance.now())
-      await this.durable(room, result.index)
-      return { messageIndex: result.index, duplicate: result.duplicate }
-    } finally {
-      rooms.release(room)
-    }
+    // the primary checks a signed room's signature too, with its own view: the forwarding member's may be behind
+    const { index, duplicate } = await this.writer.write({ ...write, messageJson: JSON.stringify(write.message) })
+    return { messageIndex: index, duplicate }
   }
 
   private scheduleSave (): void {
@@ -1009,14 +938,6 @@ function topicSwarm (swarm: Hyperswarm): TopicSwarm {
 /** Refusals that are not the peer's fault and do not count towards a ban. */
 const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
 
-/** A message for a signed room: a string with an id, signed by the room's key over (roomName, id, message). */
-function checkSigned (writerPublicKey: string, frame: Pick<MessageFrame, 'roomName' | 'message' | 'id' | 'signature'>): void {
-  if (typeof frame.message !== 'string' || frame.id === undefined) throw RootPeerError.UNAUTHORIZED('a signed room takes string messages with an id and a signature')
-  if (!verifyMessage(writerPublicKey, frame.roomName, frame.id, frame.message, frame.signature)) {
-    throw RootPeerError.UNAUTHORIZED('a signed room: the message\'s signature over (roomName, id, message) is missing or wrong')
-  }
-}
-
 function contextOf (frame: Frame): Record<string, unknown> {
   const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }
   if (frame.type === 'message' && frame.id !== undefined) ctx.id = frame.id
@@ -1024,7 +945,3 @@ function contextOf (frame: Frame): Record<string, unknown> {
   return ctx
 }
 
-/** The block a message is stored as: the seed's record, and in a signed room the writer's signature, kept so members can check it. */
-function messageBlock (message: unknown, messageJson: string, fromPeer: string, id: string | undefined, signature: string | undefined): Buffer {
-  return Buffer.from(encodeRecord({ message, storedAt: Date.now(), fromPeer, senderPublicKey: fromPeer, id, signature }, messageJson))
-}

@@ -1,0 +1,132 @@
+import { EventEmitter } from 'node:events'
+import type { ClusterRooms } from './cluster-rooms.js'
+import { RootPeerError } from './errors.js'
+import { encodeRecord } from './protocol.js'
+import type { Pruner } from './pruner.js'
+import type { Room } from './room.js'
+import { verifyMessage } from './room-auth.js'
+import type { Rooms } from './rooms.js'
+import type { Counters } from './stats.js'
+import type { StorageHealth } from './storage-health.js'
+import type { WalSync } from './wal-sync.js'
+
+/** A record to store: a client's message, or one another cluster member forwarded to this primary. */
+export interface WriteRequest {
+  roomName: string
+  message: unknown
+  /** the message as JSON text, as it arrived */
+  messageJson: string
+  fromPeer: string
+  id?: string
+  signature?: string
+  /** the writer key the caller has checked the signature against already (it is checked again only if the room's differs) */
+  checkedKey?: string
+}
+
+export interface WriteResult { index: number, duplicate: boolean }
+
+export interface RoomWriterOptions {
+  /** the rooms now (they are replaced when the store is reopened after a storage failure) */
+  rooms: () => Rooms
+  storage: StorageHealth
+  walSync: WalSync | null
+  cluster: () => ClusterRooms | null
+  pruner: Pruner | null
+  counters: Counters
+  closing: () => boolean
+  maxRooms: number
+  onLatency: ((kind: 'append' | 'sync', seconds: number) => void) | null
+}
+
+/**
+ * The one way a record is stored: "store this record in room R, once if it has an id". A result is given once the
+ * promise the docs make is kept: appended; with SYNC_WRITES on disk; with MIN_MIRRORS on that many mirrors.
+ * Appends that arrive while one is in flight go into the next as one batch (see Room).
+ *
+ * Events: `message-stored` ({ roomName, messageCount, totalMessages, messageIndex, peerId, id }),
+ * `append-error` ({ roomName, err }).
+ */
+export class RoomWriter extends EventEmitter {
+  private readonly opts: RoomWriterOptions
+
+  constructor (opts: RoomWriterOptions) {
+    super()
+    this.opts = opts
+  }
+
+  /**
+   * Queues the record for its room and resolves once it is queued, with the promise of its result (wrapped, so
+   * awaiting the queueing does not wait for it): the caller can take its next frame meanwhile, and records queued
+   * in order are appended in order.
+   */
+  async queue (req: WriteRequest): Promise<{ result: Promise<WriteResult> }> {
+    const rooms = this.opts.rooms()
+    // the common case, a room open already, takes no await
+    const room = rooms.hold(req.roomName) ?? await rooms.get(req.roomName, false)
+    // an empty room can give its place to another at MAX_ROOMS before it is held
+    if (room === null) throw RootPeerError.TOO_MANY_ROOMS(this.opts.maxRooms)
+    let queued = false
+    try {
+      if (req.id !== undefined) await room.idsReady()?.catch(err => this.failed(room, err))
+      // no await from here to the append: a room signed meanwhile (on another connection) takes nothing unsigned
+      const signer = room.info.writerPublicKey
+      if (signer !== undefined && signer !== req.checkedKey) checkSigned(signer, req)
+      const block = Buffer.from(encodeRecord({ message: req.message, storedAt: Date.now(), fromPeer: req.fromPeer, senderPublicKey: req.fromPeer, id: req.id, signature: signer === undefined ? undefined : req.signature }, req.messageJson))
+      const started = this.opts.onLatency === null ? 0 : performance.now()
+      const appended = req.id === undefined ? room.append(block).then(index => ({ index, duplicate: false })) : room.storeOnce(req.id, block)
+      queued = true
+      return { result: this.settle(rooms, room, req, block.byteLength, appended, started) }
+    } finally {
+      if (!queued) rooms.release(room)
+    }
+  }
+
+  /** Stores the record and resolves with its result. */
+  async write (req: WriteRequest): Promise<WriteResult> {
+    return await (await this.queue(req)).result
+  }
+
+  private async settle (rooms: Rooms, room: Room, req: WriteRequest, bytes: number, appended: Promise<WriteResult>, started: number): Promise<WriteResult> {
+    // the room stays held (its core open) until the promise is kept
+    try {
+      const result = await appended.catch(err => this.failed(room, err))
+      if (result.duplicate) this.opts.counters.duplicates++
+      else this.noteStored(rooms, room, req, result.index, bytes, started)
+      await this.keep(rooms, room, result.index)
+      return result
+    } finally {
+      rooms.release(room)
+    }
+  }
+
+  private noteStored (rooms: Rooms, room: Room, req: WriteRequest, index: number, bytes: number, started: number): void {
+    rooms.stored(room, bytes)
+    this.opts.pruner?.stored(room)
+    if (this.opts.onLatency !== null) this.opts.onLatency('append', (performance.now() - started) / 1000)
+    this.opts.counters.messagesStored++
+    this.emit('message-stored', { roomName: room.name, messageCount: room.length, totalMessages: rooms.totalMessages, messageIndex: index, peerId: req.fromPeer, id: req.id })
+  }
+
+  /** Resolves once the block at `index` may be acked: with SYNC_WRITES on disk, with MIN_MIRRORS on that many mirrors. */
+  private async keep (rooms: Rooms, room: Room, index: number): Promise<void> {
+    // a room being signed: its index entry first, so no acked signed message is ever below a later signing's signedFrom
+    if (room.info.writerPublicKey !== undefined) await rooms.signed(room.name)
+    if (this.opts.walSync !== null) await this.opts.walSync.sync()
+    const cluster = this.opts.cluster()
+    if (cluster !== null) await cluster.replicated(room.core, index + 1)
+  }
+
+  /** An append that failed: reported, and turned into the coded error the storage's state gives. */
+  private async failed (room: Room, err: unknown): Promise<never> {
+    this.emit('append-error', { roomName: room.name, err })
+    throw this.opts.closing() ? RootPeerError.STORAGE_ERROR(err) : await this.opts.storage.failed(err)
+  }
+}
+
+/** A record for a signed room: a string with an id, signed by the room's key over (roomName, id, message). */
+export function checkSigned (writerPublicKey: string, req: Pick<WriteRequest, 'roomName' | 'message' | 'id' | 'signature'>): void {
+  if (typeof req.message !== 'string' || req.id === undefined) throw RootPeerError.UNAUTHORIZED('a signed room takes string messages with an id and a signature')
+  if (!verifyMessage(writerPublicKey, req.roomName, req.id, req.message, req.signature)) {
+    throw RootPeerError.UNAUTHORIZED('a signed room: the message\'s signature over (roomName, id, message) is missing or wrong')
+  }
+}

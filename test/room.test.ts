@@ -1,0 +1,651 @@
+import assert from 'node:assert/strict'
+import { test, type TestContext } from 'node:test'
+import Corestore from 'corestore'
+import fc from 'fast-check'
+import { encodeRecord, pageEntry } from '../src/protocol.js'
+import { DEDUP_ID_CHARS, DEDUP_WINDOW, DedupIds, Room } from '../src/room.js'
+import { roomKeyPair, signedRoomName } from '../src/room-auth.js'
+import { Rooms, coreName } from '../src/rooms.js'
+import type { PersistentState, RoomState } from '../src/state-file.js'
+import { teardown, tmpDir } from './helpers.js'
+
+// Fast tests of the room writer and the room table on their own: a real Corestore in a temp dir, no network.
+
+const PEER = 'ab'.repeat(32)
+// the room index core's name inside the store (rooms.ts's ROOM_INDEX)
+const ROOM_INDEX = 'root-peer-rooms'
+
+/** A Corestore in a fresh temp dir, closed (then the dir removed) after the test. */
+async function newStore (t: TestContext, dir?: string): Promise<{ store: Corestore, dir: string }> {
+  const at = dir ?? await tmpDir(t)
+  const store = new Corestore(at)
+  teardown(t, () => store.close())
+  await store.ready()
+  return { store, dir: at }
+}
+
+function roomInfo (name: string): RoomState {
+  return { name, messageCount: 0, createdAt: 0, lastActivity: 0, byteLength: 0 }
+}
+
+/** A Room on the store's core `name`, closed after the test. */
+async function openRoom (t: TestContext, store: Corestore, name = 'r', onBatch: (() => void) | null = null, info = roomInfo(name)): Promise<Room> {
+  const core = store.get({ name: coreName(name) })
+  await core.ready()
+  const room = new Room(name, core, info, onBatch)
+  teardown(t, () => room.close())
+  return room
+}
+
+/** A stored block as the root peer writes it. */
+function block (message: unknown, id?: string): Buffer {
+  return Buffer.from(encodeRecord({ message, storedAt: 1, fromPeer: PEER, senderPublicKey: PEER, ...(id === undefined ? {} : { id }) }, JSON.stringify(message)))
+}
+
+/** Rooms over `store`, loaded, closed after the test. */
+async function newRooms (t: TestContext, store: Corestore, opts: { maxOpen?: number, onBatch?: () => void } = {}, saved: PersistentState | null = null): Promise<Rooms> {
+  const rooms = new Rooms(store, opts)
+  teardown(t, () => rooms.close())
+  await rooms.load(saved)
+  return rooms
+}
+
+/** The entries of the room index, read from its core. */
+async function indexEntries (store: Corestore): Promise<Array<Record<string, unknown>>> {
+  const index = store.get({ name: ROOM_INDEX })
+  await index.ready()
+  const entries = []
+  for (let i = 0; i < index.length; i++) entries.push(JSON.parse((await index.get(i))!.toString()))
+  await index.close()
+  return entries
+}
+
+/** Stores `n` messages in room `name` as the root peer does: get, append, count, release. */
+async function storeMessages (rooms: Rooms, name: string, n: number): Promise<number[]> {
+  const room = (await rooms.get(name, true))!
+  const indices = []
+  try {
+    for (let i = 0; i < n; i++) {
+      const b = block(`${name}-${i}`)
+      indices.push(await room.append(b))
+      rooms.stored(room, b.byteLength)
+    }
+  } finally {
+    rooms.release(room)
+  }
+  return indices
+}
+
+// ---------- Room: the group-commit writer ----------
+
+test('Room.append: appends in flight resolve with consecutive indices in call order, in far fewer core appends', async t => {
+  const { store } = await newStore(t)
+  let batches = 0
+  const room = await openRoom(t, store, 'r', () => { batches++ })
+  for (let i = 0; i < 10; i++) await room.append(block(`first-${i}`))
+  assert.equal(batches, 10, 'one append at a time: one batch each')
+  const base = room.core.length
+  assert.equal(base, 10)
+
+  // nextIndex is exact at every moment: as appends are queued, and as the core grows under them
+  const seen: number[] = []
+  room.core.on('append', () => seen.push(room.nextIndex))
+  const N = 3000
+  const order: number[] = []
+  const appends: Array<Promise<number>> = []
+  for (let i = 0; i < N; i++) {
+    const p = room.append(block(`m${i}`))
+    p.then(index => order.push(index), () => {})
+    appends.push(p)
+    assert.equal(room.nextIndex, base + i + 1)
+  }
+  assert.equal(room.core.length, base, 'nothing appended synchronously')
+  // one more wave, queued from inside the first resolution while later batches are in flight
+  let extra: Array<Promise<number>> = []
+  const firstDone = appends[0].then(index => {
+    assert.equal(room.nextIndex, base + N)
+    extra = Array.from({ length: 100 }, (_, i) => room.append(block(`x${i}`)))
+    assert.equal(room.nextIndex, base + N + 100)
+    return index
+  })
+  const indices = await Promise.all(appends)
+  await firstDone
+  const extraIndices = await Promise.all(extra)
+  assert.deepEqual(indices, Array.from({ length: N }, (_, i) => base + i))
+  assert.deepEqual(extraIndices, Array.from({ length: 100 }, (_, i) => base + N + i))
+  assert.deepEqual(order, indices, 'resolved in call order')
+  assert.ok(batches - 10 <= 10, `${batches - 10} core appends for ${N + 100} blocks`)
+  assert.ok(seen.length > 0 && seen.every(n => n === base + N || n === base + N + 100), `nextIndex seen at each core append: ${seen.join()}`)
+  assert.equal(room.nextIndex, room.core.length)
+  assert.equal(room.core.length, base + N + 100)
+  // each block at the index its append resolved with
+  for (const i of [0, 1, 777, N - 1]) assert.deepEqual(await room.core.get(base + i), block(`m${i}`))
+  assert.deepEqual(await room.core.get(base + N + 99), block('x99'))
+})
+
+test('Room.barrier waits for the appends queued before it; settled for all of them', async t => {
+  const { store } = await newStore(t)
+  const room = await openRoom(t, store)
+  await room.barrier()
+  await room.settled()
+  const done = new Set<number>()
+  const first = Array.from({ length: 500 }, (_, i) => room.append(block(i)).then(index => { done.add(index); return index }))
+  const barrier = room.barrier()
+  const later = Array.from({ length: 500 }, (_, i) => room.append(block(500 + i)).then(index => { done.add(index); return index }))
+  await barrier
+  for (let i = 0; i < 500; i++) assert.ok(done.has(i), `append ${i} done before the barrier resolved`)
+  await room.settled()
+  assert.equal(done.size, 1000)
+  assert.equal(room.core.length, 1000)
+  assert.equal(room.nextIndex, 1000)
+  await Promise.all([...first, ...later])
+})
+
+test('Room.append: a failed append rejects its batch; storeOnce forgets the id it could not store', async t => {
+  const { store } = await newStore(t)
+  const room = await openRoom(t, store)
+  await room.idsReady()
+  assert.deepEqual(await room.storeOnce('ok', block('ok', 'ok')), { index: 0, duplicate: false })
+  await room.core.close()
+  const failed = await Promise.allSettled([room.append(block('a')), room.storeOnce('lost', block('b', 'lost'))])
+  assert.deepEqual(failed.map(r => r.status), ['rejected', 'rejected'])
+  assert.equal(room.idCount, 1, 'the id whose append failed is not held: a resend stores it')
+  await room.settled()
+})
+
+// ---------- Room: exactly-once by id ----------
+
+test('Room.storeOnce: a second store of one id, even in flight, resolves with the first index as a duplicate', async t => {
+  const { store } = await newStore(t)
+  const room = await openRoom(t, store)
+  assert.throws(() => room.storeOnce('a', block('a', 'a')), /storeOnce before idsReady/)
+  const loading = room.idsReady()
+  assert.ok(loading instanceof Promise)
+  await loading
+  assert.equal(room.idsReady(), null, 'loaded: nothing to wait for')
+
+  const results = await Promise.all([
+    room.storeOnce('a', block('a', 'a')),
+    room.storeOnce('b', block('b', 'b')),
+    room.storeOnce('a', block('a again', 'a')),
+    room.storeOnce('c', block('c', 'c')),
+    room.storeOnce('b', block('b again', 'b'))
+  ])
+  assert.deepEqual(results, [
+    { index: 0, duplicate: false },
+    { index: 1, duplicate: false },
+    { index: 0, duplicate: true },
+    { index: 2, duplicate: false },
+    { index: 1, duplicate: true }
+  ])
+  assert.equal(room.core.length, 3)
+  assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 0, duplicate: true })
+  assert.deepEqual(await room.storeOnce('d', block('d', 'd')), { index: 3, duplicate: false })
+  assert.equal(room.idCount, 4)
+  assert.equal(room.idChars, 4)
+  // appends without an id do not take part
+  assert.equal(await room.append(block('no id')), 4)
+  assert.deepEqual(await room.storeOnce('e', block('e', 'e')), { index: 5, duplicate: false })
+
+  // forgetIds: a stored id stores again
+  room.forgetIds()
+  assert.equal(room.idCount, 0)
+  assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 6, duplicate: false })
+  assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 6, duplicate: true })
+})
+
+test('Room ids survive a reopen: idsReady reads them back from the core (newest index of an id, none below signedFrom)', async t => {
+  const { store } = await newStore(t)
+  const room = await openRoom(t, store)
+  await room.idsReady()
+  for (const id of ['a', 'b', 'c']) await room.storeOnce(id, block(id, id))
+  await room.append(Buffer.from('not a record'))
+  await room.append(block('no id'))
+  await room.append(block('long', 'x'.repeat(200)))
+  room.forgetIds()
+  assert.deepEqual(await room.storeOnce('a', block('a2', 'a')), { index: 6, duplicate: false })
+  await room.close()
+
+  const again = await openRoom(t, store)
+  assert.equal(again.idCount, 0, 'not loaded before idsReady')
+  await again.idsReady()
+  assert.equal(again.idCount, 3, 'a, b, c; no id of more than MAX_ID characters')
+  assert.deepEqual(await again.storeOnce('a', block('a', 'a')), { index: 6, duplicate: true }, 'its newest index')
+  assert.deepEqual(await again.storeOnce('b', block('b', 'b')), { index: 1, duplicate: true })
+  assert.deepEqual(await again.storeOnce('x'.repeat(200), block('long', 'x'.repeat(200))), { index: 7, duplicate: false })
+  await again.close()
+
+  // a signed room: ids stored below signedFrom are a stranger's, not its members'
+  const info = { ...roomInfo('r'), signedFrom: 2 }
+  const signed = await openRoom(t, store, 'r', null, info)
+  await signed.idsReady()
+  assert.deepEqual(await signed.storeOnce('a', block('a', 'a')), { index: 6, duplicate: true })
+  assert.deepEqual(await signed.storeOnce('b', block('b', 'b')), { index: 8, duplicate: false })
+  assert.deepEqual(await signed.storeOnce('c', block('c', 'c')), { index: 2, duplicate: true })
+})
+
+test('Room ids are bounded: at most DEDUP_WINDOW ids, the oldest forgotten, in memory and when read back', async t => {
+  const { store } = await newStore(t)
+  const room = await openRoom(t, store)
+  await room.idsReady()
+  const N = DEDUP_WINDOW + 1
+  const results = await Promise.all(Array.from({ length: N }, (_, i) => room.storeOnce(`id${i}`, block(i, `id${i}`))))
+  assert.ok(results.every((r, i) => r.index === i && !r.duplicate))
+  assert.equal(room.idCount, DEDUP_WINDOW)
+  assert.deepEqual(await room.storeOnce('id1', block(1, 'id1')), { index: 1, duplicate: true })
+  assert.deepEqual(await room.storeOnce('id0', block(0, 'id0')), { index: N, duplicate: false }, 'forgotten: stored again')
+  assert.equal(room.idCount, DEDUP_WINDOW)
+  await room.close()
+
+  // read back: only the newest DEDUP_WINDOW blocks (2 .. N), so id1 is forgotten and id0 is at its new index
+  const again = await openRoom(t, store)
+  await again.idsReady()
+  assert.equal(again.idCount, DEDUP_WINDOW)
+  assert.deepEqual(await again.storeOnce('id0', block(0, 'id0')), { index: N, duplicate: true })
+  assert.deepEqual(await again.storeOnce('id2', block(2, 'id2')), { index: 2, duplicate: true })
+  assert.deepEqual(await again.storeOnce('id1', block(1, 'id1')), { index: N + 1, duplicate: false })
+})
+
+test('Room ids are bounded: at most DEDUP_ID_CHARS characters of ids', async t => {
+  const { store } = await newStore(t)
+  const room = await openRoom(t, store)
+  await room.idsReady()
+  const id = (i: number): string => String(i).padStart(128, '-')
+  const fit = DEDUP_ID_CHARS / 128
+  await Promise.all(Array.from({ length: fit + 1 }, (_, i) => room.storeOnce(id(i), block(i, id(i)))))
+  assert.equal(room.idCount, fit)
+  assert.equal(room.idChars, DEDUP_ID_CHARS)
+  assert.deepEqual(await room.storeOnce(id(1), block(1, id(1))), { index: 1, duplicate: true })
+  assert.deepEqual(await room.storeOnce(id(0), block(0, id(0))), { index: fit + 1, duplicate: false })
+  assert.ok(room.idChars <= DEDUP_ID_CHARS)
+
+  // the table itself: both bounds, and characters counted back on delete
+  const ids = new DedupIds()
+  ids.set('x'.repeat(DEDUP_ID_CHARS - 1), 0)
+  ids.set('ab', 1)
+  assert.deepEqual([...ids.keys()], ['ab'])
+  assert.equal(ids.chars, 2)
+  ids.set('ab', 5)
+  assert.equal(ids.chars, 2, 'setting a held id again adds nothing')
+  assert.equal(ids.get('ab'), 5)
+  ids.set('c', 2)
+  ids.delete('ab')
+  assert.equal(ids.chars, 1)
+  // one id longer than the whole budget is still held (the newest is never dropped)
+  ids.set('y'.repeat(DEDUP_ID_CHARS + 1), 3)
+  assert.equal(ids.size, 1)
+  assert.equal(ids.chars, DEDUP_ID_CHARS + 1)
+  ids.clear()
+  assert.equal(ids.chars, 0)
+  for (let i = 0; i < DEDUP_WINDOW + 5; i++) ids.set(`i${i}`, i)
+  assert.equal(ids.size, DEDUP_WINDOW)
+  assert.equal(ids.has('i4'), false)
+  assert.equal(ids.has('i5'), true)
+})
+
+// ---------- Room: paged reads ----------
+
+/** Bytes of a page's entries joined by commas. */
+function pageBytes (entries: string[]): number {
+  return Buffer.byteLength(entries.join(','))
+}
+
+/** A room of `n` records of varied sizes (multi-byte characters among them); resolves with the room and its blocks. */
+async function variedRoom (t: TestContext, n: number): Promise<{ room: Room, blocks: Buffer[] }> {
+  const { store } = await newStore(t)
+  const room = await openRoom(t, store)
+  const blocks: Buffer[] = []
+  for (let i = 0; i < n; i++) {
+    const size = (i * 7919) % 613
+    const message = i % 3 === 0 ? 'é'.repeat(size) : i % 3 === 1 ? '😀'.repeat(size >> 2) : 'x'.repeat(size)
+    blocks.push(block(message, `id-${i}`))
+  }
+  blocks[17] = Buffer.from('a block that is not a record')
+  await Promise.all(blocks.map(b => room.append(b)))
+  return { room, blocks }
+}
+
+test('Room.readPage: the records with messageIndex, in order; nextIndex and totalMessages; from the middle and past the end', async t => {
+  const { room, blocks } = await variedRoom(t, 60)
+  const all = await room.readPage(0, 1000, 10 * 1024 * 1024)
+  assert.equal(all.entries.length, 60)
+  assert.equal(all.nextIndex, 60)
+  assert.equal(all.totalMessages, 60)
+  all.entries.forEach((entry, i) => {
+    const parsed = JSON.parse(entry)
+    assert.equal(parsed.messageIndex, i)
+    if (i === 17) assert.deepEqual(parsed, { message: 'a block that is not a record', messageIndex: 17 })
+    else assert.deepEqual(parsed, { ...JSON.parse(blocks[i].toString()), messageIndex: i })
+  })
+
+  const middle = await room.readPage(25, 10, 10 * 1024 * 1024)
+  assert.deepEqual(middle.entries, all.entries.slice(25, 35), 'limit 10 from 25')
+  assert.equal(middle.nextIndex, 35)
+  assert.equal(middle.totalMessages, 60)
+  const tail = await room.readPage(55, 10, 10 * 1024 * 1024)
+  assert.deepEqual(tail.entries, all.entries.slice(55))
+  assert.equal(tail.nextIndex, 60)
+  for (const from of [60, 61, 1000]) {
+    assert.deepEqual(await room.readPage(from, 10, 1000), { entries: [], nextIndex: from, totalMessages: 60 })
+  }
+  const empty = await openRoom(t, (await newStore(t)).store, 'empty')
+  assert.deepEqual(await empty.readPage(0, 10, 1000), { entries: [], nextIndex: 0, totalMessages: 0 })
+})
+
+test('Room.readPage: entries joined by commas take at most maxBytes, or are one entry larger than it', async t => {
+  const { room, blocks } = await variedRoom(t, 60)
+  const entries = blocks.map((b, i) => pageEntry(b, i))
+  const largest = Math.max(...entries.map(e => Buffer.byteLength(e)))
+  // one entry over the bound: exactly that one
+  const big = entries.findIndex(e => Buffer.byteLength(e) === largest)
+  const one = await room.readPage(big, 50, largest - 1)
+  assert.deepEqual(one.entries, [entries[big]])
+  assert.equal(one.nextIndex, big + 1)
+  assert.deepEqual((await room.readPage(big, 50, 1)).entries, [entries[big]])
+  // one byte short of 5 entries with their commas: fewer than 5
+  const five = pageBytes(entries.slice(10, 15))
+  const under = await room.readPage(10, 50, five - 1)
+  assert.ok(under.entries.length < 5 && under.entries.length >= 1)
+  assert.ok(pageBytes(under.entries) <= five - 1)
+  assert.deepEqual(under.entries, entries.slice(10, 10 + under.entries.length))
+  assert.deepEqual((await room.readPage(10, 4, 10 * 1024 * 1024)).entries, entries.slice(10, 14), 'limit first')
+  // every bound from one entry to the whole room, from one place
+  for (let maxBytes = 1; maxBytes < pageBytes(entries.slice(3)) + 100; maxBytes += 211) {
+    const page = await room.readPage(3, 1000, maxBytes)
+    assert.ok(page.entries.length === 1 || pageBytes(page.entries) <= maxBytes, `${pageBytes(page.entries)} bytes in a page of ${maxBytes}`)
+    assert.deepEqual(page.entries, entries.slice(3, page.nextIndex))
+  }
+})
+
+test('property: any page is a run of the room\'s entries from `from`, within limit and maxBytes, and about maxBytes when cut short', async t => {
+  const { room, blocks } = await variedRoom(t, 150)
+  const entries = blocks.map((b, i) => pageEntry(b, i))
+  const total = entries.length
+  await fc.assert(fc.asyncProperty(fc.nat(160), fc.integer({ min: 1, max: 200 }), fc.integer({ min: 1, max: 60_000 }), async (from, limit, maxBytes) => {
+    const page = await room.readPage(from, limit, maxBytes)
+    assert.equal(page.totalMessages, total)
+    if (from >= total) {
+      assert.deepEqual(page.entries, [])
+      assert.equal(page.nextIndex, from)
+      return
+    }
+    assert.ok(page.entries.length >= 1, 'at least one entry when one is there')
+    assert.ok(page.entries.length <= limit)
+    assert.deepEqual(page.entries, entries.slice(from, from + page.entries.length))
+    assert.equal(page.nextIndex, from + page.entries.length)
+    assert.ok(pageBytes(page.entries) <= maxBytes || page.entries.length === 1, `${pageBytes(page.entries)} bytes > ${maxBytes}`)
+    // a page stops short only for want of room: with the next entry it would pass maxBytes, once the room the page
+    // reserves for messageIndex (the largest index's overhead, for each block that fits without it) is counted
+    const end = Math.min(total, from + limit)
+    if (page.nextIndex < end) {
+      const overhead = 17 + String(end - 1).length
+      let fit = 0
+      for (let raw = 0; from + fit < end && raw + blocks[from + fit].byteLength <= maxBytes; fit++) raw += blocks[from + fit].byteLength
+      const withNext = pageBytes(entries.slice(from, page.nextIndex + 1))
+      assert.ok(withNext + Math.max(fit, 1) * overhead > maxBytes, `stopped at ${page.nextIndex} (${withNext} bytes with the next) with room for more`)
+    }
+  }), { numRuns: 300 })
+})
+
+// ---------- Rooms: the room table ----------
+
+test('Rooms.register creates a room once: concurrent registers of one name make one index entry', async t => {
+  const { store } = await newStore(t)
+  const rooms = await newRooms(t, store)
+  const created: string[] = []
+  rooms.on('created', name => created.push(name))
+  const infos = await Promise.all([rooms.register('lobby'), rooms.register('lobby'), rooms.get('lobby', true), rooms.register('lobby'), rooms.register('other')])
+  assert.equal(infos[0], infos[1])
+  assert.equal(infos[0], infos[3])
+  assert.equal((infos[2] as Room).info, infos[0])
+  rooms.release(infos[2] as Room)
+  assert.deepEqual(created.sort(), ['lobby', 'other'])
+  assert.equal(rooms.size, 2)
+  await rooms.register('lobby')
+  const entries = await indexEntries(store)
+  assert.deepEqual(entries.map(e => e.name).sort(), ['lobby', 'other'])
+
+  // unknown: null, and not created
+  assert.equal(await rooms.get('nobody', false), null)
+  assert.equal(rooms.has('nobody'), false)
+  assert.equal(rooms.info('nobody'), undefined)
+  assert.equal((await indexEntries(store)).length, 2)
+
+  // an empty room removed: gone, its removal in the index; registered again, the same (empty) core
+  const removed: string[] = []
+  rooms.on('removed', name => removed.push(name))
+  assert.equal(await rooms.remove('other'), true)
+  assert.deepEqual(removed, ['other'])
+  assert.equal(rooms.has('other'), false)
+  assert.equal(await rooms.get('other', false), null)
+  assert.deepEqual((await indexEntries(store)).at(-1), { name: 'other', removed: true })
+  assert.equal((await rooms.register('other')).generation, undefined)
+})
+
+test('Rooms: with maxOpen 2, five rooms used in turn never have more than 2 cores open, and keep their history', async t => {
+  const { store } = await newStore(t)
+  let batches = 0
+  const rooms = await newRooms(t, store, { maxOpen: 2, onBatch: () => { batches++ } })
+  const names = ['a', 'b', 'c', 'd', 'e']
+  let most = 0
+  for (let round = 0; round < 4; round++) {
+    for (const name of names) {
+      const room = (await rooms.get(name, true))!
+      most = Math.max(most, rooms.openCount)
+      assert.equal(room.core.length, round, `${name} reopened with its history`)
+      const b = block(`${name}${round}`)
+      assert.equal(await room.append(b), round)
+      rooms.stored(room, b.byteLength)
+      most = Math.max(most, rooms.openCount)
+      rooms.release(room)
+    }
+  }
+  assert.ok(most <= 2, `${most} cores open at once`)
+  assert.equal(batches, 20)
+  assert.equal(rooms.totalMessages, 20)
+  for (const name of names) assert.equal(rooms.info(name)!.messageCount, 4)
+})
+
+test('Rooms: the least recently released room is closed first; a held room is never closed', async t => {
+  const { store } = await newStore(t)
+  const rooms = await newRooms(t, store, { maxOpen: 2 })
+  const a = (await rooms.get('a', true))!
+  rooms.release(a)
+  const b = (await rooms.get('b', true))!
+  rooms.release(b)
+  const a2 = (await rooms.get('a', false))!
+  assert.equal(a2, a, 'still open: the same room')
+  rooms.release(a2)
+  // a was used last: b is closed to open c
+  const c = (await rooms.get('c', true))!
+  assert.equal(b.core.closed, true)
+  assert.equal(a.core.closed, false)
+  assert.deepEqual([...rooms.openRooms()].map(r => r.name).sort(), ['a', 'c'])
+
+  // c held, a released: d takes a's place, never c's
+  const d = (await rooms.get('d', true))!
+  assert.equal(a.core.closed, true)
+  assert.equal(c.core.closed, false)
+  rooms.release(d)
+
+  // maxOpen 2 with both held: a third waits until one is released, and the held ones stay open
+  const d2 = (await rooms.get('d', false))!
+  let opened: Room | null = null
+  const e = rooms.get('e', true).then(room => { opened = room; return room })
+  for (let i = 0; i < 5; i++) {
+    await c.append(block(`c${i}`))
+    await d2.append(block(`d${i}`))
+  }
+  assert.equal(opened, null, 'e waits while every open room is held')
+  assert.equal(c.core.closed, false)
+  assert.equal(d2.core.closed, false)
+  assert.ok(rooms.openCount <= 2)
+  rooms.release(d2)
+  const eRoom = (await e)!
+  assert.equal(d2.core.closed, true, 'the released one made way')
+  assert.equal(c.core.closed, false)
+  assert.equal(c.core.length, 5)
+  rooms.release(eRoom)
+  rooms.release(c)
+})
+
+test('Rooms.remove, removeEmpty and expireEmpty take out empty rooms not in use, least recently used first', async t => {
+  const { store } = await newStore(t)
+  const saved: PersistentState = {
+    rooms: Object.fromEntries(['old1', 'old2', 'old3'].map((name, i) => [name, { name, messageCount: 0, createdAt: 1000 * (i + 1), lastActivity: 1000 * (i + 1), byteLength: 0 }])),
+    totalMessages: 0,
+    rootPeerCreatedAt: 0,
+    lastSaved: 0
+  }
+  const rooms = await newRooms(t, store, {}, saved)
+  assert.equal(rooms.emptyCount, 3)
+  const removed: string[] = []
+  rooms.on('removed', name => removed.push(name))
+
+  // expireEmpty: the rooms unused since `before`, by their last use
+  assert.deepEqual(await rooms.expireEmpty(1000), [])
+  assert.deepEqual(await rooms.expireEmpty(2500), ['old1', 'old2'])
+  assert.deepEqual(removed, ['old1', 'old2'])
+  assert.equal(rooms.has('old1'), false)
+  assert.equal(rooms.has('old3'), true)
+  const held = (await rooms.get('old3', false))!
+  assert.deepEqual(await rooms.expireEmpty(Date.now() + 1000), [], 'a held room is in use')
+  rooms.release(held)
+
+  // a room with history is never empty
+  await storeMessages(rooms, 'history', 2)
+  const e1 = (await rooms.get('e1', true))!
+  await rooms.register('e2')
+  await rooms.register('e3')
+  assert.equal(rooms.emptyCount, 4, 'old3, e1, e2, e3, least recently used first')
+  // removeEmpty: the least recently used empty room not in use
+  assert.equal(await rooms.removeEmpty(), 'old3')
+  assert.equal(await rooms.removeEmpty(), 'e2', 'e1 is held')
+  assert.equal(await rooms.remove('e1'), false, 'held')
+  assert.equal(rooms.has('e1'), true)
+  rooms.release(e1)
+  await rooms.register('e3')
+  assert.equal(await rooms.removeEmpty(), 'e1', 'released, and e3 was used since')
+  assert.ok(![...rooms.openRooms()].includes(e1), 'its core closed')
+  assert.equal(await rooms.removeEmpty(), 'e3')
+  assert.equal(await rooms.removeEmpty(), null)
+  assert.equal(rooms.emptyCount, 0)
+  assert.equal(rooms.has('history'), true)
+  assert.deepEqual(await rooms.expireEmpty(Date.now() + 1000), [])
+  assert.equal(await rooms.remove('nobody'), false)
+
+  // the index records each removal; an empty room's core is not cleared, so no new generation
+  const entries = await indexEntries(store)
+  const removals = entries.filter(e => e.removed === true)
+  assert.deepEqual(removals.map(e => e.name), ['old1', 'old2', 'old3', 'e2', 'e1', 'e3'])
+  assert.ok(removals.every(e => e.generation === undefined))
+
+  // after a reload they stay removed, and the room with history stays
+  await rooms.close()
+  const reloaded = await newRooms(t, store)
+  assert.deepEqual([...reloaded.list()].map(r => r.name), ['history'])
+  assert.equal(reloaded.info('history')!.messageCount, 2)
+  assert.equal(reloaded.totalMessages, 2)
+})
+
+test('Rooms.remove of a room with history: registered again it starts at index 0 in a new core, also after a reload', async t => {
+  const dir = await tmpDir(t)
+  let { store } = await newStore(t, dir)
+  let rooms = await newRooms(t, store)
+  assert.deepEqual(await storeMessages(rooms, 'h', 3), [0, 1, 2])
+  assert.equal(rooms.totalMessages, 3)
+  assert.equal(await rooms.remove('h'), true)
+  assert.equal(rooms.has('h'), false)
+  assert.equal(rooms.totalMessages, 0)
+  // the old core's blocks are cleared
+  const old = store.get({ name: coreName('h') })
+  await old.ready()
+  assert.equal(await old.get(0, { wait: false }), null)
+  await old.close()
+
+  // removed, then reloaded (store closed and opened again), then registered: generation 1, empty
+  await rooms.close()
+  await store.close()
+  ;({ store } = await newStore(t, dir))
+  rooms = await newRooms(t, store)
+  assert.equal(rooms.has('h'), false)
+  await rooms.register('h')
+  assert.equal(rooms.info('h')!.generation, 1)
+  assert.deepEqual(await storeMessages(rooms, 'h', 2), [0, 1])
+
+  // and the new core is the one a reload finds
+  await rooms.close()
+  await store.close()
+  ;({ store } = await newStore(t, dir))
+  rooms = await newRooms(t, store)
+  const info = rooms.info('h')!
+  assert.equal(info.generation, 1)
+  assert.equal(info.messageCount, 2)
+  const room = (await rooms.get('h', false))!
+  assert.deepEqual(await room.core.get(0), block('h-0'))
+  assert.equal(room.core.length, 2)
+  rooms.release(room)
+
+  // removed and registered again in one run: generation 2, index 0 again
+  assert.equal(await rooms.remove('h'), true)
+  await rooms.register('h')
+  assert.equal(rooms.info('h')!.generation, 2)
+  assert.deepEqual(await storeMessages(rooms, 'h', 1), [0])
+  await rooms.close()
+  const again = await newRooms(t, store)
+  assert.equal(again.info('h')!.generation, 2)
+  assert.equal(again.info('h')!.messageCount, 1)
+})
+
+test('Rooms: a room signed after unsigned blocks is signed from the next index, forgets older ids, and keeps it across a reload', async t => {
+  const { store } = await newStore(t)
+  const rooms = await newRooms(t, store)
+  const keyPair = roomKeyPair('the room key')
+  const name = signedRoomName(keyPair.publicKey)
+  const writer = keyPair.publicKey.toString('hex')
+
+  await rooms.register(name)
+  const room = (await rooms.get(name, false))!
+  await room.idsReady()
+  for (let i = 0; i < 3; i++) {
+    const b = block(`stranger ${i}`, `u${i}`)
+    await room.storeOnce(`u${i}`, b)
+    rooms.stored(room, b.byteLength)
+  }
+  // two more queued, not yet stored, when the key comes: they are below signedFrom too
+  const inFlight = [room.append(block('q0')), room.append(block('q1'))]
+  assert.equal(room.nextIndex, 5)
+  const info = await rooms.register(name, writer)
+  assert.equal(info.writerPublicKey, writer)
+  assert.equal(info.signedFrom, 5)
+  assert.deepEqual(await Promise.all(inFlight), [3, 4])
+  await rooms.signed(name)
+  assert.deepEqual(await room.storeOnce('u0', block('member', 'u0')), { index: 5, duplicate: false }, 'ids below signedFrom forgotten')
+  rooms.stored(room, 1)
+  rooms.release(room)
+  // a second key does not replace the first
+  const other = roomKeyPair('another key').publicKey.toString('hex')
+  assert.equal((await rooms.register(name, other)).writerPublicKey, writer)
+  assert.equal(rooms.info(name)!.signedFrom, 5)
+
+  // a room signed when created has no unsigned history
+  const fresh = roomKeyPair('fresh')
+  const freshName = signedRoomName(fresh.publicKey)
+  const freshInfo = await rooms.register(freshName, fresh.publicKey.toString('hex'))
+  assert.equal(freshInfo.writerPublicKey, fresh.publicKey.toString('hex'))
+  assert.equal(freshInfo.signedFrom, undefined)
+
+  await rooms.close()
+  const reloaded = await newRooms(t, store)
+  assert.equal(reloaded.info(name)!.writerPublicKey, writer)
+  assert.equal(reloaded.info(name)!.signedFrom, 5)
+  assert.equal(reloaded.info(name)!.messageCount, 6)
+  assert.equal(reloaded.info(freshName)!.writerPublicKey, fresh.publicKey.toString('hex'))
+  assert.equal(reloaded.info(freshName)!.signedFrom, undefined)
+  // its ids read back: the member's, not the stranger's
+  const back = (await reloaded.get(name, false))!
+  await back.idsReady()
+  assert.deepEqual(await back.storeOnce('u0', block('member', 'u0')), { index: 5, duplicate: true })
+  assert.deepEqual(await back.storeOnce('u1', block('member', 'u1')), { index: 6, duplicate: false })
+  reloaded.release(back)
+})

@@ -1,5 +1,6 @@
 import { isUtf8 } from 'node:buffer'
 import { RootPeerError } from './errors.js'
+import { ACCESS_VERSION } from './room-auth.js'
 
 /** Wire protocol version, sent in the announcement. Bumped only for changes an old client would notice. */
 export const PROTOCOL_VERSION = 2
@@ -325,6 +326,24 @@ export function encodeRecord (record: StoredRecord, messageJson: string): string
   if (record.id !== undefined) json += ',"id":' + JSON.stringify(record.id)
   if (record.signature !== undefined) json += ',"signature":"' + record.signature + '"'
   return json + '}'
+}
+
+/** The announcement, the first frame of every connection (and of a cluster member's probe). */
+export function encodeAnnouncement (publicKey: string, limits: Readonly<Limits>, challenge: string): object {
+  return { type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey, limits, challenge, access: ACCESS_VERSION }
+}
+
+/** An `error` frame: the error's code, message and details, and the fields saying which frame it answers. */
+export function errorFrame (err: RootPeerError, context: Record<string, unknown> = {}): object {
+  return { type: 'error', code: err.code, message: err.message, ...err.details, ...context }
+}
+
+/** A `sync-response` frame's text; `entries` are stored records as JSON text (see pageEntry). */
+export function encodeSyncResponse (roomName: string, entries: readonly string[], page: { totalMessages: number, nextIndex: number, firstIndex: number }, requestId?: RequestId): string {
+  return '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":[' + entries.join(',') +
+    '],"totalMessages":' + page.totalMessages + ',"nextIndex":' + page.nextIndex +
+    ',"hasMore":' + (page.nextIndex < page.totalMessages) + ',"firstIndex":' + page.firstIndex +
+    (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}')
 }
 
 /** The `message-ack` frame's text; `roomNameJson` is the room name as a JSON string, made once per room. */

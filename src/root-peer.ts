@@ -8,24 +8,19 @@ import { DEFAULT_DISCOVERY_TOPIC } from './config.js'
 import { openStore } from './data-dir-lock.js'
 import { StorageHealth } from './storage-health.js'
 import { RootPeerError } from './errors.js'
-import { Guard } from './guard.js'
-import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
-import { Inbound, type DropReason } from './inbound.js'
-import {
-  DEFAULT_LIMITS, PROTOCOL_VERSION, decodeFrame, encodeAck, frameContext, isHexTopic,
-  type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame
-} from './protocol.js'
-import type { Room } from './room.js'
+import { type Peer, endConnection } from './peer.js'
+import { DEFAULT_LIMITS, encodeAnnouncement, isHexTopic, type Limits } from './protocol.js'
 import { RoomTopics, type TopicSwarm } from './room-topics.js'
 import { Rooms } from './rooms.js'
-import { ACCESS_VERSION, keyMatchesName, verifyAccess } from './room-auth.js'
 import { retentionOn, type RetentionPolicy } from './retention.js'
 import { Pruner } from './pruner.js'
 import { StateFile, type PersistentState, type RoomState } from './state-file.js'
 import { WalSync } from './wal-sync.js'
 import { SWARM_KEY_PAIR, type ForwardedWrite } from './cluster.js'
 import { ClusterRooms } from './cluster-rooms.js'
-import { RoomWriter, checkSigned } from './room-writer.js'
+import { Connections } from './connections.js'
+import { FrameHandlers } from './frame-handlers.js'
+import { RoomWriter } from './room-writer.js'
 import { newChallenge } from './room-auth.js'
 import { busiest, bump, createCounters, largest, type Counters, type StatsSnapshot } from './stats.js'
 
@@ -112,14 +107,11 @@ export interface Health {
 const SAVE_EVERY_MESSAGES = 10
 /** ...but not more often than this, so a busy root peer does not spend its time rewriting the file. */
 const MIN_SAVE_INTERVAL = 1000
-/** How much longer than REPLICATION_TIMEOUT a forwarded write waits for its primary's answer. */
-const FORWARD_GRACE = 2000
 /** How long shutdown waits for peers to read their last frames before the swarm is destroyed. */
 const CLOSE_CONNECTIONS_TIMEOUT = 2000
 
 const LIMIT_SETTINGS = ['maxFrameBytes', 'maxMessageBytes', 'messagesPerSecond', 'bytesPerSecond', 'syncsPerSecond', 'registersPerMinute', 'newRoomsPerMinute'] as const
 
-type Handler<F extends Frame> = (peer: Peer, frame: F) => Promise<void>
 
 /**
  * The root peer: keeps end-to-end encrypted rooms available while their members are offline.
@@ -138,7 +130,6 @@ export class ChatRootPeer extends EventEmitter {
   readonly maxPeers: number
   readonly maxRooms: number
   readonly counters: Counters = createCounters()
-  readonly peers = new Map<string, Peer>()
   publicKey: Buffer | null = null
   closing = false
 
@@ -166,18 +157,10 @@ export class ChatRootPeer extends EventEmitter {
   private readonly onLatency: ((kind: 'append' | 'sync', seconds: number) => void) | null
   private opening: Promise<void> | null = null
   private closingPromise: Promise<void> | null = null
-  private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
-  private readonly guard: Guard
-  private readonly stallTimeout: number
-  private readonly inbound: Inbound
-  private readonly firstFrameTimeout: number
-  private readonly maxPeersPerHost: number
-  private readonly idleEvictAfter: number
+  private readonly connections: Connections
+  private readonly handlers: FrameHandlers
   private readonly emptyRoomTtl: number
-  /** connected peers per remote address */
-  private readonly hosts = new Map<string, number>()
   private readonly walSync: WalSync | null
-  private readonly requireSignedRooms: boolean
   readonly retention: Readonly<RetentionPolicy>
   private readonly maxStorageBytes: number
   /** null when retention is off */
@@ -223,24 +206,12 @@ export class ChatRootPeer extends EventEmitter {
     this.roomIdleTimeout = roomIdleTimeout
     this.storageWriteBuffer = storageWriteBuffer
     this.topics = new RoomTopics({ maxAnnounced: maxAnnouncedRooms, idleTimeout: roomIdleTimeout })
-    this.stallTimeout = stallTimeout
     const settings: Partial<Limits> = {}
     for (const key of LIMIT_SETTINGS) if (opts[key] !== undefined) settings[key] = opts[key]
     this.limits = Object.freeze({ ...DEFAULT_LIMITS, ...limits, ...settings })
-    this.inbound = new Inbound({ maxFrameBytes: this.limits.maxFrameBytes, frameTimeout, maxBufferedBytes })
-    this.firstFrameTimeout = firstFrameTimeout
-    this.maxPeersPerHost = maxPeersPerHost
-    this.idleEvictAfter = idleEvictAfter
     this.emptyRoomTtl = emptyRoomTtl
-    this.guard = new Guard({
-      ...this.limits,
-      banThreshold,
-      banDuration,
-      onUnban: peerId => this.swarm?.peers.get(peerId)?.ban(false)
-    })
     this.stateFile = new StateFile(storageDir)
     this.walSync = opts.syncWrites === true ? new WalSync(() => this.store!) : null
-    this.requireSignedRooms = opts.requireSignedRooms === true
     this.retention = Object.freeze({ messages: opts.retentionMessages ?? 0, bytes: opts.retentionBytes ?? 0, maxAgeMs: opts.retentionAge ?? 0 })
     this.maxStorageBytes = opts.maxStorageBytes ?? 0
     this.storage = new StorageHealth({ dir: storageDir, writeBuffer: storageWriteBuffer, reopen: () => this.reopenStorage() })
@@ -276,11 +247,54 @@ export class ChatRootPeer extends EventEmitter {
       if (++this.unsaved >= SAVE_EVERY_MESSAGES) this.scheduleSave()
     })
     this.writer.on('append-error', e => this.emit('append-error', e))
-    this.handlers = {
-      'register-room': this.onRegisterRoom.bind(this),
-      message: this.onMessage.bind(this),
-      'sync-request': this.onSyncRequest.bind(this)
-    }
+    this.connections = new Connections({
+      limits: this.limits,
+      guard: { banThreshold, banDuration, onUnban: peerId => this.swarm?.peers.get(peerId)?.ban(false) },
+      inbound: { frameTimeout, maxBufferedBytes },
+      maxPeers,
+      maxPeersPerHost,
+      idleEvictAfter,
+      firstFrameTimeout,
+      stallTimeout,
+      counters: this.counters,
+      storage: this.storage,
+      publicKey: () => this.publicKey!.toString('hex'),
+      closing: () => this.closing,
+      dispatch: (peer, frame) => this.handlers.dispatch(peer, frame),
+      track: promise => this.track(promise)
+    })
+    this.handlers = new FrameHandlers({
+      rooms: () => this.rooms!,
+      cluster: () => this.cluster,
+      connections: this.connections,
+      writer: this.writer,
+      topics: this.topics,
+      storage: this.storage,
+      limits: this.limits,
+      counters: this.counters,
+      publicKey: () => this.publicKey!.toString('hex'),
+      maxRooms,
+      maxStorageBytes: this.maxStorageBytes,
+      requireSignedRooms: opts.requireSignedRooms === true,
+      replicationTimeout: this.replicationTimeout,
+      onLatency: this.onLatency,
+      removeEmptyRoom: () => this.removeEmptyRoom('evicted'),
+      track: promise => this.track(promise)
+    })
+    this.connections.on('peer-connected', id => this.emit('peer-connected', id))
+    this.connections.on('peer-disconnected', id => this.emit('peer-disconnected', id))
+    this.connections.on('peer-refused', (id, err) => this.emit('peer-refused', id, err))
+    this.connections.on('peer-stalled', id => this.emit('peer-stalled', id))
+    this.connections.on('peer-idle', (id, err) => this.emit('peer-idle', id, err))
+    this.connections.on('peer-dropped', (id, err) => this.emit('peer-dropped', id, err))
+    this.connections.on('frame-refused', (id, err) => this.emit('frame-refused', id, err))
+    this.connections.on('peer-banned', id => this.emit('peer-banned', id))
+    this.handlers.on('room-registered', e => this.emit('room-registered', e))
+  }
+
+  /** The client connections now, by public key (hex). */
+  get peers (): ReadonlyMap<string, Peer> {
+    return this.connections.peers
   }
 
   ready (): Promise<void> {
@@ -334,12 +348,12 @@ export class ChatRootPeer extends EventEmitter {
 
   /** Bytes of incoming frames held now for all connections (half-received and queued), at most MAX_BUFFERED_BYTES. */
   get inboundBytes (): number {
-    return this.inbound.total
+    return this.connections.inbound.total
   }
 
   /** Keys and addresses whose rate budgets are remembered now (each table at most MAX_BUDGETS). */
   get budgets (): { keys: number, hosts: number } {
-    return this.guard.remembered
+    return this.connections.guard.remembered
   }
 
   /** Messages and bytes pruned by retention since the process started. */
@@ -405,7 +419,7 @@ export class ChatRootPeer extends EventEmitter {
       keyPair,
       maxPeers: this.maxPeers + 1 + this.clusterPeers.length,
       // a banned key is refused at the handshake, before it costs a stream
-      firewall: remotePublicKey => this.guard.isBanned(remotePublicKey.toString('hex'))
+      firewall: remotePublicKey => this.connections.guard.isBanned(remotePublicKey.toString('hex'))
     })
     this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
     if (this.clusterPeers.length > 0) this.openCluster(this.swarm)
@@ -476,7 +490,7 @@ export class ChatRootPeer extends EventEmitter {
     this.storage.close()
     if (this.storage.reopening !== null) await this.storage.reopening.catch(() => {})
     this.topics.close()
-    this.guard.close()
+    this.connections.close()
 
     // frames accepted before the signal finish, and their acks go out; later frames get SHUTTING_DOWN
     while (this.inflight.size > 0) await Promise.allSettled([...this.inflight])
@@ -505,196 +519,14 @@ export class ChatRootPeer extends EventEmitter {
       this.cluster.attach(conn)
       return
     }
-    const host = conn.rawStream?.remoteHost ?? null
-    const refusal = this.admission(host)
-    if (refusal !== null) {
-      endConnection(conn, CLOSE_GRACE, JSON.stringify({ type: 'error', code: refusal.code, message: refusal.message, ...refusal.details })).catch(() => {})
-      bump(this.counters.errors, refusal.code)
-      this.emit('peer-refused', conn.remotePublicKey.toString('hex'), refusal)
-      return
-    }
-    // before the Peer's own data listener: the inbound budget sees each chunk as secret-stream leaves it
-    const inbound = this.inbound.watch(conn, (reason, announced) => this.dropPeer(conn, reason, announced))
-    const peerId = conn.remotePublicKey.toString('hex')
-    const peer = new Peer(conn, this.guard.record(peerId, host), {
-      stallTimeout: this.stallTimeout,
-      inbound,
-      handle: (p, data) => this.onFrame(p, data),
-      onStall: p => {
-        this.counters.stalledPeers++
-        this.emit('peer-stalled', p.id)
-      }
-    })
-    this.peers.set(peer.id, peer)
-    if (host !== null) this.hosts.set(host, (this.hosts.get(host) ?? 0) + 1)
-    this.counters.peersConnected++
-    const firstFrame = this.firstFrameTimeout > 0
-      ? setTimeout(() => { if (peer.accepted === 0) this.disconnect(peer, RootPeerError.IDLE(this.firstFrameTimeout)) }, this.firstFrameTimeout)
-      : null
-    firstFrame?.unref()
-    conn.on('close', () => {
-      if (firstFrame !== null) clearTimeout(firstFrame)
-      if (this.peers.get(peer.id) === peer) this.peers.delete(peer.id)
-      if (host !== null) {
-        const n = (this.hosts.get(host) ?? 1) - 1
-        if (n === 0) this.hosts.delete(host)
-        else this.hosts.set(host, n)
-      }
-      this.counters.peersDisconnected++
-      this.emit('peer-disconnected', peer.id)
-    })
-    this.emit('peer-connected', peer.id)
-    this.sendFrame(peer, 'root-peer-announcement', {
-      type: 'root-peer-announcement',
-      version: PROTOCOL_VERSION,
-      publicKey: this.publicKey!.toString('hex'),
-      limits: this.limits,
-      challenge: peer.challenge,
-      access: ACCESS_VERSION
-    })
+    this.connections.accept(conn)
   }
 
-  private async onFrame (peer: Peer, data: Buffer): Promise<void> {
-    let frame: Frame
-    try {
-      frame = decodeFrame(data, this.limits)
-    } catch (err) {
-      bump(this.counters.framesReceived, 'invalid')
-      this.refuse(peer, err, frameContext(data, this.limits))
-      return
-    }
-    bump(this.counters.framesReceived, frame.type)
-    if (this.closing) {
-      this.refuse(peer, RootPeerError.SHUTTING_DOWN(), contextOf(frame))
-      return
-    }
-    try {
-      this.guard.admit(peer.record, frame)
-    } catch (err) {
-      this.refuse(peer, err, contextOf(frame))
-      return
-    }
-    peer.accepted++
-    peer.lastActive = Date.now()
-    if (this.storage.reopening !== null) await this.storage.reopening.catch(() => {})
-    const handled = (this.handlers[frame.type] as Handler<Frame>)(peer, frame)
-    this.track(handled)
-    try {
-      await handled
-    } catch (err) {
-      this.refuse(peer, err, contextOf(frame))
-    }
-  }
 
-  private async onRegisterRoom (peer: Peer, frame: RegisterRoomFrame): Promise<void> {
-    const { roomName, writerPublicKey, signature } = frame
-    // the name commits to the key: nobody can claim a signed room's name with another key
-    if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()
-    const key = writerPublicKey ?? this.rooms!.info(roomName)?.writerPublicKey
-    if (key === undefined) {
-      if (this.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register-room needs writerPublicKey and signature')
-    } else if (!verifyAccess(key, this.publicKey!.toString('hex'), peer.challenge, roomName, signature)) {
-      throw RootPeerError.UNAUTHORIZED('a signed room: register-room needs a signature over (challenge, roomName) by the room\'s key')
-    }
-    // in a cluster, a new room is created at its rendezvous owner and mirrored here
-    if (this.cluster !== null && !this.rooms!.has(roomName)) await this.placeRoom(peer, roomName, writerPublicKey)
-    // a mirrored room signed here: its primary signs it, and says where its signed history starts
-    const known = this.rooms!.info(roomName)
-    if (this.cluster !== null && writerPublicKey !== undefined && known?.primary !== undefined && known.writerPublicKey === undefined) {
-      await this.cluster.sign(known.primary, roomName, writerPublicKey)
-    }
-    const info = await this.joinRoom(peer, roomName, true, writerPublicKey)
-    if (frame.requestId !== undefined) {
-      this.sendFrame(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: info.messageCount, requestId: frame.requestId })
-    }
-  }
 
-  private async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
-    // while writes fail, nothing is tried: the peer resends after the failure has passed
-    if (this.storage.failure !== null) throw this.storage.failure
-    const rooms = this.rooms!
-    const writerPublicKey = rooms.info(frame.roomName)?.writerPublicKey
-    if (writerPublicKey !== undefined) checkSigned(writerPublicKey, frame)
-    else if (this.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
-    if (this.maxStorageBytes > 0 && rooms.totalBytes >= this.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.maxStorageBytes)
-    if (this.cluster !== null && !rooms.has(frame.roomName)) await this.placeRoom(peer, frame.roomName)
-    // in a cluster, who the primary is is known once another member was heard from since start (one may have taken this one's rooms over)
-    const writable = this.cluster?.writable() ?? null
-    if (writable !== null) await writable
-    const primary = rooms.info(frame.roomName)?.primary
-    // another member's room: the write goes to its primary
-    if (primary !== undefined) return await this.forward(peer, frame, primary)
-    // a message for a room not registered yet registers it first
-    if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
-    else await this.joinRoom(peer, frame.roomName, false)
-    // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
-    const { roomName, message, messageJson, id, signature } = frame
-    const { result } = await this.writer.queue({ roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey })
-    this.track(result.then(({ index, duplicate }) => {
-      // acked only once the promise is kept (appended; with SYNC_WRITES on disk; with MIN_MIRRORS mirrored)
-      if (id !== undefined) this.sendFrame(peer, 'message-ack', encodeAck(JSON.stringify(roomName), id, index, duplicate))
-    }, err => this.refuse(peer, err, contextOf(frame))))
-  }
 
-  private async onSyncRequest (peer: Peer, frame: SyncRequestFrame): Promise<void> {
-    const { roomName, lastIndex, limit, requestId } = frame
-    const started = this.onLatency === null ? 0 : performance.now()
-    const rooms = this.rooms!
-    const writerPublicKey = rooms.info(roomName)?.writerPublicKey
-    // a signed room is read only with a signature over this connection's challenge; a refusal tells nothing of it
-    if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, this.publicKey!.toString('hex'), peer.challenge, roomName, frame.signature)) {
-      throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
-    }
-    // frames are handled in order: a sync after this connection's own forwarded message sees it
-    const forwarded = peer.forwards.get(roomName)
-    if (forwarded !== undefined) await forwarded
-    const room = rooms.has(roomName) ? await rooms.get(roomName, false) : null
-    const tail = requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}'
-    const head = '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":['
-    if (room === null) {
-      // an unknown room is not created by being asked about
-      this.sendFrame(peer, 'sync-response', head + '],"totalMessages":0,"nextIndex":' + lastIndex + ',"hasMore":false,"firstIndex":0' + tail)
-      return
-    }
-    this.topics.touch(roomName)
-    let page
-    // below the retention horizon the answer starts at the horizon, and firstIndex says so
-    let firstIndex = 0
-    try {
-      // frames are handled in order: a sync after this connection's own message sees it
-      await room.barrier()
-      // a signed room's members are served its signed history only: what a stranger stored under the name before is below signedFrom
-      firstIndex = Math.max(room.info.firstIndex ?? 0, room.info.writerPublicKey === undefined ? 0 : room.info.signedFrom ?? 0)
-      page = await room.readPage(Math.max(lastIndex, firstIndex), limit, this.limits.maxPageBytes)
-    } finally {
-      rooms.release(room)
-    }
-    this.sendFrame(peer, 'sync-response', head + page.entries.join(',') +
-      '],"totalMessages":' + page.totalMessages +
-      ',"nextIndex":' + page.nextIndex +
-      ',"hasMore":' + (page.nextIndex < page.totalMessages) +
-      ',"firstIndex":' + firstIndex + tail)
-    // a reader that does not read holds up its own next frame (Peer waits for the drain), not our memory
-    if (this.onLatency !== null) this.onLatency('sync', (performance.now() - started) / 1000)
-  }
 
-  /** Registers the room unless it exists (within the caps) and marks it active; opens no core. */
-  private async joinRoom (peer: Peer, roomName: string, always: boolean, writerPublicKey?: string): Promise<RoomState> {
-    const rooms = this.rooms!
-    if (!rooms.has(roomName)) {
-      this.guard.admitNewRoom(peer.record)
-      // full: an empty room (a stranger's, most likely) gives its place up; rooms with history never do
-      if (rooms.size >= this.maxRooms && !(this.cluster === null && await this.removeEmptyRoom('evicted'))) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
-    }
-    const info = await rooms.register(roomName, writerPublicKey)
-    this.topics.touch(roomName)
-    const fresh = !peer.rooms.has(roomName)
-    if (fresh) peer.rooms.add(roomName)
-    if (always || fresh) {
-      this.emit('room-registered', { roomId: roomName, roomName, peerId: peer.id, messageCount: info.messageCount })
-    }
-    return info
-  }
+
 
   /** Rooms active before a restart are announced again, the most recent ones within the caps. */
   private announceRecentRooms (rooms: Rooms): void {
@@ -750,7 +582,7 @@ export class ChatRootPeer extends EventEmitter {
       roomIdleTimeout: this.roomIdleTimeout,
       minMirrors: this.minMirrors,
       timeout: this.replicationTimeout,
-      announcement: () => JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: this.publicKey!.toString('hex'), limits: this.limits, challenge: newChallenge(), access: ACCESS_VERSION }),
+      announcement: () => JSON.stringify(encodeAnnouncement(this.publicKey!.toString('hex'), this.limits, newChallenge())),
       onWrite: write => this.onForwardedWrite(write)
     })
     for (const name of ['member-connected', 'member-disconnected', 'member-error', 'room-mirrored', 'room-conflict', 'cluster-error']) {
@@ -760,46 +592,8 @@ export class ChatRootPeer extends EventEmitter {
     cluster.start()
   }
 
-  /** A new room, in a cluster: created at its rendezvous owner (here, or asked over the cluster channel) and mirrored here. */
-  private async placeRoom (peer: Peer, roomName: string, writerPublicKey?: string): Promise<void> {
-    await this.cluster!.place(roomName, writerPublicKey, () => {
-      if (this.rooms!.size >= this.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.maxRooms)
-      this.guard.admitNewRoom(peer.record)
-    })
-  }
 
-  /** Sends a client's message to the room's primary; acks with the primary's index once this member holds the block too. */
-  private async forward (peer: Peer, frame: MessageFrame, primary: string): Promise<void> {
-    if (peer.rooms.has(frame.roomName)) this.topics.touch(frame.roomName)
-    else await this.joinRoom(peer, frame.roomName, false)
-    const write: ForwardedWrite = { roomName: frame.roomName, message: frame.message, fromPeer: peer.id }
-    if (frame.id !== undefined) write.id = frame.id
-    if (frame.signature !== undefined) write.signature = frame.signature
-    // the primary may wait REPLICATION_TIMEOUT for its mirrors; this waits a little longer for its answer
-    const forwarded = this.cluster!.forward(primary, write, this.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
-      await this.holdBlock(frame.roomName, messageIndex)
-      this.counters.forwardedWrites++
-      if (frame.id !== undefined) this.sendFrame(peer, 'message-ack', encodeAck(JSON.stringify(frame.roomName), frame.id, messageIndex, duplicate === true))
-    }).catch(err => this.refuse(peer, err, contextOf(frame))).finally(() => {
-      if (peer.forwards.get(frame.roomName) === forwarded) peer.forwards.delete(frame.roomName)
-    })
-    // a sync-request this peer writes after the message waits for it, as for a room of this root peer's own
-    peer.forwards.set(frame.roomName, forwarded)
-    this.track(forwarded)
-  }
 
-  /** Resolves once this member has the block `index` of a mirrored room (fetching it from the cluster if needed). */
-  private async holdBlock (roomName: string, index: number): Promise<void> {
-    const room = await this.rooms!.get(roomName, false)
-    if (room === null) throw RootPeerError.INTERNAL_ERROR(new Error(`mirrored room ${roomName} is gone`))
-    try {
-      await room.core.get(index, { timeout: this.replicationTimeout })
-    } catch (err) {
-      throw RootPeerError.NOT_HELD(index, this.replicationTimeout, err)
-    } finally {
-      this.rooms!.release(room)
-    }
-  }
 
   /** A message another member forwarded to this root peer, the room's primary: stored (deduplicated by id) like a client's. */
   private async onForwardedWrite (write: ForwardedWrite): Promise<{ messageIndex: number, duplicate: boolean }> {
@@ -840,80 +634,11 @@ export class ChatRootPeer extends EventEmitter {
     })
   }
 
-  private refuse (peer: Peer, err: unknown, context: Record<string, unknown>): void {
-    const coded = err instanceof RootPeerError ? err : RootPeerError.INTERNAL_ERROR(err)
-    bump(this.counters.errors, coded.code)
-    this.emit('frame-refused', peer.id, coded)
-    this.sendFrame(peer, 'error', { type: 'error', code: coded.code, message: coded.message, ...coded.details, ...context })
-    if (!BLAMELESS.has(coded.code) && this.guard.refused(peer.record)) this.banPeer(peer)
-  }
 
-  /**
-   * Null when a connection from `host` may be served, else why not: the address has MAX_PEERS_PER_HOST
-   * connections, or MAX_PEERS are connected and none has been idle long enough to give its place up.
-   */
-  private admission (host: string | null): RootPeerError | null {
-    if (host !== null && this.maxPeersPerHost > 0 && (this.hosts.get(host) ?? 0) >= this.maxPeersPerHost) {
-      return RootPeerError.TOO_MANY_PEERS_FROM_HOST(this.maxPeersPerHost)
-    }
-    if (this.peers.size < this.maxPeers) return null
-    if (this.idleEvictAfter === 0) return RootPeerError.TOO_MANY_PEERS(this.maxPeers)
-    let idlest: Peer | null = null
-    for (const peer of this.peers.values()) {
-      if (!peer.closed && (idlest === null || peer.lastActive < idlest.lastActive)) idlest = peer
-    }
-    const idle = idlest === null ? 0 : Date.now() - idlest.lastActive
-    if (idlest === null || idle < this.idleEvictAfter) return RootPeerError.TOO_MANY_PEERS(this.maxPeers)
-    this.disconnect(idlest, RootPeerError.IDLE(idle))
-    // its place is free now: close() stops counting it before the stream is gone
-    this.peers.delete(idlest.id)
-    return null
-  }
 
-  /** Ends a peer's connection with an error frame saying why. */
-  private disconnect (peer: Peer, err: RootPeerError): void {
-    if (peer.closed) return
-    bump(this.counters.errors, err.code)
-    this.counters.idleDisconnects++
-    this.emit('peer-idle', peer.id, err)
-    peer.send({ type: 'error', code: err.code, message: err.message, ...err.details })
-    peer.close()
-  }
 
-  /** Ends a connection the inbound budget gave up on: a frame too large, too slow, or too much held. */
-  private dropPeer (conn: NoiseStream, reason: DropReason, announced: number): void {
-    const err = reason === 'frame-too-large'
-      ? RootPeerError.FRAME_TOO_LARGE(announced, this.limits.maxFrameBytes)
-      : reason === 'frame-timeout' ? RootPeerError.FRAME_INCOMPLETE(this.inbound.frameTimeout) : RootPeerError.OVERLOADED(this.inbound.maxBufferedBytes)
-    bump(this.counters.errors, err.code)
-    bump(this.counters.droppedPeers, reason)
-    const peerId = conn.remotePublicKey.toString('hex')
-    this.emit('peer-dropped', peerId, err)
-    // the error goes out, and the stream is destroyed at once: the transport keeps taking in what a peer sends
-    // while it is open, whether anyone reads it or not
-    const peer = this.peers.get(peerId)
-    if (peer !== undefined && peer.conn === conn) this.sendFrame(peer, 'error', { type: 'error', code: err.code, message: err.message, ...err.details })
-    peer?.close()
-    setImmediate(() => conn.destroy())
-  }
 
-  /** Disconnects a peer that keeps sending refused frames, and refuses its key for a while. */
-  private banPeer (peer: Peer): void {
-    if (peer.closed) return
-    this.guard.ban(peer.id)
-    this.counters.bans++
-    const err = RootPeerError.BANNED(this.guard.banDuration)
-    bump(this.counters.errors, err.code)
-    this.emit('peer-banned', peer.id)
-    peer.send({ type: 'error', code: err.code, message: err.message, ...err.details })
-    peer.close()
-  }
 
-  private sendFrame (peer: Peer, type: string, frame: object | string): void {
-    if (peer.closed) return
-    peer.send(frame)
-    bump(this.counters.framesSent, type)
-  }
 
   private track (promise: Promise<unknown>): void {
     const done = (): void => { this.inflight.delete(p) }
@@ -935,13 +660,5 @@ function topicSwarm (swarm: Hyperswarm): TopicSwarm {
   }
 }
 
-/** Refusals that are not the peer's fault and do not count towards a ban. */
-const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
 
-function contextOf (frame: Frame): Record<string, unknown> {
-  const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }
-  if (frame.type === 'message' && frame.id !== undefined) ctx.id = frame.id
-  if (frame.type !== 'message' && frame.requestId !== undefined) ctx.requestId = frame.requestId
-  return ctx
-}
 

@@ -1,0 +1,234 @@
+import { EventEmitter } from 'node:events'
+import type { NoiseStream } from 'hyperswarm'
+import { RootPeerError } from './errors.js'
+import { Guard, type GuardOptions } from './guard.js'
+import { Inbound, type DropReason, type InboundOptions } from './inbound.js'
+import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
+import { decodeFrame, encodeAnnouncement, errorFrame, frameContext, type Frame, type Limits } from './protocol.js'
+import type { StorageHealth } from './storage-health.js'
+import { bump, type Counters } from './stats.js'
+
+export interface ConnectionsOptions {
+  limits: Readonly<Limits>
+  guard: Omit<GuardOptions, keyof Limits>
+  inbound: Omit<InboundOptions, 'maxFrameBytes'>
+  maxPeers: number
+  maxPeersPerHost: number
+  idleEvictAfter: number
+  firstFrameTimeout: number
+  stallTimeout: number
+  counters: Counters
+  storage: StorageHealth
+  /** the root peer's public key, hex */
+  publicKey: () => string
+  closing: () => boolean
+  /** handles a decoded, admitted frame; a coded error it throws is the peer's answer */
+  dispatch: (peer: Peer, frame: Frame) => Promise<void>
+  /** keeps a promise in the set shutdown waits for */
+  track: (promise: Promise<unknown>) => void
+}
+
+/** Refusals that are not the peer's fault and do not count towards a ban. */
+const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
+
+/**
+ * The client connections: who gets in (MAX_PEERS, MAX_PEERS_PER_HOST, idle peers giving way), what they can make
+ * the daemon hold (the inbound budget), and each frame from its bytes to its handler: decoded, charged to the
+ * peer's budgets, dispatched in arrival order; a refusal is an error frame, and enough of them a ban.
+ *
+ * Events: `peer-connected` (peerId), `peer-disconnected` (peerId), `peer-refused` (peerId, err),
+ * `peer-stalled` (peerId), `peer-idle` (peerId, err), `peer-dropped` (peerId, err), `frame-refused` (peerId, err),
+ * `peer-banned` (peerId).
+ */
+export class Connections extends EventEmitter {
+  readonly peers = new Map<string, Peer>()
+  readonly guard: Guard
+  readonly inbound: Inbound
+  private readonly limits: Readonly<Limits>
+  private readonly counters: Counters
+  private readonly maxPeers: number
+  private readonly maxPeersPerHost: number
+  private readonly idleEvictAfter: number
+  private readonly firstFrameTimeout: number
+  private readonly stallTimeout: number
+  /** connected peers per remote address */
+  private readonly hosts = new Map<string, number>()
+  private readonly ctx: ConnectionsOptions
+
+  constructor (opts: ConnectionsOptions) {
+    super()
+    this.ctx = opts
+    this.limits = opts.limits
+    this.counters = opts.counters
+    this.maxPeers = opts.maxPeers
+    this.maxPeersPerHost = opts.maxPeersPerHost
+    this.idleEvictAfter = opts.idleEvictAfter
+    this.firstFrameTimeout = opts.firstFrameTimeout
+    this.stallTimeout = opts.stallTimeout
+    this.guard = new Guard({ ...opts.limits, ...opts.guard })
+    this.inbound = new Inbound({ maxFrameBytes: opts.limits.maxFrameBytes, ...opts.inbound })
+  }
+
+  /** Serves a client connection (a cluster member's is not given here): admission, then frames until it closes. */
+  accept (conn: NoiseStream): void {
+    const host = conn.rawStream?.remoteHost ?? null
+    const refusal = this.admission(host)
+    if (refusal !== null) {
+      endConnection(conn, CLOSE_GRACE, JSON.stringify(errorFrame(refusal))).catch(() => {})
+      bump(this.counters.errors, refusal.code)
+      this.emit('peer-refused', conn.remotePublicKey.toString('hex'), refusal)
+      return
+    }
+    // before the Peer's own data listener: the inbound budget sees each chunk as secret-stream leaves it
+    const inbound = this.inbound.watch(conn, (reason, announced) => this.dropPeer(conn, reason, announced))
+    const peerId = conn.remotePublicKey.toString('hex')
+    const peer = new Peer(conn, this.guard.record(peerId, host), {
+      stallTimeout: this.stallTimeout,
+      inbound,
+      handle: (p, data) => this.onFrame(p, data),
+      onStall: p => {
+        this.counters.stalledPeers++
+        this.emit('peer-stalled', p.id)
+      }
+    })
+    this.peers.set(peer.id, peer)
+    if (host !== null) this.hosts.set(host, (this.hosts.get(host) ?? 0) + 1)
+    this.counters.peersConnected++
+    const firstFrame = this.firstFrameTimeout > 0
+      ? setTimeout(() => { if (peer.accepted === 0) this.disconnect(peer, RootPeerError.IDLE(this.firstFrameTimeout)) }, this.firstFrameTimeout)
+      : null
+    firstFrame?.unref()
+    conn.on('close', () => {
+      if (firstFrame !== null) clearTimeout(firstFrame)
+      if (this.peers.get(peer.id) === peer) this.peers.delete(peer.id)
+      if (host !== null) {
+        const n = (this.hosts.get(host) ?? 1) - 1
+        if (n === 0) this.hosts.delete(host)
+        else this.hosts.set(host, n)
+      }
+      this.counters.peersDisconnected++
+      this.emit('peer-disconnected', peer.id)
+    })
+    this.emit('peer-connected', peer.id)
+    this.send(peer, 'root-peer-announcement', encodeAnnouncement(this.ctx.publicKey(), this.limits, peer.challenge))
+  }
+
+  async onFrame (peer: Peer, data: Buffer): Promise<void> {
+    let frame: Frame
+    try {
+      frame = decodeFrame(data, this.limits)
+    } catch (err) {
+      bump(this.counters.framesReceived, 'invalid')
+      this.refuse(peer, err, frameContext(data, this.limits))
+      return
+    }
+    bump(this.counters.framesReceived, frame.type)
+    if (this.ctx.closing()) {
+      this.refuse(peer, RootPeerError.SHUTTING_DOWN(), contextOf(frame))
+      return
+    }
+    try {
+      this.guard.admit(peer.record, frame)
+    } catch (err) {
+      this.refuse(peer, err, contextOf(frame))
+      return
+    }
+    peer.accepted++
+    peer.lastActive = Date.now()
+    if (this.ctx.storage.reopening !== null) await this.ctx.storage.reopening.catch(() => {})
+    const handled = this.ctx.dispatch(peer, frame)
+    this.ctx.track(handled)
+    try {
+      await handled
+    } catch (err) {
+      this.refuse(peer, err, contextOf(frame))
+    }
+  }
+
+  refuse (peer: Peer, err: unknown, context: Record<string, unknown>): void {
+    const coded = err instanceof RootPeerError ? err : RootPeerError.INTERNAL_ERROR(err)
+    bump(this.counters.errors, coded.code)
+    this.emit('frame-refused', peer.id, coded)
+    this.send(peer, 'error', errorFrame(coded, context))
+    if (!BLAMELESS.has(coded.code) && this.guard.refused(peer.record)) this.banPeer(peer)
+  }
+
+  /**
+   * Null when a connection from `host` may be served, else why not: the address has MAX_PEERS_PER_HOST
+   * connections, or MAX_PEERS are connected and none has been idle long enough to give its place up.
+   */
+  private admission (host: string | null): RootPeerError | null {
+    if (host !== null && this.maxPeersPerHost > 0 && (this.hosts.get(host) ?? 0) >= this.maxPeersPerHost) {
+      return RootPeerError.TOO_MANY_PEERS_FROM_HOST(this.maxPeersPerHost)
+    }
+    if (this.peers.size < this.maxPeers) return null
+    if (this.idleEvictAfter === 0) return RootPeerError.TOO_MANY_PEERS(this.maxPeers)
+    let idlest: Peer | null = null
+    for (const peer of this.peers.values()) {
+      if (!peer.closed && (idlest === null || peer.lastActive < idlest.lastActive)) idlest = peer
+    }
+    const idle = idlest === null ? 0 : Date.now() - idlest.lastActive
+    if (idlest === null || idle < this.idleEvictAfter) return RootPeerError.TOO_MANY_PEERS(this.maxPeers)
+    this.disconnect(idlest, RootPeerError.IDLE(idle))
+    // its place is free now: close() stops counting it before the stream is gone
+    this.peers.delete(idlest.id)
+    return null
+  }
+
+  /** Ends a peer's connection with an error frame saying why. */
+  private disconnect (peer: Peer, err: RootPeerError): void {
+    if (peer.closed) return
+    bump(this.counters.errors, err.code)
+    this.counters.idleDisconnects++
+    this.emit('peer-idle', peer.id, err)
+    peer.send(errorFrame(err))
+    peer.close()
+  }
+
+  /** Ends a connection the inbound budget gave up on: a frame too large, too slow, or too much held. */
+  private dropPeer (conn: NoiseStream, reason: DropReason, announced: number): void {
+    const err = reason === 'frame-too-large'
+      ? RootPeerError.FRAME_TOO_LARGE(announced, this.limits.maxFrameBytes)
+      : reason === 'frame-timeout' ? RootPeerError.FRAME_INCOMPLETE(this.inbound.frameTimeout) : RootPeerError.OVERLOADED(this.inbound.maxBufferedBytes)
+    bump(this.counters.errors, err.code)
+    bump(this.counters.droppedPeers, reason)
+    const peerId = conn.remotePublicKey.toString('hex')
+    this.emit('peer-dropped', peerId, err)
+    // the error goes out, and the stream is destroyed at once: the transport keeps taking in what a peer sends
+    // while it is open, whether anyone reads it or not
+    const peer = this.peers.get(peerId)
+    if (peer !== undefined && peer.conn === conn) this.send(peer, 'error', errorFrame(err))
+    peer?.close()
+    setImmediate(() => conn.destroy())
+  }
+
+  /** Disconnects a peer that keeps sending refused frames, and refuses its key for a while. */
+  private banPeer (peer: Peer): void {
+    if (peer.closed) return
+    this.guard.ban(peer.id)
+    this.counters.bans++
+    const err = RootPeerError.BANNED(this.guard.banDuration)
+    bump(this.counters.errors, err.code)
+    this.emit('peer-banned', peer.id)
+    peer.send(errorFrame(err))
+    peer.close()
+  }
+
+  send (peer: Peer, type: string, frame: object | string): void {
+    if (peer.closed) return
+    peer.send(frame)
+    bump(this.counters.framesSent, type)
+  }
+
+  close (): void {
+    this.guard.close()
+  }
+}
+
+/** The fields of an error frame that say which frame it answers. */
+export function contextOf (frame: Frame): Record<string, unknown> {
+  const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }
+  if (frame.type === 'message' && frame.id !== undefined) ctx.id = frame.id
+  if (frame.type !== 'message' && frame.requestId !== undefined) ctx.requestId = frame.requestId
+  return ctx
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { ConfigError, parseConfig, SETTINGS } from './config.js'
-import { RootPeerClient } from './client.js'
+import { RootPeerClient } from './client/client.js'
 
 const USAGE = `Usage:
   root-peer-client send --room R --message TEXT [options]   store one message, print its ack

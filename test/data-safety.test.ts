@@ -5,9 +5,9 @@ import { test } from 'node:test'
 import Corestore from 'corestore'
 import type Hypercore from 'hypercore'
 import fc from 'fast-check'
-import { DEFAULT_LIMITS, decodeFrame, encodeRecord, pageEntry, type MessageFrame } from '../src/protocol.js'
-import { DEDUP_ID_CHARS, DEDUP_WINDOW, Room } from '../src/room.js'
-import type { RoomState } from '../src/state-file.js'
+import { DEFAULT_LIMITS, decodeFrame, encodeRecord, pageEntry, type MessageFrame } from '../src/protocol/protocol.js'
+import { DEDUP_ID_CHARS, DEDUP_WINDOW, Room } from '../src/storage/room.js'
+import type { RoomState } from '../src/storage/state-file.js'
 import { RawPeer, bootstrapEnv, daemon, rawPeer, rootPeer, teardown, testnet, tmpDir } from './helpers.js'
 
 const MiB = 1024 * 1024

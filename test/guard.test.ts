@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { RootPeerError } from '../src/errors.js'
-import { Guard, HOST_ROOMS_FACTOR, MAX_BUDGETS, type GuardOptions, type PeerRecord } from '../src/guard.js'
-import { DEFAULT_LIMITS, decodeFrame, type Frame } from '../src/protocol.js'
-import { PeerBudget, TokenBucket, type RateLimits } from '../src/rate-limit.js'
+import { RootPeerError } from '../src/protocol/errors.js'
+import { Guard, HOST_ROOMS_FACTOR, MAX_BUDGETS, type GuardOptions, type PeerRecord } from '../src/connection/guard.js'
+import { DEFAULT_LIMITS, decodeFrame, type Frame } from '../src/protocol/protocol.js'
+import { PeerBudget, TokenBucket, type RateLimits } from '../src/connection/rate-limit.js'
 
 // Fast tests of the abuse control on its own: token buckets with an explicit clock, no network.
 

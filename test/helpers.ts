@@ -11,7 +11,7 @@ import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import Hyperswarm, { type NoiseStream } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import { ChatRootPeer, type RootPeerOptions } from '../src/root-peer.js'
-import { RootPeerClient, type RootPeerClientOptions } from '../src/client.js'
+import { RootPeerClient, type RootPeerClientOptions } from '../src/client/client.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 export const DISCOVERY = crypto.hash(Buffer.from('holepunch-root-peer-discovery'))

@@ -5,7 +5,7 @@ import path from 'node:path'
 import { test } from 'node:test'
 import fc from 'fast-check'
 import HyperDHT from 'hyperdht'
-import { DEFAULT_LIMITS, decodeFrame } from '../src/protocol.js'
+import { DEFAULT_LIMITS, decodeFrame } from '../src/protocol/protocol.js'
 import { ROOT, bootstrapEnv, daemon, rawPeer, rootPeer, teardown, testnet, tmpDir } from './helpers.js'
 
 const NO_RATES = { messagesPerSecond: 0, bytesPerSecond: 0, syncsPerSecond: 0, registersPerMinute: 0, newRoomsPerMinute: 0, banThreshold: 0 }

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import fc from 'fast-check'
-import { RootPeerError, type ErrorCode } from '../src/errors.js'
+import { RootPeerError, type ErrorCode } from '../src/protocol/errors.js'
 import {
   DEFAULT_LIMITS, MAX_ID, MAX_NESTING, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic, pageEntry,
   parseRecord, validateRoomName, type Limits, type MessageFrame, type StoredRecord
-} from '../src/protocol.js'
+} from '../src/protocol/protocol.js'
 
 // Fast tests of the codec on its own: no network, no storage.
 

@@ -3,7 +3,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { test } from 'node:test'
 import { SETTINGS } from '../src/config.js'
-import { Metrics } from '../src/metrics.js'
+import { Metrics } from '../src/monitor/metrics.js'
 import { ROOT } from './helpers.js'
 
 /** README.md and every docs/*.md, by path relative to the repository's root. */
@@ -26,7 +26,7 @@ test('every setting is in the docs with its env name, its flag and its default',
 
 test('every error code the daemon or the client can give is in the docs', async () => {
   const text = await docs
-  const codes = [...(await source('errors.ts')).matchAll(/^\s*\| '([A-Z_]+)'/gm)].map(m => m[1])
+  const codes = [...(await source('protocol/errors.ts')).matchAll(/^\s*\| '([A-Z_]+)'/gm)].map(m => m[1])
   assert.ok(codes.length >= 10)
   for (const code of codes) assert.ok(text.includes(`\`${code}\``), `error code ${code} is not in the docs`)
 })

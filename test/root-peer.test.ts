@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import { test } from 'node:test'
-import { PROTOCOL_VERSION, DEFAULT_LIMITS } from '../src/protocol.js'
+import { PROTOCOL_VERSION, DEFAULT_LIMITS } from '../src/protocol/protocol.js'
 import { RawPeer, rawPeer, rootPeer, teardown, testnet } from './helpers.js'
 
 test('announcement is the first frame, with version, public key and limits', async t => {

@@ -1,7 +1,7 @@
 import type Corestore from 'corestore'
 import Hypercore from 'hypercore'
 import { discoveryKey } from 'hypercore-crypto'
-import { RootPeerError } from './errors.js'
+import { RootPeerError } from '../protocol/errors.js'
 
 /** How often the waits for mirrors look at the cores' peers (Hypercore has no event for a peer's stored length). */
 const POLL_INTERVAL = 10

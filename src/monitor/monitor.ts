@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import { isIP, type AddressInfo } from 'node:net'
 import type { Metrics } from './metrics.js'
-import type { ChatRootPeer, Health } from './root-peer.js'
+import type { ChatRootPeer, Health } from '../root-peer.js'
 import { busiest, namedRooms, type StatsSnapshot } from './stats.js'
 import { STATUS_PAGE } from './status-page.js'
 

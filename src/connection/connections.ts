@@ -1,12 +1,12 @@
 import { EventEmitter } from 'node:events'
 import type { NoiseStream } from 'hyperswarm'
-import { RootPeerError } from './errors.js'
+import { RootPeerError } from '../protocol/errors.js'
 import { Guard, type GuardOptions } from './guard.js'
 import { Inbound, type DropReason, type InboundOptions } from './inbound.js'
 import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
-import { decodeFrame, encodeAnnouncement, errorFrame, frameContext, type Frame, type Limits } from './protocol.js'
-import type { StorageHealth } from './storage-health.js'
-import { bump, type Counters } from './stats.js'
+import { decodeFrame, encodeAnnouncement, errorFrame, frameContext, type Frame, type Limits } from '../protocol/protocol.js'
+import type { StorageHealth } from '../storage/storage-health.js'
+import { bump, type Counters } from '../monitor/stats.js'
 
 export interface ConnectionsOptions {
   limits: Readonly<Limits>

@@ -4,8 +4,8 @@ import Corestore from 'corestore'
 import type Hyperswarm from 'hyperswarm'
 import type { NoiseStream } from 'hyperswarm'
 import Protomux, { type Message } from 'protomux'
-import { RootPeerError, type ErrorCode } from './errors.js'
-import { openStore } from './data-dir-lock.js'
+import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
+import { openStore } from '../storage/data-dir-lock.js'
 import { MemberDialer } from './member-dial.js'
 
 /** The root-to-root protocol's Protomux channel. */

@@ -1,7 +1,7 @@
 import type { NoiseStream } from 'hyperswarm'
 import type { PeerRecord } from './guard.js'
 import type { InboundAccount } from './inbound.js'
-import { newChallenge } from './room-auth.js'
+import { newChallenge } from '../protocol/room-auth.js'
 
 /** Incoming frames queued per connection before the stream is paused... */
 const MAX_QUEUED_FRAMES = 64

@@ -1,5 +1,5 @@
 import createTestnet from 'hyperdht/testnet.js'
-import { parseInteger } from './config.js'
+import { parseInteger } from '../config.js'
 
 /**
  * `root-peer testnet`: a small DHT on 127.0.0.1 for running a root peer and clients offline.

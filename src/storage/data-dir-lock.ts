@@ -2,7 +2,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import Corestore from 'corestore'
 import HypercoreStorage from 'hypercore-storage'
-import { RootPeerError } from './errors.js'
+import { RootPeerError } from '../protocol/errors.js'
 import { STATE_FILE_PREFIX } from './state-file.js'
 
 /** The RocksDB memtable size when none is given (STORAGE_WRITE_BUFFER's default). */

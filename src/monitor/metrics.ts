@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { ChatRootPeer } from './root-peer.js'
+import type { ChatRootPeer } from '../root-peer.js'
 import { largest, namedRooms } from './stats.js'
 
 /** Seconds; appends are group-committed, so most land in the low milliseconds. */

@@ -1,4 +1,4 @@
-import type { RoomState } from './state-file.js'
+import type { RoomState } from '../storage/state-file.js'
 
 /** Plain counters, bumped on the hot paths and read by the stats display (and later exporters). */
 export interface Counters {

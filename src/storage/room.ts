@@ -1,5 +1,5 @@
 import type Hypercore from 'hypercore'
-import { MAX_ID, parseRecord, pageEntry } from './protocol.js'
+import { MAX_ID, parseRecord, pageEntry } from '../protocol/protocol.js'
 import type { RoomState } from './state-file.js'
 
 /** Ids remembered per room for deduplication (the newest ones). */

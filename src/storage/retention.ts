@@ -1,5 +1,5 @@
 import type Hypercore from 'hypercore'
-import { parseRecord } from './protocol.js'
+import { parseRecord } from '../protocol/protocol.js'
 
 /** Per-room bounds on what is kept; 0 turns a bound off. */
 export interface RetentionPolicy {

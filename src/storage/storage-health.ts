@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { freeBytes, fullBelow, writable } from './disk.js'
-import { RootPeerError } from './errors.js'
+import { RootPeerError } from '../protocol/errors.js'
 
 /** First and longest wait between checks of a failed data dir. */
 const RETRY_MIN = 1000

@@ -1,5 +1,5 @@
-import { RootPeerError } from './errors.js'
-import type { Frame } from './protocol.js'
+import { RootPeerError } from '../protocol/errors.js'
+import type { Frame } from '../protocol/protocol.js'
 import { PeerBudget, TokenBucket, type RateLimits } from './rate-limit.js'
 
 /** Bans remembered at most; the oldest is forgotten first. */

@@ -4,12 +4,12 @@ import type Hypercore from 'hypercore'
 import type Hyperswarm from 'hyperswarm'
 import type { NoiseStream } from 'hyperswarm'
 import { Cluster, type ForwardedWrite, type RoomAd } from './cluster.js'
-import { RootPeerError } from './errors.js'
+import { RootPeerError } from '../protocol/errors.js'
 import { MirrorWaits, Mirrors } from './mirror.js'
-import { validateRoomName } from './protocol.js'
+import { validateRoomName } from '../protocol/protocol.js'
 import { rendezvousOwner } from './rendezvous.js'
-import { keyMatchesName } from './room-auth.js'
-import type { Rooms } from './rooms.js'
+import { keyMatchesName } from '../protocol/room-auth.js'
+import type { Rooms } from '../storage/rooms.js'
 
 /** How long a request waits for its member's link to come (back) before PRIMARY_UNAVAILABLE: a link is replaced now and then. */
 const LINK_WAIT = 2000

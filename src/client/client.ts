@@ -2,11 +2,11 @@ import { EventEmitter } from 'node:events'
 import HyperDHT from 'hyperdht'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
-import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from './config.js'
-import { RootPeerError, type ErrorCode } from './errors.js'
-import type { Limits, StoredRecord } from './protocol.js'
-import { TokenBucket } from './rate-limit.js'
-import { roomKeyPair, signAccess, signMessage, signedRoomName, verifyMessage, type KeyPair } from './room-auth.js'
+import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from '../config.js'
+import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
+import type { Limits, StoredRecord } from '../protocol/protocol.js'
+import { TokenBucket } from '../connection/rate-limit.js'
+import { roomKeyPair, signAccess, signMessage, signedRoomName, verifyMessage, type KeyPair } from '../protocol/room-auth.js'
 
 export interface RootPeerClientOptions {
   /** DHT bootstrap nodes (a loopback testnet in tests); omitted: the public DHT */

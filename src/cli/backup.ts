@@ -2,13 +2,13 @@ import { createReadStream } from 'node:fs'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import * as tar from 'tar'
-import { ConfigError } from './config.js'
+import { ConfigError } from '../config.js'
 import { commandArgs, write, type AdminIO } from './admin.js'
-import { DEFAULT_WRITE_BUFFER, DEVICE_FILE, makePrivate, openStore } from './data-dir-lock.js'
-import { freeBytes, fullBelow } from './disk.js'
-import { RootPeerError } from './errors.js'
+import { DEFAULT_WRITE_BUFFER, DEVICE_FILE, makePrivate, openStore } from '../storage/data-dir-lock.js'
+import { freeBytes, fullBelow } from '../storage/disk.js'
+import { RootPeerError } from '../protocol/errors.js'
 import { Progress, formatBytes } from './progress.js'
-import { STATE_FILE, STATE_FILE_PREFIX } from './state-file.js'
+import { STATE_FILE, STATE_FILE_PREFIX } from '../storage/state-file.js'
 
 /** Largest file a backup may hold; RocksDB's files are tens of MiB. */
 const MAX_ENTRY_BYTES = 16 * 1024 ** 3

@@ -4,8 +4,8 @@
 // Not part of npm test: `npm run bench:mirror [-- --min-mirrors K --acks N --rooms N --settle S]`.
 import createTestnet from 'hyperdht/testnet.js'
 import os from 'node:os'
-import { readPublicKey } from '../src/cluster.js'
-import { rendezvousOwner } from '../src/rendezvous.js'
+import { readPublicKey } from '../src/cluster/cluster.js'
+import { rendezvousOwner } from '../src/cluster/rendezvous.js'
 import { Client, Daemon, benchEnv, build, cleanup, cleanups, heapMB, percentile, sleep, stats, tempDir } from './harness.js'
 
 function option (name: string, fallback: number): number {

@@ -12,7 +12,7 @@ import Corestore from 'corestore'
 import HyperDHT from 'hyperdht'
 import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import crypto from 'hypercore-crypto'
-import { encodeRecord } from '../src/protocol.js'
+import { encodeRecord } from '../src/protocol/protocol.js'
 import { Client, Daemon, benchEnv, build, cleanup, cleanups, heapMB, percentile, rate, round2, sleep, stats, tempDir } from './harness.js'
 
 interface Options {

@@ -62,7 +62,7 @@ async function indexEntries (store: Corestore): Promise<Array<Record<string, unk
 
 /** Stores `n` messages in room `name` as the root peer does: get, append, count, release. */
 async function storeMessages (rooms: Rooms, name: string, n: number): Promise<number[]> {
-  const room = (await rooms.get(name, true))!
+  const room = (await rooms.get(name, { create: true }))!
   const indices = []
   try {
     for (let i = 0; i < n; i++) {
@@ -394,7 +394,7 @@ test('Rooms.register creates a room once: concurrent registers of one name make 
   const rooms = await newRooms(t, store)
   const created: string[] = []
   rooms.on('created', name => created.push(name))
-  const infos = await Promise.all([rooms.register('lobby'), rooms.register('lobby'), rooms.get('lobby', true), rooms.register('lobby'), rooms.register('other')])
+  const infos = await Promise.all([rooms.register('lobby'), rooms.register('lobby'), rooms.get('lobby', { create: true }), rooms.register('lobby'), rooms.register('other')])
   assert.equal(infos[0], infos[1])
   assert.equal(infos[0], infos[3])
   assert.equal((infos[2] as Room).info, infos[0])
@@ -406,7 +406,7 @@ test('Rooms.register creates a room once: concurrent registers of one name make 
   assert.deepEqual(entries.map(e => e.name).sort(), ['lobby', 'other'])
 
   // unknown: null, and not created
-  assert.equal(await rooms.get('nobody', false), null)
+  assert.equal(await rooms.get('nobody'), null)
   assert.equal(rooms.has('nobody'), false)
   assert.equal(rooms.info('nobody'), undefined)
   assert.equal((await indexEntries(store)).length, 2)
@@ -417,7 +417,7 @@ test('Rooms.register creates a room once: concurrent registers of one name make 
   assert.equal(await rooms.remove('other'), true)
   assert.deepEqual(removed, ['other'])
   assert.equal(rooms.has('other'), false)
-  assert.equal(await rooms.get('other', false), null)
+  assert.equal(await rooms.get('other'), null)
   assert.deepEqual((await indexEntries(store)).at(-1), { name: 'other', removed: true })
   assert.equal((await rooms.register('other')).generation, undefined)
 })
@@ -430,7 +430,7 @@ test('Rooms: with maxOpen 2, five rooms used in turn never have more than 2 core
   let most = 0
   for (let round = 0; round < 4; round++) {
     for (const name of names) {
-      const room = (await rooms.get(name, true))!
+      const room = (await rooms.get(name, { create: true }))!
       most = Math.max(most, rooms.openCount)
       assert.equal(room.core.length, round, `${name} reopened with its history`)
       const b = block(`${name}${round}`)
@@ -449,29 +449,29 @@ test('Rooms: with maxOpen 2, five rooms used in turn never have more than 2 core
 test('Rooms: the least recently released room is closed first; a held room is never closed', async t => {
   const { store } = await newStore(t)
   const rooms = await newRooms(t, store, { maxOpen: 2 })
-  const a = (await rooms.get('a', true))!
+  const a = (await rooms.get('a', { create: true }))!
   rooms.release(a)
-  const b = (await rooms.get('b', true))!
+  const b = (await rooms.get('b', { create: true }))!
   rooms.release(b)
-  const a2 = (await rooms.get('a', false))!
+  const a2 = (await rooms.get('a'))!
   assert.equal(a2, a, 'still open: the same room')
   rooms.release(a2)
   // a was used last: b is closed to open c
-  const c = (await rooms.get('c', true))!
+  const c = (await rooms.get('c', { create: true }))!
   assert.equal(b.core.closed, true)
   assert.equal(a.core.closed, false)
   assert.deepEqual([...rooms.openRooms()].map(r => r.name).sort(), ['a', 'c'])
 
   // c held, a released: d takes a's place, never c's
-  const d = (await rooms.get('d', true))!
+  const d = (await rooms.get('d', { create: true }))!
   assert.equal(a.core.closed, true)
   assert.equal(c.core.closed, false)
   rooms.release(d)
 
   // maxOpen 2 with both held: a third waits until one is released, and the held ones stay open
-  const d2 = (await rooms.get('d', false))!
+  const d2 = (await rooms.get('d'))!
   let opened: Room | null = null
-  const e = rooms.get('e', true).then(room => { opened = room; return room })
+  const e = rooms.get('e', { create: true }).then(room => { opened = room; return room })
   for (let i = 0; i < 5; i++) {
     await c.append(block(`c${i}`))
     await d2.append(block(`d${i}`))
@@ -508,13 +508,13 @@ test('Rooms.remove, removeEmpty and expireEmpty take out empty rooms not in use,
   assert.deepEqual(removed, ['old1', 'old2'])
   assert.equal(rooms.has('old1'), false)
   assert.equal(rooms.has('old3'), true)
-  const held = (await rooms.get('old3', false))!
+  const held = (await rooms.get('old3'))!
   assert.deepEqual(await rooms.expireEmpty(Date.now() + 1000), [], 'a held room is in use')
   rooms.release(held)
 
   // a room with history is never empty
   await storeMessages(rooms, 'history', 2)
-  const e1 = (await rooms.get('e1', true))!
+  const e1 = (await rooms.get('e1', { create: true }))!
   await rooms.register('e2')
   await rooms.register('e3')
   assert.equal(rooms.emptyCount, 4, 'old3, e1, e2, e3, least recently used first')
@@ -581,7 +581,7 @@ test('Rooms.remove of a room with history: registered again it starts at index 0
   const info = rooms.info('h')!
   assert.equal(info.generation, 1)
   assert.equal(info.messageCount, 2)
-  const room = (await rooms.get('h', false))!
+  const room = (await rooms.get('h'))!
   assert.deepEqual(await room.core.get(0), block('h-0'))
   assert.equal(room.core.length, 2)
   rooms.release(room)
@@ -605,7 +605,7 @@ test('Rooms: a room signed after unsigned blocks is signed from the next index, 
   const writer = keyPair.publicKey.toString('hex')
 
   await rooms.register(name)
-  const room = (await rooms.get(name, false))!
+  const room = (await rooms.get(name))!
   await room.idsReady()
   for (let i = 0; i < 3; i++) {
     const b = block(`stranger ${i}`, `u${i}`)
@@ -643,7 +643,7 @@ test('Rooms: a room signed after unsigned blocks is signed from the next index, 
   assert.equal(reloaded.info(freshName)!.writerPublicKey, fresh.publicKey.toString('hex'))
   assert.equal(reloaded.info(freshName)!.signedFrom, undefined)
   // its ids read back: the member's, not the stranger's
-  const back = (await reloaded.get(name, false))!
+  const back = (await reloaded.get(name))!
   await back.idsReady()
   assert.deepEqual(await back.storeOnce('u0', block('member', 'u0')), { index: 5, duplicate: true })
   assert.deepEqual(await back.storeOnce('u1', block('member', 'u1')), { index: 6, duplicate: false })

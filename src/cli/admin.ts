@@ -157,7 +157,7 @@ export async function exportCommand (argv: readonly string[], io: AdminIO): Prom
   const from = flags['--from'] === undefined ? 0 : indexFlag('--from', flags['--from'] as string)
   await withDataDir(storageDir, async d => {
     const rooms = await d.open({ openAll: false, moveBad: false })
-    const room = rooms.has(name) ? await rooms.get(name, false) : null
+    const room = rooms.has(name) ? await rooms.get(name) : null
     if (room === null) throw RootPeerError.UNKNOWN_ROOM(name)
     const progress = new Progress(io.stderr, `export ${name}`)
     const end = room.length
@@ -220,10 +220,10 @@ export async function importCommand (argv: readonly string[], io: AdminIO): Prom
   await withDataDir(storageDir, async d => {
     // the lock first: refused while a daemon runs, before stdin is read
     const rooms = await d.open({ create: true, openAll: false })
-    const existing = rooms.has(name) ? await rooms.get(name, false) : null
+    const existing = rooms.has(name) ? await rooms.get(name) : null
     const start = existing?.length ?? 0
     const blocks = await readImport(io.stdin, start)
-    const room = existing ?? (await rooms.get(name, true))!
+    const room = existing ?? (await rooms.get(name, { create: true }))!
     const progress = new Progress(io.stderr, `import ${name}`)
     let done = 0
     // Room groups the queued appends into batches

@@ -127,7 +127,7 @@ export class FrameHandlers extends EventEmitter {
     // frames are handled in order: a sync after this connection's own forwarded message sees it
     const forwarded = peer.forwards.get(roomName)
     if (forwarded !== undefined) await forwarded
-    const room = rooms.has(roomName) ? await rooms.get(roomName, false) : null
+    const room = rooms.has(roomName) ? await rooms.get(roomName) : null
     if (room === null) {
       // an unknown room is not created by being asked about
       this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, [], { totalMessages: 0, nextIndex: lastIndex, firstIndex: 0 }, requestId))
@@ -199,7 +199,7 @@ export class FrameHandlers extends EventEmitter {
 
   /** Resolves once this member has the block `index` of a mirrored room (fetching it from the cluster if needed). */
   private async holdBlock (roomName: string, index: number): Promise<void> {
-    const room = await this.ctx.rooms().get(roomName, false)
+    const room = await this.ctx.rooms().get(roomName)
     if (room === null) throw RootPeerError.INTERNAL_ERROR(new Error(`mirrored room ${roomName} is gone`))
     try {
       await room.core.get(index, { timeout: this.ctx.replicationTimeout })

@@ -62,7 +62,7 @@ export class RoomWriter extends EventEmitter {
   async queue (req: WriteRequest): Promise<{ result: Promise<WriteResult> }> {
     const rooms = this.opts.rooms()
     // the common case, a room open already, takes no await
-    const room = rooms.hold(req.roomName) ?? await rooms.get(req.roomName, false)
+    const room = rooms.hold(req.roomName) ?? await rooms.get(req.roomName)
     // an empty room can give its place to another at MAX_ROOMS before it is held
     if (room === null) throw RootPeerError.TOO_MANY_ROOMS(this.opts.maxRooms)
     let queued = false

@@ -276,7 +276,7 @@ export class Rooms extends EventEmitter {
     const info = this.infos.get(name)
     if (info === undefined) return null
     if (info.coreKey !== undefined) return info.coreKey
-    const room = await this.get(name, false)
+    const room = await this.get(name)
     if (room !== null) this.release(room)
     return info.coreKey ?? null
   }
@@ -297,7 +297,7 @@ export class Rooms extends EventEmitter {
    * what was pruned. The room is held meanwhile, so it is not closed under the prune.
    */
   async prune (name: string, policy: RetentionPolicy, now = Date.now()): Promise<{ messages: number, bytes: number }> {
-    const room = await this.get(name, false)
+    const room = await this.get(name)
     if (room === null) return { messages: 0, bytes: 0 }
     try {
       const info = room.info
@@ -320,7 +320,7 @@ export class Rooms extends EventEmitter {
    * Opens a known room (or creates it when `create`) and holds it until `release(room)`; null for an
    * unknown room without `create`. Waits for a free slot when `maxOpen` rooms are open and all are held.
    */
-  async get (name: string, create: boolean): Promise<Room | null> {
+  async get (name: string, { create = false } = {}): Promise<Room | null> {
     if (!this.infos.has(name)) {
       if (!create) return null
       await this.create(name)

@@ -90,19 +90,36 @@ export class RawPeer {
     this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }), ...(keyPair === undefined ? {} : { keyPair }) })
   }
 
+  /**
+   * Connects through the topic. A connection without a first frame within 5 s is dropped and dialed again, as
+   * RootPeerClient does: a dial was seen (under load) to open on this side and never reach the daemon.
+   */
   async connect (topic = DISCOVERY): Promise<void> {
-    const connected = once(this.swarm, 'connection')
     const discovery = this.swarm.join(topic, { client: true, server: false })
     // look the topic up again until a connection comes: the root peer may still be announcing it
     const retry = setInterval(() => { discovery.refresh().catch(() => {}) }, 1000)
-    const [conn] = await connected.finally(() => clearInterval(retry)) as [NoiseStream]
-    this.attach(conn)
+    const deadline = Date.now() + 30_000
+    try {
+      while (true) {
+        const [conn] = await once(this.swarm, 'connection') as [NoiseStream]
+        const heard = new Promise<boolean>(resolve => {
+          const timer = setTimeout(() => resolve(false), 5000)
+          conn.once('data', () => { clearTimeout(timer); resolve(true) })
+        })
+        this.attach(conn)
+        if (await heard || Date.now() > deadline) return
+        conn.destroy()
+      }
+    } finally {
+      clearInterval(retry)
+    }
   }
 
   private attach (conn: NoiseStream): void {
     this.conn = conn
+    this.closed = false
     conn.on('error', () => {})
-    conn.on('close', () => { this.closed = true })
+    conn.on('close', () => { if (this.conn === conn) this.closed = true })
     conn.on('data', (data: Buffer) => {
       let frame: any
       try {

@@ -74,7 +74,10 @@ export class ClusterRooms extends EventEmitter {
       }
     })
     cluster.on('member-connected', member => this.emit('member-connected', member))
-    cluster.on('member-disconnected', member => this.emit('member-disconnected', member))
+    cluster.on('member-disconnected', member => {
+      this.mirrors?.wakeFrom(member)
+      this.emit('member-disconnected', member)
+    })
     cluster.on('member-error', (member, err) => this.emit('member-error', member, err))
     // requests waiting for a member's link listen for it
     cluster.setMaxListeners(0)

@@ -183,6 +183,14 @@ export class Mirrors {
     if (followed !== undefined && length > followed.held) this.wake(followed)
   }
 
+  /**
+   * The rooms' primary went away: they are followed actively, both here and at the other mirrors (which get the
+   * same news), so the blocks one mirror lacks come from another while the primary is gone.
+   */
+  wakeFrom (primary: string): void {
+    for (const followed of this.followed.values()) if (followed.primary === primary) this.wake(followed)
+  }
+
   /** Stops following a room (its primary changed). */
   async unfollow (name: string): Promise<void> {
     const followed = this.followed.get(name)

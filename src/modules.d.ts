@@ -198,3 +198,8 @@ declare module 'protomux' {
     createChannel (opts: { protocol: string, id?: Buffer | null, unique?: boolean, onopen?: () => void, onclose?: () => void, ondestroy?: () => void }): Channel | null
   }
 }
+
+declare module 'safety-catch' {
+  /** Rethrows programming errors (TypeError, ReferenceError, assertion failures...); lets every other error go. */
+  export default function safetyCatch (err: unknown): void
+}

@@ -23,6 +23,7 @@ import { FrameHandlers } from './connection/frame-handlers.js'
 import { RoomWriter } from './storage/room-writer.js'
 import { newChallenge } from './protocol/room-auth.js'
 import { busiest, bump, createCounters, largest, type Counters, type StatsSnapshot } from './monitor/stats.js'
+import safetyCatch from 'safety-catch'
 
 export interface RootPeerOptions {
   storageDir: string
@@ -471,8 +472,8 @@ export class ChatRootPeer extends EventEmitter {
     await rooms.settled()
     const snapshot = rooms.snapshot(this.createdAt)
     await this.cluster?.pause()
-    await rooms.close().catch(() => {})
-    await this.store!.close().catch(() => {})
+    await rooms.close().catch(safetyCatch)
+    await this.store!.close().catch(safetyCatch)
     if (this.closing) return
     await this.openStore()
     await this.openRooms(snapshot)
@@ -481,14 +482,14 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   private async shutdown (): Promise<void> {
-    if (this.opening !== null) await this.opening.catch(() => {})
+    if (this.opening !== null) await this.opening.catch(safetyCatch)
     this.closing = true
     this.emit('closing')
     if (this.statsTimer !== null) clearInterval(this.statsTimer)
     if (this.saveTimer !== null) clearTimeout(this.saveTimer)
     if (this.sweepTimer !== null) clearInterval(this.sweepTimer)
     this.storage.close()
-    if (this.storage.reopening !== null) await this.storage.reopening.catch(() => {})
+    if (this.storage.reopening !== null) await this.storage.reopening.catch(safetyCatch)
     this.topics.close()
     this.connections.close()
 
@@ -656,7 +657,7 @@ export function roomTopic (name: string): Buffer {
 function topicSwarm (swarm: Hyperswarm): TopicSwarm {
   return {
     join: name => { swarm.join(roomTopic(name), { server: true, client: false }) },
-    leave: name => { swarm.leave(roomTopic(name)).catch(() => {}) }
+    leave: name => { swarm.leave(roomTopic(name)).catch(safetyCatch) }
   }
 }
 

@@ -9,6 +9,7 @@ import { freeBytes, fullBelow } from '../storage/disk.js'
 import { RootPeerError } from '../protocol/errors.js'
 import { Progress, formatBytes } from './progress.js'
 import { STATE_FILE, STATE_FILE_PREFIX } from '../storage/state-file.js'
+import safetyCatch from 'safety-catch'
 
 /** Largest file a backup may hold; RocksDB's files are tens of MiB. */
 const MAX_ENTRY_BYTES = 16 * 1024 ** 3
@@ -114,7 +115,7 @@ export async function restoreCommand (argv: readonly string[], io: AdminIO): Pro
     progress.done()
     // old contents that could not be put back stay where they are, and the message says where
     const kept = await fs.readdir(aside).then(list => list.length > 0, () => false)
-    if (!kept) await fs.rm(work, { recursive: true, force: true }).catch(() => {})
+    if (!kept) await fs.rm(work, { recursive: true, force: true }).catch(safetyCatch)
     if (err instanceof TypeError || err instanceof ReferenceError) throw err
     const note = kept ? `the previous contents are in ${aside}: move them back into ${storageDir}` : `${storageDir} was left as it was`
     if (err instanceof RootPeerError) throw new RootPeerError(err.code, `${err.message}; ${note}`, err.details)
@@ -235,7 +236,7 @@ async function swap (dir: string, work: string): Promise<void> {
     // the device file accepts its new place (a rename keeps its inode), and no one took the dir meanwhile
     await (await openStore(dir, { create: false })).close()
   } catch (err) {
-    for (const [from, to] of moved.reverse()) await fs.rename(to, from).catch(() => {})
+    for (const [from, to] of moved.reverse()) await fs.rename(to, from).catch(safetyCatch)
     throw err
   }
 }

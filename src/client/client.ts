@@ -7,6 +7,7 @@ import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
 import type { Limits, StoredRecord } from '../protocol/protocol.js'
 import { TokenBucket } from '../connection/rate-limit.js'
 import { roomKeyPair, signAccess, signMessage, signedRoomName, verifyMessage, type KeyPair } from '../protocol/room-auth.js'
+import safetyCatch from 'safety-catch'
 
 export interface RootPeerClientOptions {
   /** DHT bootstrap nodes (a loopback testnet in tests); omitted: the public DHT */
@@ -323,7 +324,7 @@ export class RootPeerClient extends EventEmitter {
         this.swarm.leavePeer(key)
         this.swarm.joinPeer(key)
       }
-      this.discovery?.refresh().catch(() => {})
+      this.discovery?.refresh().catch(safetyCatch)
       this.scheduleReconnect()
     }, delay)
     this.reconnectTimer.unref()

@@ -46,7 +46,8 @@ export interface ClusterRoomsOptions {
  * `room-mirrored` ({ roomName, primary }), `room-conflict` ({ roomName, primary, key }), `cluster-error` ({ member, err }).
  */
 export class ClusterRooms extends EventEmitter {
-  readonly cluster: Cluster
+  /** the member links and the cluster channel */
+  readonly links: Cluster
   private readonly opts: ClusterRoomsOptions
   private readonly waits: MirrorWaits
   private mirrors: Mirrors | null = null
@@ -81,33 +82,33 @@ export class ClusterRooms extends EventEmitter {
     cluster.on('member-error', (member, err) => this.emit('member-error', member, err))
     // requests waiting for a member's link listen for it
     cluster.setMaxListeners(0)
-    this.cluster = cluster
+    this.links = cluster
     this.waits = new MirrorWaits(key => cluster.isMember(key))
   }
 
   get self (): string {
-    return this.cluster.self
+    return this.links.self
   }
 
   /** Follows the mirrored rooms and dials the other members. */
   start (): void {
     this.follow(this.opts.store())
     this.watch(this.opts.rooms())
-    this.cluster.start(this.opts.announcement)
+    this.links.start(this.opts.announcement)
   }
 
   /** Takes a member's connection (see Cluster.attach). */
   attach (conn: NoiseStream): void {
-    this.cluster.attach(conn, this.opts.announcement())
+    this.links.attach(conn, this.opts.announcement())
   }
 
   isMember (key: string): boolean {
-    return this.cluster.isMember(key)
+    return this.links.isMember(key)
   }
 
   /** Every other member, and whether it is connected. */
   status (): Array<{ publicKey: string, connected: boolean }> {
-    return this.cluster.status()
+    return this.links.status()
   }
 
   /** Per primary: what this member, its mirror, has not stored yet. */
@@ -122,11 +123,11 @@ export class ClusterRooms extends EventEmitter {
 
   /** Per mirror: blocks of `own` cores (this root peer's, open now) it has not stored yet. */
   replicaLag (own: Iterable<Hypercore>): Map<string, number> {
-    return Mirrors.behind(own, key => this.cluster.isMember(key))
+    return Mirrors.behind(own, key => this.links.isMember(key))
   }
 
   /** Resolves once MIN_MIRRORS members have stored `core` up to `length`; NOT_REPLICATED after the timeout. */
-  replicated (core: Hypercore, length: number): Promise<void> {
+  waitForMirrors (core: Hypercore, length: number): Promise<void> {
     return this.waits.wait(core, length, this.opts.minMirrors, this.opts.timeout)
   }
 
@@ -154,7 +155,7 @@ export class ClusterRooms extends EventEmitter {
    * is the owner). `admit` checks this root peer's own caps before a member is asked.
    */
   async place (roomName: string, writerPublicKey: string | undefined, admit: () => void): Promise<void> {
-    const owner = rendezvousOwner(roomName, this.cluster.all)
+    const owner = rendezvousOwner(roomName, this.links.all)
     if (owner === this.self) return
     admit()
     const ad = await this.request(owner, { op: 'create', roomName, writerPublicKey }, this.opts.timeout) as RoomAd
@@ -175,26 +176,26 @@ export class ClusterRooms extends EventEmitter {
 
   /** A request to a member, once its link is up (waiting up to LINK_WAIT for it). */
   private async request (member: string, body: Record<string, unknown>, timeout: number): Promise<any> {
-    if (!this.cluster.connected(member)) {
+    if (!this.links.connected(member)) {
       await new Promise<void>(resolve => {
         const done = (): void => {
           clearTimeout(timer)
-          this.cluster.off('member-connected', onConnected)
+          this.links.off('member-connected', onConnected)
           resolve()
         }
         const onConnected = (m: string): void => { if (m === member) done() }
         const timer = setTimeout(done, Math.min(LINK_WAIT, timeout))
-        this.cluster.on('member-connected', onConnected)
+        this.links.on('member-connected', onConnected)
       })
     }
-    return await this.cluster.request(member, body, timeout)
+    return await this.links.request(member, body, timeout)
   }
 
   /** Follows the mirrored rooms again, in the store reopened after a storage failure, and restarts the member links on it. */
   resume (): void {
     this.follow(this.opts.store())
     this.watch(this.opts.rooms())
-    this.cluster.reconnect()
+    this.links.reconnect()
   }
 
   /** Stops following mirrored rooms (before the store is closed for a reopen). */
@@ -207,7 +208,7 @@ export class ClusterRooms extends EventEmitter {
   async close (): Promise<void> {
     this.closed = true
     this.waits.close()
-    this.cluster.close()
+    this.links.close()
     while (this.pending.size > 0) await Promise.allSettled([...this.pending])
     await this.pause()
   }
@@ -229,7 +230,7 @@ export class ClusterRooms extends EventEmitter {
   /** A room created here is told to every member, which mirrors it. */
   private watch (rooms: Rooms): void {
     rooms.on('created', (name: string) => {
-      this.track(this.adOf(name).then(ad => { if (ad !== null) this.cluster.announce([ad]) }), null)
+      this.track(this.adOf(name).then(ad => { if (ad !== null) this.links.announce([ad]) }), null)
     })
   }
 
@@ -288,7 +289,7 @@ export class ClusterRooms extends EventEmitter {
 
   /** Mirrors a room another member told us about (unless this root peer holds that name in another core). */
   private async adopt (from: string, ad: RoomAd): Promise<void> {
-    const cluster = this.cluster
+    const cluster = this.links
     const rooms = this.opts.rooms()
     const primary = ad.primary ?? from
     if (primary === this.self || !cluster.isMember(primary) || this.closed) return

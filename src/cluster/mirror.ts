@@ -2,6 +2,7 @@ import type Corestore from 'corestore'
 import Hypercore from 'hypercore'
 import { discoveryKey } from 'hypercore-crypto'
 import { RootPeerError } from '../protocol/errors.js'
+import safetyCatch from 'safety-catch'
 
 /** How often the waits for mirrors look at the cores' peers (Hypercore has no event for a peer's stored length). */
 const POLL_INTERVAL = 10
@@ -275,7 +276,7 @@ export class Mirrors {
     followed.session = null
     followed.behindSince = null
     this.active--
-    await session.close().catch(() => {})
+    await session.close().catch(safetyCatch)
   }
 
   /** Puts caught-up rooms idle for `idleTimeout` to sleep, and the least recently active ones over `maxOpen`. */
@@ -286,7 +287,7 @@ export class Mirrors {
     for (const f of caughtUp) {
       if (over <= 0 && now - f.lastActive < this.idleTimeout) break
       over--
-      this.sleep(f).catch(() => {})
+      this.sleep(f).catch(safetyCatch)
     }
   }
 

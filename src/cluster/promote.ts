@@ -9,6 +9,7 @@ import { SWARM_KEY_PAIR } from './cluster.js'
 import { coreName, Rooms } from '../storage/rooms.js'
 import { openStore } from '../storage/data-dir-lock.js'
 import { MemberDialer } from './member-dial.js'
+import safetyCatch from 'safety-catch'
 
 /** How long `promote` tries to reach the old primary before it counts it as gone. */
 export const REACH_TIMEOUT = 10_000
@@ -171,6 +172,6 @@ function sleep (ms: number): Promise<void> {
 /** Resolves when `promise` settles or `ms` pass, whichever is first; never rejects. */
 async function withTimeout (promise: Promise<unknown>, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | null = null
-  await Promise.race([promise.catch(() => {}), new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })])
+  await Promise.race([promise.catch(safetyCatch), new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })])
   if (timer !== null) clearTimeout(timer)
 }

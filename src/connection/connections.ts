@@ -7,6 +7,7 @@ import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
 import { decodeFrame, encodeAnnouncement, errorFrame, frameContext, type Frame, type Limits } from '../protocol/protocol.js'
 import type { StorageHealth } from '../storage/storage-health.js'
 import { bump, type Counters } from '../monitor/stats.js'
+import safetyCatch from 'safety-catch'
 
 export interface ConnectionsOptions {
   limits: Readonly<Limits>
@@ -74,7 +75,7 @@ export class Connections extends EventEmitter {
     const host = conn.rawStream?.remoteHost ?? null
     const refusal = this.admission(host)
     if (refusal !== null) {
-      endConnection(conn, CLOSE_GRACE, JSON.stringify(errorFrame(refusal))).catch(() => {})
+      endConnection(conn, CLOSE_GRACE, JSON.stringify(errorFrame(refusal))).catch(safetyCatch)
       bump(this.counters.errors, refusal.code)
       this.emit('peer-refused', conn.remotePublicKey.toString('hex'), refusal)
       return
@@ -135,7 +136,7 @@ export class Connections extends EventEmitter {
     }
     peer.accepted++
     peer.lastActive = Date.now()
-    if (this.ctx.storage.reopening !== null) await this.ctx.storage.reopening.catch(() => {})
+    if (this.ctx.storage.reopening !== null) await this.ctx.storage.reopening.catch(safetyCatch)
     const handled = this.ctx.dispatch(peer, frame)
     this.ctx.track(handled)
     try {

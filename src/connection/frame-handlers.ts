@@ -186,7 +186,7 @@ export class FrameHandlers extends EventEmitter {
     if (frame.signature !== undefined) write.signature = frame.signature
     // the primary may wait REPLICATION_TIMEOUT for its mirrors; this waits a little longer for its answer
     const forwarded = this.ctx.cluster()!.forward(primary, write, this.ctx.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
-      await this.holdBlock(frame.roomName, messageIndex)
+      await this.waitForBlock(frame.roomName, messageIndex)
       this.ctx.counters.forwardedWrites++
       if (frame.id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(JSON.stringify(frame.roomName), frame.id, messageIndex, duplicate === true))
     }).catch(err => this.ctx.connections.refuse(peer, err, contextOf(frame))).finally(() => {
@@ -198,7 +198,7 @@ export class FrameHandlers extends EventEmitter {
   }
 
   /** Resolves once this member has the block `index` of a mirrored room (fetching it from the cluster if needed). */
-  private async holdBlock (roomName: string, index: number): Promise<void> {
+  private async waitForBlock (roomName: string, index: number): Promise<void> {
     const room = await this.ctx.rooms().get(roomName)
     if (room === null) throw RootPeerError.INTERNAL_ERROR(new Error(`mirrored room ${roomName} is gone`))
     try {

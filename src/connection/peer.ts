@@ -2,6 +2,7 @@ import type { NoiseStream } from 'hyperswarm'
 import type { PeerRecord } from './guard.js'
 import type { InboundAccount } from './inbound.js'
 import { newChallenge } from '../protocol/room-auth.js'
+import safetyCatch from 'safety-catch'
 
 /** Incoming frames queued per connection before the stream is paused... */
 const MAX_QUEUED_FRAMES = 64
@@ -99,7 +100,7 @@ export class Peer {
     if (this.closed) return
     this.closed = true
     this.clearQueue()
-    endConnection(this.conn, CLOSE_GRACE).catch(() => {})
+    endConnection(this.conn, CLOSE_GRACE).catch(safetyCatch)
   }
 
   private push (data: Buffer): void {

@@ -6,6 +6,7 @@ import type { Metrics } from './metrics.js'
 import type { ChatRootPeer, Health } from '../root-peer.js'
 import { busiest, namedRooms, type StatsSnapshot } from './stats.js'
 import { STATUS_PAGE } from './status-page.js'
+import safetyCatch from 'safety-catch'
 
 export interface MonitorOptions {
   metrics: Metrics
@@ -156,7 +157,7 @@ export class Monitor extends EventEmitter {
   private async shutdown (): Promise<void> {
     this.closing = true
     if (this.sampler !== null) clearInterval(this.sampler)
-    if (this.opening !== null) await this.opening.catch(() => {})
+    if (this.opening !== null) await this.opening.catch(safetyCatch)
     if (!this.server.listening) return
     const closed = new Promise<void>(resolve => this.server.close(() => resolve()))
     this.server.closeIdleConnections()

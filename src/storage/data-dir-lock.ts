@@ -4,6 +4,7 @@ import Corestore from 'corestore'
 import HypercoreStorage from 'hypercore-storage'
 import { RootPeerError } from '../protocol/errors.js'
 import { STATE_FILE_PREFIX } from './state-file.js'
+import safetyCatch from 'safety-catch'
 
 /** The RocksDB memtable size when none is given (STORAGE_WRITE_BUFFER's default). */
 export const DEFAULT_WRITE_BUFFER = 8 * 1024 * 1024
@@ -36,12 +37,12 @@ export async function openStore (dir: string, { create = true, writeBufferSize =
   try {
     await store.ready()
   } catch (err: any) {
-    await store.close().catch(() => {})
+    await store.close().catch(safetyCatch)
     if (typeof err?.message === 'string' && err.message.includes(LOCKED_MESSAGE)) throw RootPeerError.DATA_DIR_LOCKED(dir)
     if (err?.code === 'DEVICE_FILE') throw RootPeerError.DATA_DIR_COPIED(dir, err)
     throw err
   }
-  for (const f of ours) await fs.rename(path.join(dir, 'db', f), path.join(dir, f)).catch(() => {})
+  for (const f of ours) await fs.rename(path.join(dir, 'db', f), path.join(dir, f)).catch(safetyCatch)
   return store
 }
 

@@ -67,7 +67,7 @@ export class RoomWriter extends EventEmitter {
     if (room === null) throw RootPeerError.TOO_MANY_ROOMS(this.opts.maxRooms)
     let queued = false
     try {
-      if (req.id !== undefined) await room.idsReady()?.catch(err => this.failed(room, err))
+      if (req.id !== undefined) await room.idsReady()?.catch(err => this.appendFailed(room, err))
       // no await from here to the append: a room signed meanwhile (on another connection) takes nothing unsigned
       const signer = room.info.writerPublicKey
       if (signer !== undefined && signer !== req.checkedKey) checkSigned(signer, req)
@@ -89,7 +89,7 @@ export class RoomWriter extends EventEmitter {
   private async settle (rooms: Rooms, room: Room, req: WriteRequest, bytes: number, appended: Promise<WriteResult>, started: number): Promise<WriteResult> {
     // the room stays held (its core open) until the promise is kept
     try {
-      const result = await appended.catch(err => this.failed(room, err))
+      const result = await appended.catch(err => this.appendFailed(room, err))
       if (result.duplicate) this.opts.counters.duplicates++
       else this.noteStored(rooms, room, req, result.index, bytes, started)
       await this.keep(rooms, room, result.index)
@@ -113,13 +113,13 @@ export class RoomWriter extends EventEmitter {
     if (room.info.writerPublicKey !== undefined) await rooms.signed(room.name)
     if (this.opts.walSync !== null) await this.opts.walSync.sync()
     const cluster = this.opts.cluster()
-    if (cluster !== null) await cluster.replicated(room.core, index + 1)
+    if (cluster !== null) await cluster.waitForMirrors(room.core, index + 1)
   }
 
   /** An append that failed: reported, and turned into the coded error the storage's state gives. */
-  private async failed (room: Room, err: unknown): Promise<never> {
+  private async appendFailed (room: Room, err: unknown): Promise<never> {
     this.emit('append-error', { roomName: room.name, err })
-    throw this.opts.closing() ? RootPeerError.STORAGE_ERROR(err) : await this.opts.storage.failed(err)
+    throw this.opts.closing() ? RootPeerError.STORAGE_ERROR(err) : await this.opts.storage.recordFailure(err)
   }
 }
 

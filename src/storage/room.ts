@@ -1,6 +1,7 @@
 import type Hypercore from 'hypercore'
 import { MAX_ID, parseRecord, pageEntry } from '../protocol/protocol.js'
 import type { RoomState } from './state-file.js'
+import safetyCatch from 'safety-catch'
 
 /** Ids remembered per room for deduplication (the newest ones). */
 export const DEDUP_WINDOW = 10_000
@@ -106,7 +107,7 @@ export class Room {
   /** Resolves when the appends queued before the call have completed; later ones are not waited for. */
   async barrier (): Promise<void> {
     const last = this.last
-    if (last !== null) await last.catch(() => {})
+    if (last !== null) await last.catch(safetyCatch)
   }
 
   /** Resolves when every append queued before the call has completed (or failed). */

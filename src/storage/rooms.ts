@@ -4,6 +4,7 @@ import type Hypercore from 'hypercore'
 import { byteOffset, firstHeld, horizon, prune as pruneBlocks, type RetentionPolicy } from './retention.js'
 import { Room } from './room.js'
 import type { PersistentState, RoomState } from './state-file.js'
+import safetyCatch from 'safety-catch'
 
 const ROOM_INDEX = 'root-peer-rooms'
 const OPEN_CONCURRENCY = 16
@@ -525,7 +526,7 @@ export class Rooms extends EventEmitter {
         this.emit('created', name)
       })()
       this.creating.set(name, pending)
-      pending.finally(() => this.creating.delete(name)).catch(() => {})
+      pending.finally(() => this.creating.delete(name)).catch(safetyCatch)
     }
     await pending
   }

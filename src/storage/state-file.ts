@@ -1,5 +1,6 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
+import safetyCatch from 'safety-catch'
 
 export const STATE_FILE = 'root-peer-state.json'
 /** Every file of ours in the data dir begins so (the state file, its temp file, its previous copy, bad ones kept aside). */
@@ -94,14 +95,14 @@ export class StateFile {
       this.saving = null
       const next = this.again
       this.again = null
-      if (next !== null) this.save(next).catch(() => {})
+      if (next !== null) this.save(next).catch(safetyCatch)
     })
     return this.saving
   }
 
   /** Resolves when no save is running or queued. */
   async flushed (): Promise<void> {
-    while (this.saving !== null) await this.saving.catch(() => {})
+    while (this.saving !== null) await this.saving.catch(safetyCatch)
   }
 
   private async write (state: PersistentState): Promise<void> {

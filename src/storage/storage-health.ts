@@ -41,7 +41,7 @@ export class StorageHealth extends EventEmitter {
   }
 
   /** Marks storage as failing after a write failed; resolves with the refusal peers get until it recovers. */
-  async failed (err: unknown): Promise<RootPeerError> {
+  async recordFailure (err: unknown): Promise<RootPeerError> {
     if (this.failure !== null) return this.failure
     const free = await freeBytes(this.dir)
     if (this.failure !== null) return this.failure

@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import type Corestore from 'corestore'
+import safetyCatch from 'safety-catch'
 
 /**
  * Makes completed appends survive a power loss, not only a process crash. Hypercore's storage
@@ -26,7 +27,7 @@ export class WalSync {
     }
     // a sync already running may have started before our write: wait for the next one
     if (this.queued === null) {
-      this.queued = this.running.catch(() => {}).then(() => {
+      this.queued = this.running.catch(safetyCatch).then(() => {
         this.queued = null
         return this.sync()
       })
@@ -35,7 +36,7 @@ export class WalSync {
   }
 
   async close (): Promise<void> {
-    while (this.running !== null || this.queued !== null) await (this.queued ?? this.running)?.catch(() => {})
+    while (this.running !== null || this.queued !== null) await (this.queued ?? this.running)?.catch(safetyCatch)
     if (this.wal !== null) await this.wal.file.close()
     this.wal = null
   }
@@ -51,7 +52,7 @@ export class WalSync {
     if (this.wal !== null) {
       const previous = this.wal.file
       this.wal = null
-      await previous.sync().catch(() => {})
+      await previous.sync().catch(safetyCatch)
       await previous.close()
     }
     const file = await fs.open(path.join(rocks.path, current.path), 'r')

@@ -180,3 +180,20 @@ export async function stats (url: string): Promise<any> {
 export function round2 (x: number): number {
   return Math.round(x * 100) / 100
 }
+
+/**
+ * Runs a bench's `main`: on an error, Ctrl-C or an error from a stream the bench did not expect, the daemons
+ * are stopped and the temp dirs removed before the process exits.
+ */
+export function runBench (main: () => Promise<void>): void {
+  process.on('SIGINT', () => { cleanup().finally(() => process.exit(130)) })
+  process.on('uncaughtException', err => {
+    console.error(err)
+    cleanup().finally(() => process.exit(1))
+  })
+  main().then(cleanup, async err => {
+    console.error(err)
+    await cleanup()
+    process.exitCode = 1
+  }).finally(() => setTimeout(() => process.exit(), 1000).unref())
+}

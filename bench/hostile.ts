@@ -9,7 +9,7 @@ import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import HyperDHT from 'hyperdht'
 import createTestnet from 'hyperdht/testnet.js'
-import { Client, Daemon, build, cleanup, cleanups, percentile, round2, sleep, stats, tempDir } from './harness.js'
+import { Client, Daemon, build, cleanups, runBench, percentile, round2, sleep, stats, tempDir } from './harness.js'
 
 interface Options { seconds: number, rate: number }
 
@@ -229,14 +229,5 @@ if (attackAt !== -1) {
     process.exit(1)
   })
 } else {
-  process.on('SIGINT', () => { cleanup().finally(() => process.exit(130)) })
-  process.on('uncaughtException', err => {
-    console.error(err)
-    cleanup().finally(() => process.exit(1))
-  })
-  main().then(cleanup, async err => {
-    console.error(err)
-    await cleanup()
-    process.exitCode = 1
-  }).finally(() => setTimeout(() => process.exit(), 1000).unref())
+  runBench(main)
 }

@@ -13,7 +13,7 @@ import HyperDHT from 'hyperdht'
 import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import crypto from 'hypercore-crypto'
 import { encodeRecord } from '../src/protocol/protocol.js'
-import { Client, Daemon, benchEnv, build, cleanup, cleanups, heapMB, percentile, rate, round2, sleep, stats, tempDir } from './harness.js'
+import { Client, Daemon, benchEnv, build, cleanups, runBench, heapMB, percentile, rate, round2, sleep, stats, tempDir } from './harness.js'
 
 interface Options {
   clients: number
@@ -350,14 +350,4 @@ function printTable (r: any): void {
   for (const [a, b, c] of rows) console.log(`${a.padEnd(w0)}  ${b.padEnd(w1)}  ${c}`)
 }
 
-process.on('SIGINT', () => { cleanup().finally(() => process.exit(130)) })
-// an error from a stream the bench did not expect still stops the daemon and removes the temp dirs
-process.on('uncaughtException', err => {
-  console.error(err)
-  cleanup().finally(() => process.exit(1))
-})
-main().then(cleanup, async err => {
-  console.error(err)
-  await cleanup()
-  process.exitCode = 1
-}).finally(() => setTimeout(() => process.exit(), 1000).unref())
+runBench(main)

@@ -279,7 +279,7 @@ export class ChatRootPeer extends EventEmitter {
       requireSignedRooms: opts.requireSignedRooms === true,
       replicationTimeout: this.replicationTimeout,
       onLatency: this.onLatency,
-      removeEmptyRoom: () => this.removeEmptyRoom('evicted'),
+      removeEmptyRoom: () => this.removeEmptyRoom(),
       track: promise => this.track(promise)
     })
     this.connections.on('peer-connected', id => this.emit('peer-connected', id))
@@ -550,9 +550,9 @@ export class ChatRootPeer extends EventEmitter {
   }
 
   /** Removes the empty room unused longest; false when every room has history or is in use. */
-  private async removeEmptyRoom (reason: 'evicted'): Promise<boolean> {
+  private async removeEmptyRoom (): Promise<boolean> {
     const name = await this.rooms!.removeEmpty()
-    if (name !== null) this.roomRemoved(name, reason)
+    if (name !== null) this.roomRemoved(name, 'evicted')
     return name !== null
   }
 

@@ -45,13 +45,6 @@ export class Connections extends EventEmitter {
   readonly peers = new Map<string, Peer>()
   readonly guard: Guard
   readonly inbound: Inbound
-  private readonly limits: Readonly<Limits>
-  private readonly counters: Counters
-  private readonly maxPeers: number
-  private readonly maxPeersPerHost: number
-  private readonly idleEvictAfter: number
-  private readonly firstFrameTimeout: number
-  private readonly stallTimeout: number
   /** connected peers per remote address */
   private readonly hosts = new Map<string, number>()
   private readonly ctx: ConnectionsOptions
@@ -59,13 +52,6 @@ export class Connections extends EventEmitter {
   constructor (opts: ConnectionsOptions) {
     super()
     this.ctx = opts
-    this.limits = opts.limits
-    this.counters = opts.counters
-    this.maxPeers = opts.maxPeers
-    this.maxPeersPerHost = opts.maxPeersPerHost
-    this.idleEvictAfter = opts.idleEvictAfter
-    this.firstFrameTimeout = opts.firstFrameTimeout
-    this.stallTimeout = opts.stallTimeout
     this.guard = new Guard({ ...opts.limits, ...opts.guard })
     this.inbound = new Inbound({ maxFrameBytes: opts.limits.maxFrameBytes, ...opts.inbound })
   }
@@ -76,7 +62,7 @@ export class Connections extends EventEmitter {
     const refusal = this.admission(host)
     if (refusal !== null) {
       endConnection(conn, CLOSE_GRACE, JSON.stringify(errorFrame(refusal))).catch(safetyCatch)
-      bump(this.counters.errors, refusal.code)
+      bump(this.ctx.counters.errors, refusal.code)
       this.emit('peer-refused', conn.remotePublicKey.toString('hex'), refusal)
       return
     }
@@ -84,19 +70,19 @@ export class Connections extends EventEmitter {
     const inbound = this.inbound.watch(conn, (reason, announced) => this.dropPeer(conn, reason, announced))
     const peerId = conn.remotePublicKey.toString('hex')
     const peer = new Peer(conn, this.guard.record(peerId, host), {
-      stallTimeout: this.stallTimeout,
+      stallTimeout: this.ctx.stallTimeout,
       inbound,
       handle: (p, data) => this.onFrame(p, data),
       onStall: p => {
-        this.counters.stalledPeers++
+        this.ctx.counters.stalledPeers++
         this.emit('peer-stalled', p.id)
       }
     })
     this.peers.set(peer.id, peer)
     if (host !== null) this.hosts.set(host, (this.hosts.get(host) ?? 0) + 1)
-    this.counters.peersConnected++
-    const firstFrame = this.firstFrameTimeout > 0
-      ? setTimeout(() => { if (peer.accepted === 0) this.disconnect(peer, RootPeerError.IDLE(this.firstFrameTimeout)) }, this.firstFrameTimeout)
+    this.ctx.counters.peersConnected++
+    const firstFrame = this.ctx.firstFrameTimeout > 0
+      ? setTimeout(() => { if (peer.accepted === 0) this.disconnect(peer, RootPeerError.IDLE(this.ctx.firstFrameTimeout)) }, this.ctx.firstFrameTimeout)
       : null
     firstFrame?.unref()
     conn.on('close', () => {
@@ -107,23 +93,23 @@ export class Connections extends EventEmitter {
         if (n === 0) this.hosts.delete(host)
         else this.hosts.set(host, n)
       }
-      this.counters.peersDisconnected++
+      this.ctx.counters.peersDisconnected++
       this.emit('peer-disconnected', peer.id)
     })
     this.emit('peer-connected', peer.id)
-    this.send(peer, 'root-peer-announcement', encodeAnnouncement(this.ctx.publicKey(), this.limits, peer.challenge))
+    this.send(peer, 'root-peer-announcement', encodeAnnouncement(this.ctx.publicKey(), this.ctx.limits, peer.challenge))
   }
 
   async onFrame (peer: Peer, data: Buffer): Promise<void> {
     let frame: Frame
     try {
-      frame = decodeFrame(data, this.limits)
+      frame = decodeFrame(data, this.ctx.limits)
     } catch (err) {
-      bump(this.counters.framesReceived, 'invalid')
-      this.refuse(peer, err, frameContext(data, this.limits))
+      bump(this.ctx.counters.framesReceived, 'invalid')
+      this.refuse(peer, err, frameContext(data, this.ctx.limits))
       return
     }
-    bump(this.counters.framesReceived, frame.type)
+    bump(this.ctx.counters.framesReceived, frame.type)
     if (this.ctx.closing()) {
       this.refuse(peer, RootPeerError.SHUTTING_DOWN(), contextOf(frame))
       return
@@ -148,7 +134,7 @@ export class Connections extends EventEmitter {
 
   refuse (peer: Peer, err: unknown, context: Record<string, unknown>): void {
     const coded = err instanceof RootPeerError ? err : RootPeerError.INTERNAL_ERROR(err)
-    bump(this.counters.errors, coded.code)
+    bump(this.ctx.counters.errors, coded.code)
     this.emit('frame-refused', peer.id, coded)
     this.send(peer, 'error', errorFrame(coded, context))
     if (!BLAMELESS.has(coded.code) && this.guard.refused(peer.record)) this.banPeer(peer)
@@ -159,17 +145,17 @@ export class Connections extends EventEmitter {
    * connections, or MAX_PEERS are connected and none has been idle long enough to give its place up.
    */
   private admission (host: string | null): RootPeerError | null {
-    if (host !== null && this.maxPeersPerHost > 0 && (this.hosts.get(host) ?? 0) >= this.maxPeersPerHost) {
-      return RootPeerError.TOO_MANY_PEERS_FROM_HOST(this.maxPeersPerHost)
+    if (host !== null && this.ctx.maxPeersPerHost > 0 && (this.hosts.get(host) ?? 0) >= this.ctx.maxPeersPerHost) {
+      return RootPeerError.TOO_MANY_PEERS_FROM_HOST(this.ctx.maxPeersPerHost)
     }
-    if (this.peers.size < this.maxPeers) return null
-    if (this.idleEvictAfter === 0) return RootPeerError.TOO_MANY_PEERS(this.maxPeers)
+    if (this.peers.size < this.ctx.maxPeers) return null
+    if (this.ctx.idleEvictAfter === 0) return RootPeerError.TOO_MANY_PEERS(this.ctx.maxPeers)
     let idlest: Peer | null = null
     for (const peer of this.peers.values()) {
       if (!peer.closed && (idlest === null || peer.lastActive < idlest.lastActive)) idlest = peer
     }
     const idle = idlest === null ? 0 : Date.now() - idlest.lastActive
-    if (idlest === null || idle < this.idleEvictAfter) return RootPeerError.TOO_MANY_PEERS(this.maxPeers)
+    if (idlest === null || idle < this.ctx.idleEvictAfter) return RootPeerError.TOO_MANY_PEERS(this.ctx.maxPeers)
     this.disconnect(idlest, RootPeerError.IDLE(idle))
     // its place is free now: close() stops counting it before the stream is gone
     this.peers.delete(idlest.id)
@@ -179,8 +165,8 @@ export class Connections extends EventEmitter {
   /** Ends a peer's connection with an error frame saying why. */
   private disconnect (peer: Peer, err: RootPeerError): void {
     if (peer.closed) return
-    bump(this.counters.errors, err.code)
-    this.counters.idleDisconnects++
+    bump(this.ctx.counters.errors, err.code)
+    this.ctx.counters.idleDisconnects++
     this.emit('peer-idle', peer.id, err)
     peer.send(errorFrame(err))
     peer.close()
@@ -189,10 +175,10 @@ export class Connections extends EventEmitter {
   /** Ends a connection the inbound budget gave up on: a frame too large, too slow, or too much held. */
   private dropPeer (conn: NoiseStream, reason: DropReason, announced: number): void {
     const err = reason === 'frame-too-large'
-      ? RootPeerError.FRAME_TOO_LARGE(announced, this.limits.maxFrameBytes)
+      ? RootPeerError.FRAME_TOO_LARGE(announced, this.ctx.limits.maxFrameBytes)
       : reason === 'frame-timeout' ? RootPeerError.FRAME_INCOMPLETE(this.inbound.frameTimeout) : RootPeerError.OVERLOADED(this.inbound.maxBufferedBytes)
-    bump(this.counters.errors, err.code)
-    bump(this.counters.droppedPeers, reason)
+    bump(this.ctx.counters.errors, err.code)
+    bump(this.ctx.counters.droppedPeers, reason)
     const peerId = conn.remotePublicKey.toString('hex')
     this.emit('peer-dropped', peerId, err)
     // the error goes out, and the stream is destroyed at once: the transport keeps taking in what a peer sends
@@ -207,9 +193,9 @@ export class Connections extends EventEmitter {
   private banPeer (peer: Peer): void {
     if (peer.closed) return
     this.guard.ban(peer.id)
-    this.counters.bans++
+    this.ctx.counters.bans++
     const err = RootPeerError.BANNED(this.guard.banDuration)
-    bump(this.counters.errors, err.code)
+    bump(this.ctx.counters.errors, err.code)
     this.emit('peer-banned', peer.id)
     peer.send(errorFrame(err))
     peer.close()
@@ -218,7 +204,7 @@ export class Connections extends EventEmitter {
   send (peer: Peer, type: string, frame: object | string): void {
     if (peer.closed) return
     peer.send(frame)
-    bump(this.counters.framesSent, type)
+    bump(this.ctx.counters.framesSent, type)
   }
 
   close (): void {

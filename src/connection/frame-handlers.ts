@@ -108,10 +108,10 @@ export class FrameHandlers extends EventEmitter {
     else await this.joinRoom(peer, frame.roomName, false)
     // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
     const { roomName, message, messageJson, id, signature } = frame
-    const { result } = await this.ctx.writer.queue({ roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey })
+    const { result, roomNameJson } = await this.ctx.writer.queue({ roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey })
     this.ctx.track(result.then(({ index, duplicate }) => {
       // acked only once the promise is kept (appended; with SYNC_WRITES on disk; with MIN_MIRRORS mirrored)
-      if (id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(JSON.stringify(roomName), id, index, duplicate))
+      if (id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(roomNameJson, id, index, duplicate))
     }, err => this.ctx.connections.refuse(peer, err, contextOf(frame))))
   }
 

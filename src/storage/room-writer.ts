@@ -56,10 +56,10 @@ export class RoomWriter extends EventEmitter {
 
   /**
    * Queues the record for its room and resolves once it is queued, with the promise of its result (wrapped, so
-   * awaiting the queueing does not wait for it): the caller can take its next frame meanwhile, and records queued
-   * in order are appended in order.
+   * awaiting the queueing does not wait for it), and the room's name as JSON for the ack: the caller can take its
+   * next frame meanwhile, and records queued in order are appended in order.
    */
-  async queue (req: WriteRequest): Promise<{ result: Promise<WriteResult> }> {
+  async queue (req: WriteRequest): Promise<{ result: Promise<WriteResult>, roomNameJson: string }> {
     const rooms = this.opts.rooms()
     // the common case, a room open already, takes no await
     const room = rooms.hold(req.roomName) ?? await rooms.get(req.roomName)
@@ -75,7 +75,7 @@ export class RoomWriter extends EventEmitter {
       const started = this.opts.onLatency === null ? 0 : performance.now()
       const appended = req.id === undefined ? room.append(block).then(index => ({ index, duplicate: false })) : room.storeOnce(req.id, block)
       queued = true
-      return { result: this.settle(rooms, room, req, block.byteLength, appended, started) }
+      return { result: this.settle(rooms, room, req, block.byteLength, appended, started), roomNameJson: room.nameJson }
     } finally {
       if (!queued) rooms.release(room)
     }

@@ -3,10 +3,10 @@ import type Corestore from 'corestore'
 import type Hypercore from 'hypercore'
 import { byteOffset, firstHeld, horizon, prune as pruneBlocks, type RetentionPolicy } from './retention.js'
 import { Room } from './room.js'
+import { RoomIndex } from './room-index.js'
 import type { PersistentState, RoomState } from './state-file.js'
 import safetyCatch from 'safety-catch'
 
-const ROOM_INDEX = 'root-peer-rooms'
 const OPEN_CONCURRENCY = 16
 
 /** The Corestore name of a room's core, as the seed names it (a room removed and registered again gets a new one). */
@@ -48,7 +48,7 @@ export class Rooms extends EventEmitter {
   readonly maxOpen: number
   private readonly onBatch: (() => void) | null
   private readonly store: Corestore
-  private index: Hypercore | null = null
+  private index: RoomIndex | null = null
   private readonly infos = new Map<string, RoomState>()
   /** open rooms, least recently used first */
   private readonly open = new Map<string, Slot>()
@@ -81,40 +81,9 @@ export class Rooms extends EventEmitter {
    * Resolves with the number of rooms found in the index but not in `saved`.
    */
   async load (saved: PersistentState | null, { openAll = true } = {}): Promise<number> {
-    this.index = this.store.get({ name: ROOM_INDEX })
-    await this.index.ready()
-    const indexed = new Map<string, IndexEntry>()
-    const removed = new Set<string>()
-    for (let at = 0; at < this.index.length; at += 256) {
-      const gets: Array<Promise<Buffer | null>> = []
-      for (let i = at; i < Math.min(this.index.length, at + 256); i++) gets.push(this.index.get(i))
-      for (const block of await Promise.all(gets)) {
-        if (block === null) continue
-        const entry = JSON.parse(block.toString('utf8')) as IndexEntry
-        if (entry.removed === true) {
-          indexed.delete(entry.name)
-          removed.add(entry.name)
-          if (entry.generation !== undefined) this.generations.set(entry.name, entry.generation)
-          continue
-        }
-        removed.delete(entry.name)
-        const known = indexed.get(entry.name)
-        // a later entry only adds a signed room's writer key to the first
-        if (known === undefined) indexed.set(entry.name, entry)
-        else {
-          if (entry.writerPublicKey !== undefined) {
-            known.writerPublicKey = entry.writerPublicKey
-            known.signedFrom = entry.signedFrom
-          }
-          // a later entry with a key moves the room: to another primary's core, or (promoted) to our own
-          if (entry.key !== undefined) {
-            known.key = entry.key
-            known.primary = entry.primary
-            known.promotedFrom = entry.promotedFrom
-          }
-        }
-      }
-    }
+    this.index = new RoomIndex(this.store)
+    const { rooms: indexed, removed, generations } = await this.index.read()
+    for (const [name, generation] of generations) this.generations.set(name, generation)
     // a room the index says was removed stays removed, whatever an older state file says
     const savedRooms = saved === null ? [] : Object.values(saved.rooms).filter(r => !removed.has(r.name))
     for (const r of savedRooms) this.infos.set(r.name, { ...r })
@@ -147,7 +116,7 @@ export class Rooms extends EventEmitter {
     }
     // rooms a state file of the seed's knows but the index does not yet: add them
     const missing = savedRooms.filter(r => !indexed.has(r.name))
-    if (missing.length > 0) await this.index.append(missing.map(r => indexBlock(r.name, r.createdAt)))
+    if (missing.length > 0) await this.index.append(missing.map(r => ({ name: r.name, createdAt: r.createdAt })))
 
     // the cores are the truth: each is opened, its length read, and closed again, a few at a time
     const names = openAll ? [...this.infos.keys()] : []
@@ -229,7 +198,7 @@ export class Rooms extends EventEmitter {
       info.signedFrom = signedFrom
       room?.forgetIds()
     }
-    const done = this.index!.append(indexBlock(info.name, info.createdAt, writerPublicKey, undefined, undefined, undefined, signedFrom, info.generation)).then(() => {})
+    const done = this.index!.append({ name: info.name, createdAt: info.createdAt, writerPublicKey, signedFrom: signedFrom > 0 ? signedFrom : undefined, generation: info.generation })
     this.signing.set(info.name, done)
     try {
       await done
@@ -250,7 +219,7 @@ export class Rooms extends EventEmitter {
       return true
     }
     const now = Date.now()
-    await this.index!.append(indexBlock(name, now, writerPublicKey, key, primary, undefined, signedFrom))
+    await this.index!.append({ name, createdAt: now, writerPublicKey, signedFrom: writerPublicKey !== undefined && (signedFrom ?? 0) > 0 ? signedFrom : undefined, key, primary })
     if (this.infos.has(name)) return this.infos.get(name)!.coreKey === key
     this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, coreKey: key, primary, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(signedFrom === undefined || signedFrom === 0 ? {} : { signedFrom }) })
     return true
@@ -263,7 +232,7 @@ export class Rooms extends EventEmitter {
    */
   async move (name: string, key: string, primary: string | undefined, promotedFrom: string): Promise<void> {
     const info = this.infos.get(name)!
-    await this.index!.append(indexBlock(name, info.createdAt, info.writerPublicKey, key, primary, promotedFrom, info.signedFrom))
+    await this.index!.append({ name, createdAt: info.createdAt, writerPublicKey: info.writerPublicKey, signedFrom: info.writerPublicKey !== undefined ? info.signedFrom : undefined, key, primary, promotedFrom })
     info.coreKey = key
     info.promotedFrom = promotedFrom
     if (primary === undefined) delete info.primary
@@ -421,7 +390,7 @@ export class Rooms extends EventEmitter {
     // a room that held blocks comes back, if registered again, in a core of its own: the old indices are not reused
     const generation = clear && mine ? (info.generation ?? 0) + 1 : info.generation
     if (generation !== undefined) this.generations.set(name, generation)
-    await this.index!.append(Buffer.from(JSON.stringify({ name, removed: true, ...(generation === undefined ? {} : { generation }) })))
+    await this.index!.append({ name, removed: true, generation })
     if (clear && mine) {
       await this.closing.get(name)
       const core = this.coreOf(info)
@@ -520,7 +489,7 @@ export class Rooms extends EventEmitter {
         const now = Date.now()
         // in the index before first use: an acked message's room is always recoverable
         const generation = this.generations.get(name)
-        await this.index!.append(indexBlock(name, now, writerPublicKey, undefined, undefined, undefined, undefined, generation))
+        await this.index!.append({ name, createdAt: now, writerPublicKey, generation })
         this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(generation === undefined ? {} : { generation }) })
         this.empty.set(name, now)
         this.emit('created', name)
@@ -561,21 +530,6 @@ export class Rooms extends EventEmitter {
     if (!this.empty.delete(name)) return
     this.empty.set(name, Date.now())
   }
-}
-
-/** One entry of the room index core: a room's name, for a signed room its writer key, or that it was removed. */
-interface IndexEntry { name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string, signedFrom?: number, generation?: number, removed?: true }
-
-function indexBlock (name: string, createdAt: number, writerPublicKey?: string, key?: string, primary?: string, promotedFrom?: string, signedFrom?: number, generation?: number): Buffer {
-  const entry: IndexEntry = writerPublicKey === undefined ? { name, createdAt } : { name, createdAt, writerPublicKey }
-  if (writerPublicKey !== undefined && signedFrom !== undefined && signedFrom > 0) entry.signedFrom = signedFrom
-  if (generation !== undefined) entry.generation = generation
-  if (key !== undefined) {
-    entry.key = key
-    if (primary !== undefined) entry.primary = primary
-    if (promotedFrom !== undefined) entry.promotedFrom = promotedFrom
-  }
-  return Buffer.from(JSON.stringify(entry))
 }
 
 /** Checks the pruned prefix the state file names against the core (which is the truth), and its bytes. */

@@ -293,6 +293,15 @@ export class ChatRootPeer extends EventEmitter {
     this.handlers.on('room-registered', e => this.emit('room-registered', e))
   }
 
+  /** The Hyperswarm and the Corestore in use now (null before ready; the store is replaced when storage is reopened). */
+  get network (): Hyperswarm | null {
+    return this.swarm
+  }
+
+  get corestore (): Corestore | null {
+    return this.store
+  }
+
   /** The client connections now, by public key (hex). */
   get peers (): ReadonlyMap<string, Peer> {
     return this.connections.peers

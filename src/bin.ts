@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { createRequire } from 'node:module'
 import { isIP } from 'node:net'
+import goodbye from 'graceful-goodbye'
 import pino, { type Logger } from 'pino'
 import { ConfigError, helpText, parseConfig, type Config } from './config.js'
 import { Metrics } from './monitor/metrics.js'
@@ -36,7 +37,7 @@ main(process.argv.slice(2)).catch(err => {
 
 async function main (argv: string[]): Promise<void> {
   // whatever the daemon and the admin commands create is private to this user, RocksDB's own files included:
-  // the data dir holds the seed of the root peer's key pair and every room, and a backup holds the same
+  // the data dir holds the root peer's secret key and every room, and a backup holds the same
   process.umask(0o077)
   if (argv.includes('--help') || argv.includes('-h')) {
     console.log(helpText())
@@ -122,30 +123,36 @@ async function start (config: Readonly<Config>): Promise<void> {
   wireLogs(rootPeer, log, pretty)
   monitor.on('request-error', err => log.error({ err }, 'monitor request failed'))
 
-  let stopping = false
-  const stop = (signal: string): void => {
-    if (stopping) {
-      log.warn({ signal }, 'second signal: exiting at once')
-      process.exit(1)
-    }
-    stopping = true
+  const stop = async (signal: string): Promise<void> => {
     log.info({ signal }, 'shutting down: finishing appends in flight, saving state')
     setTimeout(() => {
       log.error({ timeoutMs: SHUTDOWN_TIMEOUT }, 'shutdown took too long: exiting')
       process.exit(1)
     }, SHUTDOWN_TIMEOUT).unref()
-    // the monitor answers /health with 503 "shutting down" until the root peer has closed
-    rootPeer.close().then(() => monitor.close()).then(() => {
-      log.info('stopped')
-      log.flush()
-      process.exit(0)
-    }, err => {
+    try {
+      // the monitor answers /health with 503 "shutting down" until the root peer has closed
+      await rootPeer.close()
+      await monitor.close()
+    } catch (err) {
       log.error({ err }, 'shutdown failed')
       process.exit(1)
+    }
+    log.info('stopped')
+    log.flush()
+    process.exit(0)
+  }
+  // graceful-goodbye runs the shutdown once, on SIGINT, SIGTERM or an empty event loop; a second signal ends it at once
+  let signal: string | null = null
+  goodbye(() => stop(signal ?? 'beforeExit'))
+  for (const name of ['SIGINT', 'SIGTERM'] as const) {
+    process.prependListener(name, () => {
+      if (signal !== null) {
+        log.warn({ signal: name }, 'second signal: exiting at once')
+        process.exit(1)
+      }
+      signal = name
     })
   }
-  process.on('SIGINT', () => stop('SIGINT'))
-  process.on('SIGTERM', () => stop('SIGTERM'))
   process.on('uncaughtException', err => {
     log.fatal({ err }, 'uncaught exception')
     process.exit(1)
@@ -212,7 +219,10 @@ function wantsPretty (): boolean {
 
 /** The library emits events; this is the only place they become log lines. */
 function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
-  rootPeer.on('ready', ({ publicKey }) => log.info({ publicKey, rooms: rootPeer.stats().totalRooms }, `root peer ready: ${publicKey}`))
+  rootPeer.on('ready', () => {
+    const publicKey = rootPeer.publicKey!.toString('hex')
+    log.info({ publicKey, rooms: rootPeer.stats().totalRooms }, `root peer ready: ${publicKey}`)
+  })
   rootPeer.on('dht-bootstrapped', ({ nodes }) => {
     if (nodes > 0) log.info({ nodes }, 'DHT bootstrapped')
     else log.warn('DHT bootstrap found no nodes: check DHT_BOOTSTRAP and the network; clients cannot find this root peer yet')

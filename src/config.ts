@@ -1,80 +1,10 @@
 import { isIP } from 'node:net'
 import path from 'node:path'
+import { DEFAULT_LIMITS } from './protocol/protocol.js'
 
 export const DEFAULT_DISCOVERY_TOPIC = 'holepunch-root-peer-discovery'
 
 export interface BootstrapNode { host: string, port: number }
-
-/** Every setting of the daemon, parsed once from env and flags. */
-export interface Config {
-  storageDir: string
-  /** fsync Hypercore's write-ahead log before every ack, so acked messages also survive a power loss */
-  syncWrites: boolean
-  /** null: Hyperswarm's own list of public bootstrap nodes */
-  bootstrap: BootstrapNode[] | null
-  dhtHost: string
-  /** null: hyperdht's default (49737, or the next free port) */
-  dhtPort: number | null
-  discoveryTopic: string
-  logLevel: string
-  statsInterval: number
-  maxPeers: number
-  /** address the monitoring HTTP server binds */
-  host: string
-  /** port of the monitoring HTTP server; 0 = any free port */
-  port: number
-  maxFrameBytes: number
-  maxMessageBytes: number
-  maxRooms: number
-  /** room cores open at once */
-  maxOpenRooms: number
-  /** room topics announced on the DHT at once; 0 = none */
-  maxAnnouncedRooms: number
-  /** ms without activity after which a room's core is closed and its topic left */
-  roomIdleTimeout: number
-  /** refuse rooms that are not signed rooms */
-  requireSignedRooms: boolean
-  /** per-room retention, 0 = off: most messages, most bytes, oldest age (ms) kept */
-  retentionMessages: number
-  retentionBytes: number
-  retentionAge: number
-  /** message bytes held in all rooms, 0 = no cap; over it messages are refused with STORAGE_FULL */
-  maxStorageBytes: number
-  /** bytes of RocksDB memtable before it is flushed to disk */
-  storageWriteBuffer: number
-  messagesPerSecond: number
-  bytesPerSecond: number
-  syncsPerSecond: number
-  registersPerMinute: number
-  newRoomsPerMinute: number
-  /** refusals within a minute after which a peer is disconnected and banned; 0 = never */
-  banThreshold: number
-  banDuration: number
-  /** ms a peer may leave the daemon's writes unread before it is disconnected; 0 = never */
-  stallTimeout: number
-  /** bytes of incoming frames held for all connections together (half-received and queued); past it the connection holding the most is dropped */
-  maxBufferedBytes: number
-  /** ms a peer may take to finish sending a frame it has started */
-  frameTimeout: number
-  /** ms a new connection may take to send its first valid frame; 0 = forever */
-  firstFrameTimeout: number
-  /** connections at once from one remote address; 0 = no cap */
-  maxPeersPerHost: number
-  /** at MAX_PEERS, ms a peer must have gone without a valid frame to give its place to a newcomer; 0 = never */
-  idleEvictAfter: number
-  /** ms an empty room (no message ever stored) is kept after its last use; 0 = until MAX_ROOMS needs its place */
-  emptyRoomTtl: number
-  /** public keys (hex) of the other root peers of this cluster; empty: a single root peer */
-  clusterPeers: string[]
-  /** mirrors that must have stored a message before it is acked */
-  minMirrors: number
-  /** ms a write waits for MIN_MIRRORS mirrors (or a forwarded write for its primary) before NOT_REPLICATED */
-  replicationTimeout: number
-  /** host names (besides IP addresses and localhost) the monitor answers in a request's Host header */
-  monitorHosts: string[]
-  /** bearer token every monitor endpoint but /health requires; '' = none */
-  monitorToken: string
-}
 
 /** A setting an operator got wrong; the entry point prints `message` and exits 2. */
 export class ConfigError extends Error {
@@ -86,65 +16,78 @@ export class ConfigError extends Error {
   }
 }
 
-interface Setting {
-  key: keyof Config
+interface Setting<T> {
   env: string
   flag: string
   default: string
   help: string
-  parse: (value: string, name: string) => unknown
+  parse: (value: string, name: string) => T
+}
+
+function setting<T> (env: string, flag: string, value: string, help: string, parse: (value: string, name: string) => T): Setting<T> {
+  return { env, flag, default: value, help, parse }
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 
-export const SETTINGS: readonly Setting[] = [
-  { key: 'storageDir', env: 'STORAGE_DIR', flag: '--storage', default: './root-peer-storage', help: 'data dir', parse: parseDir },
-  { key: 'syncWrites', env: 'SYNC_WRITES', flag: '--sync-writes', default: 'false', help: 'fsync storage before each ack, so acked messages survive a power loss too (true or false)', parse: parseBoolean },
-  { key: 'bootstrap', env: 'DHT_BOOTSTRAP', flag: '--bootstrap', default: '', help: 'comma-separated host:port DHT bootstrap nodes (default: the public DHT)', parse: parseBootstrap },
-  { key: 'dhtHost', env: 'DHT_HOST', flag: '--dht-host', default: '0.0.0.0', help: 'address the DHT socket binds (127.0.0.1 on a loopback testnet)', parse: parseHost },
-  { key: 'dhtPort', env: 'DHT_PORT', flag: '--dht-port', default: '', help: 'UDP port of the DHT socket (default: 49737 or the next free)', parse: parsePort },
-  { key: 'discoveryTopic', env: 'DISCOVERY_TOPIC', flag: '--discovery-topic', default: DEFAULT_DISCOVERY_TOPIC, help: 'string whose BLAKE2b-256 hash is the discovery topic', parse: parseNonEmpty },
-  { key: 'logLevel', env: 'LOG_LEVEL', flag: '--log-level', default: 'info', help: `pino level: ${LOG_LEVELS.join(', ')}`, parse: parseLogLevel },
-  { key: 'statsInterval', env: 'STATS_INTERVAL', flag: '--stats-interval', default: '30s', help: 'stats display period (500ms, 30s, 5m; a bare number is seconds), 0 = off', parse: parseDuration },
-  { key: 'maxPeers', env: 'MAX_PEERS', flag: '--max-peers', default: '1024', help: 'concurrent peer connections', parse: (v, n) => parseInteger(v, n, 1, 100_000) },
-  { key: 'host', env: 'HOST', flag: '--host', default: '127.0.0.1', help: 'address the monitoring HTTP server binds (/health, /metrics, /stats, /)', parse: parseHost },
-  { key: 'port', env: 'PORT', flag: '--port', default: '3000', help: 'port of the monitoring HTTP server; 0 = any free port', parse: (v, n) => parseInteger(v, n, 0, 65535) },
-  { key: 'maxFrameBytes', env: 'MAX_FRAME_BYTES', flag: '--max-frame-bytes', default: '256KiB', help: 'largest frame a peer may send (bytes; KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1024, 8 * 1024 * 1024) },
-  { key: 'maxMessageBytes', env: 'MAX_MESSAGE_BYTES', flag: '--max-message-bytes', default: '64KiB', help: 'largest message payload (bytes; KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1, 8 * 1024 * 1024) },
-  { key: 'maxRooms', env: 'MAX_ROOMS', flag: '--max-rooms', default: '100000', help: 'rooms the root peer holds in all', parse: (v, n) => parseInteger(v, n, 1, 100_000_000) },
-  { key: 'maxOpenRooms', env: 'MAX_OPEN_ROOMS', flag: '--max-open-rooms', default: '256', help: 'room cores open at once; the least recently used idle room is closed to open another', parse: (v, n) => parseInteger(v, n, 1, 1_000_000) },
-  { key: 'maxAnnouncedRooms', env: 'MAX_ANNOUNCED_ROOMS', flag: '--max-announced-rooms', default: '1000', help: 'room topics announced on the DHT at once, least recently active left first; 0 = none (clients still find the root peer on the discovery topic)', parse: (v, n) => parseInteger(v, n, 0, 1_000_000) },
-  { key: 'requireSignedRooms', env: 'REQUIRE_SIGNED_ROOMS', flag: '--require-signed-rooms', default: 'false', help: 'refuse rooms that are not signed rooms (true or false)', parse: parseBoolean },
-  { key: 'retentionMessages', env: 'RETENTION_MESSAGES', flag: '--retention-messages', default: '0', help: 'most messages a room keeps; older ones are pruned (indices stay); 0 = all', parse: (v, n) => parseInteger(v, n, 0, Number.MAX_SAFE_INTEGER) },
-  { key: 'retentionBytes', env: 'RETENTION_BYTES', flag: '--retention-bytes', default: '0', help: 'most message bytes a room keeps (KiB/MiB/GiB suffixes); 0 = all', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
-  { key: 'retentionAge', env: 'RETENTION_DAYS', flag: '--retention-days', default: '0', help: 'days a message is kept (fractions allowed); 0 = forever', parse: parseDays },
-  { key: 'maxStorageBytes', env: 'MAX_STORAGE_BYTES', flag: '--max-storage-bytes', default: '0', help: 'message bytes held in all rooms; over it messages are refused with STORAGE_FULL; 0 = no cap', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
-  { key: 'roomIdleTimeout', env: 'ROOM_IDLE_TIMEOUT', flag: '--room-idle-timeout', default: '5m', help: 'how long a room may go unused before its core is closed and its topic left', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
-  { key: 'storageWriteBuffer', env: 'STORAGE_WRITE_BUFFER', flag: '--storage-write-buffer', default: '8MiB', help: 'RocksDB memtable of the store, held in memory until flushed to disk (Hypercore\'s own default is 64MiB; bytes, KiB/MiB suffixes)', parse: (v, n) => parseBytes(v, n, 1024 * 1024, 1024 * 1024 * 1024) },
-  { key: 'messagesPerSecond', env: 'RATE_MESSAGES', flag: '--rate-messages', default: '100', help: 'messages a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
-  { key: 'bytesPerSecond', env: 'RATE_BYTES', flag: '--rate-bytes', default: '1MiB', help: 'message bytes a second per peer (burst: 10 s worth); 0 = unlimited', parse: (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER) },
-  { key: 'syncsPerSecond', env: 'RATE_SYNCS', flag: '--rate-syncs', default: '50', help: 'sync-requests a second per peer (burst: 10 s worth); 0 = unlimited', parse: rate },
-  { key: 'registersPerMinute', env: 'RATE_REGISTERS', flag: '--rate-registers', default: '600', help: 'register-room frames a minute per peer (burst: 1 min worth); 0 = unlimited', parse: rate },
-  { key: 'newRoomsPerMinute', env: 'RATE_NEW_ROOMS', flag: '--rate-new-rooms', default: '60', help: 'rooms a peer may create a minute (burst: 1 min worth); 0 = unlimited', parse: rate },
-  { key: 'banThreshold', env: 'BAN_THRESHOLD', flag: '--ban-threshold', default: '100', help: 'refused frames within a minute that get a peer disconnected and banned; 0 = never', parse: (v, n) => parseInteger(v, n, 0, 1_000_000) },
-  { key: 'banDuration', env: 'BAN_DURATION', flag: '--ban-duration', default: '10m', help: 'how long a banned peer is refused', parse: parseDuration },
-  { key: 'stallTimeout', env: 'STALL_TIMEOUT', flag: '--stall-timeout', default: '30s', help: 'how long a peer may leave the daemon\'s writes unread before it is disconnected; 0 = never', parse: parseDuration },
-  { key: 'maxBufferedBytes', env: 'MAX_BUFFERED_BYTES', flag: '--max-buffered-bytes', default: '64MiB', help: 'incoming frame bytes held for all connections together (half-received and queued); past it the connection holding the most is dropped', parse: (v, n) => parseBytes(v, n, 1024 * 1024, 64 * 1024 ** 3) },
-  { key: 'frameTimeout', env: 'FRAME_TIMEOUT', flag: '--frame-timeout', default: '20s', help: 'how long a peer may take to finish sending a frame it has started before it is disconnected', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
-  { key: 'firstFrameTimeout', env: 'FIRST_FRAME_TIMEOUT', flag: '--first-frame-timeout', default: '30s', help: 'how long a new connection may take to send its first valid frame before it is disconnected; 0 = forever', parse: parseDuration },
-  { key: 'maxPeersPerHost', env: 'MAX_PEERS_PER_HOST', flag: '--max-peers-per-host', default: '256', help: 'connections at once from one IP address; 0 = no cap', parse: (v, n) => parseInteger(v, n, 0, 100_000) },
-  { key: 'idleEvictAfter', env: 'IDLE_EVICT_AFTER', flag: '--idle-evict-after', default: '10s', help: 'with MAX_PEERS connected, a newcomer takes the place of the peer longest without a valid frame, if that is at least this long; 0 = never', parse: parseDuration },
-  { key: 'emptyRoomTtl', env: 'EMPTY_ROOM_TTL', flag: '--empty-room-ttl', default: '1h', help: 'how long a room that never stored a message is kept after its last use; 0 = until MAX_ROOMS needs its place', parse: parseDuration },
-  { key: 'clusterPeers', env: 'CLUSTER_PEERS', flag: '--cluster-peers', default: '', help: 'comma-separated public keys (64 hex) of the other root peers of this cluster; empty = a single root peer', parse: parseKeys },
-  { key: 'minMirrors', env: 'MIN_MIRRORS', flag: '--min-mirrors', default: '0', help: 'cluster members besides the primary that must have stored a message before it is acked', parse: (v, n) => parseInteger(v, n, 0, 100) },
-  { key: 'replicationTimeout', env: 'REPLICATION_TIMEOUT', flag: '--replication-timeout', default: '5s', help: 'how long a write waits for MIN_MIRRORS mirrors (and a forwarded write for its primary) before NOT_REPLICATED', parse: (v, n) => atLeastOneSecond(parseDuration(v, n), n) },
-  { key: 'monitorHosts', env: 'MONITOR_HOSTS', flag: '--monitor-hosts', default: '', help: 'comma-separated host names the monitor answers (IP addresses and localhost always are); other Host headers get 421', parse: parseHostNames },
-  { key: 'monitorToken', env: 'MONITOR_TOKEN', flag: '--monitor-token', default: '', help: 'bearer token every monitor endpoint but /health requires (16 to 256 printable characters, e.g. openssl rand -hex 32); empty = none', parse: parseToken }
-]
+// The one place a setting is named and described: Config, the daemon's defaults, --help and the docs' table come from it.
+const TABLE = {
+  storageDir: setting('STORAGE_DIR', '--storage', './root-peer-storage', 'data dir', parseDir),
+  syncWrites: setting('SYNC_WRITES', '--sync-writes', 'false', 'fsync storage before each ack, so acked messages survive a power loss too (true or false)', parseBoolean),
+  bootstrap: setting('DHT_BOOTSTRAP', '--bootstrap', '', 'comma-separated host:port DHT bootstrap nodes (default: the public DHT)', parseBootstrap),
+  dhtHost: setting('DHT_HOST', '--dht-host', '0.0.0.0', 'address the DHT socket binds (127.0.0.1 on a loopback testnet)', parseHost),
+  dhtPort: setting('DHT_PORT', '--dht-port', '', 'UDP port of the DHT socket (default: 49737 or the next free)', parsePort),
+  discoveryTopic: setting('DISCOVERY_TOPIC', '--discovery-topic', DEFAULT_DISCOVERY_TOPIC, 'string whose BLAKE2b-256 hash is the discovery topic', parseNonEmpty),
+  logLevel: setting('LOG_LEVEL', '--log-level', 'info', `pino level: ${LOG_LEVELS.join(', ')}`, parseLogLevel),
+  statsInterval: setting('STATS_INTERVAL', '--stats-interval', '30s', 'stats display period (500ms, 30s, 5m; a bare number is seconds), 0 = off', parseDuration),
+  maxPeers: setting('MAX_PEERS', '--max-peers', '1024', 'concurrent peer connections', (v, n) => parseInteger(v, n, 1, 100_000)),
+  host: setting('HOST', '--host', '127.0.0.1', 'address the monitoring HTTP server binds (/health, /metrics, /stats, /)', parseHost),
+  port: setting('PORT', '--port', '3000', 'port of the monitoring HTTP server; 0 = any free port', (v, n) => parseInteger(v, n, 0, 65535)),
+  maxFrameBytes: setting('MAX_FRAME_BYTES', '--max-frame-bytes', bytes(DEFAULT_LIMITS.maxFrameBytes), 'largest frame a peer may send (bytes; KiB/MiB suffixes)', (v, n) => parseBytes(v, n, 1024, 8 * 1024 * 1024)),
+  maxMessageBytes: setting('MAX_MESSAGE_BYTES', '--max-message-bytes', bytes(DEFAULT_LIMITS.maxMessageBytes), 'largest message payload (bytes; KiB/MiB suffixes)', (v, n) => parseBytes(v, n, 1, 8 * 1024 * 1024)),
+  maxRooms: setting('MAX_ROOMS', '--max-rooms', '100000', 'rooms the root peer holds in all', (v, n) => parseInteger(v, n, 1, 100_000_000)),
+  maxOpenRooms: setting('MAX_OPEN_ROOMS', '--max-open-rooms', '256', 'room cores open at once; the least recently used idle room is closed to open another', (v, n) => parseInteger(v, n, 1, 1_000_000)),
+  maxAnnouncedRooms: setting('MAX_ANNOUNCED_ROOMS', '--max-announced-rooms', '1000', 'room topics announced on the DHT at once, least recently active left first; 0 = none (clients still find the root peer on the discovery topic)', (v, n) => parseInteger(v, n, 0, 1_000_000)),
+  requireSignedRooms: setting('REQUIRE_SIGNED_ROOMS', '--require-signed-rooms', 'false', 'refuse rooms that are not signed rooms (true or false)', parseBoolean),
+  retentionMessages: setting('RETENTION_MESSAGES', '--retention-messages', '0', 'most messages a room keeps; older ones are pruned (indices stay); 0 = all', (v, n) => parseInteger(v, n, 0, Number.MAX_SAFE_INTEGER)),
+  retentionBytes: setting('RETENTION_BYTES', '--retention-bytes', '0', 'most message bytes a room keeps (KiB/MiB/GiB suffixes); 0 = all', (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER)),
+  retentionAge: setting('RETENTION_DAYS', '--retention-days', '0', 'days a message is kept (fractions allowed); 0 = forever', parseDays),
+  maxStorageBytes: setting('MAX_STORAGE_BYTES', '--max-storage-bytes', '0', 'message bytes held in all rooms; over it messages are refused with STORAGE_FULL; 0 = no cap', (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER)),
+  roomIdleTimeout: setting('ROOM_IDLE_TIMEOUT', '--room-idle-timeout', '5m', 'how long a room may go unused before its core is closed and its topic left', (v, n) => atLeastOneSecond(parseDuration(v, n), n)),
+  storageWriteBuffer: setting('STORAGE_WRITE_BUFFER', '--storage-write-buffer', '8MiB', 'RocksDB memtable of the store, held in memory until flushed to disk (Hypercore\'s own default is 64MiB; bytes, KiB/MiB suffixes)', (v, n) => parseBytes(v, n, 1024 * 1024, 1024 * 1024 * 1024)),
+  messagesPerSecond: setting('RATE_MESSAGES', '--rate-messages', String(DEFAULT_LIMITS.messagesPerSecond), 'messages a second per peer (burst: 10 s worth); 0 = unlimited', rate),
+  bytesPerSecond: setting('RATE_BYTES', '--rate-bytes', bytes(DEFAULT_LIMITS.bytesPerSecond), 'message bytes a second per peer (burst: 10 s worth); 0 = unlimited', (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER)),
+  syncsPerSecond: setting('RATE_SYNCS', '--rate-syncs', String(DEFAULT_LIMITS.syncsPerSecond), 'sync-requests a second per peer (burst: 10 s worth); 0 = unlimited', rate),
+  registersPerMinute: setting('RATE_REGISTERS', '--rate-registers', String(DEFAULT_LIMITS.registersPerMinute), 'register-room frames a minute per peer (burst: 1 min worth); 0 = unlimited', rate),
+  newRoomsPerMinute: setting('RATE_NEW_ROOMS', '--rate-new-rooms', String(DEFAULT_LIMITS.newRoomsPerMinute), 'rooms a peer may create a minute (burst: 1 min worth); 0 = unlimited', rate),
+  banThreshold: setting('BAN_THRESHOLD', '--ban-threshold', '100', 'refused frames within a minute that get a peer disconnected and banned; 0 = never', (v, n) => parseInteger(v, n, 0, 1_000_000)),
+  banDuration: setting('BAN_DURATION', '--ban-duration', '10m', 'how long a banned peer is refused', parseDuration),
+  stallTimeout: setting('STALL_TIMEOUT', '--stall-timeout', '30s', 'how long a peer may leave the daemon\'s writes unread before it is disconnected; 0 = never', parseDuration),
+  maxBufferedBytes: setting('MAX_BUFFERED_BYTES', '--max-buffered-bytes', '64MiB', 'incoming frame bytes held for all connections together (half-received and queued); past it the connection holding the most is dropped', (v, n) => parseBytes(v, n, 1024 * 1024, 64 * 1024 ** 3)),
+  frameTimeout: setting('FRAME_TIMEOUT', '--frame-timeout', '20s', 'how long a peer may take to finish sending a frame it has started before it is disconnected', (v, n) => atLeastOneSecond(parseDuration(v, n), n)),
+  firstFrameTimeout: setting('FIRST_FRAME_TIMEOUT', '--first-frame-timeout', '30s', 'how long a new connection may take to send its first valid frame before it is disconnected; 0 = forever', parseDuration),
+  maxPeersPerHost: setting('MAX_PEERS_PER_HOST', '--max-peers-per-host', '256', 'connections at once from one IP address; 0 = no cap', (v, n) => parseInteger(v, n, 0, 100_000)),
+  idleEvictAfter: setting('IDLE_EVICT_AFTER', '--idle-evict-after', '10s', 'with MAX_PEERS connected, a newcomer takes the place of the peer longest without a valid frame, if that is at least this long; 0 = never', parseDuration),
+  emptyRoomTtl: setting('EMPTY_ROOM_TTL', '--empty-room-ttl', '1h', 'how long a room that never stored a message is kept after its last use; 0 = until MAX_ROOMS needs its place', parseDuration),
+  clusterPeers: setting('CLUSTER_PEERS', '--cluster-peers', '', 'comma-separated public keys (64 hex) of the other root peers of this cluster; empty = a single root peer', parseKeys),
+  minMirrors: setting('MIN_MIRRORS', '--min-mirrors', '0', 'cluster members besides the primary that must have stored a message before it is acked', (v, n) => parseInteger(v, n, 0, 100)),
+  replicationTimeout: setting('REPLICATION_TIMEOUT', '--replication-timeout', '5s', 'how long a write waits for MIN_MIRRORS mirrors (and a forwarded write for its primary) before NOT_REPLICATED', (v, n) => atLeastOneSecond(parseDuration(v, n), n)),
+  monitorHosts: setting('MONITOR_HOSTS', '--monitor-hosts', '', 'comma-separated host names the monitor answers (IP addresses and localhost always are); other Host headers get 421', parseHostNames),
+  monitorToken: setting('MONITOR_TOKEN', '--monitor-token', '', 'bearer token every monitor endpoint but /health requires (16 to 256 printable characters, e.g. openssl rand -hex 32); empty = none', parseToken),
+}
+
+export type Config = { [K in keyof typeof TABLE]: ReturnType<(typeof TABLE)[K]['parse']> }
+
+export const SETTINGS = Object.entries(TABLE).map(([key, s]) => ({ key: key as keyof Config, ...s }))
+
+function bytes (n: number): string {
+  if (n % (1024 * 1024) === 0) return `${n / (1024 * 1024)}MiB`
+  return n % 1024 === 0 ? `${n / 1024}KiB` : String(n)
+}
 
 /** Parses flags (`--flag value` or `--flag=value`) over env over defaults. Throws ConfigError. */
 export function parseConfig (argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
-  const values = new Map<Setting, string>()
+  const values = new Map<(typeof SETTINGS)[number], string>()
   for (const s of SETTINGS) {
     const fromEnv = env[s.env]
     if (fromEnv !== undefined && fromEnv !== '') values.set(s, fromEnv)
@@ -180,6 +123,16 @@ export function parseConfig (argv: readonly string[], env: NodeJS.ProcessEnv = p
     }
   }
   return Object.freeze(config as unknown as Config)
+}
+
+/** Every setting at its default (the data dir resolved against the working directory). */
+export const DEFAULTS: Readonly<Config> = parseConfig([], {})
+
+/** `opts` over the defaults; a setting given as undefined takes its default. */
+export function withDefaults (opts: Partial<Config>): Config {
+  const config: Record<string, unknown> = { ...DEFAULTS }
+  for (const [key, value] of Object.entries(opts)) if (value !== undefined) config[key] = value
+  return config as Config
 }
 
 export function helpText (): string {

@@ -203,3 +203,26 @@ declare module 'safety-catch' {
   /** Rethrows programming errors (TypeError, ReferenceError, assertion failures...); lets every other error go. */
   export default function safetyCatch (err: unknown): void
 }
+
+declare module 'ready-resource' {
+  import { EventEmitter } from 'node:events'
+  export default class ReadyResource extends EventEmitter {
+    opening: Promise<void> | null
+    closing: Promise<void> | null
+    opened: boolean
+    closed: boolean
+    ready (): Promise<void>
+    close (): Promise<void>
+    protected _open (): Promise<void>
+    protected _close (): Promise<void>
+  }
+}
+
+declare module 'graceful-goodbye' {
+  function goodbye (fn: () => unknown, position?: number): () => void
+  namespace goodbye {
+    let exiting: boolean
+    function exit (): void
+  }
+  export default goodbye
+}

@@ -191,10 +191,11 @@ test('the runtime stage\'s steps in a clean directory: production install, node 
   const queried = new Set<string>()
   for (const panel of dashboard.panels) {
     for (const target of panel.targets ?? []) {
-      for (const m of String(target.expr).matchAll(/\b(?:root_peer|process|nodejs)_[a-z0-9_]+/g)) queried.add(m[0])
+      for (const m of String(target.expr).matchAll(/\b(?:root_peer|process|nodejs|hyperswarm|dht|udx|hypercore)_[a-z0-9_]+/g)) queried.add(m[0])
     }
   }
   assert.ok(queried.size >= 15, `the dashboard queries ${queried.size} metrics`)
+  for (const prefix of ['dht_', 'hyperswarm_', 'hypercore_']) assert.ok([...queried].some(n => n.startsWith(prefix)), `the dashboard queries ${prefix}* metrics`)
   for (const name of queried) assert.ok(exported.has(name), `${name}, queried by the dashboard, is in /metrics`)
 
   daemon.child.kill('SIGTERM')

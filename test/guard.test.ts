@@ -255,25 +255,25 @@ test('Guard.admitNewRoom: charges the key and its address; an address allows HOS
   rateLimited(() => g.admitNewRoom(bare), /new rooms/)
 })
 
-test('Guard.refused: banThreshold refusals within a minute earn a ban; the count restarts after the window', () => {
+test('Guard.noteRefusal: banThreshold refusals within a minute earn a ban; the count restarts after the window', () => {
   const g = guard({ banThreshold: 3 })
   const r: PeerRecord = g.record('peer')
   const t0 = r.windowStart
-  assert.equal(g.refused(r, t0), false)
-  assert.equal(g.refused(r, t0 + 1000), false)
-  assert.equal(g.refused(r, t0 + 60_000), true, 'the third within the minute')
-  assert.equal(g.refused(r, t0 + 60_000), true, 'and every one after it')
+  assert.equal(g.noteRefusal(r, t0), false)
+  assert.equal(g.noteRefusal(r, t0 + 1000), false)
+  assert.equal(g.noteRefusal(r, t0 + 60_000), true, 'the third within the minute')
+  assert.equal(g.noteRefusal(r, t0 + 60_000), true, 'and every one after it')
   // past the window: counting starts again at 1
-  assert.equal(g.refused(r, t0 + 60_001), false)
+  assert.equal(g.noteRefusal(r, t0 + 60_001), false)
   assert.equal(r.refusals, 1)
   assert.equal(r.windowStart, t0 + 60_001)
-  assert.equal(g.refused(r, t0 + 60_002), false)
-  assert.equal(g.refused(r, t0 + 120_001), true)
+  assert.equal(g.noteRefusal(r, t0 + 60_002), false)
+  assert.equal(g.noteRefusal(r, t0 + 120_001), true)
   // the count is the key's, kept across its connections
   assert.equal(g.record('peer').refusals, 3)
   const never = guard({ banThreshold: 0 })
   const n = never.record('peer')
-  for (let i = 0; i < 1000; i++) assert.equal(never.refused(n, n.windowStart), false)
+  for (let i = 0; i < 1000; i++) assert.equal(never.noteRefusal(n, n.windowStart), false)
 })
 
 test('Guard.ban: banned until banDuration has passed, then onUnban is called once', { timeout: 10_000 }, async () => {

@@ -24,11 +24,15 @@ const ARTIFACTS = path.join(os.tmpdir(), 'root-peer-test-artifacts')
 /** The metric names docs/monitoring.md documents, each of which /metrics must carry. */
 const METRIC_NAMES = [
   'root_peer_rooms', 'root_peer_rooms_open', 'root_peer_messages', 'root_peer_stored_bytes', 'root_peer_peers',
-  'root_peer_dht_bootstrapped', 'root_peer_healthy', 'root_peer_messages_stored_total', 'root_peer_duplicate_messages_total',
+  'root_peer_healthy', 'root_peer_messages_stored_total', 'root_peer_duplicate_messages_total',
   'root_peer_peer_connections_total', 'root_peer_peer_disconnections_total', 'root_peer_state_saves_total',
   'root_peer_state_save_failures_total', 'root_peer_frames_received_total', 'root_peer_frames_sent_total',
   'root_peer_errors_total', 'root_peer_append_latency_seconds', 'root_peer_sync_latency_seconds',
-  'process_resident_memory_bytes', 'nodejs_heap_size_used_bytes'
+  'process_resident_memory_bytes', 'nodejs_heap_size_used_bytes',
+  // from hyperswarm-stats (and hyperdht-stats) and hypercore-stats
+  'dht_nr_nodes', 'hyperswarm_nr_peers', 'hyperswarm_server_connections_opened', 'hyperswarm_server_connections_closed',
+  'hyperswarm_total_bytes_received_over_swarm_streams', 'udx_total_bytes_received', 'hypercore_total_cores',
+  'hypercore_total_length', 'hypercore_filesystem_avail_bytes'
 ]
 
 interface Monitored { rootPeer: ChatRootPeer, monitor: Monitor }
@@ -77,8 +81,9 @@ function parseProm (text: string): { types: Map<string, string>, samples: Sample
     assert.ok(m !== null, `not a Prometheus sample line: ${JSON.stringify(line)}`)
     const labels: Record<string, string> = {}
     for (const l of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1]] = l[2]
+    // prom-client writes NaN as `Nan` (an average over nothing yet); Prometheus reads it case-insensitively
     const value = Number(m[3].replace('+Inf', 'Infinity'))
-    assert.ok(!Number.isNaN(value), `not a number in ${JSON.stringify(line)}`)
+    assert.ok(!Number.isNaN(value) || /^nan$/i.test(m[3]), `not a number in ${JSON.stringify(line)}`)
     samples.push({ name: m[1], labels, value })
   }
   for (const s of samples) {
@@ -168,8 +173,9 @@ test('/metrics: Prometheus text from prom-client with every documented metric, v
   assert.ok(rootPeer.roomCounts.bytes > 18 * 50, 'each stored record is a JSON block of some 100 bytes')
   assert.equal(value(samples, 'root_peer_peers'), 2)
   assert.equal(value(samples, 'root_peer_peer_connections_total'), 2)
-  assert.equal(value(samples, 'root_peer_dht_bootstrapped'), 1)
   assert.equal(value(samples, 'root_peer_healthy'), 1)
+  const nodes = value(samples, 'dht_nr_nodes')!
+  assert.ok(nodes >= 1 && nodes === rootPeer.network!.dht.toArray().length, `DHT nodes ${nodes}`)
 
   for (const [type, n] of Object.entries(rootPeer.counters.framesReceived)) {
     assert.equal(value(samples, 'root_peer_frames_received_total', { type }), n, `frames received of type ${type}`)
@@ -193,6 +199,50 @@ test('/metrics: Prometheus text from prom-client with every documented metric, v
   assert.equal(value(samples, 'root_peer_state_save_failures_total'), 0)
   const rss = value(samples, 'process_resident_memory_bytes')!
   assert.ok(rss > 10e6 && rss < 4e9, `resident memory ${rss}`)
+
+  // the stack's own metrics: hyperswarm-stats (with hyperdht-stats) and hypercore-stats
+  for (const name of METRIC_NAMES.filter(n => /^(dht|udx|hyperswarm|hypercore)_/.test(n))) assert.equal(types.get(name), 'gauge', name)
+  const open = value(samples, 'hyperswarm_server_connections_opened')! - value(samples, 'hyperswarm_server_connections_closed')!
+  assert.ok(open >= 2, `every admitted client is an open server connection: ${open}`)
+  assert.ok(value(samples, 'hyperswarm_nr_peers')! >= 2)
+  assert.ok(value(samples, 'hyperswarm_total_bytes_received_over_swarm_streams')! > 18 * 20, 'the messages came over the swarm')
+  assert.ok(value(samples, 'udx_total_bytes_received')! >= value(samples, 'hyperswarm_total_bytes_received_over_swarm_streams')!)
+  assert.ok(value(samples, 'hypercore_total_cores')! >= rootPeer.roomCounts.open, 'every open room is an open core')
+  assert.ok(value(samples, 'hypercore_total_length')! >= 18, 'the open rooms\' cores hold every message')
+  assert.ok(value(samples, 'hypercore_filesystem_avail_bytes')! > 0)
+})
+
+test('/metrics follows the store when storage is reopened: hypercore-stats counts the new store\'s cores, the scrape never fails', async t => {
+  const net = await testnet(t)
+  const { rootPeer, monitor } = await started(t, net)
+  const c = await client(t, net)
+  for (let i = 0; i < 4; i++) await c.sendMessage('alpha', `a${i}`)
+  const scrape = async (): Promise<Sample[]> => {
+    const res = await fetch(monitor.url + '/metrics')
+    assert.equal(res.status, 200)
+    return parseProm(await res.text()).samples
+  }
+  assert.ok(value(await scrape(), 'hypercore_total_length')! >= 4)
+
+  // what a failed write does (STORAGE_ERROR): the data dir is writable again, so the store is reopened within ~1 s
+  const before = rootPeer.corestore!
+  const recovered = once(rootPeer, 'storage-recovered')
+  await rootPeer['storage'].recordFailure(new Error('simulated write failure'))
+  await scrape()
+  await recovered
+  assert.notEqual(rootPeer.corestore, before)
+  assert.ok(before.closed)
+  await scrape()
+
+  await c.sendMessage('alpha', 'after the reopen')
+  let samples = await scrape()
+  for (let i = 0; i < 50 && !(value(samples, 'hypercore_total_length')! >= 5); i++) {
+    await new Promise(resolve => setTimeout(resolve, 100))
+    samples = await scrape()
+  }
+  assert.ok(value(samples, 'hypercore_total_cores')! >= rootPeer.roomCounts.open && rootPeer.roomCounts.open >= 1)
+  assert.ok(value(samples, 'hypercore_total_length')! >= 5, 'the new store\'s core of alpha holds its five messages')
+  assert.equal(samples.filter(s => s.name === 'hypercore_total_cores').length, 1, 'one series: the closed store\'s gauges are gone')
 })
 
 test('/stats: the root peer\'s stats snapshot plus health, room counts and the messages-per-second history', async t => {

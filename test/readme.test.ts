@@ -4,7 +4,7 @@ import path from 'node:path'
 import { test } from 'node:test'
 import { SETTINGS } from '../src/config.js'
 import { Metrics } from '../src/monitor/metrics.js'
-import { ROOT } from './helpers.js'
+import { ROOT, rootPeer, testnet } from './helpers.js'
 
 /** README.md and every docs/*.md, by path relative to the repository's root. */
 const pages: Promise<Map<string, string>> = (async () => {
@@ -31,10 +31,14 @@ test('every error code the daemon or the client can give is in the docs', async 
   for (const code of codes) assert.ok(text.includes(`\`${code}\``), `error code ${code} is not in the docs`)
 })
 
-test('every metric the monitor exports is in the docs', async () => {
+test('every metric the monitor exports is in the docs: the root peer\'s, and those the stats modules register once it is ready', async t => {
   const text = await docs
-  const names = (await new Metrics().registry.getMetricsAsJSON()).map(m => m.name).filter(n => n.startsWith('root_peer_'))
-  assert.ok(names.length >= 15)
+  const metrics = new Metrics()
+  metrics.attach(await rootPeer(t, await testnet(t)))
+  // prom-client's default metrics are documented as `process_*`, `nodejs_*`
+  const names = (await metrics.registry.getMetricsAsJSON()).map(m => m.name).filter(n => !/^(process|nodejs)_/.test(n))
+  assert.ok(names.filter(n => n.startsWith('root_peer_')).length >= 15)
+  for (const prefix of ['hyperswarm_', 'dht_', 'udx_', 'hypercore_']) assert.ok(names.filter(n => n.startsWith(prefix)).length >= 4, `${prefix}* metrics`)
   for (const name of names) assert.ok(firstCells(text).some(c => c.includes(`\`${name}\``) || c.includes(`\`${name}{`)), `metric ${name} has no row in the docs`)
 })
 

@@ -68,7 +68,7 @@ async function storeMessages (rooms: Rooms, name: string, n: number): Promise<nu
     for (let i = 0; i < n; i++) {
       const b = block(`${name}-${i}`)
       indices.push(await room.append(b))
-      rooms.stored(room, b.byteLength)
+      rooms.recordAppend(room, b.byteLength)
     }
   } finally {
     rooms.release(room)
@@ -435,7 +435,7 @@ test('Rooms: with maxOpen 2, five rooms used in turn never have more than 2 core
       assert.equal(room.core.length, round, `${name} reopened with its history`)
       const b = block(`${name}${round}`)
       assert.equal(await room.append(b), round)
-      rooms.stored(room, b.byteLength)
+      rooms.recordAppend(room, b.byteLength)
       most = Math.max(most, rooms.openCount)
       rooms.release(room)
     }
@@ -610,7 +610,7 @@ test('Rooms: a room signed after unsigned blocks is signed from the next index, 
   for (let i = 0; i < 3; i++) {
     const b = block(`stranger ${i}`, `u${i}`)
     await room.storeOnce(`u${i}`, b)
-    rooms.stored(room, b.byteLength)
+    rooms.recordAppend(room, b.byteLength)
   }
   // two more queued, not yet stored, when the key comes: they are below signedFrom too
   const inFlight = [room.append(block('q0')), room.append(block('q1'))]
@@ -619,9 +619,9 @@ test('Rooms: a room signed after unsigned blocks is signed from the next index, 
   assert.equal(info.writerPublicKey, writer)
   assert.equal(info.signedFrom, 5)
   assert.deepEqual(await Promise.all(inFlight), [3, 4])
-  await rooms.signed(name)
+  await rooms.waitForSigning(name)
   assert.deepEqual(await room.storeOnce('u0', block('member', 'u0')), { index: 5, duplicate: false }, 'ids below signedFrom forgotten')
-  rooms.stored(room, 1)
+  rooms.recordAppend(room, 1)
   rooms.release(room)
   // a second key does not replace the first
   const other = roomKeyPair('another key').publicKey.toString('hex')

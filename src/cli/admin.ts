@@ -11,11 +11,8 @@ import { retentionOn } from '../storage/retention.js'
 import { Rooms } from '../storage/rooms.js'
 import { StateFile, type LoadResult, type RoomState } from '../storage/state-file.js'
 
-/** Records read per page by export. */
 const EXPORT_PAGE = 1000
-/** Bytes of JSON per export page, at most (a page holds at least one record). */
 const EXPORT_PAGE_BYTES = 4 * 1024 * 1024
-/** Longest import line accepted. */
 const MAX_IMPORT_LINE = 16 * 1024 * 1024
 const MAX_ID = 128
 const RECORD_FIELDS = new Set(['message', 'storedAt', 'fromPeer', 'senderPublicKey', 'id', 'signature', 'messageIndex'])
@@ -29,10 +26,7 @@ export interface AdminIO {
 type FlagKind = 'value' | 'bool'
 type Flags = Record<string, string | true>
 
-/**
- * Takes a command's own flags out of argv; the rest (`--storage`, …) is the daemon's config,
- * parsed as the daemon parses it (so STORAGE_DIR works, and an unknown flag is a ConfigError).
- */
+/** Takes a command's flags out of argv; the rest is parsed as the daemon's config (so STORAGE_DIR works). */
 export function commandArgs (argv: readonly string[], spec: Record<string, FlagKind>): { flags: Flags, storageDir: string, config: Readonly<Config> } {
   const flags: Flags = {}
   const rest: string[] = []
@@ -57,7 +51,7 @@ export function commandArgs (argv: readonly string[], spec: Record<string, FlagK
   return { flags, storageDir: config.storageDir, config }
 }
 
-/** The data dir opened the way the daemon opens it: the lock (the store) first, then the state file and the rooms. */
+/** The data dir opened as the daemon opens it: the lock (the store) first, then the state file and rooms. */
 export class DataDir {
   readonly dir: string
   readonly stateFile: StateFile
@@ -70,10 +64,6 @@ export class DataDir {
     this.stateFile = new StateFile(dir)
   }
 
-  /**
-   * `create`: make the data dir when there is none; `openAll`: open every room's core and take its counts
-   * from it (else only rooms opened later); `moveBad`: move a bad state file aside, as the daemon does.
-   */
   async open ({ create = false, openAll = true, moveBad = true, onRoomOpened = () => {} } = {}): Promise<Rooms> {
     this.store = await openStore(this.dir, { create })
     this.loaded = await this.stateFile.load({ moveBad })
@@ -83,7 +73,6 @@ export class DataDir {
     return this.rooms
   }
 
-  /** Writes the state file from the rooms (atomically, as the daemon does). */
   async save (): Promise<void> {
     const createdAt = this.loaded?.state?.rootPeerCreatedAt || Date.now()
     await this.stateFile.save(() => this.rooms!.snapshot(createdAt))
@@ -113,7 +102,6 @@ const SORTS: Record<string, (a: RoomState, b: RoomState) => number> = {
   active: (a, b) => b.lastActivity - a.lastActivity
 }
 
-/** `rooms [--sort name|messages|bytes|created|active] [--json]`, or `rooms --remove R`: the room removed for good. */
 export async function roomsCommand (argv: readonly string[], io: AdminIO): Promise<number> {
   const { flags, storageDir, config } = commandArgs(argv, { '--sort': 'value', '--json': 'bool', '--remove': 'value' })
   if (flags['--remove'] !== undefined) {
@@ -150,7 +138,6 @@ export async function roomsCommand (argv: readonly string[], io: AdminIO): Promi
   return 0
 }
 
-/** `export --room R [--from N]`: the room's records as NDJSON on stdout, each with its `messageIndex`. */
 export async function exportCommand (argv: readonly string[], io: AdminIO): Promise<number> {
   const { flags, storageDir } = commandArgs(argv, { '--room': 'value', '--from': 'value' })
   const name = roomFlag(flags)
@@ -161,7 +148,7 @@ export async function exportCommand (argv: readonly string[], io: AdminIO): Prom
     if (room === null) throw RootPeerError.UNKNOWN_ROOM(name)
     const progress = new Progress(io.stderr, `export ${name}`)
     const end = room.length
-    // blocks below the retention horizon were pruned: the export starts at the first one held
+    // blocks below the retention horizon were pruned: the export starts at the first one kept
     for (let at = Math.max(from, room.info.firstIndex ?? 0); at < end;) {
       const page = await room.readPage(at, Math.min(EXPORT_PAGE, end - at), EXPORT_PAGE_BYTES)
       if (page.entries.length === 0) throw new Error(`block ${at} of room ${JSON.stringify(name)} is missing from the store`)
@@ -174,10 +161,6 @@ export async function exportCommand (argv: readonly string[], io: AdminIO): Prom
   return 0
 }
 
-/**
- * `prune [--room R]`: applies the retention settings (RETENTION_MESSAGES, RETENTION_BYTES, RETENTION_DAYS,
- * or their flags) now, to every room or one, and saves the state file. Prints what was reclaimed.
- */
 export async function pruneCommand (argv: readonly string[], io: AdminIO): Promise<number> {
   const { flags, storageDir, config } = commandArgs(argv, { '--room': 'value' })
   const policy = { messages: config.retentionMessages, bytes: config.retentionBytes, maxAgeMs: config.retentionAge }
@@ -208,12 +191,7 @@ export async function pruneCommand (argv: readonly string[], io: AdminIO): Promi
   return 0
 }
 
-/**
- * `import --room R`: NDJSON records on stdin appended to room R, created when new.
- * Indices are kept: the first line's `messageIndex` must be the room's length (0 for a new or empty room) and
- * each next line the one after, so an import is a room's own continuation or nothing. Every line is checked
- * before anything is appended.
- */
+/** Indices are kept: an import is the room's own continuation or nothing, every line checked first. */
 export async function importCommand (argv: readonly string[], io: AdminIO): Promise<number> {
   const { flags, storageDir } = commandArgs(argv, { '--room': 'value' })
   const name = roomFlag(flags)
@@ -226,9 +204,8 @@ export async function importCommand (argv: readonly string[], io: AdminIO): Prom
     const room = existing ?? (await rooms.get(name, { create: true }))!
     const progress = new Progress(io.stderr, `import ${name}`)
     let done = 0
-    // Room groups the queued appends into batches
     await Promise.all(blocks.map(block => room.append(block).then(() => {
-      rooms.stored(room, block.byteLength)
+      rooms.recordAppend(room, block.byteLength)
       progress.update(() => `${++done}/${blocks.length} messages`)
     })))
     progress.done()
@@ -239,7 +216,6 @@ export async function importCommand (argv: readonly string[], io: AdminIO): Prom
   return 0
 }
 
-/** Reads and checks every NDJSON line; the blocks to append, or a BAD_IMPORT naming the first bad line. */
 async function readImport (input: Readable, start: number): Promise<Buffer[]> {
   const blocks: Buffer[] = []
   let n = 0
@@ -279,10 +255,6 @@ function importBlock (line: string, n: number, expected: number): Buffer {
   return Buffer.from(encodeRecord({ message, storedAt, fromPeer, senderPublicKey, id, signature }, JSON.stringify(message)))
 }
 
-/**
- * `verify [--repair]`: every room's core against the state file. Exit 0 when they agree (or were repaired),
- * 1 when a mismatch remains.
- */
 export async function verifyCommand (argv: readonly string[], io: AdminIO): Promise<number> {
   const { flags, storageDir } = commandArgs(argv, { '--repair': 'bool' })
   const repair = flags['--repair'] === true
@@ -343,7 +315,7 @@ function indexFlag (flag: string, value: string): number {
   return n
 }
 
-/** Writes, waiting for the stream to drain: a slow reader of a pipe holds export up, not memory. */
+/** Waits for the stream to drain: a slow reader of a pipe holds export up, not memory. */
 export async function write (stream: Writable, text: string): Promise<void> {
   if (!stream.write(text)) await once(stream, 'drain')
 }

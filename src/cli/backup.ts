@@ -11,24 +11,14 @@ import { Progress, formatBytes } from './progress.js'
 import { STATE_FILE, STATE_FILE_PREFIX } from '../storage/state-file.js'
 import safetyCatch from 'safety-catch'
 
-/** Largest file a backup may hold; RocksDB's files are tens of MiB. */
+// RocksDB's files are tens of MiB
 const MAX_ENTRY_BYTES = 16 * 1024 ** 3
-/** Most entries a backup may hold. */
 const MAX_ENTRIES = 1_000_000
-/** Longest entry path. */
 const MAX_PATH = 1024
-/**
- * Where restore unpacks the new contents and keeps the old ones until the new ones are in place: inside the data
- * dir, which may be a mount point (a Docker volume) that cannot be renamed, and on the same file system.
- */
+// restore works inside the data dir: a mount point (a Docker volume) cannot be renamed, and it is one fs
 const RESTORE_WORK = '.restore-'
 
-/**
- * `backup --out FILE`: the data dir as a .tar.gz, made while holding the data dir's lock.
- * The store is flushed and compacted first, so no RocksDB background work rewrites its files while they are
- * read. The device file (CORESTORE) is left out: it belongs to the place the store lives in, and `restore`
- * makes a new one.
- */
+/** Flushed and compacted first, so no RocksDB background work rewrites files while they are read. */
 export async function backupCommand (argv: readonly string[], io: AdminIO): Promise<number> {
   const { flags, storageDir } = commandArgs(argv, { '--out': 'value' })
   if (typeof flags['--out'] !== 'string') throw new ConfigError('--out', '--out <file> is required')
@@ -44,7 +34,7 @@ export async function backupCommand (argv: readonly string[], io: AdminIO): Prom
     const total = await sizeOf(storageDir)
     const progress = new Progress(io.stderr, 'backup')
     let done = 0
-    // made afresh, so its mode is ours: it holds the key pair's seed and every room
+    // made afresh, so its mode is ours: it holds the root peer's secret key and every room
     await fs.rm(tmp, { force: true })
     await tar.create({
       gzip: true,
@@ -75,12 +65,7 @@ export async function backupCommand (argv: readonly string[], io: AdminIO): Prom
   return 0
 }
 
-/**
- * `restore --from FILE [--force]`: a backup unpacked into the data dir. Refused while a process holds the dir,
- * and for a non-empty dir unless `--force` (which replaces it, when it is a data dir).
- * Every entry of the archive is checked before the dir is touched; the backup is unpacked and its store opened
- * beside the old contents, which are then moved aside and replaced, and put back if anything fails.
- */
+/** Every entry is checked before the dir is touched; the old contents are put back if anything fails. */
 export async function restoreCommand (argv: readonly string[], io: AdminIO): Promise<number> {
   const { flags, storageDir } = commandArgs(argv, { '--from': 'value', '--force': 'bool' })
   if (typeof flags['--from'] !== 'string') throw new ConfigError('--from', '--from <file> is required')
@@ -113,7 +98,6 @@ export async function restoreCommand (argv: readonly string[], io: AdminIO): Pro
     await swap(storageDir, work)
   } catch (err) {
     progress.done()
-    // old contents that could not be put back stay where they are, and the message says where
     const kept = await fs.readdir(aside).then(list => list.length > 0, () => false)
     if (!kept) await fs.rm(work, { recursive: true, force: true }).catch(safetyCatch)
     if (err instanceof TypeError || err instanceof ReferenceError) throw err
@@ -128,11 +112,6 @@ export async function restoreCommand (argv: readonly string[], io: AdminIO): Pro
   return 0
 }
 
-/**
- * Reads the whole archive and checks every entry: a regular file or a dir, a plain relative path inside db/ or a
- * state file, a bounded size, and all of them within the free space of the data dir's disk. Resolves with the
- * number of entries; refuses with BAD_ARCHIVE (or STORAGE_FULL) at the first entry that fails.
- */
 async function checkArchive (file: string, dir: string): Promise<number> {
   const free = await freeBytes(await existingParent(dir))
   const room = free === null ? Infinity : free - fullBelow(DEFAULT_WRITE_BUFFER)
@@ -174,7 +153,6 @@ async function checkArchive (file: string, dir: string): Promise<number> {
   return entries
 }
 
-/** Why an entry may not be restored; null when it may. */
 function entryProblem (entry: tar.ReadEntry): string | null {
   const p = entry.path
   const name = JSON.stringify(p.slice(0, 200))
@@ -192,10 +170,7 @@ function entryProblem (entry: tar.ReadEntry): string | null {
   return null
 }
 
-/**
- * Unpacks a checked archive into the empty dir `dir`: db/ first; then the store is opened, which writes a device
- * file for it (its first open would move any other file into db/); then the rest (the state file).
- */
+/** db/ first, then the store is opened (its first open would move any other file into db/), then the rest. */
 async function unpack (file: string, dir: string, entries: number, progress: Progress): Promise<void> {
   let count = 0
   const onReadEntry = (): void => progress.update(() => `${++count} of ${entries} entries`)
@@ -215,10 +190,7 @@ async function unpack (file: string, dir: string, entries: number, progress: Pro
   }
 }
 
-/**
- * Moves the data dir's contents into `work/old` and `work/new`'s into the data dir, then opens the store in its
- * place; if any step fails, every move is undone, so the old contents are back where they were.
- */
+/** Swaps the data dir's contents for `work/new`'s, undoing every move if any step fails. */
 async function swap (dir: string, work: string): Promise<void> {
   const fresh = path.join(work, 'new')
   const aside = path.join(work, 'old')

@@ -1,10 +1,6 @@
-/** How often a progress line is redrawn. */
 const REDRAW_MS = 200
 
-/**
- * One progress line on stderr, redrawn in place, for the long admin commands.
- * Silent unless the stream is a terminal, so piped and logged output stays clean.
- */
+/** One progress line on stderr for the long admin commands; silent unless the stream is a terminal. */
 export class Progress {
   private readonly stream: NodeJS.WriteStream
   private readonly label: string
@@ -18,7 +14,6 @@ export class Progress {
     this.tty = stream.isTTY === true
   }
 
-  /** Shows `text` (computed only when it will be drawn). */
   update (text: () => string): void {
     if (!this.tty) return
     const now = Date.now()
@@ -28,7 +23,6 @@ export class Progress {
     this.stream.write(`\r\x1b[K${this.label}: ${text()}`)
   }
 
-  /** Clears the line. */
   done (): void {
     if (this.shown) this.stream.write('\r\x1b[K')
     this.shown = false

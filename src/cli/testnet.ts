@@ -1,10 +1,7 @@
 import createTestnet from 'hyperdht/testnet.js'
 import { parseInteger } from '../config.js'
 
-/**
- * `root-peer testnet`: a small DHT on 127.0.0.1 for running a root peer and clients offline.
- * Prints the DHT_BOOTSTRAP value to use and runs until SIGINT/SIGTERM.
- */
+/** `root-peer testnet`: a small DHT on 127.0.0.1 for running a root peer and clients offline. */
 export async function runTestnet (argv: string[]): Promise<void> {
   let port = 49737
   let nodes = 3

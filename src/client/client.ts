@@ -10,23 +10,13 @@ import { roomKeyPair, signAccess, signMessage, signedRoomName, verifyMessage, ty
 import safetyCatch from 'safety-catch'
 
 export interface RootPeerClientOptions {
-  /** DHT bootstrap nodes (a loopback testnet in tests); omitted: the public DHT */
   bootstrap?: BootstrapNode[]
-  /** address the client's DHT socket binds; 127.0.0.1 on a loopback testnet */
   dhtHost?: string
   discoveryTopic?: string
-  /** accept only the root peer with this public key (hex or bytes) */
   rootPublicKey?: string | Buffer
-  /**
-   * accept only these root peers (a cluster's members): the first is dialed, and on a disconnect the
-   * client moves to the next and resends its unacked messages there
-   */
   rootPublicKeys?: Array<string | Buffer>
-  /** ms without a byte from the root peer after which the connection is dropped (root peers send a keep-alive every 5 s); 0 = never */
   connectionTimeout?: number
-  /** a swarm the app already runs; connections that are not a root peer are left alone */
   swarm?: Hyperswarm
-  /** ms a register or sync request waits for its answer */
   requestTimeout?: number
 }
 
@@ -38,23 +28,19 @@ export interface SyncPage {
   totalMessages: number
   nextIndex: number
   hasMore: boolean
-  /** the room's first retained index (0 unless older messages were pruned by retention) */
   firstIndex: number
 }
 
 export interface MessageAck { id: string, messageIndex: number, duplicate: boolean }
 
-/** Why a signed room's record was dropped: it is not what a member wrote. */
 export type RejectReason = 'not-a-record' | 'no-id' | 'not-a-string' | 'unsigned' | 'bad-signature'
 
-/** A record of a signed room that the client dropped instead of returning it. */
 export interface RecordRejected { roomName: string, messageIndex: number | null, reason: RejectReason }
 
 interface Outgoing {
   roomName: string
   message: unknown
   id: string
-  /** in a signed room */
   signature?: string
   size: number
   resolve: (ack: MessageAck) => void
@@ -69,27 +55,19 @@ interface Pending {
   timer: NodeJS.Timeout
 }
 
-/** Errors after which a message is resent (the seeds' schedule); any other refusal is final. */
+// refusals after which a message is resent; any other is final
 const TRANSIENT: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'INTERNAL_ERROR', 'RATE_LIMITED', 'TOO_MANY_PEERS', 'STORAGE_FULL', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
 const RESEND_BACKOFF = [1000, 5000, 15000, 60000]
 const RECONNECT_BACKOFF = [250, 500, 1000, 2000, 5000, 10000]
 
-/**
- * A chat app's side of the protocol: finds a root peer on the discovery topic, registers rooms,
- * sends messages until they are acked (resending after a reconnect), and syncs rooms page by page.
- *
- * Events: `connect` (publicKey hex, announcement), `disconnect` (publicKey hex), `error-frame` (frame),
- * `announcement-refused` (publicKey hex, reason), `record-rejected` (RecordRejected).
- */
+/** A chat app's side of the protocol: its options and events are in docs/client.md. */
 export class RootPeerClient extends EventEmitter {
   readonly swarm: Hyperswarm
-  /** the connected root peer's announcement; its `publicKey` is the connection's Noise key, never the frame's word */
+  /** its `publicKey` is the connection's Noise key, never the frame's word */
   announcement: { version: number, publicKey: string, limits: Limits, challenge?: string, access?: number } | null = null
-  /** records of signed rooms dropped because their signature did not hold */
   readonly counters = { recordsRejected: 0 }
   private readonly ownsSwarm: boolean
   private readonly topic: Buffer
-  /** the root peers accepted (empty: any on the discovery topic), and the one dialed now */
   private readonly pinned: Buffer[]
   private candidate = 0
   private readonly connectionTimeout: number
@@ -98,10 +76,8 @@ export class RootPeerClient extends EventEmitter {
   private rootKey: Buffer | null = null
   private discovery: PeerDiscovery | null = null
   private readonly rooms = new Set<string>()
-  /** the key pairs of the signed rooms registered, by room name */
   private readonly signers = new Map<string, KeyPair>()
   private readonly outbox = new Map<string, Outgoing>()
-  /** messages waiting for the advertised rate budget before they are written */
   private sendQueue: Outgoing[] = []
   private sendTimer: NodeJS.Timeout | null = null
   private messageBudget = new TokenBucket(0, 1)
@@ -135,12 +111,10 @@ export class RootPeerClient extends EventEmitter {
     return this.conn !== null
   }
 
-  /** The connected root peer's public key, hex. */
   get rootPublicKey (): string | null {
     return this.rootKey?.toString('hex') ?? null
   }
 
-  /** Resolves once connected to a root peer that has announced itself. */
   ready (timeout = this.requestTimeout): Promise<void> {
     if (this.conn !== null) return Promise.resolve()
     return new Promise((resolve, reject) => {
@@ -156,11 +130,7 @@ export class RootPeerClient extends EventEmitter {
     })
   }
 
-  /**
-   * Registers a room (again after every reconnect); resolves with its name and message count. Given a
-   * room key (bytes) instead of a name, the room is a signed room: its name and key pair are derived
-   * from the key, and every later message and sync of it is signed.
-   */
+  /** Registers a room, again after each reconnect; given a room key (bytes) instead of a name, a signed room. */
   async registerRoom (room: string | Uint8Array): Promise<{ roomName: string, messageCount: number }> {
     let roomName: string
     if (typeof room === 'string') {
@@ -171,11 +141,10 @@ export class RootPeerClient extends EventEmitter {
       this.signers.set(roomName, keyPair)
     }
     this.rooms.add(roomName)
-    const frame = await this.request({ type: 'register-room', roomName }, true)
+    const frame = await this.request({ type: 'register-room', roomName })
     return { roomName, messageCount: frame.messageCount }
   }
 
-  /** Sends a message; resolves with its ack. Unacked messages are resent after a reconnect, deduplicated by id. */
   sendMessage (roomName: string, message: unknown, opts: { id?: string } = {}): Promise<MessageAck> {
     const id = opts.id ?? crypto.randomBytes(16).toString('hex')
     const signer = this.signers.get(roomName)
@@ -189,23 +158,18 @@ export class RootPeerClient extends EventEmitter {
     })
   }
 
-  /** Messages sent and not acked yet. */
   get unacked (): number {
     return this.outbox.size
   }
 
-  /**
-   * One page of a room from `fromIndex` (inclusive). In a signed room every record's signature is checked,
-   * and one that fails is dropped (`record-rejected`); `nextIndex` stays the root peer's, so paging goes on past it.
-   */
+  /** In a signed room a record that fails its check is dropped (`record-rejected`); paging goes on past it. */
   async syncPage (roomName: string, fromIndex = 0, limit?: number): Promise<SyncPage> {
-    const frame = await this.request({ type: 'sync-request', roomName, lastIndex: fromIndex, ...(limit ? { limit } : {}) }, true)
+    const frame = await this.request({ type: 'sync-request', roomName, lastIndex: fromIndex, ...(limit ? { limit } : {}) })
     const signer = this.signers.get(roomName)
     const messages = signer === undefined ? frame.messages : this.signedOnly(roomName, signer.publicKey.toString('hex'), frame.messages)
     return { roomName: signer === undefined ? frame.roomName : roomName, messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore, firstIndex: frame.firstIndex ?? 0 }
   }
 
-  /** Every page of a room from `fromIndex`, in order. */
   async * sync (roomName: string, fromIndex = 0, opts: { limit?: number } = {}): AsyncGenerator<SyncPage> {
     let from = fromIndex
     while (true) {
@@ -238,7 +202,7 @@ export class RootPeerClient extends EventEmitter {
   }
 
   private handleConnection (conn: NoiseStream): void {
-    conn.on('error', () => {})
+    conn.on('error', ignoreError)
     if (this.closed) return
     let announced = false
     const onfirst = (data: Buffer): void => {
@@ -269,14 +233,12 @@ export class RootPeerClient extends EventEmitter {
   private attach (conn: NoiseStream, announcement: any): void {
     this.conn = conn
     this.rootKey = conn.remotePublicKey
-    // a root peer that dies without closing (kill -9, a lost machine) is noticed, so the client can move on
     if (this.connectionTimeout > 0) conn.setTimeout(this.connectionTimeout)
     this.announcement = { version: announcement.version, publicKey: conn.remotePublicKey.toString('hex'), limits: announcement.limits, challenge: announcement.challenge, access: announcement.access }
     this.reconnects = 0
     // dial it directly from now on, so a restarted root peer is found again without a topic lookup
     this.swarm.joinPeer(conn.remotePublicKey)
     if (this.pinned.length > 1) {
-      // and only it: the other pinned root peers are dialed when this one goes
       this.candidate = Math.max(0, this.pinned.findIndex(k => k.equals(conn.remotePublicKey)))
       for (const k of this.pinned) if (!k.equals(conn.remotePublicKey)) this.swarm.leavePeer(k)
     }
@@ -316,7 +278,6 @@ export class RootPeerClient extends EventEmitter {
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null
       if (this.closed || this.conn !== null) return
-      // with several root peers, each attempt dials the next one
       if (this.pinned.length > 1 && this.reconnects > 1) this.nextCandidate(this.pinned[this.candidate])
       const key = this.pinned.length > 0 ? this.pinned[this.candidate] : this.rootKey
       if (key !== null && !this.swarm.connections.size) {
@@ -330,7 +291,6 @@ export class RootPeerClient extends EventEmitter {
     this.reconnectTimer.unref()
   }
 
-  /** Stops dialing `from` and dials the next pinned root peer. */
   private nextCandidate (from: Buffer): void {
     this.swarm.leavePeer(from)
     const at = this.pinned.findIndex(k => k.equals(from))
@@ -375,7 +335,7 @@ export class RootPeerClient extends EventEmitter {
       out.reject(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
       return
     }
-    // SHUTTING_DOWN: the reconnect resends it; others: resend on the seeds' schedule
+    // SHUTTING_DOWN: the reconnect resends it; others after a backoff
     if (frame.code === 'SHUTTING_DOWN' || out.timer !== null) return
     const delay = typeof frame.retryAfterMs === 'number' ? frame.retryAfterMs : RESEND_BACKOFF[Math.min(out.retries++, RESEND_BACKOFF.length - 1)]
     out.timer = setTimeout(() => {
@@ -390,7 +350,6 @@ export class RootPeerClient extends EventEmitter {
     this.pump()
   }
 
-  /** Writes queued messages as the budgets allow; waits (a timer) when they do not. */
   private pump (): void {
     if (this.sendTimer !== null || this.conn === null) return
     while (this.sendQueue.length > 0) {
@@ -413,7 +372,6 @@ export class RootPeerClient extends EventEmitter {
     }
   }
 
-  /** The records a member of the room wrote: the others are dropped, counted and reported. */
   private signedOnly (roomName: string, writerPublicKey: string, records: unknown): SyncedMessage[] {
     const kept: SyncedMessage[] = []
     for (const record of Array.isArray(records) ? records : []) {
@@ -429,10 +387,6 @@ export class RootPeerClient extends EventEmitter {
     return kept
   }
 
-  /**
-   * Adds the proof a signed room asks for: a signature over the root peer's key (the connection's, so a
-   * fake root peer cannot relay it to the real one), this connection's challenge and the room's name.
-   */
   private withAccess (frame: { type: string, roomName: string } & Record<string, unknown>): Record<string, unknown> {
     const signer = this.signers.get(frame.roomName)
     const challenge = this.announcement?.challenge
@@ -441,9 +395,9 @@ export class RootPeerClient extends EventEmitter {
     return { ...frame, writerPublicKey: signer.publicKey.toString('hex'), signature }
   }
 
-  private async request (frame: { type: string, roomName: string } & Record<string, unknown>, access = false): Promise<any> {
+  private async request (frame: { type: string, roomName: string } & Record<string, unknown>): Promise<any> {
     await this.ready()
-    if (access) frame = this.withAccess(frame) as typeof frame
+    frame = this.withAccess(frame) as typeof frame
     const requestId = `r${this.nextRequest++}`
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -468,7 +422,9 @@ export class RootPeerClient extends EventEmitter {
   }
 }
 
-/** Why a record of a signed room is not what a member wrote, or null when it is. */
+// the close that follows a connection's error is what the client acts on (detach, reconnect)
+function ignoreError (): void {}
+
 function rejectReason (roomName: string, writerPublicKey: string, record: any): RejectReason | null {
   if (typeof record !== 'object' || record === null) return 'not-a-record'
   if (typeof record.id !== 'string') return 'no-id'

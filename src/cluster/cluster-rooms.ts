@@ -3,7 +3,8 @@ import type Corestore from 'corestore'
 import type Hypercore from 'hypercore'
 import type Hyperswarm from 'hyperswarm'
 import type { NoiseStream } from 'hyperswarm'
-import { Cluster, type ForwardedWrite, type RoomAd } from './cluster.js'
+import { Cluster } from './cluster.js'
+import type { ForwardedWrite, Requests, RoomAd, WriteResult } from './messages.js'
 import { RootPeerError } from '../protocol/errors.js'
 import { MirrorWaits, Mirrors } from './mirror.js'
 import { validateRoomName } from '../protocol/protocol.js'
@@ -11,50 +12,37 @@ import { rendezvousOwner } from './rendezvous.js'
 import { keyMatchesName } from '../protocol/room-auth.js'
 import type { Rooms } from '../storage/rooms.js'
 
-/** How long a request waits for its member's link to come (back) before PRIMARY_UNAVAILABLE: a link is replaced now and then. */
+/** How long a request waits for its member's link to come (back): a link is replaced now and then. */
 const LINK_WAIT = 2000
 
 export interface ClusterRoomsOptions {
   self: string
-  /** the other members' public keys, hex */
   members: readonly string[]
   swarm: Hyperswarm
-  /** the current store and rooms: both are replaced when storage recovers from a failure */
+  /** both are replaced when storage recovers from a failure */
   store: () => Corestore
   rooms: () => Rooms
   maxRooms: number
-  /** mirrored rooms followed actively at once, and ms after which an idle one is put to sleep (see Mirrors) */
   maxOpenRooms: number
   roomIdleTimeout: number
   minMirrors: number
-  /** ms a write waits for its mirrors, a request for its member, and a write here for the first member to be heard from */
+  /** ms: for the mirrors, for a member's answer, and for the first member to be heard from */
   timeout: number
-  /** this root peer's `root-peer-announcement`, the first frame on a member's connection as on every connection */
   announcement: () => string
-  /** stores a message another member forwarded to this root peer, the room's primary */
-  onWrite: (write: ForwardedWrite) => Promise<{ messageIndex: number, duplicate: boolean }>
+  onWrite: (write: ForwardedWrite) => Promise<WriteResult>
 }
 
 /**
- * Which member is primary for which room: tells the other members about the rooms this root peer knows,
- * mirrors the rooms of the others, creates new rooms at their rendezvous owner, hands a room over when
- * a member was promoted over its primary, and holds writes to this root peer's own rooms until it has
- * heard from another member since it started (`writable`): a primary that was replaced while it was
- * down learns so before it appends again.
- *
- * Events: `member-connected` (key), `member-disconnected` (key), `member-error` (key, err),
- * `room-mirrored` ({ roomName, primary }), `room-conflict` ({ roomName, primary, key }), `cluster-error` ({ member, err }).
+ * Which member is primary for which room (docs/cluster.md). Events: `member-connected`,
+ * `member-disconnected`, `member-error`, `room-mirrored`, `room-conflict`, `cluster-error`.
  */
 export class ClusterRooms extends EventEmitter {
-  /** the member links and the cluster channel */
   readonly links: Cluster
   private readonly opts: ClusterRoomsOptions
   private readonly waits: MirrorWaits
   private mirrors: Mirrors | null = null
   private readonly pending = new Set<Promise<unknown>>()
-  /** set once the rooms of some other member were heard and applied since start */
   private heard = false
-  /** per member, its `rooms` frames applied one after the other */
   private readonly applying = new Map<string, Promise<void>>()
   private readonly heardWaiters = new Set<() => void>()
   private closed = false
@@ -80,8 +68,7 @@ export class ClusterRooms extends EventEmitter {
       this.emit('member-disconnected', member)
     })
     cluster.on('member-error', (member, err) => this.emit('member-error', member, err))
-    // requests waiting for a member's link listen for it
-    cluster.setMaxListeners(0)
+    cluster.setMaxListeners(0) // each request waiting for a member's link listens
     this.links = cluster
     this.waits = new MirrorWaits(key => cluster.isMember(key))
   }
@@ -90,14 +77,12 @@ export class ClusterRooms extends EventEmitter {
     return this.links.self
   }
 
-  /** Follows the mirrored rooms and dials the other members. */
   start (): void {
     this.follow(this.opts.store())
     this.watch(this.opts.rooms())
     this.links.start(this.opts.announcement)
   }
 
-  /** Takes a member's connection (see Cluster.attach). */
   attach (conn: NoiseStream): void {
     this.links.attach(conn, this.opts.announcement())
   }
@@ -106,36 +91,28 @@ export class ClusterRooms extends EventEmitter {
     return this.links.isMember(key)
   }
 
-  /** Every other member, and whether it is connected. */
   status (): Array<{ publicKey: string, connected: boolean }> {
     return this.links.status()
   }
 
-  /** Per primary: what this member, its mirror, has not stored yet. */
   mirrorLag (): Map<string, { blocks: number, seconds: number }> {
     return this.mirrors?.lag() ?? new Map()
   }
 
-  /** Mirrored rooms, and those followed actively now. */
   mirroredRooms (): { followed: number, active: number } {
     return { followed: this.mirrors?.size ?? 0, active: this.mirrors?.activeCount ?? 0 }
   }
 
-  /** Per mirror: blocks of `own` cores (this root peer's, open now) it has not stored yet. */
   replicaLag (own: Iterable<Hypercore>): Map<string, number> {
     return Mirrors.behind(own, key => this.links.isMember(key))
   }
 
-  /** Resolves once MIN_MIRRORS members have stored `core` up to `length`; NOT_REPLICATED after the timeout. */
   waitForMirrors (core: Hypercore, length: number): Promise<void> {
     return this.waits.wait(core, length, this.opts.minMirrors, this.opts.timeout)
   }
 
-  /**
-   * Resolves when this root peer may append to its own rooms: once it has heard the rooms of another member
-   * since it started (and handed over any room a member was promoted over it for). PRIMARY_UNAVAILABLE after the timeout.
-   */
-  writable (): Promise<void> | null {
+  /** Waits until another member was heard from since start (null: it was), or PRIMARY_UNAVAILABLE. */
+  waitWritable (): Promise<void> | null {
     if (this.heard) return null
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -150,32 +127,27 @@ export class ClusterRooms extends EventEmitter {
     })
   }
 
-  /**
-   * A new room, named here: created at its rendezvous owner and mirrored here (nothing to do when this root peer
-   * is the owner). `admit` checks this root peer's own caps before a member is asked.
-   */
+  /** Creates a new room at its rendezvous owner and mirrors it; `admit` checks the caps first. */
   async place (roomName: string, writerPublicKey: string | undefined, admit: () => void): Promise<void> {
     const owner = rendezvousOwner(roomName, this.links.all)
     if (owner === this.self) return
     admit()
-    const ad = await this.request(owner, { op: 'create', roomName, writerPublicKey }, this.opts.timeout) as RoomAd
+    const ad = await this.request(owner, 'create', { roomName, writerPublicKey }, this.opts.timeout)
     await this.adopt(owner, ad)
     if (!this.opts.rooms().has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
   }
 
-  /** A mirrored room's key, learned here: its primary signs the room (it alone knows where the signed history starts), and this mirror follows. */
+  /** A mirrored room's key, learned here: its primary signs the room (it knows where signing starts). */
   async sign (primary: string, roomName: string, writerPublicKey: string): Promise<void> {
-    const ad = await this.request(primary, { op: 'create', roomName, writerPublicKey }, this.opts.timeout) as RoomAd
+    const ad = await this.request(primary, 'create', { roomName, writerPublicKey }, this.opts.timeout)
     await this.adopt(primary, ad)
   }
 
-  /** Sends a write to the room's primary; resolves with the primary's index. PRIMARY_UNAVAILABLE when it does not answer within `timeout`. */
-  async forward (primary: string, write: ForwardedWrite, timeout: number): Promise<{ messageIndex: number, duplicate: boolean }> {
-    return await this.request(primary, { op: 'write', ...write }, timeout)
+  async forward (primary: string, write: ForwardedWrite, timeout: number): Promise<WriteResult> {
+    return await this.request(primary, 'write', write, timeout)
   }
 
-  /** A request to a member, once its link is up (waiting up to LINK_WAIT for it). */
-  private async request (member: string, body: Record<string, unknown>, timeout: number): Promise<any> {
+  private async request<M extends keyof Requests> (member: string, method: M, value: Requests[M][0], timeout: number): Promise<Requests[M][1]> {
     if (!this.links.connected(member)) {
       await new Promise<void>(resolve => {
         const done = (): void => {
@@ -188,17 +160,16 @@ export class ClusterRooms extends EventEmitter {
         this.links.on('member-connected', onConnected)
       })
     }
-    return await this.links.request(member, body, timeout)
+    return await this.links.request(member, method, value, timeout)
   }
 
-  /** Follows the mirrored rooms again, in the store reopened after a storage failure, and restarts the member links on it. */
+  /** After a storage failure: follows the mirrored rooms in the reopened store; restarts the links. */
   resume (): void {
     this.follow(this.opts.store())
     this.watch(this.opts.rooms())
     this.links.reconnect()
   }
 
-  /** Stops following mirrored rooms (before the store is closed for a reopen). */
   async pause (): Promise<void> {
     const mirrors = this.mirrors
     this.mirrors = null
@@ -213,31 +184,25 @@ export class ClusterRooms extends EventEmitter {
     await this.pause()
   }
 
-  /** Follows every mirrored room in `store`. */
   private follow (store: Corestore): void {
     const mirrors = new Mirrors(store, {
       maxOpen: this.opts.maxOpenRooms,
       idleTimeout: this.opts.roomIdleTimeout,
-      onProgress: (name, held, byteLength) => this.opts.rooms().mirrored(name, held, byteLength)
+      onProgress: (name, held, byteLength) => this.opts.rooms().recordMirrored(name, held, byteLength)
     })
     this.mirrors = mirrors
-    // asleep: a room is woken when its core grows, or when a member says it holds more (its `rooms` on connecting)
+    // asleep until its core grows, or a member's `rooms` says it holds more
     for (const info of this.opts.rooms().list()) {
       if (info.primary !== undefined) mirrors.follow(info.name, info.coreKey!, info.primary, info.messageCount, false)
     }
   }
 
-  /** A room created here is told to every member, which mirrors it. */
   private watch (rooms: Rooms): void {
     rooms.on('created', (name: string) => {
       this.track(this.adOf(name).then(ad => { if (ad !== null) this.links.announce([ad]) }), null)
     })
   }
 
-  /**
-   * Every room this root peer knows, with its core key and (for a mirrored one) its primary: a member learns
-   * the rooms of a primary it cannot reach from the others, and a hand-over (`promotedFrom`) from any of them.
-   */
   private async ads (): Promise<RoomAd[]> {
     const ads: RoomAd[] = []
     for (const info of [...this.opts.rooms().list()]) {
@@ -261,11 +226,7 @@ export class ClusterRooms extends EventEmitter {
     return ad
   }
 
-  /**
-   * A member's `rooms` frame: each room adopted. What it says of rooms this root peer is primary for (a hand-over)
-   * is applied in order, frame after frame; once the last frame of the first whole list since start is (its last
-   * frame has no `more`), this root peer is writable. The other rooms are mirrored meanwhile, not waited for.
-   */
+  /** What `rooms` says of this root peer's own rooms (a hand-over) is applied in order, before writes. */
   private onRooms (member: string, ads: RoomAd[], more: boolean): void {
     const rooms = this.opts.rooms()
     const own: RoomAd[] = []
@@ -287,7 +248,6 @@ export class ClusterRooms extends EventEmitter {
     this.track(applied.finally(() => { if (this.applying.get(member) === applied) this.applying.delete(member) }), member)
   }
 
-  /** Mirrors a room another member told us about (unless this root peer holds that name in another core). */
   private async adopt (from: string, ad: RoomAd): Promise<void> {
     const cluster = this.links
     const rooms = this.opts.rooms()
@@ -300,8 +260,7 @@ export class ClusterRooms extends EventEmitter {
     if (known !== undefined && known.promotedFrom === primary) return
     const promotedOver = ad.promotedFrom !== undefined && (known?.primary === ad.promotedFrom || (ad.promotedFrom === this.self && known?.primary === undefined))
     if (known !== undefined && promotedOver && known.coreKey !== ad.key) {
-      // the old primary is gone for good and `primary` took its rooms over: follow the new core
-      // (this root peer too, when it is that old primary started again: it hands the room over and stops writing to it)
+      // `primary` took the room over from a gone member (maybe this one, restarted): follow its core
       await this.mirrors?.unfollow(ad.name)
       await rooms.move(ad.name, ad.key, primary, ad.promotedFrom!)
       this.mirrors?.follow(ad.name, ad.key, primary, 0, true)
@@ -317,7 +276,6 @@ export class ClusterRooms extends EventEmitter {
     if (known === undefined) this.emit('room-mirrored', { roomName: ad.name, primary })
   }
 
-  /** A member asks this root peer, the rendezvous owner, to create a room (idempotent). */
   private async create (roomName: string, writerPublicKey?: string): Promise<RoomAd> {
     validateRoomName(roomName)
     if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()

@@ -1,24 +1,14 @@
 import type HyperDHT from 'hyperdht'
 import type { NoiseStream } from 'hyperswarm'
 
-/** How often members that are not connected are looked at, and how long a failed dial waits before the next. */
 const DIAL_TICK = 1000
 const RETRY_AFTER = 2000
-/** A dial that has not opened by then is dropped (one to a stale DHT record of a member that restarted can hang). */
+/** a dial to a stale DHT record of a member that restarted can hang */
 const DIAL_TIMEOUT = 10_000
-/**
- * Of two members, the one with the greater key dials; the other dials too only after being without a link for this
- * long (the greater one's dial may hang on a stale DHT record of it), so that two dials rarely cross.
- */
+/** the member with the smaller key waits this long without a link before it dials too */
 const FALLBACK_AFTER = 3000
 
-/**
- * Dials the other members of a cluster directly on the DHT (`dht.connect`), outside Hyperswarm's peer
- * handling: Hyperswarm refuses an incoming connection from a peer while its own dial to that peer is
- * pending and it is the expected initiator, so a member that restarted could be shut out until a dial to
- * its stale DHT record timed out. With these dials each side's swarm takes the other's connection at once;
- * the receiver of two connections to one member keeps one (see Cluster.attach).
- */
+/** Dials the other members directly on the DHT, outside Hyperswarm's peer handling (docs/cluster.md). */
 export class MemberDialer {
   private readonly self: string
   private readonly dht: HyperDHT
@@ -28,7 +18,6 @@ export class MemberDialer {
   private readonly onConnection: (conn: NoiseStream) => void
   private readonly dialing = new Map<string, NoiseStream>()
   private readonly notBefore = new Map<string, number>()
-  /** when each member that does not lead was last seen linked, or first seen unlinked */
   private readonly unlinkedSince = new Map<string, number>()
   private timer: NodeJS.Timeout | null = null
   private closed = false
@@ -79,7 +68,7 @@ export class MemberDialer {
       clearTimeout(timer)
       if (this.dialing.get(member) === conn) this.dialing.delete(member)
     }
-    conn.on('error', () => {})
+    conn.on('error', noop) // a failed dial is retried on its close event
     conn.once('open', () => {
       done()
       if (this.closed) conn.destroy()
@@ -91,3 +80,5 @@ export class MemberDialer {
     })
   }
 }
+
+function noop (): void {}

@@ -4,10 +4,9 @@ import { discoveryKey } from 'hypercore-crypto'
 import { RootPeerError } from '../protocol/errors.js'
 import safetyCatch from 'safety-catch'
 
-/** How often the waits for mirrors look at the cores' peers (Hypercore has no event for a peer's stored length). */
+/** Hypercore has no event for a second peer reaching a length another reached: waits poll this often. */
 const POLL_INTERVAL = 10
 
-/** Distinct cluster members that have stored `core` from block 0 up to `length` (their announced contiguous length). */
 export function mirroredBy (core: Hypercore, length: number, isMember: (key: string) => boolean): number {
   const seen = new Set<string>()
   for (const peer of core.peers) {
@@ -26,12 +25,8 @@ interface Wait {
   reject: (err: RootPeerError) => void
 }
 
-/**
- * The primary's side of MIN_MIRRORS: a write waits until `wanted` members have announced that they
- * stored its block (a peer announces a block only after storing it), or fails with NOT_REPLICATED.
- */
+/** The primary's side of MIN_MIRRORS: a write waits until enough members have stored its block. */
 export class MirrorWaits {
-  /** waits by core, and the listener each core has for its `remote-contiguous-length` event */
   private readonly byCore = new Map<Hypercore, { waits: Set<Wait>, onChange: () => void }>()
   private timer: NodeJS.Timeout | null = null
   private readonly isMember: (key: string) => boolean
@@ -40,11 +35,7 @@ export class MirrorWaits {
     this.isMember = isMember
   }
 
-  /**
-   * Resolves once `wanted` members hold `core` up to `length`; rejects with NOT_REPLICATED after `timeout` ms.
-   * Checked when the core's longest remote contiguous length grows (the first mirror to store the block), and
-   * every POLL_INTERVAL ms for the rest (Hypercore has no event for a peer that reaches a length another reached).
-   */
+  /** Resolves once `wanted` members hold `core` up to `length`; NOT_REPLICATED after `timeout` ms. */
   wait (core: Hypercore, length: number, wanted: number, timeout: number): Promise<void> {
     if (wanted <= 0 || mirroredBy(core, length, this.isMember) >= wanted) return Promise.resolve()
     return new Promise((resolve, reject) => {
@@ -60,7 +51,6 @@ export class MirrorWaits {
     })
   }
 
-  /** Fails every wait (on shutdown). */
   close (): void {
     for (const [core, { waits, onChange }] of this.byCore) {
       core.off('remote-contiguous-length', onChange)
@@ -104,38 +94,25 @@ interface Followed {
   name: string
   key: Buffer
   primary: string
-  /** blocks held from 0 without a gap, the last time this member looked */
   held: number
-  /** the session that downloads the core, while the room is followed actively; null while it is idle */
+  /** downloading while the room is followed actively; null while it sleeps */
   session: Hypercore | null
-  /** a weak session on the internal core while it is open (whoever opened it): tells of appends while idle */
+  /** while the core is open (whoever opened it): tells of appends while the room sleeps */
   weak: Hypercore | null
   lastActive: number
-  /** ms since the epoch when this mirror last fell behind the length it knows of; null while caught up */
   behindSince: number | null
 }
 
 export interface MirrorsOptions {
-  /** rooms followed actively (a downloading session) at once, besides those still catching up */
   maxOpen?: number
-  /** ms without a new block after which a caught-up room's session is closed */
   idleTimeout?: number
-  /** called as blocks arrive, with the blocks held from 0 without a gap and their bytes */
   onProgress: (roomName: string, held: number, byteLength: number) => void
 }
 
-/**
- * The mirror's side: follows the cores of the rooms other members are primary for. A room is followed
- * actively (a session downloading from block 0 to the end, live) while it is behind or was active within
- * `idleTimeout`, at most `maxOpen` caught-up rooms at once (least recently active closed first): a mirror
- * with a session open also keeps the primary's core open. An idle room is woken up again when its core
- * grows: Corestore opens a stored core by itself when a member opens it on a replication link, and a weak
- * session on the open core sees its length grow; and when a member's `rooms` says it holds more (`hint`).
- */
+/** The mirror's side: follows the cores of the other members' rooms, idle ones asleep (docs/cluster.md). */
 export class Mirrors {
   private readonly store: Corestore
   private readonly followed = new Map<string, Followed>()
-  /** discovery key (hex) to room name */
   private readonly byDiscoveryKey = new Map<string, string>()
   private readonly maxOpen: number
   private readonly idleTimeout: number
@@ -156,7 +133,6 @@ export class Mirrors {
     this.sweepTimer.unref()
   }
 
-  /** Rooms followed; and of them, followed actively now. */
   get size (): number {
     return this.followed.size
   }
@@ -165,10 +141,7 @@ export class Mirrors {
     return this.active
   }
 
-  /**
-   * Follows room `name`'s core `key` (hex), held by `primary`, of which `held` blocks are stored here; actively
-   * at once when `wake`. A room followed already is left as it is.
-   */
+  /** Follows a room (actively at once when `wake`) unless it is; its first `held` blocks are here. */
   follow (name: string, key: string, primary: string, held: number, wake: boolean): void {
     if (this.closed || this.followed.has(name)) return
     const keyBuffer = Buffer.from(key, 'hex')
@@ -178,21 +151,16 @@ export class Mirrors {
     if (wake) this.wake(followed)
   }
 
-  /** A member holds `length` blocks of the room: followed actively until this member holds them too. */
   hint (name: string, length: number): void {
     const followed = this.followed.get(name)
     if (followed !== undefined && length > followed.held) this.wake(followed)
   }
 
-  /**
-   * The rooms' primary went away: they are followed actively, both here and at the other mirrors (which get the
-   * same news), so the blocks one mirror lacks come from another while the primary is gone.
-   */
+  /** The primary went away: its rooms are followed actively, so a mirror gets what it lacks from another. */
   wakeFrom (primary: string): void {
     for (const followed of this.followed.values()) if (followed.primary === primary) this.wake(followed)
   }
 
-  /** Stops following a room (its primary changed). */
   async unfollow (name: string): Promise<void> {
     const followed = this.followed.get(name)
     if (followed === undefined) return
@@ -202,10 +170,7 @@ export class Mirrors {
     await followed.weak?.close()
   }
 
-  /**
-   * Per primary: blocks it has announced that this member has not stored yet, all its rooms together, and
-   * the seconds since the oldest of its rooms fell behind (0 when caught up). Idle rooms were caught up.
-   */
+  /** Per primary: blocks not stored here yet, and seconds since the oldest of its rooms fell behind. */
   lag (now = Date.now()): Map<string, { blocks: number, seconds: number }> {
     const lag = new Map<string, { blocks: number, seconds: number }>()
     for (const { session, primary, behindSince } of this.followed.values()) {
@@ -218,10 +183,7 @@ export class Mirrors {
     return lag
   }
 
-  /**
-   * The primary's view, per member: blocks of `cores` (this root peer's own, open now) that the member has
-   * not announced as stored; members that replicate none of them are absent.
-   */
+  /** The primary's view, per member: blocks of `cores` the member has not announced as stored. */
   static behind (cores: Iterable<Hypercore>, isMember: (key: string) => boolean): Map<string, number> {
     const behind = new Map<string, number>()
     for (const core of cores) {
@@ -242,7 +204,6 @@ export class Mirrors {
     await Promise.allSettled(all.flatMap(f => [f.session?.close(), f.weak?.close()]))
   }
 
-  /** Opens the room's downloading session, unless it has one. */
   private wake (followed: Followed): void {
     if (this.closed || followed.session !== null || this.followed.get(followed.name) !== followed) return
     const session = this.store.get({ key: followed.key })
@@ -269,7 +230,6 @@ export class Mirrors {
     }, () => this.sleep(followed))
   }
 
-  /** Closes the room's downloading session; the weak session stays while the core is open. */
   private async sleep (followed: Followed): Promise<void> {
     const session = followed.session
     if (session === null) return
@@ -279,7 +239,6 @@ export class Mirrors {
     await session.close().catch(safetyCatch)
   }
 
-  /** Puts caught-up rooms idle for `idleTimeout` to sleep, and the least recently active ones over `maxOpen`. */
   private sweep (now = Date.now()): void {
     const caughtUp = [...this.followed.values()].filter(f => f.session?.opened === true && f.session.contiguousLength >= f.session.length)
     caughtUp.sort((a, b) => a.lastActive - b.lastActive)
@@ -291,7 +250,6 @@ export class Mirrors {
     }
   }
 
-  /** An internal core opened (by anyone): a followed room gets a weak session that wakes it when the core grows. */
   private onCoreOpen (core: { readonly discoveryKey: Buffer }): void {
     const name = this.byDiscoveryKey.get(core.discoveryKey.toString('hex'))
     const followed = name === undefined ? undefined : this.followed.get(name)
@@ -309,6 +267,6 @@ export class Mirrors {
     }
     weak.on('append', grown)
     weak.on('close', () => { if (followed.weak === weak) followed.weak = null })
-    weak.ready().then(grown, () => {})
+    weak.ready().then(grown, safetyCatch)
   }
 }

@@ -11,19 +11,16 @@ import { openStore } from '../storage/data-dir-lock.js'
 import { MemberDialer } from './member-dial.js'
 import safetyCatch from 'safety-catch'
 
-/** How long `promote` tries to reach the old primary before it counts it as gone. */
+/** How long `promote` tries to reach the old primary, and to fetch from the others what it lacks. */
 export const REACH_TIMEOUT = 10_000
-/** How long `promote` fetches, from the other members, blocks of the old primary's rooms this mirror lacks. */
 export const CATCH_UP_TIMEOUT = 15_000
 const COPY_BATCH = 256
 
 export interface PromoteOptions {
   storageDir: string
-  /** the gone member's public key, hex */
   from: string
   bootstrap: BootstrapNode[] | null
   dhtHost: string
-  /** the other members (CLUSTER_PEERS): blocks this mirror lacks are fetched from them first */
   members?: string[]
   reachTimeout?: number
 }
@@ -34,7 +31,6 @@ export interface Promoted {
   key: string
 }
 
-/** Why a promotion was refused; the CLI prints `message` and exits 1. */
 export class PromoteError extends Error {
   constructor (message: string) {
     super(message)
@@ -42,13 +38,7 @@ export class PromoteError extends Error {
   }
 }
 
-/**
- * `root-peer promote --from KEY`, on a stopped mirror: takes over every room the member KEY was
- * primary for. Refuses while KEY answers on the DHT. Each room's mirrored blocks are appended, in
- * order, into a core this root peer owns, so every index keeps its meaning; the room index records
- * the room as this root peer's (with `promotedFrom`), and on its next start it tells the other
- * members, which follow the new core.
- */
+/** `root-peer promote --from KEY`, on a stopped mirror: takes over the rooms of the gone member KEY. */
 export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
   const { storageDir, from, bootstrap, dhtHost, members = [], reachTimeout = REACH_TIMEOUT } = opts
   // the store is the data dir's lock: refused while a daemon holds it
@@ -66,7 +56,7 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
     const mirroredCores = taken.map(info => store.get({ key: Buffer.from(info.coreKey!, 'hex') }))
     try {
       await Promise.all(mirroredCores.map(core => core.ready()))
-      // an acked block may be on another mirror only (MIN_MIRRORS below the mirrors): fetch what they have
+      // an acked block may be on another mirror only (MIN_MIRRORS below the mirrors)
       const others = members.filter(m => m !== from && m !== keyPair.publicKey.toString('hex'))
       if (others.length > 0 && mirroredCores.length > 0) await catchUp(store, keyPair, others, bootstrap, dhtHost, mirroredCores)
       for (const [i, info] of taken.entries()) {
@@ -76,8 +66,7 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
         if (mirrored.contiguousLength < mirrored.length) {
           throw new PromoteError(`room ${info.name}: only ${mirrored.contiguousLength} of the ${mirrored.length} blocks known are held here; promote the member that holds them all`)
         }
-        // a copy interrupted before is continued where it stopped
-        for (let at = own.length; at < mirrored.length; at += COPY_BATCH) {
+          for (let at = own.length; at < mirrored.length; at += COPY_BATCH) {
           const blocks: Buffer[] = []
           for (let i = at; i < Math.min(mirrored.length, at + COPY_BATCH); i++) blocks.push((await mirrored.get(i, { wait: false }))!)
           await own.append(blocks)
@@ -97,11 +86,7 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
   }
 }
 
-/**
- * True when a connection to `key` opens within `timeout` ms. The probe uses a throwaway key, so the old
- * primary takes it as a client: with this member's own key, a member dialing this key at the same moment
- * could have Hyperswarm drop the probe as a duplicate, and a live primary would look gone.
- */
+/** True when a connection to `key` opens within `timeout` ms (from a throwaway key: docs/cluster.md). */
 async function reachable (key: string, bootstrap: BootstrapNode[] | null, host: string, timeout: number): Promise<boolean> {
   const dht = new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), host, ephemeral: true })
   try {
@@ -117,18 +102,13 @@ async function reachable (key: string, bootstrap: BootstrapNode[] | null, host: 
   }
 }
 
-/**
- * Replicates the store with the other members for up to CATCH_UP_TIMEOUT, so each core learns the longest
- * length any of them has and downloads every block up to it. A member's connection starts with the
- * announcements, as between running members; no cluster channel is opened. The swarm listens too, and the
- * members are dialed as running members dial each other (MemberDialer): a member may keep either connection of a pair.
- */
+/** Replicates with the other members until each core holds the longest length any of them has. */
 async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKey: Buffer }, members: string[], bootstrap: BootstrapNode[] | null, host: string, cores: Hypercore[]): Promise<void> {
   const swarm = new Hyperswarm({ dht: new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), host, keyPair }), keyPair })
   const announcement = JSON.stringify({ type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey: keyPair.publicKey.toString('hex'), limits: DEFAULT_LIMITS, challenge: newChallenge() })
   const linked = new Map<string, NoiseStream>()
   const onConnection = (conn: NoiseStream): void => {
-    conn.on('error', () => {})
+    conn.on('error', noop) // a member whose link fails is dropped on its close event
     const member = conn.remotePublicKey.toString('hex')
     if (!members.includes(member)) {
       conn.destroy()
@@ -147,14 +127,12 @@ async function catchUp (store: Corestore, keyPair: { publicKey: Buffer, secretKe
   const left = (): number => Math.max(0, deadline - Date.now())
   try {
     await Promise.all(cores.map(async core => {
-      // replicated with every member reachable now (or until the deadline)
-      // and each of them has told its length (its sync message)
       while ((core.peers.length < members.length || core.peers.some(p => !p.remoteSynced)) && left() > 0) await sleep(Math.min(50, left()))
       const synced = core.peers.filter(p => p.remoteSynced)
       const longest = Math.max(0, ...synced.map(p => p.remoteLength))
       while (core.length < longest && left() > 0) await withTimeout(core.update({ wait: true }), Math.min(1000, left()))
       if (core.contiguousLength < core.length) await withTimeout(core.download({ start: 0, end: core.length }).done(), left())
-      // a member that could not be asked may hold acked blocks this one lacks: never promote a shorter history silently
+      // a member not asked may hold acked blocks this one lacks
       if (synced.length < members.length) {
         throw new PromoteError(`could not fetch this room's blocks from every other member within ${CATCH_UP_TIMEOUT / 1000} s (${synced.length} of ${members.length} answered); run promote again, or leave a member that is gone for good out of CLUSTER_PEERS for the promote run`)
       }
@@ -175,3 +153,5 @@ async function withTimeout (promise: Promise<unknown>, ms: number): Promise<void
   await Promise.race([promise.catch(safetyCatch), new Promise<void>(resolve => { timer = setTimeout(resolve, ms) })])
   if (timer !== null) clearTimeout(timer)
 }
+
+function noop (): void {}

@@ -1,10 +1,6 @@
 import crypto from 'hypercore-crypto'
 
-/**
- * Rendezvous (highest random weight) hashing: the member whose BLAKE2b-256 of (room name, member key)
- * is highest owns the room. Every member computes the same owner from the same member list, and a
- * member joining or leaving moves only the rooms it wins or held.
- */
+/** A new room's owner, by rendezvous hashing: the highest BLAKE2b-256(roomName ‖ member key). */
 export function rendezvousOwner (roomName: string, members: readonly string[]): string {
   let best = ''
   let bestWeight: Buffer | null = null

@@ -20,32 +20,20 @@ export interface ConnectionsOptions {
   stallTimeout: number
   counters: Counters
   storage: StorageHealth
-  /** the root peer's public key, hex */
   publicKey: () => string
   closing: () => boolean
-  /** handles a decoded, admitted frame; a coded error it throws is the peer's answer */
   dispatch: (peer: Peer, frame: Frame) => Promise<void>
-  /** keeps a promise in the set shutdown waits for */
   track: (promise: Promise<unknown>) => void
 }
 
-/** Refusals that are not the peer's fault and do not count towards a ban. */
+// refusals that are not the peer's fault do not count towards a ban
 const BLAMELESS: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'STORAGE_FULL', 'INTERNAL_ERROR', 'TOO_MANY_ROOMS', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
 
-/**
- * The client connections: who gets in (MAX_PEERS, MAX_PEERS_PER_HOST, idle peers giving way), what they can make
- * the daemon hold (the inbound budget), and each frame from its bytes to its handler: decoded, charged to the
- * peer's budgets, dispatched in arrival order; a refusal is an error frame, and enough of them a ban.
- *
- * Events: `peer-connected` (peerId), `peer-disconnected` (peerId), `peer-refused` (peerId, err),
- * `peer-stalled` (peerId), `peer-idle` (peerId, err), `peer-dropped` (peerId, err), `frame-refused` (peerId, err),
- * `peer-banned` (peerId).
- */
+/** The client connections: who gets in, and each frame from its bytes to its handler or its refusal. */
 export class Connections extends EventEmitter {
   readonly peers = new Map<string, Peer>()
   readonly guard: Guard
   readonly inbound: Inbound
-  /** connected peers per remote address */
   private readonly hosts = new Map<string, number>()
   private readonly ctx: ConnectionsOptions
 
@@ -56,7 +44,6 @@ export class Connections extends EventEmitter {
     this.inbound = new Inbound({ maxFrameBytes: opts.limits.maxFrameBytes, ...opts.inbound })
   }
 
-  /** Serves a client connection (a cluster member's is not given here): admission, then frames until it closes. */
   accept (conn: NoiseStream): void {
     const host = conn.rawStream?.remoteHost ?? null
     const refusal = this.admission(host)
@@ -137,13 +124,10 @@ export class Connections extends EventEmitter {
     bump(this.ctx.counters.errors, coded.code)
     this.emit('frame-refused', peer.id, coded)
     this.send(peer, 'error', errorFrame(coded, context))
-    if (!BLAMELESS.has(coded.code) && this.guard.refused(peer.record)) this.banPeer(peer)
+    if (!BLAMELESS.has(coded.code) && this.guard.noteRefusal(peer.record)) this.banPeer(peer)
   }
 
-  /**
-   * Null when a connection from `host` may be served, else why not: the address has MAX_PEERS_PER_HOST
-   * connections, or MAX_PEERS are connected and none has been idle long enough to give its place up.
-   */
+  /** Null when a connection from `host` may be served (an idle peer may give its place up), else why not. */
   private admission (host: string | null): RootPeerError | null {
     if (host !== null && this.ctx.maxPeersPerHost > 0 && (this.hosts.get(host) ?? 0) >= this.ctx.maxPeersPerHost) {
       return RootPeerError.TOO_MANY_PEERS_FROM_HOST(this.ctx.maxPeersPerHost)
@@ -162,7 +146,6 @@ export class Connections extends EventEmitter {
     return null
   }
 
-  /** Ends a peer's connection with an error frame saying why. */
   private disconnect (peer: Peer, err: RootPeerError): void {
     if (peer.closed) return
     bump(this.ctx.counters.errors, err.code)
@@ -172,7 +155,6 @@ export class Connections extends EventEmitter {
     peer.close()
   }
 
-  /** Ends a connection the inbound budget gave up on: a frame too large, too slow, or too much held. */
   private dropPeer (conn: NoiseStream, reason: DropReason, announced: number): void {
     const err = reason === 'frame-too-large'
       ? RootPeerError.FRAME_TOO_LARGE(announced, this.ctx.limits.maxFrameBytes)
@@ -181,15 +163,13 @@ export class Connections extends EventEmitter {
     bump(this.ctx.counters.droppedPeers, reason)
     const peerId = conn.remotePublicKey.toString('hex')
     this.emit('peer-dropped', peerId, err)
-    // the error goes out, and the stream is destroyed at once: the transport keeps taking in what a peer sends
-    // while it is open, whether anyone reads it or not
+    // destroyed at once: the transport keeps taking in what a peer sends while it is open, read or not
     const peer = this.peers.get(peerId)
     if (peer !== undefined && peer.conn === conn) this.send(peer, 'error', errorFrame(err))
     peer?.close()
     setImmediate(() => conn.destroy())
   }
 
-  /** Disconnects a peer that keeps sending refused frames, and refuses its key for a while. */
   private banPeer (peer: Peer): void {
     if (peer.closed) return
     this.guard.ban(peer.id)
@@ -212,7 +192,6 @@ export class Connections extends EventEmitter {
   }
 }
 
-/** The fields of an error frame that say which frame it answers. */
 export function contextOf (frame: Frame): Record<string, unknown> {
   const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }
   if (frame.type === 'message' && frame.id !== undefined) ctx.id = frame.id

@@ -13,7 +13,7 @@ import type { RoomState } from '../storage/state-file.js'
 import type { Counters } from '../monitor/stats.js'
 import type { StorageHealth } from '../storage/storage-health.js'
 
-/** How much longer than REPLICATION_TIMEOUT a forwarded write waits for its primary's answer. */
+// a forwarded write waits this much longer than the REPLICATION_TIMEOUT its primary may wait for mirrors
 const FORWARD_GRACE = 2000
 
 export interface FrameHandlersContext {
@@ -25,26 +25,19 @@ export interface FrameHandlersContext {
   storage: StorageHealth
   limits: Readonly<Limits>
   counters: Counters
-  /** the root peer's public key, hex */
   publicKey: () => string
   maxRooms: number
   maxStorageBytes: number
   requireSignedRooms: boolean
   replicationTimeout: number
   onLatency: ((kind: 'append' | 'sync', seconds: number) => void) | null
-  /** makes room at MAX_ROOMS by removing an empty room; false when there is none */
   removeEmptyRoom: () => Promise<boolean>
   track: (promise: Promise<unknown>) => void
 }
 
 type Handler<F extends Frame> = (peer: Peer, frame: F) => Promise<void>
 
-/**
- * What each frame a client sends does: `register-room`, `message` (stored through the room writer, or forwarded to
- * the room's primary in a cluster) and `sync-request`. A coded error a handler throws is the peer's answer.
- *
- * Events: `room-registered` ({ roomId, roomName, peerId, messageCount }).
- */
+/** What each frame a client sends does; a coded error a handler throws is the peer's answer. */
 export class FrameHandlers extends EventEmitter {
   private readonly ctx: FrameHandlersContext
   private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
@@ -59,7 +52,6 @@ export class FrameHandlers extends EventEmitter {
     }
   }
 
-  /** Handles one decoded, admitted frame. */
   async dispatch (peer: Peer, frame: Frame): Promise<void> {
     await (this.handlers[frame.type] as Handler<Frame>)(peer, frame)
   }
@@ -74,7 +66,6 @@ export class FrameHandlers extends EventEmitter {
     } else if (!verifyAccess(key, this.ctx.publicKey(), peer.challenge, roomName, signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: register-room needs a signature over (challenge, roomName) by the room\'s key')
     }
-    // in a cluster, a new room is created at its rendezvous owner and mirrored here
     if (this.ctx.cluster() !== null && !this.ctx.rooms().has(roomName)) await this.placeRoom(peer, roomName, writerPublicKey)
     // a mirrored room signed here: its primary signs it, and says where its signed history starts
     const known = this.ctx.rooms().info(roomName)
@@ -82,14 +73,13 @@ export class FrameHandlers extends EventEmitter {
     if (cluster !== null && writerPublicKey !== undefined && known?.primary !== undefined && known.writerPublicKey === undefined) {
       await cluster.sign(known.primary, roomName, writerPublicKey)
     }
-    const info = await this.joinRoom(peer, roomName, true, writerPublicKey)
+    const info = await this.joinRoom(peer, roomName, { explicit: true, writerPublicKey })
     if (frame.requestId !== undefined) {
       this.ctx.connections.send(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: info.messageCount, requestId: frame.requestId })
     }
   }
 
   async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
-    // while writes fail, nothing is tried: the peer resends after the failure has passed
     if (this.ctx.storage.failure !== null) throw this.ctx.storage.failure
     const rooms = this.ctx.rooms()
     const writerPublicKey = rooms.info(frame.roomName)?.writerPublicKey
@@ -97,20 +87,18 @@ export class FrameHandlers extends EventEmitter {
     else if (this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
     if (this.ctx.maxStorageBytes > 0 && rooms.totalBytes >= this.ctx.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.ctx.maxStorageBytes)
     if (this.ctx.cluster() !== null && !rooms.has(frame.roomName)) await this.placeRoom(peer, frame.roomName)
-    // in a cluster, who the primary is is known once another member was heard from since start (one may have taken this one's rooms over)
-    const writable = this.ctx.cluster()?.writable() ?? null
+    // in a cluster, the primary is known once another member was heard from (it may have taken our rooms over)
+    const writable = this.ctx.cluster()?.waitWritable() ?? null
     if (writable !== null) await writable
     const primary = rooms.info(frame.roomName)?.primary
-    // another member's room: the write goes to its primary
     if (primary !== undefined) return await this.forward(peer, frame, primary)
-    // a message for a room not registered yet registers it first
     if (peer.rooms.has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
-    else await this.joinRoom(peer, frame.roomName, false)
-    // the handler returns once the message is queued for its room, so the next frame is handled while it is appended
+    else await this.joinRoom(peer, frame.roomName)
+    // returns once the message is queued, so the next frame is handled while it is appended
     const { roomName, message, messageJson, id, signature } = frame
     const { result, roomNameJson } = await this.ctx.writer.queue({ roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey })
     this.ctx.track(result.then(({ index, duplicate }) => {
-      // acked only once the promise is kept (appended; with SYNC_WRITES on disk; with MIN_MIRRORS mirrored)
+      // acked only once the promise is kept (appended; with SYNC_WRITES synced; with MIN_MIRRORS mirrored)
       if (id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(roomNameJson, id, index, duplicate))
     }, err => this.ctx.connections.refuse(peer, err, contextOf(frame))))
   }
@@ -120,39 +108,34 @@ export class FrameHandlers extends EventEmitter {
     const started = this.ctx.onLatency === null ? 0 : performance.now()
     const rooms = this.ctx.rooms()
     const writerPublicKey = rooms.info(roomName)?.writerPublicKey
-    // a signed room is read only with a signature over this connection's challenge; a refusal tells nothing of it
     if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, this.ctx.publicKey(), peer.challenge, roomName, frame.signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
     }
-    // frames are handled in order: a sync after this connection's own forwarded message sees it
+    // frames are handled in order: a sync after this connection's own message sees it, forwarded or not
     const forwarded = peer.forwards.get(roomName)
     if (forwarded !== undefined) await forwarded
     const room = rooms.has(roomName) ? await rooms.get(roomName) : null
     if (room === null) {
-      // an unknown room is not created by being asked about
       this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, [], { totalMessages: 0, nextIndex: lastIndex, firstIndex: 0 }, requestId))
       return
     }
     this.ctx.topics.touch(roomName)
     let page
-    // below the retention horizon the answer starts at the horizon, and firstIndex says so
     let firstIndex = 0
     try {
-      // frames are handled in order: a sync after this connection's own message sees it
       await room.barrier()
-      // a signed room's members are served its signed history only: what a stranger stored under the name before is below signedFrom
+      // a signed room's members are served its signed history only, from signedFrom
       firstIndex = Math.max(room.info.firstIndex ?? 0, room.info.writerPublicKey === undefined ? 0 : room.info.signedFrom ?? 0)
       page = await room.readPage(Math.max(lastIndex, firstIndex), limit, this.ctx.limits.maxPageBytes)
     } finally {
       rooms.release(room)
     }
     this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, { ...page, firstIndex }, requestId))
-    // a reader that does not read holds up its own next frame (Peer waits for the drain), not our memory
     if (this.ctx.onLatency !== null) this.ctx.onLatency('sync', (performance.now() - started) / 1000)
   }
 
-  /** Registers the room unless it exists (within the caps) and marks it active; opens no core. */
-  private async joinRoom (peer: Peer, roomName: string, always: boolean, writerPublicKey?: string): Promise<RoomState> {
+  /** Registers the room unless it exists (within the caps); an `explicit` register-room is reported every time. */
+  private async joinRoom (peer: Peer, roomName: string, { explicit = false, writerPublicKey }: { explicit?: boolean, writerPublicKey?: string } = {}): Promise<RoomState> {
     const rooms = this.ctx.rooms()
     if (!rooms.has(roomName)) {
       this.ctx.connections.guard.admitNewRoom(peer.record)
@@ -163,13 +146,12 @@ export class FrameHandlers extends EventEmitter {
     this.ctx.topics.touch(roomName)
     const fresh = !peer.rooms.has(roomName)
     if (fresh) peer.rooms.add(roomName)
-    if (always || fresh) {
+    if (explicit || fresh) {
       this.emit('room-registered', { roomId: roomName, roomName, peerId: peer.id, messageCount: info.messageCount })
     }
     return info
   }
 
-  /** A new room, in a cluster: created at its rendezvous owner (here, or asked over the cluster channel) and mirrored here. */
   private async placeRoom (peer: Peer, roomName: string, writerPublicKey?: string): Promise<void> {
     await this.ctx.cluster()!.place(roomName, writerPublicKey, () => {
       if (this.ctx.rooms().size >= this.ctx.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.ctx.maxRooms)
@@ -177,14 +159,13 @@ export class FrameHandlers extends EventEmitter {
     })
   }
 
-  /** Sends a client's message to the room's primary; acks with the primary's index once this member holds the block too. */
+  /** Acks with the primary's index once this member has the block too. */
   private async forward (peer: Peer, frame: MessageFrame, primary: string): Promise<void> {
     if (peer.rooms.has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
-    else await this.joinRoom(peer, frame.roomName, false)
+    else await this.joinRoom(peer, frame.roomName)
     const write: ForwardedWrite = { roomName: frame.roomName, message: frame.message, fromPeer: peer.id }
     if (frame.id !== undefined) write.id = frame.id
     if (frame.signature !== undefined) write.signature = frame.signature
-    // the primary may wait REPLICATION_TIMEOUT for its mirrors; this waits a little longer for its answer
     const forwarded = this.ctx.cluster()!.forward(primary, write, this.ctx.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
       await this.waitForBlock(frame.roomName, messageIndex)
       this.ctx.counters.forwardedWrites++
@@ -192,12 +173,10 @@ export class FrameHandlers extends EventEmitter {
     }).catch(err => this.ctx.connections.refuse(peer, err, contextOf(frame))).finally(() => {
       if (peer.forwards.get(frame.roomName) === forwarded) peer.forwards.delete(frame.roomName)
     })
-    // a sync-request this peer writes after the message waits for it, as for a room of this root peer's own
     peer.forwards.set(frame.roomName, forwarded)
     this.ctx.track(forwarded)
   }
 
-  /** Resolves once this member has the block `index` of a mirrored room (fetching it from the cluster if needed). */
   private async waitForBlock (roomName: string, index: number): Promise<void> {
     const room = await this.ctx.rooms().get(roomName)
     if (room === null) throw RootPeerError.INTERNAL_ERROR(new Error(`mirrored room ${roomName} is gone`))

@@ -2,37 +2,26 @@ import { RootPeerError } from '../protocol/errors.js'
 import type { Frame } from '../protocol/protocol.js'
 import { PeerBudget, TokenBucket, type RateLimits } from './rate-limit.js'
 
-/** Bans remembered at most; the oldest is forgotten first. */
 const MAX_BANS = 10_000
-/** Budgets remembered at most, by public key and by remote address each; the least recently used is forgotten first. */
 export const MAX_BUDGETS = 16_384
-/** One remote address may create this many times the rooms one key may (several users behind one NAT). */
+// an address may create this many times the rooms a key may: several users behind one NAT
 export const HOST_ROOMS_FACTOR = 10
 const REFUSAL_WINDOW = 60_000
 
 export interface GuardOptions extends RateLimits {
-  /** refusals within a minute that get a peer banned; 0 = never */
   banThreshold: number
   banDuration: number
-  /** called when a ban ends, so the swarm can let the key in again */
   onUnban: (peerId: string) => void
 }
 
-/** What the guard keeps per public key, across its connections. */
 export interface PeerRecord {
   budget: PeerBudget
   refusals: number
   windowStart: number
-  /** the new-room budget of the address the key connected from last; null when the transport does not say */
   hostRooms: TokenBucket | null
 }
 
-/**
- * Abuse control: per-key token buckets for every kind of frame, a per-address bucket for new rooms,
- * and bans for keys that keep sending frames that are refused. Budgets are kept by public key (and
- * address) in bounded tables, so reconnecting does not refill them. A ban is by public key; the
- * swarm's firewall asks `isBanned` at the handshake.
- */
+/** Abuse control: token buckets by key (so reconnecting does not refill them) and by address, and bans. */
 export class Guard {
   private readonly opts: GuardOptions
   private readonly bans = new Map<string, NodeJS.Timeout>()
@@ -43,7 +32,6 @@ export class Guard {
     this.opts = opts
   }
 
-  /** The budgets of `peerId`, as its last connection left them, now charged to `host` as well. */
   record (peerId: string, host: string | null = null): PeerRecord {
     let record = lru(this.records, peerId)
     if (record === undefined) {
@@ -62,12 +50,11 @@ export class Guard {
     return record
   }
 
-  /** Keys and addresses whose budgets are remembered now. */
   get remembered (): { keys: number, hosts: number } {
     return { keys: this.records.size, hosts: this.hosts.size }
   }
 
-  /** Charges a decoded frame to the peer's budgets; throws RATE_LIMITED (nothing charged) when one is spent. */
+  /** Throws RATE_LIMITED, charging nothing, when one of the peer's budgets is spent. */
   admit (record: PeerRecord, frame: Frame): void {
     const b = record.budget
     if (frame.type === 'message') {
@@ -84,7 +71,6 @@ export class Guard {
     }
   }
 
-  /** Charges the creation of a new room. */
   admitNewRoom (record: PeerRecord): void {
     const wait = Math.max(record.budget.newRooms.wait(1), record.hostRooms?.wait(1) ?? 0)
     if (wait > 0) throw RootPeerError.RATE_LIMITED('new rooms', wait)
@@ -92,8 +78,8 @@ export class Guard {
     record.hostRooms?.consume(1)
   }
 
-  /** Notes a refused frame; true when the peer has now earned a ban. */
-  refused (record: PeerRecord, now = Date.now()): boolean {
+  /** True when the peer has now earned a ban. */
+  noteRefusal (record: PeerRecord, now = Date.now()): boolean {
     if (this.opts.banThreshold === 0) return false
     if (now - record.windowStart > REFUSAL_WINDOW) {
       record.windowStart = now
@@ -138,7 +124,6 @@ export class Guard {
   }
 }
 
-/** The entry for `key`, made the most recently used. */
 function lru<V> (map: Map<string, V>, key: string): V | undefined {
   const value = map.get(key)
   if (value !== undefined) {

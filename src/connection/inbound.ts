@@ -1,56 +1,41 @@
 import type { NoiseStream } from 'hyperswarm'
 
-/** Bytes secret-stream adds to each frame on the wire: a header byte and the 16-byte MAC. */
+// what secret-stream adds to each frame's announced length: a header byte and the 16-byte MAC
 const FRAME_OVERHEAD = 17
 
 export type DropReason = 'frame-too-large' | 'frame-timeout' | 'buffer-full'
 
 export interface InboundOptions {
-  /** largest frame a peer may send (plaintext bytes) */
   maxFrameBytes: number
-  /** ms a peer may take to finish a frame it has started */
   frameTimeout: number
-  /** bytes held for all connections together: half-received frames and frames queued for handling */
   maxBufferedBytes: number
 }
 
-/** What secret-stream keeps of the frame it is reading (@hyperswarm/secret-stream 6.x, `_onrawdata`). */
+// what secret-stream keeps of the frame it is reading (@hyperswarm/secret-stream 6.x, `_onrawdata`)
 interface FrameReader {
-  /** 0: reading the 3-byte length prefix, 1: reading the body */
+  // 0: reading the 3-byte length prefix, 1: reading the body
   _state: number
-  /** the announced length (state 1) */
   _len: number
-  /** state 0: the multiplier of the next prefix byte (1 before any); state 1: body bytes received */
+  // state 0: the multiplier of the next prefix byte (1 before any); state 1: body bytes received
   _tmp: number
   rawStream: NodeJS.EventEmitter
 }
 
 interface Held {
   conn: NoiseStream
-  /** bytes of the frame being received */
   partial: number
-  /** bytes of whole frames waiting to be handled */
   queued: number
   timer: NodeJS.Timeout | null
   drop: (reason: DropReason) => void
 }
 
-/** Why a connection was dropped, and the length (plaintext bytes) of the frame it announced. */
 export type Drop = (reason: DropReason, announced: number) => void
 
-/** One connection's account: `queued(delta)` charges frames waiting to be handled. */
 export interface InboundAccount {
   queued: (delta: number) => void
 }
 
-/**
- * Bounds what strangers can make the daemon hold in incoming bytes. Secret-stream reads a frame's
- * length from its 3-byte prefix and buffers the whole frame before a `data` event exists, so a
- * cap checked on `data` comes too late. After each raw chunk this reads the frame secret-stream is
- * assembling: a length announced above `maxFrameBytes` drops the connection at once, a frame not
- * finished within `frameTimeout` drops it, and when all connections together hold more than
- * `maxBufferedBytes` the one holding the most is dropped.
- */
+/** Bounds the incoming bytes strangers can make the daemon hold, below secret-stream (docs/security.md). */
 export class Inbound {
   total = 0
   readonly frameTimeout: number
@@ -68,7 +53,6 @@ export class Inbound {
     return this.held.size
   }
 
-  /** Starts watching a connection; `drop` ends it (it is called at most once). */
   watch (conn: NoiseStream, drop: Drop): InboundAccount {
     const reader = conn as unknown as FrameReader
     let dropped = false

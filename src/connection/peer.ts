@@ -4,44 +4,31 @@ import type { InboundAccount } from './inbound.js'
 import { newChallenge } from '../protocol/room-auth.js'
 import safetyCatch from 'safety-catch'
 
-/** Incoming frames queued per connection before the stream is paused... */
+// a connection's stream is paused at this many frames, or bytes of them, waiting to be handled
 const MAX_QUEUED_FRAMES = 64
-/** ...or bytes of them. */
 const MAX_QUEUED_BYTES = 1024 * 1024
-/** Room names a connection remembers having joined (most recently used kept); one it forgot is joined again. */
 export const MAX_PEER_ROOMS = 64
-/** How long a peer we close may take to read its last frame before its stream is destroyed. */
 export const CLOSE_GRACE = 2000
 
 export interface PeerOptions {
-  /** ms our writes may stay unread before the connection is destroyed; 0 = never */
   stallTimeout: number
-  /** charges the bytes of queued frames to the daemon-wide inbound budget */
   inbound: InboundAccount
   handle: (peer: Peer, data: Buffer) => Promise<void>
   onStall: (peer: Peer) => void
 }
 
-/**
- * One connected peer. Frames are handled strictly one after another, in arrival order. Reading is
- * paused while too many wait, and no frame is handled while our writes to the peer are unread, so a
- * peer that does not read holds up only itself; past the stall timeout it is disconnected.
- */
+/** One peer: frames handled one at a time, in order; a peer that does not read holds up only itself. */
 export class Peer {
   readonly id: string
   readonly publicKey: Buffer
   readonly conn: NoiseStream
   readonly record: PeerRecord
   readonly connectedAt = Date.now()
-  /** when this peer last sent a frame that was handled without refusal (connectedAt until then) */
   lastActive = this.connectedAt
-  /** frames handled without refusal */
   accepted = 0
-  /** rooms this connection joined, least recently used first, at most MAX_PEER_ROOMS */
   readonly rooms = new RoomSet(MAX_PEER_ROOMS)
-  /** per room, the last of this peer's messages forwarded to another cluster member, until it is acked or refused */
+  // per room, this peer's last message forwarded to another cluster member, until it is acked or refused
   readonly forwards = new Map<string, Promise<unknown>>()
-  /** sent in the announcement; a signed room's reads are signed over it, so they cannot be replayed elsewhere */
   readonly challenge = newChallenge()
   closed = false
   private readonly queue: Buffer[] = []
@@ -65,7 +52,6 @@ export class Peer {
     })
   }
 
-  /** Writes one frame; returns false when the stream's buffer is full. */
   send (frame: object | string): boolean {
     if (this.closed || this.conn.destroyed) return false
     const ok = this.conn.write(typeof frame === 'string' ? frame : JSON.stringify(frame))
@@ -73,7 +59,6 @@ export class Peer {
     return ok
   }
 
-  /** Resolves when the stream can take more, or is gone; a peer stuck past the stall timeout is destroyed. */
   drained (): Promise<void> {
     const conn = this.conn
     if (this.closed || conn.destroyed || !this.needDrain) return Promise.resolve()
@@ -95,7 +80,6 @@ export class Peer {
     })
   }
 
-  /** Stops handling frames and ends the connection (destroying it if the peer does not end its side). */
   close (): void {
     if (this.closed) return
     this.closed = true
@@ -140,7 +124,7 @@ export class Peer {
   }
 }
 
-/** A set of room names that keeps the `max` most recently added or touched. */
+/** Room names, keeping the `max` most recently added or looked up. */
 export class RoomSet {
   private readonly max: number
   private readonly names = new Set<string>()
@@ -153,7 +137,6 @@ export class RoomSet {
     return this.names.size
   }
 
-  /** True when the name is held; it becomes the most recently used. */
   has (name: string): boolean {
     if (!this.names.delete(name)) return false
     this.names.add(name)
@@ -167,10 +150,7 @@ export class RoomSet {
   }
 }
 
-/**
- * Ends a connection (with `lastFrame` as its last write), and destroys it if the peer has not ended its
- * side within `timeout` ms, so no peer can hold a half-open stream. Resolves once it is closed.
- */
+/** Ends a connection, destroying it if the peer has not ended its side within `timeout` ms. */
 export function endConnection (conn: NoiseStream, timeout: number, lastFrame?: string): Promise<void> {
   if (conn.destroyed) return Promise.resolve()
   return new Promise(resolve => {

@@ -1,6 +1,4 @@
-/**
- * A token bucket: `rate` tokens a second, holding at most `burst`. A rate of 0 means no limit.
- */
+/** `rate` tokens a second, holding at most `burst`; a rate of 0 means no limit. */
 export class TokenBucket {
   private readonly rate: number
   private readonly burst: number
@@ -31,27 +29,20 @@ export class TokenBucket {
     return this.tokens >= need ? 0 : Math.ceil((need - this.tokens) * 1000 / this.rate)
   }
 
-  /** Takes `n` tokens after `wait` said they are there. */
   consume (n = 1): void {
     if (this.rate !== 0) this.tokens = Math.max(0, this.tokens - Math.min(n, this.burst))
   }
 }
 
-/** The per-peer budgets, as configured; every rate 0 = unlimited. */
+/** Per-peer rates, 0 = unlimited; a burst is 10 s worth of a per-second rate, 1 min of a per-minute one. */
 export interface RateLimits {
-  /** messages a second per peer (burst: 10 seconds' worth) */
   messagesPerSecond: number
-  /** message payload bytes a second per peer (burst: 10 seconds' worth) */
   bytesPerSecond: number
-  /** sync-requests a second per peer (burst: 10 seconds' worth) */
   syncsPerSecond: number
-  /** register-room frames a minute per peer (burst: one minute's worth) */
   registersPerMinute: number
-  /** rooms a peer may create a minute (burst: one minute's worth) */
   newRoomsPerMinute: number
 }
 
-/** The buckets of one peer. */
 export class PeerBudget {
   readonly messages: TokenBucket
   readonly bytes: TokenBucket

@@ -1,33 +1,26 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { EventEmitter } from 'node:events'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
 import { isIP, type AddressInfo } from 'node:net'
 import type { Metrics } from './metrics.js'
 import type { ChatRootPeer, Health } from '../root-peer.js'
 import { busiest, namedRooms, type StatsSnapshot } from './stats.js'
 import { STATUS_PAGE } from './status-page.js'
-import safetyCatch from 'safety-catch'
+import ReadyResource from 'ready-resource'
 
 export interface MonitorOptions {
   metrics: Metrics
-  /** address to bind; never all interfaces unless asked */
   host?: string
-  /** 0 = any free port */
   port?: number
   /** ms between samples of the message counter for the rate history */
   sampleInterval?: number
   /** samples kept: the history spans `sampleInterval * historySize` */
   historySize?: number
-  /** host names answered besides IP addresses and localhost (MONITOR_HOSTS), lowercase */
   hosts?: readonly string[]
-  /** bearer token every endpoint but /health requires (MONITOR_TOKEN); '' = none */
   token?: string
 }
 
 export interface RatePoint {
-  /** ms since the epoch at the end of the interval */
   t: number
-  /** messages stored in the interval */
   messages: number
   messagesPerSecond: number
 }
@@ -51,14 +44,10 @@ const PAGE_HEADERS = {
 const MISDIRECTED = 'misdirected request: this monitor answers only a Host that is an IP address, localhost or a name in MONITOR_HOSTS\n'
 
 /**
- * The monitoring HTTP server: `/health`, `/metrics`, `/stats` and a status page at `/`.
- * Only GET and HEAD; anything else is a JSON 404 (or 405). A request whose Host is not the monitor's own
- * address gets 421 (a web page the operator visits could read it by DNS rebinding otherwise); with a token,
- * every endpoint but /health needs it (401). Signed rooms are never named.
- *
+ * The monitoring HTTP server: `/health`, `/metrics`, `/stats` and a status page at `/` (docs/monitoring.md).
  * Events: `listening` ({ url }), `request-error` (err): a request failed and got a 500.
  */
-export class Monitor extends EventEmitter {
+export class Monitor extends ReadyResource {
   readonly host: string
   private readonly requestedPort: number
   private readonly rootPeer: ChatRootPeer
@@ -66,15 +55,11 @@ export class Monitor extends EventEmitter {
   private readonly sampleInterval: number
   private readonly historySize: number
   private readonly hosts: ReadonlySet<string>
-  /** SHA-256 of the token; null: no token */
   private readonly tokenHash: Buffer | null
   private readonly server: http.Server
   private readonly routes: Map<string, Route>
   private readonly samples: Array<{ t: number, messages: number }> = []
   private sampler: NodeJS.Timeout | null = null
-  private opening: Promise<void> | null = null
-  private closingPromise: Promise<void> | null = null
-  closing = false
 
   constructor (rootPeer: ChatRootPeer, opts: MonitorOptions) {
     super()
@@ -96,17 +81,6 @@ export class Monitor extends EventEmitter {
     this.server = http.createServer((req, res) => this.onRequest(req, res))
   }
 
-  /** Listens; rejects with the bind error (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`). */
-  ready (): Promise<void> {
-    if (this.opening === null) this.opening = this.listen()
-    return this.opening
-  }
-
-  close (): Promise<void> {
-    if (this.closingPromise === null) this.closingPromise = this.shutdown()
-    return this.closingPromise
-  }
-
   get port (): number {
     const address = this.server.address() as AddressInfo | null
     return address === null ? this.requestedPort : address.port
@@ -116,7 +90,6 @@ export class Monitor extends EventEmitter {
     return `http://${this.host.includes(':') ? `[${this.host}]` : this.host}:${this.port}`
   }
 
-  /** The `/stats` body: the root peer's snapshot plus what the status page shows. */
   stats (): MonitorStats {
     return {
       ...this.rootPeer.stats(),
@@ -134,11 +107,12 @@ export class Monitor extends EventEmitter {
 
   health (): Health {
     const health = this.rootPeer.health()
-    if (!this.closing || health.reasons.includes('shutting down')) return health
+    if (this.closing === null || health.reasons.includes('shutting down')) return health
     return { ...health, ok: false, reasons: ['shutting down', ...health.reasons] }
   }
 
-  private listen (): Promise<void> {
+  /** Listens; rejects with the bind error (`EADDRINUSE`, `EACCES`, `EADDRNOTAVAIL`). */
+  protected override _open (): Promise<void> {
     return new Promise((resolve, reject) => {
       const failed = (err: Error): void => reject(err)
       this.server.once('error', failed)
@@ -154,10 +128,8 @@ export class Monitor extends EventEmitter {
     })
   }
 
-  private async shutdown (): Promise<void> {
-    this.closing = true
+  protected override async _close (): Promise<void> {
     if (this.sampler !== null) clearInterval(this.sampler)
-    if (this.opening !== null) await this.opening.catch(safetyCatch)
     if (!this.server.listening) return
     const closed = new Promise<void>(resolve => this.server.close(() => resolve()))
     this.server.closeIdleConnections()
@@ -188,9 +160,9 @@ export class Monitor extends EventEmitter {
     }
     try {
       const answered = route(req, res)
-      if (answered instanceof Promise) answered.catch(err => this.failed(res, err))
+      if (answered instanceof Promise) answered.catch(err => this.sendError(res, err))
     } catch (err) {
-      this.failed(res, err)
+      this.sendError(res, err)
     }
   }
 
@@ -201,7 +173,7 @@ export class Monitor extends EventEmitter {
     return given !== null && timingSafeEqual(sha256(given), this.tokenHash!)
   }
 
-  private failed (res: ServerResponse, err: unknown): void {
+  private sendError (res: ServerResponse, err: unknown): void {
     this.emit('request-error', err)
     if (res.headersSent) res.destroy()
     else sendJson(res, 500, { error: 'internal error' })
@@ -222,7 +194,6 @@ export class Monitor extends EventEmitter {
     this.emit('sample')
   }
 
-  /** Messages per second over each sampled interval, oldest first. */
   private rates (): RatePoint[] {
     const points: RatePoint[] = []
     for (let i = 1; i < this.samples.length; i++) {
@@ -236,10 +207,7 @@ export class Monitor extends EventEmitter {
   }
 }
 
-/**
- * Whether a Host header names this monitor: an IP address (DNS rebinding needs a host name), `localhost`, or one of
- * `names`; any port. A request without one (HTTP/1.0) is refused too.
- */
+// an IP address is safe from DNS rebinding, which needs a host name; a request without a Host is refused
 export function hostAllowed (host: string | undefined, names: ReadonlySet<string>): boolean {
   if (host === undefined) return false
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(host)

@@ -1,6 +1,6 @@
 import type { RoomState } from '../storage/state-file.js'
 
-/** Plain counters, bumped on the hot paths and read by the stats display (and later exporters). */
+/** Plain counters, bumped on the hot paths and read by the stats display and the metrics. */
 export interface Counters {
   framesReceived: Record<string, number>
   framesSent: Record<string, number>
@@ -100,7 +100,7 @@ export function busiest (rooms: Iterable<RoomState>, n = BUSIEST_ROOMS): RoomSta
   return top.map(r => ({ ...r }))
 }
 
-/** The seed's stats display, as text. */
+/** The stats display, as text. */
 export function formatStats (s: StatsSnapshot): string {
   const line = '================================'
   const hours = s.uptimeSeconds / 3600

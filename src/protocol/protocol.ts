@@ -2,17 +2,16 @@ import { isUtf8 } from 'node:buffer'
 import { RootPeerError } from './errors.js'
 import { ACCESS_VERSION } from './room-auth.js'
 
-/** Wire protocol version, sent in the announcement. Bumped only for changes an old client would notice. */
+/** Bumped only for changes an old client would notice. */
 export const PROTOCOL_VERSION = 2
 
-/** Hard caps on what a peer can make the daemon allocate or send (see the limits table in docs/configuration.md). */
+/** What a peer can make the daemon allocate or send (docs/configuration.md#limits). */
 export interface Limits {
   maxFrameBytes: number
   maxMessageBytes: number
   defaultPageMessages: number
   maxPageMessages: number
   maxPageBytes: number
-  /** per-peer rates (0 = unlimited); bursts are 10 s worth of a per-second rate, 1 min of a per-minute one */
   messagesPerSecond: number
   bytesPerSecond: number
   syncsPerSecond: number
@@ -33,16 +32,14 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   newRoomsPerMinute: 60
 })
 
-/** Deepest nesting of arrays and objects a frame may have; deeper JSON would make parsing and encoding recurse. */
+// deeper JSON would make parsing and encoding recurse
 export const MAX_NESTING = 32
 const MAX_ROOM_NAME = 128
-/** Most characters of an `id` (and of a string `requestId`). */
 export const MAX_ID = 128
 const ROOM_NAME = /^[A-Za-z0-9._~:@+=#-]+$/
 const HEX_TOPIC = /^[0-9a-f]{64}$/i
 const SIGNATURE = /^[0-9a-f]{128}$/i
 
-/** `signature` (hex) is the proof a signed room asks for; see room-auth.ts. */
 export interface RegisterRoomFrame { type: 'register-room', roomName: string, requestId?: RequestId, writerPublicKey?: string, signature?: string }
 export interface MessageFrame { type: 'message', roomName: string, message: unknown, id?: string, messageJson: string, size: number, signature?: string }
 export interface SyncRequestFrame { type: 'sync-request', roomName: string, lastIndex: number, limit: number, requestId?: RequestId, signature?: string }
@@ -50,19 +47,16 @@ export type Frame = RegisterRoomFrame | MessageFrame | SyncRequestFrame
 export type FrameType = Frame['type']
 export type RequestId = string | number
 
-/** What a stored block holds (one JSON object per block, as the seed stores it). */
 export interface StoredRecord {
   message: unknown
   storedAt: number
   fromPeer: string
   senderPublicKey: string
   id?: string
-  /** in a signed room: the writer's signature over (roomName, id, message), hex */
   signature?: string
 }
 
 type Obj = Record<string, unknown>
-/** `text` is the frame's JSON text, for the checks the parsed object cannot answer. */
 type Validator = (obj: Obj, limits: Limits, text: string) => Frame
 
 const validators: Record<string, Validator> = {
@@ -107,10 +101,7 @@ const validators: Record<string, Validator> = {
   }
 }
 
-/**
- * Turns the bytes of one incoming frame into a typed frame, or throws a coded RootPeerError.
- * The size is checked before anything is parsed.
- */
+/** The bytes of one incoming frame as a typed frame, or a coded RootPeerError; the size is checked first. */
 export function decodeFrame (data: Buffer, limits: Limits): Frame {
   if (data.byteLength > limits.maxFrameBytes) throw RootPeerError.FRAME_TOO_LARGE(data.byteLength, limits.maxFrameBytes)
   // decoding would put U+FFFD in place of bad bytes, and the message would be stored altered
@@ -131,15 +122,11 @@ export function decodeFrame (data: Buffer, limits: Limits): Frame {
   return validator(obj as Obj, limits, text)
 }
 
-/**
- * Throws BAD_FRAME when a number in the frame's `message` would not be stored as the same decimal number. One pass
- * over the text, strings skipped by a native search; of repeated `message` members, the last counts (as in JSON.parse).
- */
+/** Throws BAD_FRAME when a number in `message` would not be stored as the same decimal number. */
 function checkNumbers (text: string): void {
   let depth = 0
   let expectKey = false
   let inMessage = false
-  // why the `message` member being read cannot be stored, once known
   let bad: string | null = null
   for (let i = 0; i < text.length; i++) {
     let c = text.charCodeAt(i)
@@ -185,7 +172,7 @@ function checkNumbers (text: string): void {
       }
       const to = i--
       const negative = text.charCodeAt(from) === 0x2d
-      // an integer a double holds exactly, a zero (but -0), or up to 15 digits within a double's normal range (DBL_DIG)
+      // exact: an integer a double holds, a zero (but -0), or ≤ 15 digits in a double's normal range (DBL_DIG)
       if (value === 0 ? !negative : integer ? value <= Number.MAX_SAFE_INTEGER : digits <= 15 && exponent <= 280) continue
       const token = text.slice(from, to)
       const stored = storedAs(token)
@@ -199,11 +186,7 @@ function isDigit (c: number): boolean {
   return c >= 0x30 && c <= 0x39
 }
 
-/**
- * What a JSON number becomes through JSON.parse and JSON.stringify, when that is another number: `null` for one
- * beyond a double (1e999), fewer digits for one more precise than a double, `0` for -0 (a double has it, JSON.stringify
- * drops the sign). Null when it stays the same decimal number (`1.5e3` and `1500` are the same).
- */
+/** What a JSON number becomes through JSON.parse and JSON.stringify if that is another number, else null. */
 function storedAs (token: string): string | null {
   const n = Number(token)
   if (!Number.isFinite(n)) return 'null'
@@ -213,7 +196,6 @@ function storedAs (token: string): string | null {
   return decimal(token) === decimal(out) ? null : out
 }
 
-/** A decimal number's canonical form: sign, digits without leading or trailing zeros, exponent. */
 function decimal (token: string): string {
   let s = token
   const negative = s.charCodeAt(0) === 0x2d
@@ -235,7 +217,6 @@ function decimal (token: string): string {
   return (negative ? '-' : '') + digits + 'e' + (exponent + s.length - digits.length)
 }
 
-/** The index of the quote that closes the JSON string opened at `open`. */
 function stringEnd (text: string, open: number): number {
   let at = text.indexOf('"', open + 1)
   while (at !== -1) {
@@ -247,7 +228,7 @@ function stringEnd (text: string, open: number): number {
   return text.length
 }
 
-/** False when the text has too few brackets to nest deeper than `max` (a native search, not a scan per character). */
+/** False when there are too few brackets to nest deeper than `max`: a native search, cheaper than tooDeep. */
 function mayNest (text: string, max: number): boolean {
   let brackets = 0
   for (const open of ['{', '[']) {
@@ -258,7 +239,6 @@ function mayNest (text: string, max: number): boolean {
   return false
 }
 
-/** True when the JSON text nests arrays and objects deeper than `max` (a linear scan that skips strings). */
 function tooDeep (text: string, max: number): boolean {
   let depth = 0
   let inString = false
@@ -278,7 +258,7 @@ function tooDeep (text: string, max: number): boolean {
   return false
 }
 
-/** The type, id and requestId of a frame that failed to decode, when they can be read, so the error can name them. */
+/** What can be read of a frame that failed to decode, so the error can name it. */
 export function frameContext (data: Buffer, limits: Limits): Obj {
   if (data.byteLength > limits.maxFrameBytes) return {}
   try {
@@ -302,7 +282,7 @@ function signatureOf (obj: Obj): { signature?: string } {
   return { signature: obj.signature.toLowerCase() }
 }
 
-/** Checks a room name: bounded length and characters, so it can reach no prototype, path or storage name it should not. */
+/** Bounded length and characters: a name reaches no prototype, path or storage name it should not. */
 export function validateRoomName (name: unknown): string {
   if (typeof name !== 'string') throw RootPeerError.BAD_ROOM_NAME('required string')
   if (name.length === 0 || name.length > MAX_ROOM_NAME) throw RootPeerError.BAD_ROOM_NAME(`length must be 1 to ${MAX_ROOM_NAME}`)
@@ -311,14 +291,12 @@ export function validateRoomName (name: unknown): string {
   return name
 }
 
-/** True when the room name is itself a 32-byte topic in hex, the topic clients join. */
 export function isHexTopic (name: string): boolean {
   return HEX_TOPIC.test(name)
 }
 
-/** The JSON text of one stored block. */
 export function encodeRecord (record: StoredRecord, messageJson: string): string {
-  // messageJson is the payload as already serialised by decodeFrame; it is spliced in, not stringified again
+  // messageJson as decodeFrame serialised it: spliced in, not stringified again
   let json = '{"message":' + messageJson +
     ',"storedAt":' + record.storedAt +
     ',"fromPeer":' + JSON.stringify(record.fromPeer) +
@@ -328,17 +306,14 @@ export function encodeRecord (record: StoredRecord, messageJson: string): string
   return json + '}'
 }
 
-/** The announcement, the first frame of every connection (and of a cluster member's probe). */
 export function encodeAnnouncement (publicKey: string, limits: Readonly<Limits>, challenge: string): object {
   return { type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey, limits, challenge, access: ACCESS_VERSION }
 }
 
-/** An `error` frame: the error's code, message and details, and the fields saying which frame it answers. */
 export function errorFrame (err: RootPeerError, context: Record<string, unknown> = {}): object {
   return { type: 'error', code: err.code, message: err.message, ...err.details, ...context }
 }
 
-/** A `sync-response` frame's text; `entries` are stored records as JSON text (see pageEntry). */
 export function encodeSyncResponse (roomName: string, entries: readonly string[], page: { totalMessages: number, nextIndex: number, firstIndex: number }, requestId?: RequestId): string {
   return '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":[' + entries.join(',') +
     '],"totalMessages":' + page.totalMessages + ',"nextIndex":' + page.nextIndex +
@@ -346,13 +321,11 @@ export function encodeSyncResponse (roomName: string, entries: readonly string[]
     (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}')
 }
 
-/** The `message-ack` frame's text; `roomNameJson` is the room name as a JSON string, made once per room. */
 export function encodeAck (roomNameJson: string, id: string, messageIndex: number, duplicate: boolean): string {
   return '{"type":"message-ack","roomName":' + roomNameJson + ',"id":' + JSON.stringify(id) +
     ',"messageIndex":' + messageIndex + (duplicate ? ',"duplicate":true}' : '}')
 }
 
-/** One entry of a sync page: the stored block with `messageIndex` added, as JSON text. */
 export function pageEntry (block: Buffer, messageIndex: number): string {
   const json = block.toString('utf8')
   if (json.charCodeAt(0) === 0x7b && json.charCodeAt(json.length - 1) === 0x7d) {

@@ -6,33 +6,21 @@ import { RootPeerError } from '../protocol/errors.js'
 import { STATE_FILE_PREFIX } from './state-file.js'
 import safetyCatch from 'safety-catch'
 
-/** The RocksDB memtable size when none is given (STORAGE_WRITE_BUFFER's default). */
 export const DEFAULT_WRITE_BUFFER = 8 * 1024 * 1024
 
-/** Corestore's device file; it carries the data dir's lock. */
 export const DEVICE_FILE = 'CORESTORE'
 
 // fd-lock's words when the device file is locked by another open file description
 const LOCKED_MESSAGE = 'could not be locked'
 
-/**
- * Opens the data dir's Corestore, which is also its lock: Corestore 7 takes an exclusive
- * open-file-description lock (F_OFD_SETLK) on `CORESTORE` and RocksDB its own on `db/LOCK`.
- * The kernel drops both when the process dies, even by kill -9, so there is never a stale lock
- * and no pid to confuse (in a container the daemon is always pid 1).
- * Open it before touching anything else in the dir. Throws DATA_DIR_LOCKED while another process
- * holds the dir, DATA_DIR_COPIED for a dir copied file by file, NO_DATA_DIR without `create` when there is no store
- * (a `db/` without a device file is opened: a copy being adopted, or a restore).
- */
+/** Opens the data dir's Corestore, which is also its lock: before anything else in the dir is touched. */
 export async function openStore (dir: string, { create = true, writeBufferSize = DEFAULT_WRITE_BUFFER } = {}): Promise<Corestore> {
   const fresh = !await exists(path.join(dir, DEVICE_FILE))
   if (fresh && !create && !await exists(path.join(dir, 'db'))) throw RootPeerError.NO_DATA_DIR(dir)
-  // private to this user: the store holds the seed of the root peer's key pair and every room
+  // private to this user: the store holds the root peer's secret key and every room
   await fs.mkdir(dir, { recursive: true, mode: 0o700 })
-  // without a device file, hypercore-storage moves every file it does not know into db/ (a migration of
-  // an older layout): ours are moved back once the lock is held
+  // without a device file, hypercore-storage moves every file it does not know into db/: ours are moved back
   const ours = fresh ? (await fs.readdir(dir)).filter(f => f.startsWith(STATE_FILE_PREFIX)) : []
-  // a smaller RocksDB memtable than Hypercore's 64 MiB default (STORAGE_WRITE_BUFFER)
   const store = new Corestore(new HypercoreStorage(dir, { writeBufferSize }))
   try {
     await store.ready()
@@ -46,21 +34,13 @@ export async function openStore (dir: string, { create = true, writeBufferSize =
   return store
 }
 
-/** What `makePrivate` found open to other users. */
 export interface LooseModes {
-  /** the data dir's mode before (permission bits) */
   mode: number
-  /** files and dirs under it that were open to others */
   entries: number
-  /** why they could not all be made private; null when they were */
   error: string | null
 }
 
-/**
- * Makes a data dir private to its user, whatever it was made with: the dir and the dirs under it 0700, the files
- * 0600 (symlinks are left alone). Resolves with what was open to others (group or other bits), or null when
- * nothing was or the dir does not exist.
- */
+/** Makes a data dir private to its user (dirs 0700, files 0600); resolves with what was open, or null. */
 export async function makePrivate (dir: string): Promise<LooseModes | null> {
   let mode: number
   try {
@@ -85,7 +65,6 @@ export async function makePrivate (dir: string): Promise<LooseModes | null> {
     try {
       await fs.chmod(file, want)
     } catch (err: any) {
-      // a file that went away is private enough
       if (err?.code !== 'ENOENT') error ??= `${err?.code ?? 'error'} on ${file}`
     }
   }

@@ -1,17 +1,12 @@
 import fs from 'node:fs/promises'
 
-/**
- * Free bytes the store needs beyond its write buffer. RocksDB itself treats a disk with less free space
- * than its write buffer as full (it will not clear a no-space error before), so the root peer does too.
- */
+// RocksDB treats a disk with less free space than its write buffer as full, so the root peer does too
 export const FULL_MARGIN = 1024 * 1024
 
-/** Below this many free bytes, a data dir whose store has a `writeBuffer`-byte memtable is full. */
 export function fullBelow (writeBuffer: number): number {
   return writeBuffer + FULL_MARGIN
 }
 
-/** Bytes an unprivileged writer can still use on the data dir's file system; null when unknown. */
 export async function freeBytes (dir: string): Promise<number | null> {
   try {
     const s = await fs.statfs(dir)
@@ -21,7 +16,7 @@ export async function freeBytes (dir: string): Promise<number | null> {
   }
 }
 
-/** Whether the data dir can take writes: it exists, is writable, and has `room` bytes free. Writes and removes a probe file. */
+/** Whether the data dir has `room` bytes free and takes a write (of a probe file, removed again). */
 export async function writable (dir: string, room: number): Promise<boolean> {
   const free = await freeBytes(dir)
   if (free !== null && free < room) return false

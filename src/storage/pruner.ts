@@ -3,20 +3,13 @@ import type { Room } from './room.js'
 import type { Rooms } from './rooms.js'
 import type { RetentionPolicy } from './retention.js'
 
-/** Rooms pruned at once by a pass over every room. */
 const PRUNE_CONCURRENCY = 4
 
-/**
- * Applies retention in the background: to a room when a message takes it over a bound, to every room at
- * start (settings may have changed since the last run), and periodically for the age bound.
- *
- * Events: `room-pruned` ({ roomName, messages, bytes }), `prune-error` ({ roomName, err }).
- */
+/** Applies retention in the background. Events: `room-pruned`, `prune-error`. */
 export class Pruner extends EventEmitter {
   readonly policy: Readonly<RetentionPolicy>
-  /** the current rooms: they are replaced when storage recovers from a failure */
   private readonly rooms: () => Rooms | null
-  /** rooms being pruned now, and whether another prune was asked for meanwhile */
+  // rooms being pruned now, and whether another prune was asked for meanwhile
   private readonly running = new Map<string, boolean>()
   private readonly pending = new Set<Promise<unknown>>()
   private readonly settled = new EventEmitter()
@@ -30,8 +23,8 @@ export class Pruner extends EventEmitter {
     this.rooms = rooms
   }
 
-  /** Prunes every room now, and with an age bound again every 1/24 of it (10 s to 1 h). */
   start (): void {
+    // every room at start (settings may have changed), and with an age bound every 1/24 of it (10 s to 1 h)
     this.pruneAll()
     if (this.policy.maxAgeMs > 0) {
       this.timer = setInterval(() => this.pruneAll(), Math.min(Math.max(this.policy.maxAgeMs / 24, 10_000), 3_600_000))
@@ -39,8 +32,7 @@ export class Pruner extends EventEmitter {
     }
   }
 
-  /** Prunes `room` in the background when it holds more than the count or byte bound allows. */
-  stored (room: Room): void {
+  noteAppend (room: Room): void {
     const { messages, bytes } = this.policy
     const info = room.info
     const held = room.length - (info.firstIndex ?? 0)
@@ -48,14 +40,12 @@ export class Pruner extends EventEmitter {
     if ((messages > 0 && held > messages) || (bytes > 0 && heldBytes > bytes)) this.prune(room.name)
   }
 
-  /** Stops the timer and waits for the prunes running now. */
   async close (): Promise<void> {
     this.closed = true
     if (this.timer !== null) clearInterval(this.timer)
     while (this.pending.size > 0) await Promise.allSettled([...this.pending])
   }
 
-  /** Applies retention to one room; a prune asked for while one runs for the room runs once after it. */
   private prune (name: string): void {
     const rooms = this.rooms()
     if (this.closed || rooms === null) return
@@ -76,7 +66,6 @@ export class Pruner extends EventEmitter {
     }))
   }
 
-  /** Applies retention to every room this root peer is primary for, a few at a time. */
   private pruneAll (): void {
     const rooms = this.rooms()
     if (this.closed || rooms === null || this.passing) return

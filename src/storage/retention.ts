@@ -3,11 +3,8 @@ import { parseRecord } from '../protocol/protocol.js'
 
 /** Per-room bounds on what is kept; 0 turns a bound off. */
 export interface RetentionPolicy {
-  /** most messages kept */
   messages: number
-  /** most message bytes kept */
   bytes: number
-  /** oldest message kept, ms */
   maxAgeMs: number
 }
 
@@ -17,16 +14,12 @@ export function retentionOn (policy: RetentionPolicy): boolean {
   return policy.messages > 0 || policy.bytes > 0 || policy.maxAgeMs > 0
 }
 
-/**
- * The room's first retained index: blocks below it were cleared. Pruning always clears a prefix, so
- * the blocks held are contiguous from it; `hint` (the state file's value) is checked against the core.
- */
+/** The room's first retained index; pruning clears a prefix, so the blocks from it are all there. */
 export async function firstHeld (core: Hypercore, hint: number): Promise<number> {
   const length = core.length
   if (length === 0) return 0
   const at = Math.min(Math.max(0, hint), length - 1)
   if (await core.has(at) && (at === 0 || !(await core.has(at - 1)))) return at
-  // binary search for the first block held
   let lo = 0
   let hi = length
   while (lo < hi) {
@@ -37,7 +30,6 @@ export async function firstHeld (core: Hypercore, hint: number): Promise<number>
   return lo
 }
 
-/** Where the room's retained history should start under `policy`, never before `first` nor past the end. */
 export async function horizon (core: Hypercore, first: number, policy: RetentionPolicy, now = Date.now()): Promise<number> {
   const length = core.length
   let h = first
@@ -63,11 +55,9 @@ export async function horizon (core: Hypercore, first: number, policy: Retention
   return Math.min(h, length)
 }
 
-/** The byte offset at which block `index` starts (the bytes of all blocks before it). */
 export async function byteOffset (core: Hypercore, index: number): Promise<number> {
   if (index <= 0) return 0
   if (index >= core.length) return core.byteLength
-  // the smallest byte whose block is `index` or later
   let lo = 0
   let hi = core.byteLength
   while (lo < hi) {
@@ -79,7 +69,7 @@ export async function byteOffset (core: Hypercore, index: number): Promise<numbe
   return lo
 }
 
-/** Clears the blocks in [from, to) from storage; indices keep their meaning. Resolves with the bytes freed. */
+/** Clears the blocks in [from, to), keeping their indices; resolves with the bytes freed. */
 export async function prune (core: Hypercore, from: number, to: number): Promise<number> {
   if (to <= from) return 0
   const [start, end] = await Promise.all([byteOffset(core, from), byteOffset(core, to)])

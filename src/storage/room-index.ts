@@ -3,11 +3,7 @@ import type Hypercore from 'hypercore'
 
 const ROOM_INDEX = 'root-peer-rooms'
 
-/**
- * One entry of the room index: a room created, a later fact about it (signed: `writerPublicKey` and `signedFrom`;
- * moved to another core: `key`, `primary`, `promotedFrom`), or its removal (`removed`, and the `generation` its
- * name's next core gets). Fields left undefined are not written.
- */
+/** A room created, signed (`writerPublicKey`), moved to another core (`key`), or removed. */
 export interface IndexEntry {
   name: string
   createdAt?: number
@@ -20,17 +16,13 @@ export interface IndexEntry {
   removed?: true
 }
 
-/** What the index says now: each room's entries folded into one, the names removed last, the generations of removed names. */
 export interface IndexState {
   rooms: Map<string, IndexEntry & { createdAt: number }>
   removed: Set<string>
   generations: Map<string, number>
 }
 
-/**
- * The room index: a core in the store that records, before a room is first used, that it exists (so the state
- * file is never the only record of which rooms there are), and every later fact about it, in order.
- */
+/** The room index: a core recording each room before its first use, and every later fact about it. */
 export class RoomIndex {
   private readonly core: Hypercore
 
@@ -38,7 +30,6 @@ export class RoomIndex {
     this.core = store.get({ name: ROOM_INDEX })
   }
 
-  /** Reads every entry and folds them, in order. */
   async read (): Promise<IndexState> {
     await this.core.ready()
     const state: IndexState = { rooms: new Map(), removed: new Set(), generations: new Map() }
@@ -74,12 +65,10 @@ function fold (state: IndexState, entry: IndexEntry): void {
     rooms.set(entry.name, { ...entry, createdAt: entry.createdAt ?? 0 })
     return
   }
-  // a later entry signs the room...
   if (entry.writerPublicKey !== undefined) {
     known.writerPublicKey = entry.writerPublicKey
     known.signedFrom = entry.signedFrom
   }
-  // ...or moves it: to another primary's core, or (promoted) to our own
   if (entry.key !== undefined) {
     known.key = entry.key
     known.primary = entry.primary

@@ -10,23 +10,20 @@ import type { Counters } from '../monitor/stats.js'
 import type { StorageHealth } from './storage-health.js'
 import type { WalSync } from './wal-sync.js'
 
-/** A record to store: a client's message, or one another cluster member forwarded to this primary. */
 export interface WriteRequest {
   roomName: string
   message: unknown
-  /** the message as JSON text, as it arrived */
   messageJson: string
   fromPeer: string
   id?: string
   signature?: string
-  /** the writer key the caller has checked the signature against already (it is checked again only if the room's differs) */
+  // the key the caller checked the signature against; checked again only if the room's differs
   checkedKey?: string
 }
 
 export interface WriteResult { index: number, duplicate: boolean }
 
 export interface RoomWriterOptions {
-  /** the rooms now (they are replaced when the store is reopened after a storage failure) */
   rooms: () => Rooms
   storage: StorageHealth
   walSync: WalSync | null
@@ -38,14 +35,7 @@ export interface RoomWriterOptions {
   onLatency: ((kind: 'append' | 'sync', seconds: number) => void) | null
 }
 
-/**
- * The one way a record is stored: "store this record in room R, once if it has an id". A result is given once the
- * promise the docs make is kept: appended; with SYNC_WRITES on disk; with MIN_MIRRORS on that many mirrors.
- * Appends that arrive while one is in flight go into the next as one batch (see Room).
- *
- * Events: `message-stored` ({ roomName, messageCount, totalMessages, messageIndex, peerId, id }),
- * `append-error` ({ roomName, err }).
- */
+/** The one way a record is stored (docs/durability.md). Events: `message-stored`, `append-error`. */
 export class RoomWriter extends EventEmitter {
   private readonly opts: RoomWriterOptions
 
@@ -54,21 +44,16 @@ export class RoomWriter extends EventEmitter {
     this.opts = opts
   }
 
-  /**
-   * Queues the record for its room and resolves once it is queued, with the promise of its result (wrapped, so
-   * awaiting the queueing does not wait for it), and the room's name as JSON for the ack: the caller can take its
-   * next frame meanwhile, and records queued in order are appended in order.
-   */
+  /** Resolves once queued, with the result wrapped: the caller takes its next frame meanwhile. */
   async queue (req: WriteRequest): Promise<{ result: Promise<WriteResult>, roomNameJson: string }> {
     const rooms = this.opts.rooms()
-    // the common case, a room open already, takes no await
-    const room = rooms.hold(req.roomName) ?? await rooms.get(req.roomName)
-    // an empty room can give its place to another at MAX_ROOMS before it is held
+    const room = rooms.getIfOpen(req.roomName) ?? await rooms.get(req.roomName)
+    // an empty room can give its place to another at MAX_ROOMS before it is pinned
     if (room === null) throw RootPeerError.TOO_MANY_ROOMS(this.opts.maxRooms)
     let queued = false
     try {
-      if (req.id !== undefined) await room.idsReady()?.catch(err => this.appendFailed(room, err))
-      // no await from here to the append: a room signed meanwhile (on another connection) takes nothing unsigned
+      if (req.id !== undefined) await room.idsReady()?.catch(err => this.reportAppendError(room, err))
+      // no await from here to the append: a room signed meanwhile takes nothing unsigned
       const signer = room.info.writerPublicKey
       if (signer !== undefined && signer !== req.checkedKey) checkSigned(signer, req)
       const block = Buffer.from(encodeRecord({ message: req.message, storedAt: Date.now(), fromPeer: req.fromPeer, senderPublicKey: req.fromPeer, id: req.id, signature: signer === undefined ? undefined : req.signature }, req.messageJson))
@@ -81,15 +66,13 @@ export class RoomWriter extends EventEmitter {
     }
   }
 
-  /** Stores the record and resolves with its result. */
   async write (req: WriteRequest): Promise<WriteResult> {
     return await (await this.queue(req)).result
   }
 
   private async settle (rooms: Rooms, room: Room, req: WriteRequest, bytes: number, appended: Promise<WriteResult>, started: number): Promise<WriteResult> {
-    // the room stays held (its core open) until the promise is kept
     try {
-      const result = await appended.catch(err => this.appendFailed(room, err))
+      const result = await appended.catch(err => this.reportAppendError(room, err))
       if (result.duplicate) this.opts.counters.duplicates++
       else this.noteStored(rooms, room, req, result.index, bytes, started)
       await this.keep(rooms, room, result.index)
@@ -100,30 +83,27 @@ export class RoomWriter extends EventEmitter {
   }
 
   private noteStored (rooms: Rooms, room: Room, req: WriteRequest, index: number, bytes: number, started: number): void {
-    rooms.stored(room, bytes)
-    this.opts.pruner?.stored(room)
+    rooms.recordAppend(room, bytes)
+    this.opts.pruner?.noteAppend(room)
     if (this.opts.onLatency !== null) this.opts.onLatency('append', (performance.now() - started) / 1000)
     this.opts.counters.messagesStored++
     this.emit('message-stored', { roomName: room.name, messageCount: room.length, totalMessages: rooms.totalMessages, messageIndex: index, peerId: req.fromPeer, id: req.id })
   }
 
-  /** Resolves once the block at `index` may be acked: with SYNC_WRITES on disk, with MIN_MIRRORS on that many mirrors. */
+  /** Resolves once the block may be acked: with SYNC_WRITES on disk, with MIN_MIRRORS on that many mirrors. */
   private async keep (rooms: Rooms, room: Room, index: number): Promise<void> {
-    // a room being signed: its index entry first, so no acked signed message is ever below a later signing's signedFrom
-    if (room.info.writerPublicKey !== undefined) await rooms.signed(room.name)
+    if (room.info.writerPublicKey !== undefined) await rooms.waitForSigning(room.name)
     if (this.opts.walSync !== null) await this.opts.walSync.sync()
     const cluster = this.opts.cluster()
     if (cluster !== null) await cluster.waitForMirrors(room.core, index + 1)
   }
 
-  /** An append that failed: reported, and turned into the coded error the storage's state gives. */
-  private async appendFailed (room: Room, err: unknown): Promise<never> {
+  private async reportAppendError (room: Room, err: unknown): Promise<never> {
     this.emit('append-error', { roomName: room.name, err })
     throw this.opts.closing() ? RootPeerError.STORAGE_ERROR(err) : await this.opts.storage.recordFailure(err)
   }
 }
 
-/** A record for a signed room: a string with an id, signed by the room's key over (roomName, id, message). */
 export function checkSigned (writerPublicKey: string, req: Pick<WriteRequest, 'roomName' | 'message' | 'id' | 'signature'>): void {
   if (typeof req.message !== 'string' || req.id === undefined) throw RootPeerError.UNAUTHORIZED('a signed room takes string messages with an id and a signature')
   if (!verifyMessage(writerPublicKey, req.roomName, req.id, req.message, req.signature)) {

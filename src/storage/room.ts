@@ -3,20 +3,14 @@ import { MAX_ID, parseRecord, pageEntry } from '../protocol/protocol.js'
 import type { RoomState } from './state-file.js'
 import safetyCatch from 'safety-catch'
 
-/** Ids remembered per room for deduplication (the newest ones). */
 export const DEDUP_WINDOW = 10_000
-/** Characters of ids remembered per room, at most: with DEDUP_WINDOW, bounds the ids' memory in bytes. */
 export const DEDUP_ID_CHARS = 256 * 1024
-/** Blocks, and bytes of blocks, one read of the ids held at once. */
 const LOAD_CHUNK = 256
 const LOAD_CHUNK_BYTES = 1024 * 1024
-/** Blocks read at once when the tree cannot say how large they are. */
 const BLIND_CHUNK = 16
-/** Block byte offsets remembered per room, so a client paging on costs no search. */
 const MAX_ANCHORS = 32
-/** Seeks one byte-offset search may take before it gives up (bisection needs about 2 × log2(bytes)). */
+// bisection needs about 2 × log2(bytes) seeks
 const MAX_SEEKS = 128
-/** Most blocks one append carries. */
 const MAX_BATCH = 1024
 
 interface PendingAppend {
@@ -26,33 +20,26 @@ interface PendingAppend {
 }
 
 export interface Page {
-  /** Each entry is one stored record as JSON text, with `messageIndex` added. */
   entries: string[]
   nextIndex: number
   totalMessages: number
 }
 
-/**
- * One room: its Hypercore, a group-commit write queue and the ids it has stored.
- * Appends that arrive while one is in flight go into the next append as one batch.
- */
+/** One room: its Hypercore, a group-commit write queue (docs/performance.md) and its dedup ids. */
 export class Room {
   readonly name: string
   readonly core: Hypercore
   readonly info: RoomState
-  /** the name as a JSON string, for the frames that carry it */
   readonly nameJson: string
   private queue: PendingAppend[] = []
-  /** the append in flight: its first index and how many blocks it carries */
   private appendingFrom = 0
   private appending = 0
   private flushing: Promise<void> | null = null
   private last: Promise<unknown> | null = null
   private ids: DedupIds | null = null
   private loadingIds: Promise<void> | null = null
-  /** called before each core append, for the appendBatches counter */
   private readonly onBatch: (() => void) | null
-  /** known byte offsets of blocks (index to offset), valid for the core's fork `anchorsFork` */
+  // known byte offsets of blocks (index to offset), valid for the core's fork `anchorsFork`
   private readonly anchors = new Map<number, number>()
   private anchorsFork = -1
 
@@ -64,28 +51,24 @@ export class Room {
     this.onBatch = onBatch
   }
 
-  /** A mirrored room (another cluster member is its primary): never appended to here. */
   get mirrored (): boolean {
     return this.info.primary !== undefined
   }
 
-  /** Messages held: for a mirrored room, the blocks stored here without a gap (what can be served). */
+  /** For a mirrored room, the blocks stored here without a gap (what can be served). */
   get length (): number {
     return this.mirrored ? Math.min(this.core.length, this.core.contiguousLength) : this.core.length
   }
 
-  /** The index the next block queued will get. */
   get nextIndex (): number {
     // exact even between the core's append completing and this room hearing of it
     return Math.max(this.core.length, this.appendingFrom + this.appending) + this.queue.length
   }
 
-  /** Forgets the ids stored so far: the room was signed, and what came before is not its members'. */
   forgetIds (): void {
     if (this.ids !== null) this.ids = new DedupIds()
   }
 
-  /** Ids held for deduplication, and their characters (0 before they are loaded). */
   get idCount (): number {
     return this.ids === null ? 0 : this.ids.size
   }
@@ -94,7 +77,6 @@ export class Room {
     return this.ids === null ? 0 : this.ids.chars
   }
 
-  /** Appends one block; resolves with its index once the append holding it has completed. */
   append (block: Buffer): Promise<number> {
     const appended = new Promise<number>((resolve, reject) => {
       this.queue.push({ block, resolve, reject })
@@ -110,30 +92,23 @@ export class Room {
     if (last !== null) await last.catch(safetyCatch)
   }
 
-  /** Resolves when every append queued before the call has completed (or failed). */
   async settled (): Promise<void> {
     while (this.flushing !== null) await this.flushing
   }
 
-  /** Resolves once the ids of the room's newest blocks are loaded, so duplicates are found across restarts. */
   idsReady (): Promise<void> | null {
     if (this.ids !== null) return null
     if (this.loadingIds === null) this.loadingIds = this.loadIds()
     return this.loadingIds
   }
 
-  /**
-   * Appends a block carrying `id` unless that id is stored or being stored already, in which case it resolves
-   * with the original index. Check and insert are synchronous, so two connections resending one id race safely.
-   * Call after `idsReady()`.
-   */
   storeOnce (id: string, block: Buffer): Promise<{ index: number, duplicate: boolean }> {
     const ids = this.ids
     if (ids === null) throw new Error('storeOnce before idsReady')
+    // check and insert with no await between: two connections resending one id race safely
     const found = ids.get(id)
     if (found !== undefined) return Promise.resolve(found).then(index => ({ index, duplicate: true }))
     const pending = this.append(block)
-    // forgets the oldest ids past DEDUP_WINDOW or DEDUP_ID_CHARS
     ids.set(id, pending)
     return pending.then(index => {
       if (ids.get(id) === pending) ids.set(id, index)
@@ -144,11 +119,7 @@ export class Room {
     })
   }
 
-  /**
-   * Reads up to `limit` records from `from` whose entries, joined by commas, take at most `maxBytes` UTF-8 bytes
-   * (at least one record). Which blocks fit is found in the tree's byte offsets before any is read, so a page
-   * reads about `maxBytes`, whatever its `limit`. Stops at the first block missing here.
-   */
+  /** Up to `limit` records from `from` in at most `maxBytes` (at least one); stops at a block missing here. */
   async readPage (from: number, limit: number, maxBytes: number): Promise<Page> {
     const totalMessages = this.length
     const end = Math.min(totalMessages, from + limit)
@@ -217,7 +188,6 @@ export class Room {
     const ids = new DedupIds()
     const end = this.core.length
     for (let at = Math.max(0, end - DEDUP_WINDOW); at < end;) {
-      // chunks bounded in blocks and in bytes, as a page is
       const chunkEnd = Math.min(end, at + LOAD_CHUNK)
       const fit = await this.fitting(at, chunkEnd, LOAD_CHUNK_BYTES, 0)
       const stop = fit?.stop ?? Math.min(chunkEnd, at + BLIND_CHUNK)
@@ -225,7 +195,6 @@ export class Room {
       blocks.forEach((block, k) => {
         const record = block === null ? null : parseRecord(block)
         if (record === null || typeof record.id !== 'string' || record.id.length > MAX_ID) return
-        // an id stored again (after it was forgotten) counts as of its newest index
         ids.delete(record.id)
         ids.set(record.id, at + k)
       })
@@ -244,19 +213,13 @@ export class Room {
     return Promise.all(gets)
   }
 
-  /**
-   * Where the blocks from `from` that fit in `maxBytes`, each with `overhead` bytes added, end (at least one
-   * block, at most `end`), and where block `from` starts (null when not looked up): found with the tree's byte
-   * offsets, reading no block. Null when the tree cannot say.
-   */
   private async fitting (from: number, end: number, maxBytes: number, overhead: number): Promise<{ stop: number, start: number | null } | null> {
     const core = this.core
-    // one block, or a room smaller than the page: nothing to look up
     if (end - from <= 1 || core.byteLength + (end - from) * overhead <= maxBytes) return { stop: end, start: null }
     const start = await this.offsetOf(from)
     if (start === null) return null
     let budget = maxBytes
-    // the first seek counts the blocks within maxBytes; if their overhead does not fit too, the second leaves room for it
+    // the first seek counts the blocks within maxBytes; if their overhead does not fit, the second makes room
     for (let pass = 0; pass < 2; pass++) {
       const target = start + Math.max(0, budget)
       let index = core.length
@@ -264,7 +227,6 @@ export class Room {
       if (target < core.byteLength) {
         const found = await core.seek(target, { wait: false })
         if (found === null) return null
-        // block `index` holds byte `target`: the blocks before it end within the budget
         index = found[0]
         offset = target - found[1]
         this.anchor(index, offset)
@@ -277,7 +239,6 @@ export class Room {
     return { stop: from + 1, start }
   }
 
-  /** The byte offset at which block `index` starts, from the tree (no block is read); null when the tree cannot say. */
   private async offsetOf (index: number): Promise<number | null> {
     const core = this.core
     if (core.fork !== this.anchorsFork) {
@@ -288,7 +249,6 @@ export class Room {
     if (index >= core.length) return index === core.length ? core.byteLength : null
     const known = this.anchors.get(index)
     if (known !== undefined) return known
-    // the nearest blocks whose offsets are known, below and above; the offset sought is within [min, max]
     let lo = 0
     let loBytes = 0
     let hi = core.length
@@ -300,7 +260,7 @@ export class Room {
     let min = loBytes
     let max = hiBytes
     for (let step = 0; step < MAX_SEEKS && min <= max; step++) {
-      // interpolate between the known offsets, bisect every other step: a skewed room still takes O(log bytes) seeks
+      // interpolate and bisect in turn: a room of uneven blocks still takes O(log bytes) seeks
       const guess = step % 2 === 0 ? loBytes + Math.floor((index - lo) * (hiBytes - loBytes) / (hi - lo)) : Math.floor((min + max) / 2)
       const at = Math.min(Math.max(guess, min), max)
       const found = await core.seek(at, { wait: false })
@@ -339,12 +299,8 @@ function sumBytes (blocks: Array<Buffer | null>): number {
   return bytes
 }
 
-/**
- * A room's ids, oldest first, and what each was stored at: at most DEDUP_WINDOW ids and DEDUP_ID_CHARS characters
- * of them. Adding a new id forgets the oldest ones past either bound; setting a held id keeps its place.
- */
+/** A room's ids, oldest first: adding one forgets the oldest past DEDUP_WINDOW or DEDUP_ID_CHARS. */
 export class DedupIds extends Map<string, number | Promise<number>> {
-  /** characters of the ids held */
   chars = 0
 
   constructor () {

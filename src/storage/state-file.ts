@@ -3,9 +3,7 @@ import path from 'node:path'
 import safetyCatch from 'safety-catch'
 
 export const STATE_FILE = 'root-peer-state.json'
-/** Every file of ours in the data dir begins so (the state file, its temp file, its previous copy, bad ones kept aside). */
 export const STATE_FILE_PREFIX = 'root-peer-state'
-/** The previous good state file, kept beside the current one. */
 export const PREVIOUS_STATE_FILE = 'root-peer-state.prev.json'
 
 export interface RoomState {
@@ -13,27 +11,20 @@ export interface RoomState {
   messageCount: number
   createdAt: number
   lastActivity: number
-  /** bytes the room's blocks hold (not in the seed's file; added, reconciled from the core) */
+  /** not in the original design's file: reconciled from the core */
   byteLength: number
-  /** a signed room's writer public key, hex (also in the room index) */
   writerPublicKey?: string
-  /** the first index still held; blocks before it were pruned by retention (checked against the core) */
   firstIndex?: number
-  /** bytes of the pruned blocks */
   prunedBytes?: number
-  /** the room's core key, hex (known once its core was opened; for a mirrored room, from the room index) */
   coreKey?: string
-  /** a mirrored room: the public key (hex) of the cluster member whose core holds it; absent when this root peer is its primary */
+  /** a mirrored room: the member whose core holds it (hex); absent when this root peer is its primary */
   primary?: string
-  /** the gone member this room was taken over from (`root-peer promote`), by this root peer or by its primary, hex */
   promotedFrom?: string
-  /** a room signed after unsigned messages were stored: the first index of its signed history (members are served from here) */
+  /** a room signed after unsigned messages were stored: the first index of its signed history */
   signedFrom?: number
-  /** a room registered again after `root-peer rooms --remove`: its core is a new one, named for this generation */
   generation?: number
 }
 
-/** The seed's `root-peer-state.json`, field for field. */
 export interface PersistentState {
   rooms: Record<string, RoomState>
   totalMessages: number
@@ -43,19 +34,12 @@ export interface PersistentState {
 
 export interface LoadResult {
   state: PersistentState | null
-  /** Why the state file could not be used ('missing', 'empty', ...), when it is missing or bad; null when it was good. */
   problem: string | null
-  /** Where a bad file was moved for inspection. */
   movedTo: string | null
-  /** True when the state came from the previous good copy. */
   fromPrevious: boolean
 }
 
-/**
- * Reads and writes the state file. Writes are atomic (temp file, fsync, rename), so a crash
- * leaves either the old file or the new one, never half of one; the file it replaces is kept
- * as the previous good copy. Saves are serialised.
- */
+/** Reads and writes the state file atomically (temp file, fsync, rename), keeping the previous good copy. */
 export class StateFile {
   readonly file: string
   readonly previous: string
@@ -67,10 +51,6 @@ export class StateFile {
     this.previous = path.join(dir, PREVIOUS_STATE_FILE)
   }
 
-  /**
-   * Reads the state file; a bad one is moved aside (unless `moveBad` is false, for a look that must change
-   * nothing) and the previous good copy is used when there is one.
-   */
   async load ({ moveBad = true } = {}): Promise<LoadResult> {
     const text = await readIfExists(this.file)
     const problem = text === null ? 'missing' : text.trim() === '' ? 'empty' : checkShape(text)
@@ -85,7 +65,6 @@ export class StateFile {
     return { state: fromPrevious ? sanitise(JSON.parse(prev)) : null, problem, movedTo, fromPrevious }
   }
 
-  /** Saves the snapshot `take()` returns; a save asked for while one runs is done once, after it. */
   save (take: () => PersistentState): Promise<void> {
     if (this.saving !== null) {
       this.again = take
@@ -100,7 +79,6 @@ export class StateFile {
     return this.saving
   }
 
-  /** Resolves when no save is running or queued. */
   async flushed (): Promise<void> {
     while (this.saving !== null) await this.saving.catch(safetyCatch)
   }
@@ -116,7 +94,6 @@ export class StateFile {
     } finally {
       await handle.close()
     }
-    // the file being replaced becomes the previous good copy (a hard link, then an atomic rename)
     const prevTmp = `${this.previous}.tmp`
     try {
       await fs.rm(prevTmp, { force: true })
@@ -151,7 +128,6 @@ function checkShape (text: string): string | null {
   return null
 }
 
-/** Keeps only well-formed entries; the cores are reconciled against it anyway. */
 function sanitise (obj: Record<string, any>): PersistentState {
   const rooms: Record<string, RoomState> = {}
   for (const [key, r] of Object.entries(obj.rooms as Record<string, any>)) {

@@ -2,21 +2,12 @@ import { EventEmitter } from 'node:events'
 import { freeBytes, fullBelow, writable } from './disk.js'
 import { RootPeerError } from '../protocol/errors.js'
 
-/** First and longest wait between checks of a failed data dir. */
 const RETRY_MIN = 1000
 const RETRY_MAX = 30_000
 
-/**
- * Whether the data dir takes writes. After a failed write it says why (STORAGE_FULL when free space is below
- * what RocksDB needs to flush, else STORAGE_ERROR), and checks the dir again (1 s, doubling to 30 s) until it
- * takes a write, then has the store reopened: RocksDB stays read-only after a failed write.
- *
- * Events: `storage-failed` ({ code, freeBytes, err }), `storage-recovery-failed` (err), `storage-recovered`.
- */
+/** Whether the data dir takes writes (docs/durability.md). Events: `storage-failed`, `storage-recovered`. */
 export class StorageHealth extends EventEmitter {
-  /** set while writes fail: the refusal peers get */
   failure: RootPeerError | null = null
-  /** set while the store is being reopened */
   reopening: Promise<void> | null = null
   private readonly dir: string
   private readonly writeBuffer: number
@@ -31,7 +22,6 @@ export class StorageHealth extends EventEmitter {
     this.reopen = opts.reopen
   }
 
-  /** Why writes fail now, for /health; null while they do not. */
   reason (): string | null {
     const failure = this.failure
     if (failure === null) return null
@@ -40,7 +30,6 @@ export class StorageHealth extends EventEmitter {
     return `storage error in ${this.dir}: ${cause}; writes are refused until a write succeeds again`
   }
 
-  /** Marks storage as failing after a write failed; resolves with the refusal peers get until it recovers. */
   async recordFailure (err: unknown): Promise<RootPeerError> {
     if (this.failure !== null) return this.failure
     const free = await freeBytes(this.dir)
@@ -52,7 +41,6 @@ export class StorageHealth extends EventEmitter {
     return failure
   }
 
-  /** Stops checking; a reopen under way is left to finish (await `reopening`). */
   close (): void {
     this.closed = true
     if (this.timer !== null) clearTimeout(this.timer)

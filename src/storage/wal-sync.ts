@@ -3,23 +3,17 @@ import path from 'node:path'
 import type Corestore from 'corestore'
 import safetyCatch from 'safety-catch'
 
-/**
- * Makes completed appends survive a power loss, not only a process crash. Hypercore's storage
- * (RocksDB) writes its write-ahead log without syncing it; this fsyncs the log. Callers that
- * arrive while a sync runs share the next one, so a busy root peer pays one fsync per batch.
- */
+/** Fsyncs RocksDB's write-ahead log, which Hypercore writes unsynced (SYNC_WRITES, docs/durability.md). */
 export class WalSync {
   private readonly store: () => Corestore
   private running: Promise<void> | null = null
   private queued: Promise<void> | null = null
   private wal: { number: number, file: fs.FileHandle } | null = null
 
-  /** `store` returns the store in use now (it is replaced when storage is reopened after an error). */
   constructor (store: () => Corestore) {
     this.store = store
   }
 
-  /** Resolves once everything written before the call is on disk. */
   sync (): Promise<void> {
     if (this.running === null) {
       this.running = this.run().finally(() => { this.running = null })

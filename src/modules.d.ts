@@ -226,3 +226,72 @@ declare module 'graceful-goodbye' {
   }
   export default goodbye
 }
+
+// protomux-rpc ships no types; only the parts the cluster channel calls are declared.
+declare module 'protomux-rpc' {
+  import { EventEmitter } from 'node:events'
+  import type { Encoder } from 'compact-encoding'
+
+  export interface RPCOptions {
+    id?: Buffer
+    protocol?: string
+    valueEncoding?: Encoder<any>
+    handshake?: unknown
+    handshakeEncoding?: Encoder<any>
+  }
+
+  /** Events: `open` (the other side opened the channel), `close`, `destroy`. */
+  export default class ProtomuxRPC extends EventEmitter {
+    constructor (stream: unknown, opts?: RPCOptions)
+    readonly opened: boolean
+    readonly closed: boolean
+    respond<Req, Res> (
+      method: string,
+      opts: { requestEncoding?: Encoder<any, Req>, responseEncoding?: Encoder<Res, any> },
+      handler: (req: Req) => Res | Promise<Res>
+    ): this
+    request<Req, Res> (
+      method: string,
+      value: Req,
+      opts?: { requestEncoding?: Encoder<Req, any>, responseEncoding?: Encoder<any, Res>, timeout?: number }
+    ): Promise<Res>
+    event<Req> (method: string, value: Req, opts?: { requestEncoding?: Encoder<Req, any> }): void
+    cork (): void
+    uncork (): void
+    end (): Promise<void>
+    /** closes the channel; pending requests reject with `err` (default CHANNEL_DESTROYED) */
+    destroy (err?: Error): void
+  }
+}
+
+declare module 'hyperswarm-stats' {
+  import type { GaugeConfiguration } from 'prom-client'
+  import type Hyperswarm from 'hyperswarm'
+  /** What the stats modules take as `promClient`: they only ever call `new promClient.Gauge(config)`. */
+  export interface PromClient {
+    Gauge: new (config: GaugeConfiguration<string>) => unknown
+  }
+  /** The swarm's connection counts and stream totals, and its DHT's (hyperdht-stats). */
+  export default class HyperswarmStats {
+    constructor (swarm: Hyperswarm)
+    readonly nrPeers: number
+    registerPrometheusMetrics (promClient: PromClient): void
+    toJson (): Record<string, unknown>
+  }
+}
+
+declare module 'hypercore-stats' {
+  import { EventEmitter } from 'node:events'
+  import type Corestore from 'corestore'
+  import type { PromClient } from 'hyperswarm-stats'
+  /** Totals over every core a Corestore has open, watched through weak sessions. */
+  export default class HypercoreStats extends EventEmitter {
+    static fromCorestore (store: Corestore): HypercoreStats
+    readonly totalCores: number
+    getTotalLength (): number
+    /** totals are cached for 5 s so that one scrape reads one snapshot; this drops the cache */
+    bustCache (): void
+    registerPrometheusMetrics (promClient: PromClient): void
+    toJson (): Record<string, unknown>
+  }
+}

@@ -7,7 +7,6 @@ import safetyCatch from 'safety-catch'
 import { withDefaults, type Config } from './config.js'
 import { openStore } from './storage/data-dir-lock.js'
 import { StorageHealth } from './storage/storage-health.js'
-import { RootPeerError } from './protocol/errors.js'
 import { type Peer, endConnection } from './connection/peer.js'
 import { DEFAULT_LIMITS, encodeAnnouncement, isHexTopic, type Limits } from './protocol/protocol.js'
 import { RoomTopics, type TopicSwarm } from './connection/room-topics.js'
@@ -18,10 +17,9 @@ import { StateFile, type PersistentState, type RoomState } from './storage/state
 import { StateSaver } from './storage/state-saver.js'
 import { RoomUpkeep } from './storage/room-upkeep.js'
 import { WalSync } from './storage/wal-sync.js'
-import { SWARM_KEY_PAIR, type ForwardedWrite } from './cluster/cluster.js'
+import { SWARM_KEY_PAIR } from './cluster/cluster.js'
 import { ClusterRooms } from './cluster/cluster-rooms.js'
 import { Connections } from './connection/connections.js'
-import { FrameHandlers } from './connection/frame-handlers.js'
 import { RoomWriter } from './storage/room-writer.js'
 import { newChallenge } from './protocol/room-auth.js'
 import { busiest, createCounters, largest, type Counters, type StatsSnapshot } from './monitor/stats.js'
@@ -71,7 +69,6 @@ export class ChatRootPeer extends ReadyResource {
   private readonly upkeep: RoomUpkeep
   private readonly writer: RoomWriter
   private readonly connections: Connections
-  private readonly handlers: FrameHandlers
   private readonly inflight = new Set<Promise<unknown>>()
   private store: Corestore | null = null
   private rooms: Rooms | null = null
@@ -132,26 +129,19 @@ export class ChatRootPeer extends ReadyResource {
       storage: this.storage,
       publicKey: () => this.publicKey!.toString('hex'),
       closing,
-      dispatch: (peer, frame) => this.handlers.dispatch(peer, frame),
-      track
-    })
-    this.handlers = new FrameHandlers({
-      rooms: () => this.rooms!,
-      cluster: () => this.cluster,
-      connections: this.connections,
-      writer: this.writer,
-      topics: this.topics,
-      storage: this.storage,
-      limits: this.limits,
-      counters: this.counters,
-      publicKey: () => this.publicKey!.toString('hex'),
-      maxRooms: s.maxRooms,
-      maxStorageBytes: s.maxStorageBytes,
-      requireSignedRooms: s.requireSignedRooms,
-      replicationTimeout: s.replicationTimeout,
-      onLatency,
-      removeEmptyRoom: () => this.upkeep.removeEmpty(),
-      track
+      track,
+      handlers: {
+        rooms: () => this.rooms!,
+        cluster: () => this.cluster,
+        writer: this.writer,
+        topics: this.topics,
+        maxRooms: s.maxRooms,
+        maxStorageBytes: s.maxStorageBytes,
+        requireSignedRooms: s.requireSignedRooms,
+        replicationTimeout: s.replicationTimeout,
+        onLatency,
+        removeEmptyRoom: () => this.upkeep.removeEmpty()
+      }
     })
     this.wireEvents()
   }
@@ -274,7 +264,7 @@ export class ChatRootPeer extends ReadyResource {
     this.connections.on('peer-dropped', (id, err) => this.emit('peer-dropped', id, err))
     this.connections.on('frame-refused', (id, err) => this.emit('frame-refused', id, err))
     this.connections.on('peer-banned', id => this.emit('peer-banned', id))
-    this.handlers.on('room-registered', e => this.emit('room-registered', e))
+    this.connections.handlers.on('room-registered', e => this.emit('room-registered', e))
   }
 
   protected override async _open (): Promise<void> {
@@ -420,7 +410,7 @@ export class ChatRootPeer extends ReadyResource {
       minMirrors: s.minMirrors,
       timeout: s.replicationTimeout,
       announcement: () => JSON.stringify(encodeAnnouncement(this.publicKey!.toString('hex'), this.limits, newChallenge())),
-      onWrite: write => this.onForwardedWrite(write)
+      onWrite: write => this.connections.handlers.onForwardedWrite(write)
     })
     cluster.on('member-connected', member => this.emit('member-connected', member))
     cluster.on('member-disconnected', member => this.emit('member-disconnected', member))
@@ -430,20 +420,6 @@ export class ChatRootPeer extends ReadyResource {
     cluster.on('cluster-error', e => this.emit('cluster-error', e))
     this.cluster = cluster
     cluster.start()
-  }
-
-  private async onForwardedWrite (write: ForwardedWrite): Promise<{ messageIndex: number, duplicate: boolean }> {
-    if (this.closing !== null) throw RootPeerError.SHUTTING_DOWN()
-    if (this.storage.failure !== null) throw this.storage.failure
-    await this.cluster!.waitWritable()
-    const rooms = this.rooms!
-    const info = rooms.info(write.roomName)
-    if (info === undefined || info.primary !== undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(info?.primary ?? this.cluster!.self)
-    const cap = this.settings.maxStorageBytes
-    if (cap > 0 && rooms.totalBytes >= cap) throw RootPeerError.STORAGE_CAP(cap)
-    // the primary checks a signed room's signature too, with its own view: the forwarding member's may be behind
-    const { index, duplicate } = await this.writer.write({ ...write, messageJson: JSON.stringify(write.message) })
-    return { messageIndex: index, duplicate }
   }
 
   private track (promise: Promise<unknown>): void {

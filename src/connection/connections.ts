@@ -4,7 +4,8 @@ import { RootPeerError } from '../protocol/errors.js'
 import { Guard, type GuardOptions } from './guard.js'
 import { Inbound, type DropReason, type InboundOptions } from './inbound.js'
 import { CLOSE_GRACE, Peer, endConnection } from './peer.js'
-import { decodeFrame, encodeAnnouncement, errorFrame, frameContext, type Frame, type Limits } from '../protocol/protocol.js'
+import { contextOf, decodeFrame, encodeAnnouncement, errorFrame, frameContext, type Frame, type Limits } from '../protocol/protocol.js'
+import { FrameHandlers, type FrameHandlersOptions } from './frame-handlers.js'
 import type { StorageHealth } from '../storage/storage-health.js'
 import { bump, type Counters } from '../monitor/stats.js'
 import safetyCatch from 'safety-catch'
@@ -22,7 +23,8 @@ export interface ConnectionsOptions {
   storage: StorageHealth
   publicKey: () => string
   closing: () => boolean
-  dispatch: (peer: Peer, frame: Frame) => Promise<void>
+  /** what the handlers need besides what Connections shares with them */
+  handlers: FrameHandlersOptions
   track: (promise: Promise<unknown>) => void
 }
 
@@ -34,6 +36,7 @@ export class Connections extends EventEmitter {
   readonly peers = new Map<string, Peer>()
   readonly guard: Guard
   readonly inbound: Inbound
+  readonly handlers: FrameHandlers
   private readonly hosts = new Map<string, number>()
   private readonly ctx: ConnectionsOptions
 
@@ -42,6 +45,8 @@ export class Connections extends EventEmitter {
     this.ctx = opts
     this.guard = new Guard({ ...opts.limits, ...opts.guard })
     this.inbound = new Inbound({ maxFrameBytes: opts.limits.maxFrameBytes, ...opts.inbound })
+    const { limits, counters, storage, publicKey, closing, track } = opts
+    this.handlers = new FrameHandlers({ ...opts.handlers, limits, counters, storage, publicKey, closing, track, connections: this })
   }
 
   accept (conn: NoiseStream): void {
@@ -110,7 +115,7 @@ export class Connections extends EventEmitter {
     peer.accepted++
     peer.lastActive = Date.now()
     if (this.ctx.storage.reopening !== null) await this.ctx.storage.reopening.catch(safetyCatch)
-    const handled = this.ctx.dispatch(peer, frame)
+    const handled = this.handlers.dispatch(peer, frame)
     this.ctx.track(handled)
     try {
       await handled
@@ -190,11 +195,4 @@ export class Connections extends EventEmitter {
   close (): void {
     this.guard.close()
   }
-}
-
-export function contextOf (frame: Frame): Record<string, unknown> {
-  const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }
-  if (frame.type === 'message' && frame.id !== undefined) ctx.id = frame.id
-  if (frame.type !== 'message' && frame.requestId !== undefined) ctx.requestId = frame.requestId
-  return ctx
 }

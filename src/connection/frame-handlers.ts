@@ -1,10 +1,10 @@
 import { EventEmitter } from 'node:events'
 import type { ClusterRooms } from '../cluster/cluster-rooms.js'
 import type { ForwardedWrite } from '../cluster/cluster.js'
-import { contextOf, type Connections } from './connections.js'
+import type { Connections } from './connections.js'
 import { RootPeerError } from '../protocol/errors.js'
 import type { Peer } from './peer.js'
-import { encodeAck, encodeSyncResponse, type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame } from '../protocol/protocol.js'
+import { contextOf, encodeAck, encodeSyncResponse, type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame } from '../protocol/protocol.js'
 import { keyMatchesName, verifyAccess } from '../protocol/room-auth.js'
 import type { RoomTopics } from './room-topics.js'
 import { checkSigned, type RoomWriter } from '../storage/room-writer.js'
@@ -16,22 +16,27 @@ import type { StorageHealth } from '../storage/storage-health.js'
 // a forwarded write waits this much longer than the REPLICATION_TIMEOUT its primary may wait for mirrors
 const FORWARD_GRACE = 2000
 
-export interface FrameHandlersContext {
+/** What the daemon gives the handlers; Connections adds what it shares with them. */
+export interface FrameHandlersOptions {
   rooms: () => Rooms
   cluster: () => ClusterRooms | null
-  connections: Connections
   writer: RoomWriter
   topics: RoomTopics
-  storage: StorageHealth
-  limits: Readonly<Limits>
-  counters: Counters
-  publicKey: () => string
   maxRooms: number
   maxStorageBytes: number
   requireSignedRooms: boolean
   replicationTimeout: number
   onLatency: ((kind: 'append' | 'sync', seconds: number) => void) | null
   removeEmptyRoom: () => Promise<boolean>
+}
+
+export interface FrameHandlersContext extends FrameHandlersOptions {
+  connections: Connections
+  limits: Readonly<Limits>
+  counters: Counters
+  storage: StorageHealth
+  publicKey: () => string
+  closing: () => boolean
   track: (promise: Promise<unknown>) => void
 }
 
@@ -101,6 +106,21 @@ export class FrameHandlers extends EventEmitter {
       // acked only once the promise is kept (appended; with SYNC_WRITES synced; with MIN_MIRRORS mirrored)
       if (id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(roomNameJson, id, index, duplicate))
     }, err => this.ctx.connections.refuse(peer, err, contextOf(frame))))
+  }
+
+  /** A message another member forwarded to this root peer, its room's primary: stored like a client's. */
+  async onForwardedWrite (write: ForwardedWrite): Promise<{ messageIndex: number, duplicate: boolean }> {
+    if (this.ctx.closing()) throw RootPeerError.SHUTTING_DOWN()
+    if (this.ctx.storage.failure !== null) throw this.ctx.storage.failure
+    const cluster = this.ctx.cluster()!
+    await cluster.waitWritable()
+    const rooms = this.ctx.rooms()
+    const info = rooms.info(write.roomName)
+    if (info === undefined || info.primary !== undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(info?.primary ?? cluster.self)
+    if (this.ctx.maxStorageBytes > 0 && rooms.totalBytes >= this.ctx.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.ctx.maxStorageBytes)
+    // the primary checks a signed room's signature too, with its own view: the forwarding member's may be behind
+    const { index, duplicate } = await this.ctx.writer.write({ ...write, messageJson: JSON.stringify(write.message) })
+    return { messageIndex: index, duplicate }
   }
 
   async onSyncRequest (peer: Peer, frame: SyncRequestFrame): Promise<void> {

@@ -258,6 +258,14 @@ function tooDeep (text: string, max: number): boolean {
   return false
 }
 
+/** The error context of a decoded frame: what it was and which request, for the refusal. */
+export function contextOf (frame: Frame): Record<string, unknown> {
+  const ctx: Record<string, unknown> = { requestType: frame.type, roomName: frame.roomName }
+  if (frame.type === 'message' && frame.id !== undefined) ctx.id = frame.id
+  if (frame.type !== 'message' && frame.requestId !== undefined) ctx.requestId = frame.requestId
+  return ctx
+}
+
 /** What can be read of a frame that failed to decode, so the error can name it. */
 export function frameContext (data: Buffer, limits: Limits): Obj {
   if (data.byteLength > limits.maxFrameBytes) return {}

@@ -141,7 +141,7 @@ async function start (config: Readonly<Config>): Promise<void> {
     log.flush()
     process.exit(0)
   }
-  // graceful-goodbye runs the shutdown once, on SIGINT, SIGTERM or an empty event loop; a second signal ends it at once
+  // graceful-goodbye runs the shutdown once (SIGINT, SIGTERM, empty event loop); a second signal ends it
   let signal: string | null = null
   goodbye(() => stop(signal ?? 'beforeExit'))
   for (const name of ['SIGINT', 'SIGTERM'] as const) {

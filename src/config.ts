@@ -30,7 +30,7 @@ function setting<T> (env: string, flag: string, value: string, help: string, par
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 
-// The one place a setting is named and described: Config, the daemon's defaults, --help and the docs' table come from it.
+// The one place a setting is described: Config, the defaults, --help and the docs' table come from it.
 const TABLE = {
   storageDir: setting('STORAGE_DIR', '--storage', './root-peer-storage', 'data dir', parseDir),
   syncWrites: setting('SYNC_WRITES', '--sync-writes', 'false', 'fsync storage before each ack, so acked messages survive a power loss too (true or false)', parseBoolean),

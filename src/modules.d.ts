@@ -59,13 +59,13 @@ declare module 'corestore' {
     close (): Promise<void>
     get (opts: { name?: string, key?: Buffer, exclusive?: boolean, valueEncoding?: string }): Hypercore
     namespace (name: string): Corestore
-    /** calls `fn` with each internal core as it is opened (by a session, or by replication for a core stored here) */
+    /** calls `fn` with each core as it is opened (by a session, or by replication) */
     watch (fn: (core: { readonly discoveryKey: Buffer }) => void): void
     unwatch (fn: (core: { readonly discoveryKey: Buffer }) => void): void
     createKeyPair (name: string): Promise<KeyPair>
     /** runs Hypercore replication of every core over a connection (a Protomux on it, kept in `conn.userData`) */
     replicate (conn: unknown): unknown
-    /** hypercore-storage: its RocksDB, for fsyncing the write-ahead log (SYNC_WRITES), and flush/compact for backup */
+    /** hypercore-storage's RocksDB: fsync of its WAL (SYNC_WRITES), flush/compact for backup */
     readonly storage: {
       rocks: { readonly path: string, currentWalFile (): Promise<{ path: string, number: number }> }
       db: { flush (): Promise<void> }

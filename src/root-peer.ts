@@ -429,7 +429,7 @@ export class ChatRootPeer extends ReadyResource {
   }
 }
 
-/** The topic a room is announced on: the name itself when it is a 64-hex topic (what clients join), else its hash. */
+/** A room's topic: the name itself when it is 64 hex (what clients join), else its hash. */
 export function roomTopic (name: string): Buffer {
   return isHexTopic(name) ? Buffer.from(name, 'hex') : crypto.hash(Buffer.from(name))
 }

@@ -21,7 +21,7 @@ export interface Counters {
   storageFailures: number
   /** messages this member forwarded to their room's primary and acked */
   forwardedWrites: number
-  /** peers disconnected for sending no valid frame: after FIRST_FRAME_TIMEOUT, or to make room for a newcomer at MAX_PEERS */
+  /** peers disconnected without a valid frame: FIRST_FRAME_TIMEOUT, or a newcomer's place at MAX_PEERS */
   idleDisconnects: number
   /** connections dropped by the inbound budget, by reason: frame-too-large, frame-timeout, buffer-full */
   droppedPeers: Record<string, number>
@@ -68,7 +68,7 @@ export interface StatsSnapshot {
 
 export const BUSIEST_ROOMS = 10
 
-/** The rooms the monitor may name: a signed room's name and writer key are its members' business, so signed rooms are left out (the totals still count them). */
+/** The rooms the monitor may name: a signed room's name is its members' business (totals still count it). */
 export function * namedRooms (rooms: Iterable<RoomState>): Generator<RoomState> {
   for (const r of rooms) if (r.writerPublicKey === undefined) yield r
 }

@@ -14,6 +14,8 @@ import type { Rooms } from '../storage/rooms.js'
 
 /** How long a request waits for its member's link to come (back): a link is replaced now and then. */
 const LINK_WAIT = 2000
+/** ms: a mirrored copy that grew is told to the other members at most this often (all rooms that grew, at once) */
+const REPORT_DELAY = 100
 
 export interface ClusterRoomsOptions {
   self: string
@@ -45,6 +47,9 @@ export class ClusterRooms extends EventEmitter {
   private heard = false
   private readonly applying = new Map<string, Promise<void>>()
   private readonly heardWaiters = new Set<() => void>()
+  /** mirrored rooms whose copy here grew since the last report */
+  private readonly grown = new Set<string>()
+  private reportTimer: NodeJS.Timeout | null = null
   private closed = false
 
   constructor (opts: ClusterRoomsOptions) {
@@ -171,6 +176,9 @@ export class ClusterRooms extends EventEmitter {
   }
 
   async pause (): Promise<void> {
+    if (this.reportTimer !== null) clearTimeout(this.reportTimer)
+    this.reportTimer = null
+    this.grown.clear()
     const mirrors = this.mirrors
     this.mirrors = null
     if (mirrors !== null) await mirrors.close()
@@ -178,6 +186,7 @@ export class ClusterRooms extends EventEmitter {
 
   async close (): Promise<void> {
     this.closed = true
+    if (this.reportTimer !== null) clearTimeout(this.reportTimer)
     this.waits.close()
     this.links.close()
     while (this.pending.size > 0) await Promise.allSettled([...this.pending])
@@ -188,12 +197,45 @@ export class ClusterRooms extends EventEmitter {
     const mirrors = new Mirrors(store, {
       maxOpen: this.opts.maxOpenRooms,
       idleTimeout: this.opts.roomIdleTimeout,
-      onProgress: (name, held, byteLength) => this.opts.rooms().recordMirrored(name, held, byteLength)
+      onProgress: (name, held, byteLength) => {
+        this.opts.rooms().recordMirrored(name, held, byteLength)
+        this.grew(name)
+      }
     })
     this.mirrors = mirrors
     // asleep until its core grows, or a member's `rooms` says it holds more
     for (const info of this.opts.rooms().list()) {
       if (info.primary !== undefined) mirrors.follow(info.name, info.coreKey!, info.primary, info.messageCount, false)
+    }
+  }
+
+  private grew (name: string): void {
+    this.grown.add(name)
+    if (this.reportTimer !== null || this.closed) return
+    this.reportTimer = setTimeout(() => {
+      this.reportTimer = null
+      this.track(this.report(), null)
+    }, REPORT_DELAY)
+  }
+
+  /**
+   * Tells the other members (not the primary) how much of each mirrored room that grew here this member holds, unless
+   * the member's replication of the room says it holds as much: a mirror that is behind (asleep, or not told by the
+   * primary) wakes the room and fetches the blocks from whichever member has them, so every acked block is soon on
+   * every live member, not only on the primary and the mirrors that acked it.
+   */
+  private async report (): Promise<void> {
+    const names = [...this.grown]
+    this.grown.clear()
+    const ads: RoomAd[] = []
+    for (const name of names) {
+      const ad = await this.adOf(name)
+      if (ad?.primary !== undefined) ads.push(ad)
+    }
+    if (this.closed) return
+    for (const member of this.links.linked()) {
+      const holds = (ad: RoomAd): number => this.mirrors?.holders(ad.name).get(member) ?? -1
+      this.links.tell(member, ads.filter(ad => ad.primary !== member && holds(ad) < ad.length!))
     }
   }
 
@@ -264,6 +306,7 @@ export class ClusterRooms extends EventEmitter {
       await this.mirrors?.unfollow(ad.name)
       await rooms.move(ad.name, ad.key, primary, ad.promotedFrom!)
       this.mirrors?.follow(ad.name, ad.key, primary, 0, true)
+      if (ad.length !== undefined) this.mirrors?.hint(ad.name, ad.key, ad.length)
       this.emit('room-mirrored', { roomName: ad.name, primary })
       return
     }
@@ -272,7 +315,8 @@ export class ClusterRooms extends EventEmitter {
       return
     }
     this.mirrors?.follow(ad.name, ad.key, primary, known?.messageCount ?? 0, known === undefined)
-    if (ad.length !== undefined) this.mirrors?.hint(ad.name, ad.length)
+    // the member holds `length` blocks (it may be another mirror): a copy here that is shorter catches up
+    if (ad.length !== undefined) this.mirrors?.hint(ad.name, ad.key, ad.length)
     if (known === undefined) this.emit('room-mirrored', { roomName: ad.name, primary })
   }
 

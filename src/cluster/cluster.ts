@@ -13,8 +13,9 @@ export type { ForwardedWrite, RoomAd } from './messages.js'
 
 /** The members' Protomux channel: protomux-rpc, messages in messages.ts (docs/cluster.md). */
 export const CLUSTER_PROTOCOL = 'root-peer-cluster/v2'
-const KEEP_ALIVE = 2000
-const LINK_TIMEOUT = 6000
+/** a dead member's link (kill -9, a lost machine) goes within LINK_TIMEOUT: until then Hypercore may wait on it */
+const KEEP_ALIVE = 1000
+const LINK_TIMEOUT = 3000
 const DUPLICATE_WINDOW = 2000
 const LIVE_WINDOW = 3000
 /** a write of a few MiB can reset a connection */
@@ -37,6 +38,10 @@ interface Link {
   attachedAt: number
   rawRead: number
   heardAt: number
+  /** this member's whole `rooms` list has been sent on the link: a later `rooms` cannot end it early */
+  listed: boolean
+  /** rooms to tell the member once its list is sent, by name */
+  pending: Map<string, RoomAd>
 }
 
 /**
@@ -118,7 +123,7 @@ export class Cluster extends EventEmitter {
       this.detach(member, existing)
       existing.conn.destroy()
     }
-    const link: Link = { conn, rpc: null, open: false, attachedAt: now, rawRead: conn.rawBytesRead, heardAt: now }
+    const link: Link = { conn, rpc: null, open: false, attachedAt: now, rawRead: conn.rawBytesRead, heardAt: now, listed: false, pending: new Map() }
     this.links.set(member, link)
     // a member that dies without closing (kill -9, a lost machine) is noticed within LINK_TIMEOUT
     conn.setKeepAlive(KEEP_ALIVE)
@@ -141,8 +146,24 @@ export class Cluster extends EventEmitter {
     conn.on('close', () => this.detach(member, link))
   }
 
+  /** The members whose channel is open. */
+  linked (): string[] {
+    return [...this.links].filter(([, link]) => link.open).map(([member]) => member)
+  }
+
   announce (rooms: RoomAd[]): void {
-    for (const link of this.links.values()) if (link.open) link.rpc!.event('rooms', { rooms, more: false }, roomsEvent)
+    for (const member of this.linked()) this.tell(member, rooms)
+  }
+
+  /**
+   * Sends `rooms` to `member` as a `rooms` event of its own, after this member's whole list: one that came first would
+   * end the list early at the receiver (its write fence waits for the list's last frame), so until then they wait.
+   */
+  tell (member: string, rooms: RoomAd[]): void {
+    const link = this.links.get(member)
+    if (link?.open !== true || rooms.length === 0) return
+    if (link.listed) this.send(link, rooms, false)
+    else for (const ad of rooms) link.pending.set(ad.name, ad)
   }
 
   /** PRIMARY_UNAVAILABLE when the member is not connected, goes away, or does not answer in time. */
@@ -204,11 +225,20 @@ export class Cluster extends EventEmitter {
     const rooms = await this.handlers.knownRooms()
     const link = this.links.get(member)
     if (link?.open !== true) return
+    this.send(link, rooms, true)
+    link.listed = true
+    const pending = [...link.pending.values()]
+    link.pending.clear()
+    if (pending.length > 0) this.send(link, pending, false)
+  }
+
+  /** `list`: the frames are one list (`more` on all but the last); else each frame stands alone. */
+  private send (link: Link, rooms: RoomAd[], list: boolean): void {
     let at = 0
     do {
       const chunk = rooms.slice(at, at + ROOMS_PER_FRAME)
       at += ROOMS_PER_FRAME
-      link.rpc!.event('rooms', { rooms: chunk, more: at < rooms.length }, roomsEvent)
+      link.rpc!.event('rooms', { rooms: chunk, more: list && at < rooms.length }, roomsEvent)
     } while (at < rooms.length)
   }
 

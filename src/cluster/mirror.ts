@@ -6,6 +6,9 @@ import safetyCatch from 'safety-catch'
 
 /** Hypercore has no event for a second peer reaching a length another reached: waits poll this often. */
 const POLL_INTERVAL = 10
+/** ms: a room behind what a member holds that stored nothing for this long gets a new session (doubling, to 1 min) */
+const STALL = 2000
+const MAX_STALL = 60_000
 
 export function mirroredBy (core: Hypercore, length: number, isMember: (key: string) => boolean): number {
   const seen = new Set<string>()
@@ -95,12 +98,19 @@ interface Followed {
   key: Buffer
   primary: string
   held: number
+  /** the longest copy known: the most blocks a member said it holds (`rooms`), or the session's length */
+  known: number
   /** downloading while the room is followed actively; null while it sleeps */
   session: Hypercore | null
   /** while the core is open (whoever opened it): tells of appends while the room sleeps */
   weak: Hypercore | null
   lastActive: number
+  /** since when `held` < `known` */
   behindSince: number | null
+  /** when `held` last grew, or the session was (re)opened */
+  progressAt: number
+  /** sessions reopened since `held` last grew */
+  restarts: number
 }
 
 export interface MirrorsOptions {
@@ -119,6 +129,7 @@ export class Mirrors {
   private readonly onProgress: MirrorsOptions['onProgress']
   private readonly watcher: (core: { readonly discoveryKey: Buffer }) => void
   private readonly sweepTimer: NodeJS.Timeout
+  private readonly stallTimer: NodeJS.Timeout
   private active = 0
   private closed = false
 
@@ -131,6 +142,8 @@ export class Mirrors {
     store.watch(this.watcher)
     this.sweepTimer = setInterval(() => this.sweep(), Math.max(1000, Math.min(idleTimeout / 2, 60_000)))
     this.sweepTimer.unref()
+    this.stallTimer = setInterval(() => this.unstall(), STALL / 2)
+    this.stallTimer.unref()
   }
 
   get size (): number {
@@ -145,15 +158,32 @@ export class Mirrors {
   follow (name: string, key: string, primary: string, held: number, wake: boolean): void {
     if (this.closed || this.followed.has(name)) return
     const keyBuffer = Buffer.from(key, 'hex')
-    const followed: Followed = { name, key: keyBuffer, primary, held, session: null, weak: null, lastActive: Date.now(), behindSince: null }
+    const followed: Followed = { name, key: keyBuffer, primary, held, known: held, session: null, weak: null, lastActive: Date.now(), behindSince: null, progressAt: 0, restarts: 0 }
     this.followed.set(name, followed)
     this.byDiscoveryKey.set(discoveryKey(keyBuffer).toString('hex'), name)
     if (wake) this.wake(followed)
   }
 
-  hint (name: string, length: number): void {
+  /**
+   * A member (the primary or another mirror) holds `length` blocks of the room's core `key`: when that is more than
+   * this copy, the room is followed actively, and Hypercore fetches the blocks from whichever member has them.
+   */
+  hint (name: string, key: string, length: number): void {
     const followed = this.followed.get(name)
-    if (followed !== undefined && length > followed.held) this.wake(followed)
+    if (followed === undefined || !followed.key.equals(Buffer.from(key, 'hex'))) return
+    followed.known = Math.max(followed.known, length)
+    if (followed.known <= followed.held) return
+    followed.behindSince ??= Date.now()
+    this.wake(followed)
+  }
+
+  /** Per member: the blocks of the room it has told this one's session it holds (rooms followed actively only). */
+  holders (name: string): Map<string, number> {
+    const held = new Map<string, number>()
+    const session = this.followed.get(name)?.session
+    if (session?.opened !== true) return held
+    for (const peer of session.peers) held.set(peer.remotePublicKey.toString('hex'), peer.remoteContiguousLength)
+    return held
   }
 
   /** The primary went away: its rooms are followed actively, so a mirror gets what it lacks from another. */
@@ -170,12 +200,18 @@ export class Mirrors {
     await followed.weak?.close()
   }
 
-  /** Per primary: blocks not stored here yet, and seconds since the oldest of its rooms fell behind. */
+  /**
+   * Per primary: blocks of its rooms that some member (the primary or another mirror) holds and this one has not
+   * stored yet, asleep or not, and seconds since the oldest of those rooms fell behind.
+   */
   lag (now = Date.now()): Map<string, { blocks: number, seconds: number }> {
     const lag = new Map<string, { blocks: number, seconds: number }>()
-    for (const { session, primary, behindSince } of this.followed.values()) {
+    for (const followed of this.followed.values()) {
+      const { session, primary, behindSince } = followed
       const entry = lag.get(primary) ?? { blocks: 0, seconds: 0 }
-      const blocks = session?.opened === true ? Math.max(0, session.length - session.contiguousLength) : 0
+      const open = session?.opened === true
+      const longest = Math.max(followed.known, open ? session.length : 0)
+      const blocks = Math.max(0, longest - Math.max(followed.held, open ? session.contiguousLength : 0))
       entry.blocks += blocks
       if (blocks > 0 && behindSince !== null) entry.seconds = Math.max(entry.seconds, (now - behindSince) / 1000)
       lag.set(primary, entry)
@@ -198,6 +234,7 @@ export class Mirrors {
   async close (): Promise<void> {
     this.closed = true
     clearInterval(this.sweepTimer)
+    clearInterval(this.stallTimer)
     this.store.unwatch(this.watcher)
     const all = [...this.followed.values()]
     this.followed.clear()
@@ -208,16 +245,19 @@ export class Mirrors {
     if (this.closed || followed.session !== null || this.followed.get(followed.name) !== followed) return
     const session = this.store.get({ key: followed.key })
     followed.session = session
-    followed.lastActive = Date.now()
+    followed.lastActive = followed.progressAt = Date.now()
     this.active++
     const progress = (): void => {
       if (followed.session !== session || !session.opened) return
       followed.lastActive = Date.now()
-      const behind = session.contiguousLength < session.length
+      followed.known = Math.max(followed.known, session.length)
+      const behind = session.contiguousLength < followed.known
       if (!behind) followed.behindSince = null
       else if (followed.behindSince === null) followed.behindSince = Date.now()
       if (session.contiguousLength > followed.held) {
         followed.held = session.contiguousLength
+        followed.progressAt = Date.now()
+        followed.restarts = 0
         this.onProgress(followed.name, followed.held, session.byteLength)
       }
     }
@@ -234,19 +274,38 @@ export class Mirrors {
     const session = followed.session
     if (session === null) return
     followed.session = null
-    followed.behindSince = null
+    if (followed.held >= followed.known) followed.behindSince = null
     this.active--
     await session.close().catch(safetyCatch)
   }
 
   private sweep (now = Date.now()): void {
-    const caughtUp = [...this.followed.values()].filter(f => f.session?.opened === true && f.session.contiguousLength >= f.session.length)
+    // a room behind what a member holds stays awake, whichever member that is
+    const caughtUp = [...this.followed.values()].filter(f => f.session?.opened === true && f.session.contiguousLength >= Math.max(f.session.length, f.known))
     caughtUp.sort((a, b) => a.lastActive - b.lastActive)
     let over = this.active - this.maxOpen
     for (const f of caughtUp) {
       if (over <= 0 && now - f.lastActive < this.idleTimeout) break
       over--
       this.sleep(f).catch(safetyCatch)
+    }
+  }
+
+  /**
+   * A room behind what a member said it holds that is asleep (its wake failed) is woken; one whose session stored
+   * nothing for STALL ms (doubling with each retry) gets a new session, which asks every peer again.
+   */
+  private unstall (now = Date.now()): void {
+    for (const f of this.followed.values()) {
+      if (f.known <= f.held || this.closed) continue
+      if (now - f.progressAt < Math.min(STALL * 2 ** f.restarts, MAX_STALL)) continue
+      f.restarts++
+      if (f.session === null) {
+        this.wake(f)
+        continue
+      }
+      f.progressAt = now
+      this.sleep(f).then(() => this.wake(f), safetyCatch)
     }
   }
 

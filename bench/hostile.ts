@@ -155,7 +155,7 @@ async function attack (publicKey: Buffer, bootstrap: Array<{ host: string, port:
 async function main (): Promise<void> {
   const o = parseArgs(process.argv.slice(2))
   await build()
-  const net = await createTestnet(3, { host: '127.0.0.1' })
+  const net = await createTestnet(5, { host: '127.0.0.1' })
   cleanups.push(() => net.destroy())
   const daemon = new Daemon({
     DHT_BOOTSTRAP: net.bootstrap.map(b => `${b.host}:${b.port}`).join(','),

@@ -29,7 +29,7 @@ async function activeMirrored (url: string): Promise<number> {
 
 async function main (): Promise<void> {
   await build()
-  const net = await createTestnet(3, { host: '127.0.0.1' })
+  const net = await createTestnet(5, { host: '127.0.0.1' })
   cleanups.push(() => net.destroy())
   const dirs = [await tempDir('root-peer-mirror-bench-a-'), await tempDir('root-peer-mirror-bench-b-')]
   const keys = [await readPublicKey(dirs[0]), await readPublicKey(dirs[1])]

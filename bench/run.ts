@@ -236,7 +236,7 @@ async function main (): Promise<void> {
   const limit = await hypercoreLimit(records(o.clients * o.messages, o.payload), o.latencyRate)
   result.hypercore = limit
 
-  const net = await createTestnet(3, { host: '127.0.0.1' })
+  const net = await createTestnet(5, { host: '127.0.0.1' })
   cleanups.push(() => net.destroy())
   if (o.profile !== null) await fs.mkdir(o.profile, { recursive: true })
   const { daemon, monitorUrl, publicKey } = await startDaemon(net, o)

@@ -18,6 +18,11 @@ import { PromoteError, promote } from './cluster/promote.js'
 
 /** How long a graceful shutdown may take before the process exits anyway. */
 const SHUTDOWN_TIMEOUT = 10_000
+/**
+ * A signal repeated sooner than this is the first one delivered twice, not a second Ctrl-C: a terminal's
+ * Ctrl-C reaches every process of the foreground group, and npm forwards it to its child, the daemon.
+ */
+const REPEATED_SIGNAL = 500
 /** The admin commands: each runs to completion on a data dir no daemon holds, and resolves with its exit code. */
 const ADMIN: Record<string, (argv: string[], io: AdminIO) => Promise<number>> = {
   rooms: roomsCommand,
@@ -143,14 +148,17 @@ async function start (config: Readonly<Config>): Promise<void> {
   }
   // graceful-goodbye runs the shutdown once (SIGINT, SIGTERM, empty event loop); a second signal ends it
   let signal: string | null = null
+  let signalledAt = 0
   goodbye(() => stop(signal ?? 'beforeExit'))
   for (const name of ['SIGINT', 'SIGTERM'] as const) {
     process.prependListener(name, () => {
-      if (signal !== null) {
+      if (signal === null) {
+        signal = name
+        signalledAt = Date.now()
+      } else if (Date.now() - signalledAt >= REPEATED_SIGNAL) {
         log.warn({ signal: name }, 'second signal: exiting at once')
         process.exit(1)
       }
-      signal = name
     })
   }
   process.on('uncaughtException', err => {

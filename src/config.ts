@@ -1,10 +1,9 @@
 import { isIP } from 'node:net'
 import path from 'node:path'
 import { DEFAULT_LIMITS } from './protocol/protocol.js'
+import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from './protocol/discovery.js'
 
-export const DEFAULT_DISCOVERY_TOPIC = 'holepunch-root-peer-discovery'
-
-export interface BootstrapNode { host: string, port: number }
+export { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode }
 
 /** A setting an operator got wrong; the entry point prints `message` and exits 2. */
 export class ConfigError extends Error {
@@ -60,6 +59,7 @@ const TABLE = {
   syncsPerSecond: setting('RATE_SYNCS', '--rate-syncs', String(DEFAULT_LIMITS.syncsPerSecond), 'sync-requests a second per peer (burst: 10 s worth); 0 = unlimited', rate),
   registersPerMinute: setting('RATE_REGISTERS', '--rate-registers', String(DEFAULT_LIMITS.registersPerMinute), 'register-room frames a minute per peer (burst: 1 min worth); 0 = unlimited', rate),
   newRoomsPerMinute: setting('RATE_NEW_ROOMS', '--rate-new-rooms', String(DEFAULT_LIMITS.newRoomsPerMinute), 'rooms a peer may create a minute (burst: 1 min worth); 0 = unlimited', rate),
+  maxFollows: setting('MAX_FOLLOWS', '--max-follows', String(DEFAULT_LIMITS.maxFollows), 'rooms one connection may follow live at once (follow frames)', (v, n) => parseInteger(v, n, 1, 10_000)),
   banThreshold: setting('BAN_THRESHOLD', '--ban-threshold', '100', 'refused frames within a minute that get a peer disconnected and banned; 0 = never', (v, n) => parseInteger(v, n, 0, 1_000_000)),
   banDuration: setting('BAN_DURATION', '--ban-duration', '10m', 'how long a banned peer is refused', parseDuration),
   stallTimeout: setting('STALL_TIMEOUT', '--stall-timeout', '30s', 'how long a peer may leave the daemon\'s writes unread before it is disconnected; 0 = never', parseDuration),
@@ -69,6 +69,11 @@ const TABLE = {
   maxPeersPerHost: setting('MAX_PEERS_PER_HOST', '--max-peers-per-host', '256', 'connections at once from one IP address; 0 = no cap', (v, n) => parseInteger(v, n, 0, 100_000)),
   idleEvictAfter: setting('IDLE_EVICT_AFTER', '--idle-evict-after', '10s', 'with MAX_PEERS connected, a newcomer takes the place of the peer longest without a valid frame, if that is at least this long; 0 = never', parseDuration),
   emptyRoomTtl: setting('EMPTY_ROOM_TTL', '--empty-room-ttl', '1h', 'how long a room that never stored a message is kept after its last use; 0 = until MAX_ROOMS needs its place', parseDuration),
+  relay: setting('RELAY', '--relay', 'true', 'serve as a blind relay for members that cannot reach each other directly, on a key of its own (true or false)', parseBoolean),
+  relayMaxPairs: setting('RELAY_MAX_PAIRS', '--relay-max-pairs', '256', 'relayed pairs at once in all (a request waiting for its other side holds half a place)', (v, n) => parseInteger(v, n, 1, 100_000)),
+  relayMaxPairsPerPeer: setting('RELAY_MAX_PAIRS_PER_PEER', '--relay-max-pairs-per-peer', '16', 'relay pair requests one public key holds at once, open or waiting', (v, n) => parseInteger(v, n, 1, 100_000)),
+  relayPairBytesPerSecond: setting('RELAY_RATE_PAIR_BYTES', '--relay-rate-pair-bytes', '128KiB', 'relayed bytes a second of one pair, both ways (burst: 10 s worth); over it the pair is closed; 0 = unlimited', (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER)),
+  relayBytesPerSecond: setting('RELAY_RATE_BYTES', '--relay-rate-bytes', '2MiB', 'relayed bytes a second of all pairs (burst: 10 s worth); over it the busiest pairs are closed; 0 = unlimited', (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER)),
   clusterPeers: setting('CLUSTER_PEERS', '--cluster-peers', '', 'comma-separated public keys (64 hex) of the other root peers of this cluster; empty = a single root peer', parseKeys),
   minMirrors: setting('MIN_MIRRORS', '--min-mirrors', '0', 'cluster members besides the primary that must have stored a message before it is acked', (v, n) => parseInteger(v, n, 0, 100)),
   replicationTimeout: setting('REPLICATION_TIMEOUT', '--replication-timeout', '5s', 'how long a write waits for MIN_MIRRORS mirrors (and a forwarded write for its primary) before NOT_REPLICATED', (v, n) => atLeastOneSecond(parseDuration(v, n), n)),

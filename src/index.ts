@@ -1,6 +1,5 @@
 export { ChatRootPeer, roomTopic, type RootPeerOptions } from './root-peer.js'
-export { RootPeerClient, type RootPeerClientOptions, type SyncPage, type SyncedMessage } from './client/client.js'
-export { RootPeerError, type ErrorCode } from './protocol/errors.js'
+export * from './client/index.js'
 export { parseConfig, ConfigError, type Config } from './config.js'
 export { DEFAULT_LIMITS, PROTOCOL_VERSION, type Limits, type StoredRecord } from './protocol/protocol.js'
 export type { PersistentState, RoomState } from './storage/state-file.js'

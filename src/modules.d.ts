@@ -76,6 +76,7 @@ declare module 'corestore' {
 
 declare module 'hyperdht' {
   import { EventEmitter } from 'node:events'
+  import type { Duplex } from 'node:stream'
   export interface HyperDHTOptions {
     bootstrap?: Array<string | { host: string, port: number }>
     host?: string
@@ -84,16 +85,36 @@ declare module 'hyperdht' {
     ephemeral?: boolean
     firewalled?: boolean
   }
+  export interface DHTServerOptions {
+    firewall?: (remotePublicKey: Buffer) => boolean
+    holepunch?: boolean
+    shareLocalAddress?: boolean
+    relayThrough?: Buffer | null
+  }
+  export interface DHTServer extends EventEmitter {
+    readonly publicKey: Buffer | null
+    listen (keyPair?: { publicKey: Buffer, secretKey: Buffer }): Promise<this>
+    close (): Promise<void>
+  }
+  /** udx-native's stream; `bytesReceived` counts what it relays too */
+  export interface RawStream extends Duplex {
+    readonly bytesReceived: number
+  }
   export default class HyperDHT extends EventEmitter {
     constructor (opts?: HyperDHTOptions)
     readonly bootstrapped: boolean
     readonly destroyed: boolean
     fullyBootstrapped (): Promise<void>
     /** a Noise stream to the peer with that key; `open` once connected, `error` when it cannot be reached */
-    connect (remotePublicKey: Buffer, opts?: { keyPair?: { publicKey: Buffer, secretKey: Buffer } }): import('node:stream').Duplex
+    connect (remotePublicKey: Buffer, opts?: { keyPair?: { publicKey: Buffer, secretKey: Buffer }, relayThrough?: Buffer | null }): import('node:stream').Duplex
+    /** `firewall` returns true to refuse a connection at the handshake; `holepunch: false` never punches */
+    createServer (opts: DHTServerOptions, onconnection: (conn: import('hyperswarm').NoiseStream) => void): DHTServer
+    /** a UDX stream on the DHT's sockets (what blind-relay pairs) */
+    createRawStream (opts?: { framed?: boolean, firewall?: unknown }): RawStream
     address (): { host: string, port: number }
     toArray (opts?: { limit?: number }): Array<{ host: string, port: number }>
-    destroy (): Promise<void>
+    /** `force`: without closing its servers first (no unannounce), and failing the requests in flight */
+    destroy (opts?: { force?: boolean }): Promise<void>
     static keyPair (seed?: Buffer): { publicKey: Buffer, secretKey: Buffer }
   }
 }
@@ -121,9 +142,11 @@ declare module 'hyperswarm' {
     readonly rawBytesRead: number
     readonly rawBytesWritten: number
     /** the transport under the Noise stream (a UDX stream); its remoteHost is the peer's address */
-    readonly rawStream: import('node:stream').Duplex & { remoteHost?: string, pause: () => void }
+    readonly rawStream: import('node:stream').Duplex & { remoteHost?: string, readonly packetsReceived: number, pause: () => void }
     setKeepAlive (ms: number): void
     setTimeout (ms: number): void
+    /** resolves once the other side's stream has acked everything written so far (false if it closed first) */
+    flush (): Promise<boolean>
   }
 
   export interface PeerInfo {
@@ -294,4 +317,36 @@ declare module 'hypercore-stats' {
     registerPrometheusMetrics (promClient: PromClient): void
     toJson (): Record<string, unknown>
   }
+}
+
+declare module 'blind-relay' {
+  import { EventEmitter } from 'node:events'
+  import type { RawStream } from 'hyperdht'
+
+  /** One connection to the relay: a `blind-relay` Protomux channel on it (`pair` is message 0, `unpair` 1). */
+  export interface BlindRelaySession extends EventEmitter {
+    readonly mux: Iterable<{ readonly protocol: string, readonly messages: Array<{ onmessage: (m: any) => unknown }> }>
+    readonly closed: boolean
+    destroy (err?: Error): void
+    on (event: 'pair', listener: (isInitiator: boolean, token: Buffer, stream: RawStream, remoteId: number) => void): this
+    on (event: string, listener: (...args: any[]) => void): this
+  }
+
+  export class Server extends EventEmitter {
+    constructor (opts: { createStream: (opts: { firewall: unknown }) => RawStream })
+    accept (stream: unknown, opts: { id: Buffer }): BlindRelaySession
+    close (): Promise<void>
+  }
+
+  /** A member's side: pairs its raw stream with the other member's under a shared token. */
+  export class Client extends EventEmitter {
+    static from (stream: unknown, opts: { id: Buffer }): Client
+    pair (isInitiator: boolean, token: Buffer, stream: RawStream): import('node:stream').Readable
+    destroy (err?: Error): void
+  }
+
+  export function token (buf?: Buffer): Buffer
+
+  const BlindRelay: { Server: typeof Server, Client: typeof Client, token: typeof token }
+  export default BlindRelay
 }

@@ -20,6 +20,7 @@ import { WalSync } from './storage/wal-sync.js'
 import { SWARM_KEY_PAIR } from './cluster/cluster.js'
 import { ClusterRooms } from './cluster/cluster-rooms.js'
 import { Connections } from './connection/connections.js'
+import { RELAY_KEY_PAIR, Relay } from './connection/relay.js'
 import { RoomWriter } from './storage/room-writer.js'
 import { newChallenge } from './protocol/room-auth.js'
 import { busiest, createCounters, largest, type Counters, type StatsSnapshot } from './monitor/stats.js'
@@ -43,7 +44,9 @@ export interface Health {
 
 // how long shutdown waits for peers to read their last frames before the swarm is destroyed
 const CLOSE_CONNECTIONS_TIMEOUT = 2000
-const LIMIT_SETTINGS = ['maxFrameBytes', 'maxMessageBytes', 'messagesPerSecond', 'bytesPerSecond', 'syncsPerSecond', 'registersPerMinute', 'newRoomsPerMinute'] as const
+// how long shutdown waits for DHT nodes to answer its unannounces before it destroys the DHT node under them
+const UNANNOUNCE_TIMEOUT = 500
+const LIMIT_SETTINGS = ['maxFrameBytes', 'maxMessageBytes', 'messagesPerSecond', 'bytesPerSecond', 'syncsPerSecond', 'registersPerMinute', 'newRoomsPerMinute', 'maxFollows'] as const
 
 /**
  * The root peer: keeps end-to-end encrypted rooms available while their members are offline.
@@ -75,6 +78,8 @@ export class ChatRootPeer extends ReadyResource {
   private swarm: Hyperswarm | null = null
   private discovery: PeerDiscovery | null = null
   private cluster: ClusterRooms | null = null
+  /** the blind relay (null with RELAY=false, and before ready) */
+  relay: Relay | null = null
   private statsTimer: NodeJS.Timeout | null = null
   private createdAt = 0
   private startedAt = 0
@@ -128,6 +133,7 @@ export class ChatRootPeer extends ReadyResource {
       counters: this.counters,
       storage: this.storage,
       publicKey: () => this.publicKey!.toString('hex'),
+      relayPublicKey: () => this.relay?.publicKey.toString('hex') ?? null,
       closing,
       track,
       handlers: {
@@ -162,6 +168,12 @@ export class ChatRootPeer extends ReadyResource {
   get dhtBootstrapped (): boolean {
     const dht = this.swarm?.dht
     return dht !== undefined && dht.bootstrapped && dht.toArray({ limit: 1 }).length > 0
+  }
+
+  /** Rooms followed live now, and of those the ones waiting for their peer to read. */
+  get follows (): { open: number, waiting: number } {
+    const followers = this.connections.handlers.followers
+    return { open: followers.size, waiting: followers.waiting }
   }
 
   /** Ready: storage open, discovery topic announced, DHT bootstrapped. */
@@ -304,6 +316,7 @@ export class ChatRootPeer extends ReadyResource {
       // a banned key is refused at the handshake, before it costs a stream
       firewall: remotePublicKey => this.connections.guard.isBanned(remotePublicKey.toString('hex'))
     })
+    if (this.settings.relay) await this.openRelay(dht, await store.createKeyPair(RELAY_KEY_PAIR))
     this.swarm.on('connection', (conn: NoiseStream) => this.onConnection(conn))
     if (clusterPeers.length > 0) this.openCluster(this.swarm)
     this.discovery = this.swarm.join(this.discoveryTopic, { server: true, client: false })
@@ -350,8 +363,12 @@ export class ChatRootPeer extends ReadyResource {
     if (this.rooms !== null) await this.rooms.settled()
     await this.saver.save()
 
-    await Promise.all([...this.peers.values()].map(peer => endConnection(peer.conn, CLOSE_CONNECTIONS_TIMEOUT)))
+    await Promise.all([...this.peers.values()].map(peer => delivered(peer.conn, CLOSE_CONNECTIONS_TIMEOUT)))
+    // a node that does not answer is not waited for: the records it holds expire by themselves
+    const cut = this.swarm === null ? null : setTimeout(destroyDht, UNANNOUNCE_TIMEOUT, this.swarm.dht)
+    if (this.relay !== null) await this.relay.close()
     if (this.swarm !== null) await this.swarm.destroy()
+    if (cut !== null) clearTimeout(cut)
     if (this.rooms !== null) await this.rooms.close()
     if (this.walSync !== null) await this.walSync.close()
     if (this.store !== null) await this.store.close()
@@ -366,6 +383,9 @@ export class ChatRootPeer extends ReadyResource {
   private async openRooms (saved: PersistentState | null): Promise<number> {
     const rooms = new Rooms(this.store!, { maxOpen: this.settings.maxOpenRooms, onBatch: () => { this.counters.appendBatches++ } })
     rooms.on('index-recovered', ({ name }: { name: string }) => this.emit('room-recovered', { roomName: name }))
+    const followers = this.connections.handlers.followers
+    rooms.on('grown', (name: string) => followers.grown(name))
+    rooms.on('removed', (name: string) => followers.removed(name))
     const recovered = await rooms.load(saved)
     this.rooms = rooms
     return recovered
@@ -394,6 +414,12 @@ export class ChatRootPeer extends ReadyResource {
     // another root peer of this cluster: replication and the cluster channel instead of client frames
     if (this.cluster?.isMember(conn.remotePublicKey.toString('hex')) === true) this.cluster.attach(conn)
     else this.connections.accept(conn)
+  }
+
+  private async openRelay (dht: HyperDHT, keyPair: { publicKey: Buffer, secretKey: Buffer }): Promise<void> {
+    const s = this.settings
+    this.relay = new Relay({ dht, keyPair, maxPairs: s.relayMaxPairs, maxPairsPerPeer: s.relayMaxPairsPerPeer, pairBytesPerSecond: s.relayPairBytesPerSecond, bytesPerSecond: s.relayBytesPerSecond })
+    await this.relay.ready()
   }
 
   private openCluster (swarm: Hyperswarm): void {
@@ -432,6 +458,19 @@ export class ChatRootPeer extends ReadyResource {
 /** A room's topic: the name itself when it is 64 hex (what clients join), else its hash. */
 export function roomTopic (name: string): Buffer {
   return isHexTopic(name) ? Buffer.from(name, 'hex') : crypto.hash(Buffer.from(name))
+}
+
+/**
+ * Ends a connection and resolves once the peer's stream has acked all that was written to it: a peer that keeps
+ * its side open is not waited for. Past `timeout` (or when it closes) it resolves too.
+ */
+function delivered (conn: NoiseStream, timeout: number): Promise<void> {
+  const ended = endConnection(conn, timeout)
+  return conn.destroyed ? ended : Promise.race([ended, conn.flush().then(() => {}, safetyCatch)])
+}
+
+function destroyDht (dht: HyperDHT): void {
+  dht.destroy({ force: true }).catch(safetyCatch)
 }
 
 function topicSwarm (swarm: Hyperswarm): TopicSwarm {

@@ -67,7 +67,7 @@ test('Dockerfile: a build stage running npm run build; a runtime stage with prod
 
   assert.match(runtime.from, /^node:20\b/)
   const runs = all(runtime, 'RUN')
-  assert.ok(runs.some(r => r.includes('npm ci --omit=dev --ignore-scripts')), 'production dependencies only, no scripts (no prestart build)')
+  assert.ok(runs.some(r => r.includes('npm ci --omit=dev --ignore-scripts')), 'production dependencies only, no lifecycle scripts')
   assert.ok(!runs.some(r => /npm (run|start)|tsc/.test(r)), 'nothing is built in the runtime stage')
   const copies = all(runtime, 'COPY')
   assert.ok(copies.includes('--from=build /app/dist ./dist'))
@@ -76,6 +76,15 @@ test('Dockerfile: a build stage running npm run build; a runtime stage with prod
   const users = all(runtime, 'USER')
   assert.equal(users.length, 1)
   assert.ok(!['root', '0', '0:0'].includes(users[0]), `USER ${users[0]} is not root`)
+  // what the stages copy exists: the checkout's files, and dist/ where the build stage's `npm run build` writes it
+  for (const copy of [...all(build, 'COPY'), ...all(runtime, 'COPY')].filter(c => !c.startsWith('--from='))) {
+    for (const source of copy.split(/\s+/).slice(0, -1)) assert.ok(existsSync(path.join(ROOT, source)), `COPY ${source}: in the checkout`)
+  }
+  assert.deepEqual(all(build, 'WORKDIR'), ['/app'])
+  assert.equal(JSON.parse(await fs.readFile(path.join(ROOT, 'tsconfig.build.json'), 'utf8')).compilerOptions.outDir, 'dist')
+  assert.match(JSON.parse(await fs.readFile(path.join(ROOT, 'package.json'), 'utf8')).scripts.build, /tsconfig\.build\.json/)
+  // the non-root user owns the data volume (a named volume takes this owner and mode)
+  assert.ok(runs.some(r => r.includes('mkdir -p /data') && r.includes(`chown ${users[0]}:${users[0]} /data`) && r.includes('chmod 700 /data')), 'USER owns /data, mode 0700')
   const env = envOf(runtime)
   assert.equal(env.NODE_ENV, 'production')
   assert.equal(env.STORAGE_DIR, '/data')
@@ -140,7 +149,15 @@ class Proc {
   }
 }
 
-test('the runtime stage\'s steps in a clean directory: production install, node dist/bin.js on a loopback testnet answers /health 200, the HEALTHCHECK passes, every metric the Grafana dashboard queries is exported, SIGTERM exits 0', async t => {
+/** The monitor's URL, once the daemon of `proc` is announced and its DHT bootstrapped. */
+async function serving (proc: Proc): Promise<string> {
+  const { url } = await proc.line(l => typeof l.msg === 'string' && l.msg.startsWith('monitor listening on '))
+  await proc.line(l => l.msg === 'announced on the discovery topic')
+  await proc.line(l => l.msg === 'DHT bootstrapped')
+  return url
+}
+
+test('the runtime stage\'s steps in a clean directory: production install, node dist/bin.js on a loopback testnet answers /health 200, the HEALTHCHECK passes, every metric the Grafana dashboard queries is exported, SIGTERM exits 0; then `npm start` there runs dist/ without a compiler, npm\'s SIGTERM reaches the daemon, exit 0', async t => {
   const { runtime } = await dockerfile()
   const app = await tmpDir(t, 'root-peer-deploy-')
 
@@ -158,18 +175,21 @@ test('the runtime stage\'s steps in a clean directory: production install, node 
   assert.ok(existsSync(path.join(app, 'node_modules/prom-client')), 'prom-client is a production dependency')
 
   const net = await testnet(t)
-  const daemon = new Proc(spawn(process.execPath, ['dist/bin.js'], {
-    cwd: app,
-    env: { ...process.env, ...envOf(runtime), STORAGE_DIR: path.join(app, 'data'), HOST: '127.0.0.1', PORT: '0', DHT_PORT: '', DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1', STATS_INTERVAL: '0' },
-    stdio: ['ignore', 'pipe', 'pipe']
-  }))
-  teardown(t, async () => {
-    if (daemon.child.exitCode === null) daemon.child.kill('SIGKILL')
-    await daemon.exited
-  })
-  const { url } = await daemon.line(l => typeof l.msg === 'string' && l.msg.startsWith('monitor listening on '))
-  await daemon.line(l => l.msg === 'announced on the discovery topic')
-  await daemon.line(l => l.msg === 'DHT bootstrapped')
+  // in the clean dir with the runtime stage's environment, on the loopback testnet
+  const startThere = (command: string, args: string[]): Proc => {
+    const proc = new Proc(spawn(command, args, {
+      cwd: app,
+      env: { ...process.env, ...envOf(runtime), STORAGE_DIR: path.join(app, 'data'), HOST: '127.0.0.1', PORT: '0', DHT_PORT: '', DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1', STATS_INTERVAL: '0' },
+      stdio: ['ignore', 'pipe', 'pipe']
+    }))
+    teardown(t, async () => {
+      if (proc.child.exitCode === null) proc.child.kill('SIGKILL')
+      await proc.exited
+    })
+    return proc
+  }
+  const daemon = startThere(process.execPath, ['dist/bin.js'])
+  const url = await serving(daemon)
   const health = await fetch(url + '/health')
   assert.equal(health.status, 200, await health.clone().text())
   assert.equal(((await health.json()) as any).ok, true)
@@ -202,6 +222,28 @@ test('the runtime stage\'s steps in a clean directory: production install, node 
   assert.equal(await daemon.exited, 0)
   assert.ok(daemon.lines.some(l => l.msg === 'stopped'))
   assert.equal(await healthcheck(), 1, 'the HEALTHCHECK fails when nothing answers')
+
+  // the seed's way on the same production install (a checkout built earlier: src/ older than dist/)
+  for (const scripts of ['preinstall', 'install', 'postinstall', 'prepare', 'prestart']) {
+    assert.equal(JSON.parse(await fs.readFile(path.join(app, 'package.json'), 'utf8')).scripts[scripts], undefined, `no ${scripts} script: it would need dev dependencies`)
+  }
+  await fs.cp(path.join(ROOT, 'scripts'), path.join(app, 'scripts'), { recursive: true })
+  await fs.cp(path.join(ROOT, 'src'), path.join(app, 'src'), { recursive: true, preserveTimestamps: true })
+  const built = (await fs.stat(path.join(app, 'dist/bin.js'))).mtimeMs
+  const started = performance.now()
+  const npm = startThere('npm', ['start'])
+  const ready = await npm.line(l => typeof l.msg === 'string' && l.msg.startsWith('root peer ready'))
+  console.log(`npm start on a production install: ready ${Math.round(performance.now() - started)} ms after npm was started`)
+  assert.equal((await fetch(await serving(npm) + '/health')).status, 200)
+  assert.equal((await fs.stat(path.join(app, 'dist/bin.js'))).mtimeMs, built, 'dist/ was run as built, not compiled again')
+  // start execs node: the daemon is npm's own child, so npm's signals reach it (a shell between them would die
+  // of SIGTERM and leave the daemon running)
+  const ppid = Number((await fs.readFile(`/proc/${ready.pid as number}/stat`, 'utf8')).split(') ')[1].split(' ')[1])
+  assert.equal(ppid, npm.child.pid)
+  npm.child.kill('SIGTERM')
+  assert.equal(await npm.exited, 0)
+  assert.ok(npm.lines.some(l => l.msg === 'stopped'))
+  assert.throws(() => process.kill(ready.pid, 0), { code: 'ESRCH' }, 'the daemon is gone with npm')
 })
 
 test('grafana-dashboard.json: valid JSON, unique panel ids, every panel queries Prometheus through the datasource variable', async () => {

@@ -1,26 +1,30 @@
-import { EventEmitter } from 'node:events'
+import { EventEmitter } from '#events'
 import HyperDHT from 'hyperdht'
 import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
-import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from '../config.js'
-import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
-import type { Limits, StoredRecord } from '../protocol/protocol.js'
-import { TokenBucket } from '../connection/rate-limit.js'
-import { roomKeyPair, signAccess, signMessage, signedRoomName, verifyMessage, type KeyPair } from '../protocol/room-auth.js'
 import safetyCatch from 'safety-catch'
+import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from '../protocol/discovery.js'
+import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
+import type { Limits } from '../protocol/protocol.js'
+import { roomKeyPair, signAccess, signMessage, signedRoomName, type KeyPair } from '../protocol/room-auth.js'
+import { ConnectWatchdog } from './connect-watchdog.js'
+import { FollowQueue } from './follow-queue.js'
+import { Outbox, type MessageAck } from './outbox.js'
+import { signedRecords, type RecordRejected, type SyncedMessage } from './signed-records.js'
+
+export type { MessageAck } from './outbox.js'
+export type { RecordRejected, RejectReason, SyncedMessage } from './signed-records.js'
 
 export interface RootPeerClientOptions {
   bootstrap?: BootstrapNode[]
   dhtHost?: string
   discoveryTopic?: string
-  rootPublicKey?: string | Buffer
-  rootPublicKeys?: Array<string | Buffer>
+  rootPublicKey?: string | Uint8Array
+  rootPublicKeys?: Array<string | Uint8Array>
   connectionTimeout?: number
   swarm?: Hyperswarm
   requestTimeout?: number
 }
-
-export interface SyncedMessage extends StoredRecord { messageIndex: number }
 
 export interface SyncPage {
   roomName: string
@@ -31,40 +35,21 @@ export interface SyncPage {
   firstIndex: number
 }
 
-export interface MessageAck { id: string, messageIndex: number, duplicate: boolean }
-
-export type RejectReason = 'not-a-record' | 'no-id' | 'not-a-string' | 'unsigned' | 'bad-signature'
-
-export interface RecordRejected { roomName: string, messageIndex: number | null, reason: RejectReason }
-
-interface Outgoing {
-  roomName: string
-  message: unknown
-  id: string
-  signature?: string
-  size: number
-  resolve: (ack: MessageAck) => void
-  reject: (err: RootPeerError) => void
-  retries: number
-  timer: NodeJS.Timeout | null
-}
+/** The root peer's first frame; its `publicKey` is the connection's Noise key, never the frame's word. */
+export interface Announcement { version: number, publicKey: string, limits: Limits, challenge?: string, access?: number, relay?: string }
 
 interface Pending {
   resolve: (frame: any) => void
   reject: (err: RootPeerError) => void
-  timer: NodeJS.Timeout
+  timer: ReturnType<typeof setTimeout>
 }
 
-// refusals after which a message is resent; any other is final
-const TRANSIENT: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'INTERNAL_ERROR', 'RATE_LIMITED', 'TOO_MANY_PEERS', 'STORAGE_FULL', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
-const RESEND_BACKOFF = [1000, 5000, 15000, 60000]
 const RECONNECT_BACKOFF = [250, 500, 1000, 2000, 5000, 10000]
 
 /** A chat app's side of the protocol: its options and events are in docs/client.md. */
 export class RootPeerClient extends EventEmitter {
   readonly swarm: Hyperswarm
-  /** its `publicKey` is the connection's Noise key, never the frame's word */
-  announcement: { version: number, publicKey: string, limits: Limits, challenge?: string, access?: number } | null = null
+  announcement: Announcement | null = null
   readonly counters = { recordsRejected: 0 }
   private readonly ownsSwarm: boolean
   private readonly topic: Buffer
@@ -77,17 +62,27 @@ export class RootPeerClient extends EventEmitter {
   private discovery: PeerDiscovery | null = null
   private readonly rooms = new Set<string>()
   private readonly signers = new Map<string, KeyPair>()
-  private readonly outbox = new Map<string, Outgoing>()
-  private sendQueue: Outgoing[] = []
-  private sendTimer: NodeJS.Timeout | null = null
-  private messageBudget = new TokenBucket(0, 1)
-  private byteBudget = new TokenBucket(0, 1)
+  private readonly outbox = new Outbox()
   private readonly pending = new Map<string, Pending>()
+  private readonly follows = new Map<string, FollowQueue>()
+  private readonly watchdog = new ConnectWatchdog()
   private nextRequest = 1
   private reconnects = 0
-  private reconnectTimer: NodeJS.Timeout | null = null
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null
   private closed = false
   private readonly onConnection = (conn: NoiseStream): void => this.handleConnection(conn)
+  // frames that answer no request (those are matched by requestId first), by type
+  private readonly frameHandlers: Record<string, (frame: any) => void> = {
+    'message-ack': frame => this.outbox.acked(frame),
+    'follow-messages': frame => this.follows.get(frame.roomName)?.push(this.verified(frame.roomName, frame.messages), frame.nextIndex),
+    'follow-live': frame => { if (this.follows.has(frame.roomName)) this.emit('follow-live', frame.roomName, frame.nextIndex) },
+    'follow-ended': frame => { if (frame.reason === 'removed') this.follows.get(frame.roomName)?.end() },
+    error: frame => {
+      this.emit('error-frame', frame)
+      if (frame.requestType === 'follow') this.followRefused(frame)
+      else this.outbox.refused(frame)
+    }
+  }
 
   constructor (opts: RootPeerClientOptions = {}) {
     super()
@@ -97,7 +92,7 @@ export class RootPeerClient extends EventEmitter {
       dht: new HyperDHT({ ...(bootstrap ? { bootstrap } : {}), ...(dhtHost ? { host: dhtHost } : {}) })
     })
     this.topic = crypto.hash(Buffer.from(discoveryTopic))
-    this.pinned = [...(rootPublicKey === undefined ? [] : [rootPublicKey]), ...rootPublicKeys].map(k => typeof k === 'string' ? Buffer.from(k, 'hex') : k)
+    this.pinned = [...(rootPublicKey === undefined ? [] : [rootPublicKey]), ...rootPublicKeys].map(k => typeof k === 'string' ? Buffer.from(k, 'hex') : Buffer.from(k))
     this.requestTimeout = requestTimeout
     this.connectionTimeout = connectionTimeout
     this.swarm.on('connection', this.onConnection)
@@ -113,6 +108,12 @@ export class RootPeerClient extends EventEmitter {
 
   get rootPublicKey (): string | null {
     return this.rootKey?.toString('hex') ?? null
+  }
+
+  /** The root peer's blind relay, for Hyperswarm's `relayThrough` (docs/relay.md); null when it relays nothing. */
+  get relayPublicKey (): Buffer | null {
+    const relay = this.announcement?.relay
+    return relay === undefined ? null : Buffer.from(relay, 'hex')
   }
 
   ready (timeout = this.requestTimeout): Promise<void> {
@@ -145,17 +146,13 @@ export class RootPeerClient extends EventEmitter {
     return { roomName, messageCount: frame.messageCount }
   }
 
+  /** Kept in the outbox until acked: resent after a reconnect, and after a refusal that may pass. */
   sendMessage (roomName: string, message: unknown, opts: { id?: string } = {}): Promise<MessageAck> {
     const id = opts.id ?? crypto.randomBytes(16).toString('hex')
     const signer = this.signers.get(roomName)
-    if (signer !== undefined && typeof message !== 'string') return Promise.reject(new RootPeerError('BAD_FRAME', 'a signed room\'s messages are strings'))
-    return new Promise((resolve, reject) => {
-      const size = typeof message === 'string' ? Buffer.byteLength(message) : Buffer.byteLength(JSON.stringify(message) ?? '')
-      const out: Outgoing = { roomName, message, id, size, resolve, reject, retries: 0, timer: null }
-      if (signer !== undefined) out.signature = signMessage(signer.secretKey, roomName, id, message as string)
-      this.outbox.set(id, out)
-      this.queueSend(out)
-    })
+    if (signer === undefined) return this.outbox.add(roomName, message, id)
+    if (typeof message !== 'string') return Promise.reject(new RootPeerError('BAD_FRAME', 'a signed room\'s messages are strings'))
+    return this.outbox.add(roomName, message, id, signMessage(signer.secretKey, roomName, id, message))
   }
 
   get unacked (): number {
@@ -165,11 +162,12 @@ export class RootPeerClient extends EventEmitter {
   /** In a signed room a record that fails its check is dropped (`record-rejected`); paging goes on past it. */
   async syncPage (roomName: string, fromIndex = 0, limit?: number): Promise<SyncPage> {
     const frame = await this.request({ type: 'sync-request', roomName, lastIndex: fromIndex, ...(limit ? { limit } : {}) })
-    const signer = this.signers.get(roomName)
-    const messages = signer === undefined ? frame.messages : this.signedOnly(roomName, signer.publicKey.toString('hex'), frame.messages)
-    return { roomName: signer === undefined ? frame.roomName : roomName, messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore, firstIndex: frame.firstIndex ?? 0 }
+    const signed = this.signers.has(roomName)
+    const messages = this.verified(roomName, frame.messages)
+    return { roomName: signed ? roomName : frame.roomName, messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore, firstIndex: frame.firstIndex ?? 0 }
   }
 
+  /** Every page from `fromIndex` to the room's end, as an async iterator. */
   async * sync (roomName: string, fromIndex = 0, opts: { limit?: number } = {}): AsyncGenerator<SyncPage> {
     let from = fromIndex
     while (true) {
@@ -180,17 +178,33 @@ export class RootPeerClient extends EventEmitter {
     }
   }
 
+  /**
+   * The room's messages from `fromIndex`, then each new one as it is stored, in index order. After a reconnect
+   * or a failover it resumes from the message after the last one it had; ends when the room is removed.
+   */
+  async * follow (roomName: string, fromIndex = 0): AsyncGenerator<SyncedMessage> {
+    if (this.follows.has(roomName)) throw new RootPeerError('BAD_FRAME', `room ${roomName} is followed already`)
+    const queue = new FollowQueue(fromIndex)
+    this.follows.set(roomName, queue)
+    this.startFollow(roomName, queue)
+    try {
+      while (true) {
+        const message = await queue.next()
+        if (message === null) return
+        yield message
+      }
+    } finally {
+      this.follows.delete(roomName)
+      this.write({ type: 'unfollow', roomName })
+    }
+  }
+
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
-    if (this.sendTimer !== null) clearTimeout(this.sendTimer)
-    this.sendQueue = []
-    for (const out of this.outbox.values()) {
-      if (out.timer !== null) clearTimeout(out.timer)
-      out.reject(new RootPeerError('DISCONNECTED', 'client closed before the message was acked'))
-    }
-    this.outbox.clear()
+    this.outbox.close()
+    for (const queue of this.follows.values()) queue.end()
     this.failPending('client closed')
     this.swarm.off('connection', this.onConnection)
     if (this.ownsSwarm) {
@@ -204,6 +218,7 @@ export class RootPeerClient extends EventEmitter {
   private handleConnection (conn: NoiseStream): void {
     conn.on('error', ignoreError)
     if (this.closed) return
+    if (this.ownsSwarm || this.pinned.some(k => k.equals(conn.remotePublicKey))) this.watchdog.watch(conn, this.swarm)
     let announced = false
     const onfirst = (data: Buffer): void => {
       let frame: any
@@ -235,6 +250,7 @@ export class RootPeerClient extends EventEmitter {
     this.rootKey = conn.remotePublicKey
     if (this.connectionTimeout > 0) conn.setTimeout(this.connectionTimeout)
     this.announcement = { version: announcement.version, publicKey: conn.remotePublicKey.toString('hex'), limits: announcement.limits, challenge: announcement.challenge, access: announcement.access }
+    if (typeof announcement.relay === 'string' && /^[0-9a-f]{64}$/.test(announcement.relay)) this.announcement.relay = announcement.relay
     this.reconnects = 0
     // dial it directly from now on, so a restarted root peer is found again without a topic lookup
     this.swarm.joinPeer(conn.remotePublicKey)
@@ -245,27 +261,16 @@ export class RootPeerClient extends EventEmitter {
     conn.on('data', (data: Buffer) => this.onFrame(data))
     conn.on('end', () => conn.end())
     conn.on('close', () => this.detach(conn))
-    // stay within the root peer's advertised budgets (90% of them), so a resent outbox is never refused
-    const limits = this.announcement.limits
-    this.messageBudget = new TokenBucket((limits?.messagesPerSecond ?? 0) * 0.9, (limits?.messagesPerSecond ?? 0) * 9)
-    this.byteBudget = new TokenBucket((limits?.bytesPerSecond ?? 0) * 0.9, (limits?.bytesPerSecond ?? 0) * 9)
     for (const roomName of this.rooms) this.write(this.withAccess({ type: 'register-room', roomName }))
-    this.sendQueue = []
-    for (const out of this.outbox.values()) {
-      if (out.timer !== null) clearTimeout(out.timer)
-      out.timer = null
-      this.sendQueue.push(out)
-    }
-    this.pump()
+    for (const [roomName, queue] of this.follows) this.startFollow(roomName, queue)
+    this.outbox.connected(frame => this.write(frame), this.announcement.limits)
     this.emit('connect', conn.remotePublicKey.toString('hex'), this.announcement)
   }
 
   private detach (conn: NoiseStream): void {
     if (this.conn !== conn) return
     this.conn = null
-    if (this.sendTimer !== null) clearTimeout(this.sendTimer)
-    this.sendTimer = null
-    this.sendQueue = []
+    this.outbox.disconnected()
     this.failPending('disconnected from the root peer')
     if (this.pinned.length > 1) this.nextCandidate(conn.remotePublicKey)
     this.emit('disconnect', conn.remotePublicKey.toString('hex'))
@@ -306,85 +311,40 @@ export class RootPeerClient extends EventEmitter {
       return
     }
     if (typeof frame !== 'object' || frame === null) return
-    if (frame.type === 'message-ack') {
-      const out = this.outbox.get(frame.id)
-      if (out === undefined) return
-      this.outbox.delete(frame.id)
-      if (out.timer !== null) clearTimeout(out.timer)
-      out.resolve({ id: frame.id, messageIndex: frame.messageIndex, duplicate: frame.duplicate === true })
-      return
-    }
-    if (frame.requestId !== undefined && this.pending.has(String(frame.requestId))) {
-      const key = String(frame.requestId)
-      const p = this.pending.get(key)!
-      this.pending.delete(key)
+    const p = frame.requestId === undefined ? undefined : this.pending.get(String(frame.requestId))
+    if (p !== undefined) {
+      this.pending.delete(String(frame.requestId))
       clearTimeout(p.timer)
       if (frame.type === 'error') p.reject(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
       else p.resolve(frame)
       return
     }
-    if (frame.type === 'error') {
-      this.emit('error-frame', frame)
-      if (typeof frame.id === 'string' && this.outbox.has(frame.id)) this.messageRefused(this.outbox.get(frame.id)!, frame)
-    }
+    if (typeof frame.type === 'string' && Object.hasOwn(this.frameHandlers, frame.type)) this.frameHandlers[frame.type](frame)
   }
 
-  private messageRefused (out: Outgoing, frame: any): void {
-    if (!TRANSIENT.has(frame.code)) {
-      this.outbox.delete(out.id)
-      out.reject(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
+  /** A signed room's records that its writer signed; each other one is reported and counted. */
+  private verified (roomName: string, records: unknown): SyncedMessage[] {
+    const signer = this.signers.get(roomName)
+    if (signer === undefined) return records as SyncedMessage[]
+    return signedRecords(roomName, signer.publicKey.toString('hex'), records, rejected => {
+      this.counters.recordsRejected++
+      this.emit('record-rejected', rejected satisfies RecordRejected)
+    })
+  }
+
+  private startFollow (roomName: string, queue: FollowQueue): void {
+    this.write(this.withAccess({ type: 'follow', roomName, fromIndex: queue.nextIndex }))
+  }
+
+  /** A rate limit is waited out; any other refusal ends the follow with it. */
+  private followRefused (frame: any): void {
+    const queue = this.follows.get(frame.roomName)
+    if (queue === undefined) return
+    if (frame.code !== 'RATE_LIMITED') {
+      queue.fail(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
       return
     }
-    // SHUTTING_DOWN: the reconnect resends it; others after a backoff
-    if (frame.code === 'SHUTTING_DOWN' || out.timer !== null) return
-    const delay = typeof frame.retryAfterMs === 'number' ? frame.retryAfterMs : RESEND_BACKOFF[Math.min(out.retries++, RESEND_BACKOFF.length - 1)]
-    out.timer = setTimeout(() => {
-      out.timer = null
-      if (this.outbox.has(out.id)) this.queueSend(out)
-    }, delay)
-    out.timer.unref()
-  }
-
-  private queueSend (out: Outgoing): void {
-    this.sendQueue.push(out)
-    this.pump()
-  }
-
-  private pump (): void {
-    if (this.sendTimer !== null || this.conn === null) return
-    while (this.sendQueue.length > 0) {
-      const out = this.sendQueue[0]
-      const wait = Math.max(this.messageBudget.wait(1), this.byteBudget.wait(out.size))
-      if (wait > 0) {
-        this.sendTimer = setTimeout(() => {
-          this.sendTimer = null
-          this.pump()
-        }, wait)
-        this.sendTimer.unref()
-        return
-      }
-      this.messageBudget.consume(1)
-      this.byteBudget.consume(out.size)
-      this.sendQueue.shift()
-      if (this.outbox.has(out.id)) {
-        this.write({ type: 'message', roomName: out.roomName, message: out.message, id: out.id, ...(out.signature === undefined ? {} : { signature: out.signature }) })
-      }
-    }
-  }
-
-  private signedOnly (roomName: string, writerPublicKey: string, records: unknown): SyncedMessage[] {
-    const kept: SyncedMessage[] = []
-    for (const record of Array.isArray(records) ? records : []) {
-      const reason = rejectReason(roomName, writerPublicKey, record)
-      if (reason === null) {
-        kept.push(record as SyncedMessage)
-        continue
-      }
-      this.counters.recordsRejected++
-      const messageIndex = Number.isSafeInteger(record?.messageIndex) ? record.messageIndex as number : null
-      this.emit('record-rejected', { roomName, messageIndex, reason } satisfies RecordRejected)
-    }
-    return kept
+    setTimeout(() => { if (this.follows.get(frame.roomName) === queue) this.startFollow(frame.roomName, queue) }, Number(frame.retryAfterMs) || 1000)
   }
 
   private withAccess (frame: { type: string, roomName: string } & Record<string, unknown>): Record<string, unknown> {
@@ -424,11 +384,3 @@ export class RootPeerClient extends EventEmitter {
 
 // the close that follows a connection's error is what the client acts on (detach, reconnect)
 function ignoreError (): void {}
-
-function rejectReason (roomName: string, writerPublicKey: string, record: any): RejectReason | null {
-  if (typeof record !== 'object' || record === null) return 'not-a-record'
-  if (typeof record.id !== 'string') return 'no-id'
-  if (typeof record.message !== 'string') return 'not-a-string'
-  if (record.signature === undefined) return 'unsigned'
-  return verifyMessage(writerPublicKey, roomName, record.id, record.message, record.signature) ? null : 'bad-signature'
-}

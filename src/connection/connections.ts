@@ -22,6 +22,8 @@ export interface ConnectionsOptions {
   counters: Counters
   storage: StorageHealth
   publicKey: () => string
+  /** the blind relay's key (hex) for the announcement; null when the relay is off */
+  relayPublicKey: () => string | null
   closing: () => boolean
   /** what the handlers need besides what Connections shares with them */
   handlers: FrameHandlersOptions
@@ -80,6 +82,7 @@ export class Connections extends EventEmitter {
     conn.on('close', () => {
       if (firstFrame !== null) clearTimeout(firstFrame)
       if (this.peers.get(peer.id) === peer) this.peers.delete(peer.id)
+      this.handlers.followers.dropPeer(peer)
       if (host !== null) {
         const n = (this.hosts.get(host) ?? 1) - 1
         if (n === 0) this.hosts.delete(host)
@@ -89,7 +92,7 @@ export class Connections extends EventEmitter {
       this.emit('peer-disconnected', peer.id)
     })
     this.emit('peer-connected', peer.id)
-    this.send(peer, 'root-peer-announcement', encodeAnnouncement(this.ctx.publicKey(), this.ctx.limits, peer.challenge))
+    this.send(peer, 'root-peer-announcement', encodeAnnouncement(this.ctx.publicKey(), this.ctx.limits, peer.challenge, this.ctx.relayPublicKey()))
   }
 
   async onFrame (peer: Peer, data: Buffer): Promise<void> {
@@ -194,5 +197,6 @@ export class Connections extends EventEmitter {
 
   close (): void {
     this.guard.close()
+    this.handlers.followers.close()
   }
 }

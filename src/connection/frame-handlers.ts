@@ -4,9 +4,10 @@ import type { ForwardedWrite } from '../cluster/cluster.js'
 import type { Connections } from './connections.js'
 import { RootPeerError } from '../protocol/errors.js'
 import type { Peer } from './peer.js'
-import { contextOf, encodeAck, encodeSyncResponse, type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame } from '../protocol/protocol.js'
+import { contextOf, encodeAck, encodeFollowEnded, encodeSyncResponse, type FollowFrame, type UnfollowFrame, type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame } from '../protocol/protocol.js'
 import { keyMatchesName, verifyAccess } from '../protocol/room-auth.js'
 import type { RoomTopics } from './room-topics.js'
+import { Followers, firstReadable } from './followers.js'
 import { checkSigned, type RoomWriter } from '../storage/room-writer.js'
 import type { Rooms } from '../storage/rooms.js'
 import type { RoomState } from '../storage/state-file.js'
@@ -44,16 +45,27 @@ type Handler<F extends Frame> = (peer: Peer, frame: F) => Promise<void>
 
 /** What each frame a client sends does; a coded error a handler throws is the peer's answer. */
 export class FrameHandlers extends EventEmitter {
+  readonly followers: Followers
   private readonly ctx: FrameHandlersContext
   private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
 
   constructor (ctx: FrameHandlersContext) {
     super()
     this.ctx = ctx
+    const { maxFollows, defaultPageMessages, maxPageBytes } = ctx.limits
+    this.followers = new Followers({
+      rooms: ctx.rooms,
+      send: (peer, type, frame) => ctx.connections.send(peer, type, frame),
+      maxFollows,
+      maxPageMessages: defaultPageMessages,
+      maxPageBytes
+    })
     this.handlers = {
       'register-room': this.onRegisterRoom.bind(this),
       message: this.onMessage.bind(this),
-      'sync-request': this.onSyncRequest.bind(this)
+      'sync-request': this.onSyncRequest.bind(this),
+      follow: this.onFollow.bind(this),
+      unfollow: this.onUnfollow.bind(this)
     }
   }
 
@@ -127,13 +139,7 @@ export class FrameHandlers extends EventEmitter {
     const { roomName, lastIndex, limit, requestId } = frame
     const started = this.ctx.onLatency === null ? 0 : performance.now()
     const rooms = this.ctx.rooms()
-    const writerPublicKey = rooms.info(roomName)?.writerPublicKey
-    if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, this.ctx.publicKey(), peer.challenge, roomName, frame.signature)) {
-      throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
-    }
-    // frames are handled in order: a sync after this connection's own message sees it, forwarded or not
-    const forwarded = peer.forwards.get(roomName)
-    if (forwarded !== undefined) await forwarded
+    await this.admitReader(peer, frame)
     const room = rooms.has(roomName) ? await rooms.get(roomName) : null
     if (room === null) {
       this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, [], { totalMessages: 0, nextIndex: lastIndex, firstIndex: 0 }, requestId))
@@ -145,13 +151,35 @@ export class FrameHandlers extends EventEmitter {
     try {
       await room.barrier()
       // a signed room's members are served its signed history only, from signedFrom
-      firstIndex = Math.max(room.info.firstIndex ?? 0, room.info.writerPublicKey === undefined ? 0 : room.info.signedFrom ?? 0)
+      firstIndex = firstReadable(room.info)
       page = await room.readPage(Math.max(lastIndex, firstIndex), limit, this.ctx.limits.maxPageBytes)
     } finally {
       rooms.release(room)
     }
     this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, { ...page, firstIndex }, requestId))
     if (this.ctx.onLatency !== null) this.ctx.onLatency('sync', (performance.now() - started) / 1000)
+  }
+
+  async onFollow (peer: Peer, frame: FollowFrame): Promise<void> {
+    await this.admitReader(peer, frame)
+    if (this.ctx.rooms().has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
+    this.followers.follow(peer, frame.roomName, frame.fromIndex, frame.requestId)
+  }
+
+  async onUnfollow (peer: Peer, frame: UnfollowFrame): Promise<void> {
+    if (!this.followers.unfollow(peer, frame.roomName, frame.requestId)) {
+      this.ctx.connections.send(peer, 'follow-ended', encodeFollowEnded(JSON.stringify(frame.roomName), 'unfollowed', frame.requestId))
+    }
+  }
+
+  /** A signed room is read only with the access proof; a read after this connection's own message sees it. */
+  private async admitReader (peer: Peer, frame: SyncRequestFrame | FollowFrame): Promise<void> {
+    const writerPublicKey = this.ctx.rooms().info(frame.roomName)?.writerPublicKey
+    if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, this.ctx.publicKey(), peer.challenge, frame.roomName, frame.signature)) {
+      throw RootPeerError.UNAUTHORIZED(`a signed room: ${frame.type} needs a signature over (challenge, roomName) by the room's key`)
+    }
+    const forwarded = peer.forwards.get(frame.roomName)
+    if (forwarded !== undefined) await forwarded
   }
 
   /** Registers the room unless it exists (within the caps); an `explicit` register-room is reported every time. */
@@ -207,4 +235,5 @@ export class FrameHandlers extends EventEmitter {
     } finally {
       this.ctx.rooms().release(room)
     }
-  }}
+   }
+}

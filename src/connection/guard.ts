@@ -62,9 +62,9 @@ export class Guard {
       if (wait > 0) throw RootPeerError.RATE_LIMITED('messages', wait)
       b.messages.consume(1)
       b.bytes.consume(frame.size)
-    } else if (frame.type === 'sync-request') {
+    } else if (frame.type === 'sync-request' || frame.type === 'follow' || frame.type === 'unfollow') {
       const wait = b.syncs.take(1)
-      if (wait > 0) throw RootPeerError.RATE_LIMITED('sync-requests', wait)
+      if (wait > 0) throw RootPeerError.RATE_LIMITED(frame.type === 'sync-request' ? 'sync-requests' : `${frame.type} frames`, wait)
     } else {
       const wait = b.registers.take(1)
       if (wait > 0) throw RootPeerError.RATE_LIMITED('register-room frames', wait)

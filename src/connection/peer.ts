@@ -36,6 +36,7 @@ export class Peer {
   private running = false
   private paused = false
   private needDrain = false
+  private draining: Promise<void> | null = null
   private readonly opts: PeerOptions
 
   constructor (conn: NoiseStream, record: PeerRecord, opts: PeerOptions) {
@@ -59,9 +60,20 @@ export class Peer {
     return ok
   }
 
+  get needsDrain (): boolean {
+    return this.needDrain
+  }
+
+  /** Resolves once the peer has read what was written; past STALL_TIMEOUT it is disconnected instead. */
   drained (): Promise<void> {
     const conn = this.conn
     if (this.closed || conn.destroyed || !this.needDrain) return Promise.resolve()
+    // one wait (and one stall timer) however many callers wait
+    if (this.draining === null) this.draining = this.waitForDrain(conn).finally(() => { this.draining = null })
+    return this.draining
+  }
+
+  private waitForDrain (conn: NoiseStream): Promise<void> {
     return new Promise(resolve => {
       const timer = this.opts.stallTimeout > 0
         ? setTimeout(() => {

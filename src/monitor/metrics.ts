@@ -29,6 +29,8 @@ export class Metrics {
     this.single(Gauge, 'root_peer_messages', 'Messages stored, all rooms (the cores\' lengths)', rp => rp.stats().totalMessages)
     this.single(Gauge, 'root_peer_stored_bytes', 'Bytes of stored message blocks, all rooms', rp => rp.roomCounts.bytes)
     this.single(Gauge, 'root_peer_peers', 'Client connections open now (admitted; cluster members not counted)', rp => rp.peers.size)
+    this.single(Gauge, 'root_peer_follows', 'Rooms followed live now (follow frames), all connections; each connection at most MAX_FOLLOWS', rp => rp.follows.open)
+    this.single(Gauge, 'root_peer_follows_waiting', 'Follows paused now because their peer has not read what was sent (they resume from their index)', rp => rp.follows.waiting)
     this.single(Gauge, 'root_peer_healthy', '1 when /health answers 200 (storage open, discovery announced, DHT bootstrapped), else 0', rp => rp.health().ok ? 1 : 0)
     this.single(Counter, 'root_peer_messages_stored_total', 'Messages stored since the process started (duplicates not counted)', rp => rp.counters.messagesStored)
     this.single(Counter, 'root_peer_duplicate_messages_total', 'Messages whose id was already stored, acked without storing them again', rp => rp.counters.duplicates)
@@ -46,9 +48,9 @@ export class Metrics {
     this.single(Counter, 'root_peer_storage_failures_total', 'Times writes started failing (disk full, read-only disk, I/O error)', rp => rp.counters.storageFailures)
     this.single(Gauge, 'root_peer_cluster_members_connected', 'Other cluster members (CLUSTER_PEERS) connected now', rp => rp.health().cluster?.filter(m => m.connected).length ?? 0)
     this.single(Counter, 'root_peer_forwarded_writes_total', 'Messages this member forwarded to their room\'s primary and acked', rp => rp.counters.forwardedWrites)
-    this.labelled(Gauge, 'root_peer_mirror_lag_blocks', 'Blocks a primary cluster member has announced that this member (its mirror) has not stored yet, by primary', 'primary',
+    this.labelled(Gauge, 'root_peer_mirror_lag_blocks', 'Blocks of a primary cluster member\'s rooms that some member (the primary or another mirror) holds and this member (a mirror) has not stored yet, asleep or not, by primary', 'primary',
       rp => [...rp.mirrorLag()].map(([primary, { blocks }]) => [primary, blocks]))
-    this.labelled(Gauge, 'root_peer_mirror_lag_seconds', 'Seconds since this member (a mirror) fell behind a primary cluster member, by primary; 0 when caught up', 'primary',
+    this.labelled(Gauge, 'root_peer_mirror_lag_seconds', 'Seconds since this member (a mirror) fell behind another member on a room of a primary cluster member (the oldest such room), by primary; 0 when caught up', 'primary',
       rp => [...rp.mirrorLag()].map(([primary, { seconds }]) => [primary, seconds]))
     this.single(Gauge, 'root_peer_mirrored_rooms_active', 'Mirrored rooms this member follows actively now (a downloading session); the others sleep until their core grows', rp => rp.mirroredRooms().active)
     this.labelled(Gauge, 'root_peer_replica_lag_blocks', 'Blocks of this member\'s own open rooms that a mirror has not announced as stored, by mirror', 'mirror',
@@ -58,6 +60,12 @@ export class Metrics {
     this.labelled(Counter, 'root_peer_errors_total', 'Refusals and failures, by error code', 'code', rp => Object.entries(rp.counters.errors))
     this.labelled(Counter, 'root_peer_dropped_peers_total', 'Connections dropped by the inbound budget, by reason (frame-too-large, frame-timeout, buffer-full)', 'reason', rp => Object.entries(rp.counters.droppedPeers))
     this.labelled(Counter, 'root_peer_rooms_removed_total', 'Empty rooms removed, by reason (expired, evicted)', 'reason', rp => Object.entries(rp.counters.roomsRemoved))
+    this.single(Gauge, 'root_peer_relay_pairs', 'Pairs the blind relay joins now (at most RELAY_MAX_PAIRS)', rp => rp.relay?.pairsOpen ?? 0)
+    this.single(Gauge, 'root_peer_relay_connections', 'Connections to the blind relay\'s key open now (at most 2 x RELAY_MAX_PAIRS)', rp => rp.relay?.connections ?? 0)
+    this.single(Counter, 'root_peer_relay_pairs_total', 'Pairs the blind relay has joined since the process started', rp => rp.relay?.counters.pairsOpened ?? 0)
+    this.single(Counter, 'root_peer_relay_bytes_total', 'Bytes the blind relay forwarded, both ways (read every second)', rp => rp.relay?.counters.bytes ?? 0)
+    this.labelled(Counter, 'root_peer_relay_refusals_total', 'Relay connections and pair requests refused, and pairs closed, by reason (connections, pairs, peer-pairs, pair-bytes, bytes, idle)', 'reason',
+      rp => Object.entries(rp.relay?.counters.refusals ?? {}))
     this.appendLatency = new Histogram({
       name: 'root_peer_append_latency_seconds',
       help: 'Seconds from a message frame to its message being stored',

@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'UNAUTHORIZED'
   | 'TOO_MANY_PEERS'
   | 'TOO_MANY_ROOMS'
+  | 'TOO_MANY_FOLLOWS'
   | 'RATE_LIMITED'
   | 'BANNED'
   | 'INTERNAL_ERROR'
@@ -90,6 +91,10 @@ export class RootPeerError extends Error {
 
   static TOO_MANY_ROOMS (max: number): RootPeerError {
     return new RootPeerError('TOO_MANY_ROOMS', `the root peer holds at most ${max} rooms; no new room can be created`, { maxRooms: max })
+  }
+
+  static TOO_MANY_FOLLOWS (max: number): RootPeerError {
+    return new RootPeerError('TOO_MANY_FOLLOWS', `a connection follows at most ${max} rooms; unfollow one first`, { maxFollows: max })
   }
 
   static RATE_LIMITED (what: string, retryAfterMs: number): RootPeerError {

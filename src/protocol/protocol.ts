@@ -17,6 +17,8 @@ export interface Limits {
   syncsPerSecond: number
   registersPerMinute: number
   newRoomsPerMinute: number
+  /** rooms one connection may follow at once */
+  maxFollows: number
 }
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
@@ -29,7 +31,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   bytesPerSecond: 1024 * 1024,
   syncsPerSecond: 50,
   registersPerMinute: 600,
-  newRoomsPerMinute: 60
+  newRoomsPerMinute: 60,
+  maxFollows: 64
 })
 
 // deeper JSON would make parsing and encoding recurse
@@ -43,7 +46,9 @@ const SIGNATURE = /^[0-9a-f]{128}$/i
 export interface RegisterRoomFrame { type: 'register-room', roomName: string, requestId?: RequestId, writerPublicKey?: string, signature?: string }
 export interface MessageFrame { type: 'message', roomName: string, message: unknown, id?: string, messageJson: string, size: number, signature?: string }
 export interface SyncRequestFrame { type: 'sync-request', roomName: string, lastIndex: number, limit: number, requestId?: RequestId, signature?: string }
-export type Frame = RegisterRoomFrame | MessageFrame | SyncRequestFrame
+export interface FollowFrame { type: 'follow', roomName: string, fromIndex: number, requestId?: RequestId, signature?: string }
+export interface UnfollowFrame { type: 'unfollow', roomName: string, requestId?: RequestId }
+export type Frame = RegisterRoomFrame | MessageFrame | SyncRequestFrame | FollowFrame | UnfollowFrame
 export type FrameType = Frame['type']
 export type RequestId = string | number
 
@@ -98,6 +103,15 @@ const validators: Record<string, Validator> = {
       limit = Math.min(limit, limits.maxPageMessages)
     }
     return { type: 'sync-request', roomName, lastIndex, limit, ...requestIdOf(obj), ...signatureOf(obj) }
+  },
+
+  follow (obj) {
+    const fromIndex = obj.fromIndex === undefined ? 0 : indexOf('fromIndex', obj.fromIndex)
+    return { type: 'follow', roomName: roomNameOf(obj), fromIndex, ...requestIdOf(obj), ...signatureOf(obj) }
+  },
+
+  unfollow (obj) {
+    return { type: 'unfollow', roomName: roomNameOf(obj), ...requestIdOf(obj) }
   }
 }
 
@@ -314,8 +328,10 @@ export function encodeRecord (record: StoredRecord, messageJson: string): string
   return json + '}'
 }
 
-export function encodeAnnouncement (publicKey: string, limits: Readonly<Limits>, challenge: string): object {
-  return { type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey, limits, challenge, access: ACCESS_VERSION }
+/** `relay`: the blind relay's public key (hex), absent when the root peer relays nothing. */
+export function encodeAnnouncement (publicKey: string, limits: Readonly<Limits>, challenge: string, relay: string | null = null): object {
+  const announcement = { type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey, limits, challenge, access: ACCESS_VERSION }
+  return relay === null ? announcement : { ...announcement, relay }
 }
 
 export function errorFrame (err: RootPeerError, context: Record<string, unknown> = {}): object {
@@ -326,6 +342,24 @@ export function encodeSyncResponse (roomName: string, entries: readonly string[]
   return '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":[' + entries.join(',') +
     '],"totalMessages":' + page.totalMessages + ',"nextIndex":' + page.nextIndex +
     ',"hasMore":' + (page.nextIndex < page.totalMessages) + ',"firstIndex":' + page.firstIndex +
+    (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}')
+}
+
+/** Messages of a followed room, in index order from `firstIndex` of the first one; `nextIndex` follows the last. */
+export function encodeFollowMessages (roomNameJson: string, entries: readonly string[], nextIndex: number): string {
+  return '{"type":"follow-messages","roomName":' + roomNameJson + ',"messages":[' + entries.join(',') + '],"nextIndex":' + nextIndex + '}'
+}
+
+/** History is done: what follows are messages as they are stored. */
+export function encodeFollowLive (roomNameJson: string, page: { nextIndex: number, firstIndex: number }, requestId?: RequestId): string {
+  return '{"type":"follow-live","roomName":' + roomNameJson + ',"nextIndex":' + page.nextIndex + ',"firstIndex":' + page.firstIndex +
+    (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}')
+}
+
+export type FollowEndReason = 'unfollowed' | 'replaced' | 'removed'
+
+export function encodeFollowEnded (roomNameJson: string, reason: FollowEndReason, requestId?: RequestId): string {
+  return '{"type":"follow-ended","roomName":' + roomNameJson + ',"reason":"' + reason + '"' +
     (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}')
 }
 

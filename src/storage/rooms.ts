@@ -213,6 +213,7 @@ export class Rooms extends EventEmitter {
     info.messageCount = length
     info.byteLength = byteLength
     info.lastActivity = Date.now()
+    this.emit('grown', name)
   }
 
   async prune (name: string, policy: RetentionPolicy, now = Date.now()): Promise<{ messages: number, bytes: number }> {
@@ -304,6 +305,7 @@ export class Rooms extends EventEmitter {
     room.info.lastActivity = Date.now()
     this.totalMessages++
     this.totalBytes += bytes
+    this.emit('grown', room.name)
   }
 
   get emptyCount (): number {

@@ -81,6 +81,8 @@ declare module 'hyperdht' {
     bootstrap?: Array<string | { host: string, port: number }>
     host?: string
     port?: number
+    /** false: no quick firewall probe at bootstrap, so the node stays firewalled for a while (tests) */
+    quickFirewall?: boolean
     keyPair?: { publicKey: Buffer, secretKey: Buffer }
     ephemeral?: boolean
     firewalled?: boolean
@@ -106,7 +108,7 @@ declare module 'hyperdht' {
     readonly destroyed: boolean
     fullyBootstrapped (): Promise<void>
     /** a Noise stream to the peer with that key; `open` once connected, `error` when it cannot be reached */
-    connect (remotePublicKey: Buffer, opts?: { keyPair?: { publicKey: Buffer, secretKey: Buffer }, relayThrough?: Buffer | null }): import('node:stream').Duplex
+    connect (remotePublicKey: Buffer, opts?: { keyPair?: { publicKey: Buffer, secretKey: Buffer }, relayThrough?: Buffer | null, localConnection?: boolean }): import('node:stream').Duplex
     /** `firewall` returns true to refuse a connection at the handshake; `holepunch: false` never punches */
     createServer (opts: DHTServerOptions, onconnection: (conn: import('hyperswarm').NoiseStream) => void): DHTServer
     /** a UDX stream on the DHT's sockets (what blind-relay pairs) */

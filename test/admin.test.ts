@@ -22,7 +22,7 @@ let sourceKey: string
 const served = new Map<string, any[]>()
 
 before(async () => {
-  net = await createTestnet(3, { host: '127.0.0.1' })
+  net = await createTestnet(5, { host: '127.0.0.1' })
   work = await fs.mkdtemp(path.join(os.tmpdir(), 'root-peer-admin-'))
   source = path.join(work, 'source')
   const rp = new ChatRootPeer({ storageDir: source, bootstrap: net.bootstrap, dhtHost: '127.0.0.1', statsInterval: 0 })

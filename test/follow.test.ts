@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
+import fs from 'node:fs/promises'
 import path from 'node:path'
 import test from 'node:test'
 import { ROOT, bootstrapEnv, client, daemon, rawPeer, rootPeer, teardown, testnet, tmpDir, type RawPeer } from './helpers.js'
@@ -37,6 +38,11 @@ async function collect (peer: RawPeer, roomName: string, from: number, count: nu
     assert.equal(f.nextIndex, next)
   }
   return { history, live }
+}
+
+async function stopped (pid: number): Promise<boolean> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8')
+  return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T')
 }
 
 /** The indices of the next `count` messages a follow sends for the room. */
@@ -117,7 +123,8 @@ test('follow: a follower that stops reading is paused, not buffered for, and cat
   teardown(t, () => { child.kill('SIGKILL') })
   let out = ''
   child.stdout.on('data', d => { out += String(d) })
-  while (rp.follows.waiting === 0) await new Promise(resolve => setTimeout(resolve, 100))
+  // the child has stopped itself (and so acknowledges nothing more), and the follow has paused for it
+  while (!out.includes('stopping') || !(await stopped(child.pid!)) || rp.follows.waiting === 0) await new Promise(resolve => setTimeout(resolve, 100))
   const pagesWhilePaused = rp.counters.framesSent['follow-messages']
   // 1,000 more messages while the follower is stopped: none of them is sent to it
   await write(writer, 'big', 1500, 2500, payload)

@@ -7,7 +7,7 @@ import safetyCatch from 'safety-catch'
 import { withDefaults, type Config } from './config.js'
 import { openStore } from './storage/data-dir-lock.js'
 import { StorageHealth } from './storage/storage-health.js'
-import { type Peer, endConnection } from './connection/peer.js'
+import { type Peer, delivered } from './connection/peer.js'
 import { DEFAULT_LIMITS, encodeAnnouncement, isHexTopic, type Limits } from './protocol/protocol.js'
 import { RoomTopics, type TopicSwarm } from './connection/room-topics.js'
 import { Rooms } from './storage/rooms.js'
@@ -57,8 +57,6 @@ export class ChatRootPeer extends ReadyResource {
   readonly storageDir: string
   readonly settings: Readonly<Omit<Config, 'storageDir'>>
   readonly limits: Readonly<Limits>
-  readonly maxPeers: number
-  readonly maxRooms: number
   readonly retention: Readonly<RetentionPolicy>
   readonly counters: Counters = createCounters()
   publicKey: Buffer | null = null
@@ -91,8 +89,6 @@ export class ChatRootPeer extends ReadyResource {
     this.storageDir = opts.storageDir
     this.settings = s
     this.discoveryTopic = crypto.hash(Buffer.from(s.discoveryTopic))
-    this.maxPeers = s.maxPeers
-    this.maxRooms = s.maxRooms
     const limits: Partial<Limits> = {}
     for (const key of LIMIT_SETTINGS) if (opts[key] !== undefined) limits[key] = opts[key]
     this.limits = Object.freeze({ ...DEFAULT_LIMITS, ...opts.limits, ...limits })
@@ -312,7 +308,7 @@ export class ChatRootPeer extends ReadyResource {
     this.swarm = new Hyperswarm({
       dht,
       keyPair,
-      maxPeers: this.maxPeers + 1 + clusterPeers.length,
+      maxPeers: this.settings.maxPeers + 1 + clusterPeers.length,
       // a banned key is refused at the handshake, before it costs a stream
       firewall: remotePublicKey => this.connections.guard.isBanned(remotePublicKey.toString('hex'))
     })
@@ -458,15 +454,6 @@ export class ChatRootPeer extends ReadyResource {
 /** A room's topic: the name itself when it is 64 hex (what clients join), else its hash. */
 export function roomTopic (name: string): Buffer {
   return isHexTopic(name) ? Buffer.from(name, 'hex') : crypto.hash(Buffer.from(name))
-}
-
-/**
- * Ends a connection and resolves once the peer's stream has acked all that was written to it: a peer that keeps
- * its side open is not waited for. Past `timeout` (or when it closes) it resolves too.
- */
-function delivered (conn: NoiseStream, timeout: number): Promise<void> {
-  const ended = endConnection(conn, timeout)
-  return conn.destroyed ? ended : Promise.race([ended, conn.flush().then(() => {}, safetyCatch)])
 }
 
 function destroyDht (dht: HyperDHT): void {

@@ -178,3 +178,12 @@ export function endConnection (conn: NoiseStream, timeout: number, lastFrame?: s
     else conn.end(lastFrame)
   })
 }
+
+/**
+ * Ends a connection and resolves once the peer's stream has acked all that was written to it: a peer that keeps
+ * its side open is not waited for. Past `timeout` (or when it closes) it resolves too.
+ */
+export function delivered (conn: NoiseStream, timeout: number): Promise<void> {
+  const ended = endConnection(conn, timeout)
+  return conn.destroyed ? ended : Promise.race([ended, conn.flush().then(() => {}, safetyCatch)])
+}

@@ -8,7 +8,7 @@ import { readPublicKey } from '../src/cluster/cluster.js'
 import { coreName } from '../src/storage/rooms.js'
 import { rendezvousOwner } from '../src/cluster/rendezvous.js'
 import { roomKeyPair, signAccess, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
-import { NO_RATES, bootstrapEnv, dial, memberConnected, readUntil, roomOwnedBy, runBin, sendAll, startCluster, startMember, teardown, testnet, tmpDir, type Member } from './helpers.js'
+import { NO_RATES, bootstrapEnv, dial, memberConnected, readUntil, roomOwnedBy, runBin, sendAll, startCluster, startMember, teardown, testnet, tmpDir, type Member, type RawPeer } from './helpers.js'
 
 /** Opens a stopped member's store in this process: the room's core, by key, for `fn`. */
 async function withCore<T> (storage: string, key: Buffer, fn: (core: any) => Promise<T>): Promise<T> {
@@ -19,6 +19,42 @@ async function withCore<T> (storage: string, key: Buffer, fn: (core: any) => Pro
     return await fn(core)
   } finally {
     await store.close()
+  }
+}
+
+/**
+ * Writes one message at the room's primary through `writer` and, the moment its ack arrives (in the connection's data
+ * event, before anything else runs here), stops the primary (SIGSTOP): it can send no block after its ack. Then each
+ * reader (a client of another member) asks its member for the message at the acked index, and the primary continues.
+ * Resolves with the ack and, per reader, whether its member served the message there: the mirror's own answer.
+ */
+async function askMirrorsAtAck (writer: RawPeer, primary: Member, room: string, id: string, readers: RawPeer[]): Promise<{ ack: any, served: boolean[] }> {
+  const conn = writer.conn!
+  const onData = (data: Buffer): void => {
+    let frame: any
+    try {
+      frame = JSON.parse(data.toString('utf8'))
+    } catch {
+      return
+    }
+    if (frame.id !== id) return
+    conn.off('data', onData)
+    primary.d.child.kill('SIGSTOP')
+  }
+  conn.on('data', onData)
+  writer.send({ type: 'message', roomName: room, message: `payload of ${id}`, id })
+  const ack = await writer.next(f => f.id === id, 30_000)
+  try {
+    assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
+    const served = await Promise.all(readers.map(async r => {
+      const requestId = `at-ack-${id}`
+      r.send({ type: 'sync-request', roomName: room, lastIndex: ack.messageIndex, limit: 1, requestId })
+      const page = await r.next(f => f.requestId === requestId)
+      return page.messages[0]?.id === id && page.messages[0]?.messageIndex === ack.messageIndex
+    }))
+    return { ack, served }
+  } finally {
+    primary.d.child.kill('SIGCONT')
   }
 }
 
@@ -33,7 +69,7 @@ async function coreKeyOf (storage: string, room: string): Promise<Buffer> {
   }
 }
 
-test('MIN_MIRRORS=1: an ack means a second member has the block; kill -9 of the primary after a burst loses no ack; survivors identical; primary down: reads served, writes PRIMARY_UNAVAILABLE; primary back: indices continue, fork 0', async t => {
+test('MIN_MIRRORS=1: at each ack, asked with the primary stopped at that moment, another member already serves the message; kill -9 of the primary after a burst loses no ack; survivors identical; primary down: reads served, writes PRIMARY_UNAVAILABLE; primary back: indices continue, fork 0', async t => {
   const net = await testnet(t)
   const members = await startCluster(t, net, { MIN_MIRRORS: '1', REPLICATION_TIMEOUT: '5s' })
   const [a, b, c] = members
@@ -42,18 +78,12 @@ test('MIN_MIRRORS=1: an ack means a second member has the block; kill -9 of the 
   writer.send({ type: 'register-room', roomName: room, requestId: 'reg' })
   assert.equal((await writer.next(f => f.requestId === 'reg')).type, 'room-registered')
 
-  // one at a time: when the ack arrives, B or C already serves the message
+  // one at a time: when the ack arrives (A stopped at once, so it sends nothing more), B or C already serves the message
   const readers = [await dial(t, net, b), await dial(t, net, c)]
   for (let i = 0; i < 5; i++) {
-    const ack = (await sendAll(writer, room, [`one-${i}`])).get(`one-${i}`)
-    assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
+    const { ack, served } = await askMirrorsAtAck(writer, a, room, `one-${i}`, readers)
     assert.equal(ack.messageIndex, i)
-    const served = await Promise.all(readers.map(async (r, k) => {
-      r.send({ type: 'sync-request', roomName: room, lastIndex: i, limit: 1, requestId: `s${i}-${k}` })
-      const page = await r.next(f => f.requestId === `s${i}-${k}`)
-      return page.messages.some((m: any) => m.id === `one-${i}` && m.messageIndex === i)
-    }))
-    assert.ok(served.includes(true), `ack ${i}: a second member holds the message`)
+    assert.ok(served.includes(true), `ack ${i}: a second member served the message at the moment of the ack (B, C: ${served.join(', ')})`)
   }
   for (const r of readers) await r.close()
 
@@ -114,7 +144,7 @@ test('MIN_MIRRORS=1: an ack means a second member has the block; kill -9 of the 
   }
 })
 
-test('write anywhere: a message at a mirror is forwarded and acked with the primary\'s index, readable there at once; one new room registered at two members at once is one room; fewer than MIN_MIRRORS mirrors: NOT_REPLICATED, then the resend is acked once', async t => {
+test('write anywhere: a message at a mirror is forwarded and acked with the primary\'s index, readable there at once; one new room registered at two members at once is one room; fewer than MIN_MIRRORS mirrors: NOT_REPLICATED, then the resend is acked once, and both mirrors serve it at that ack', async t => {
   const net = await testnet(t)
   const extra = { MIN_MIRRORS: '2', REPLICATION_TIMEOUT: '2s' }
   const members = await startCluster(t, net, extra)
@@ -175,20 +205,21 @@ test('write anywhere: a message at a mirror is forwarded and acked with the prim
   const fromA = a.d.lines.length
   assert.equal((await c.d.stop('SIGTERM')).code, 0)
   await a.d.line(l => l.msg.startsWith('cluster member disconnected') && l.member === c.key && a.d.lines.indexOf(l) >= fromA, 15_000)
-  atA.send({ type: 'message', roomName: room, message: 'needs two mirrors', id: 'nr-1' })
+  atA.send({ type: 'message', roomName: room, message: 'payload of nr-1', id: 'nr-1' })
   const refused = await atA.next(f => f.id === 'nr-1', 15_000)
   assert.equal(refused.type, 'error')
   assert.equal(refused.code, 'NOT_REPLICATED')
   assert.equal(refused.minMirrors, 2)
 
-  // C back: the resend is deduplicated and acked with the index the first attempt got
+  // C back: the resend is deduplicated and acked with the index the first attempt got, once B and C both hold it
   const keys = members.map(m => m.key)
   const c2 = startMember(t, net, c.storage, keys, c.key, extra)
   await c2.d.ready()
   await memberConnected(a.d, c.key, fromA)
-  atA.send({ type: 'message', roomName: room, message: 'needs two mirrors', id: 'nr-1' })
-  const ack = await atA.next(f => f.id === 'nr-1', 15_000)
+  const atC2 = await dial(t, net, c2)
+  const { ack, served } = await askMirrorsAtAck(atA, a, room, 'nr-1', [atB, atC2])
   assert.deepEqual(ack, { type: 'message-ack', roomName: room, id: 'nr-1', messageIndex: expected.length, duplicate: true })
+  assert.deepEqual(served, [true, true], 'B and C served the message at the moment of its ack')
   assert.deepEqual((await readUntil(t, net, c2, room, expected.length + 1)).map(x => x.id), [...expected, 'nr-1'])
 })
 
@@ -309,17 +340,21 @@ test('promotion: refused while the old primary runs; after it is gone, root-peer
   assert.deepEqual((await readUntil(t, net, b2, room, ids.length + 2)).map(x => x.id), [...ids, 'p-after', 'p-old'])
 })
 
-test('mirrored rooms sleep when idle and wake when their core grows: with MIN_MIRRORS=2 every later write is acked (both mirrors stored it); a mirror restarted with its rooms asleep fetches what it missed', async t => {
+test('mirrored rooms sleep when idle and wake when their core grows: with MIN_MIRRORS=2, a write to each of six rooms asleep at both mirrors is acked, and both mirrors serve it at the ack (asked with the primary stopped at that moment); a mirror restarted with its rooms asleep serves what it missed at the resend\'s ack', async t => {
   const net = await testnet(t)
   const extra = { MIN_MIRRORS: '2', ROOM_IDLE_TIMEOUT: '1s', MAX_OPEN_ROOMS: '2', REPLICATION_TIMEOUT: '5s' }
   const members = await startCluster(t, net, extra)
   const [a, b, c] = members
   const rooms = Array.from({ length: 6 }, (_, i) => roomOwnedBy(members, a, `sleepy${i}`))
   const atA = await dial(t, net, a)
+  const atB = await dial(t, net, b)
+  const atC = await dial(t, net, c)
+  /** one message to each room; at each ack, B and C already serve it */
   const round = async (label: string, index: number): Promise<void> => {
     for (const room of rooms) {
-      const ack = (await sendAll(atA, room, [`${label}-${room}`])).get(`${label}-${room}`)
+      const { ack, served } = await askMirrorsAtAck(atA, a, room, `${label}-${room}`, [atB, atC])
       assert.deepEqual(ack, { type: 'message-ack', roomName: room, id: `${label}-${room}`, messageIndex: index })
+      assert.deepEqual(served, [true, true], `${label}-${room}: B and C served it at the moment of its ack`)
     }
   }
   const activeAt = async (m: Member): Promise<number> => {
@@ -346,13 +381,15 @@ test('mirrored rooms sleep when idle and wake when their core grows: with MIN_MI
   const fromA = a.d.lines.length
   assert.equal((await c.d.stop('SIGTERM')).code, 0)
   await a.d.line(l => l.msg.startsWith('cluster member disconnected') && l.member === c.key && a.d.lines.indexOf(l) >= fromA, 15_000)
-  atA.send({ type: 'message', roomName: rooms[0], message: 'while C is down', id: 'third' })
+  atA.send({ type: 'message', roomName: rooms[0], message: 'payload of third', id: 'third' })
   assert.equal((await atA.next(f => f.id === 'third', 15_000)).code, 'NOT_REPLICATED')
   const c2 = startMember(t, net, c.storage, members.map(m => m.key), c.key, extra)
   await c2.d.ready()
   await memberConnected(a.d, c.key, fromA)
-  atA.send({ type: 'message', roomName: rooms[0], message: 'while C is down', id: 'third' })
-  assert.deepEqual(await atA.next(f => f.id === 'third', 15_000), { type: 'message-ack', roomName: rooms[0], id: 'third', messageIndex: 2, duplicate: true })
+  const atC2 = await dial(t, net, c2)
+  const { ack, served } = await askMirrorsAtAck(atA, a, rooms[0], 'third', [atB, atC2])
+  assert.deepEqual(ack, { type: 'message-ack', roomName: rooms[0], id: 'third', messageIndex: 2, duplicate: true })
+  assert.deepEqual(served, [true, true], 'B, and C restarted with its rooms asleep, served it at the moment of its ack')
 })
 
 test('write fence: a member that has heard from no other member since it started takes no writes to its own rooms (PRIMARY_UNAVAILABLE, nothing stored) but serves reads; once a member is linked (its 300 rooms told in two frames), the resend is acked', async t => {

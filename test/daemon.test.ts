@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { test } from 'node:test'
-import { bootstrapEnv, client, daemon, rawPeer, rootPeer, testnet, tmpDir } from './helpers.js'
+import { StateFile, type PersistentState, type RoomState } from '../src/storage/state-file.js'
+import { bootstrapEnv, childEnv, client, daemon, rawPeer, rootPeer, teardown, testnet, tmpDir } from './helpers.js'
 
 // an idle daemon stops in tens of ms on a testnet, ~0.5 s on an unreachable DHT (its unannounces cut short);
 // before, a peer holding its side open cost 2 s and an unreachable DHT 3 s to 9 s
@@ -88,7 +90,7 @@ test('a restarted daemon (SIGTERM, then start again) keeps its key, every messag
   assert.equal(after.rootPeerCreatedAt, createdAt)
 })
 
-test('the state file is saved after every 10 messages, atomically, and counts are reconciled with the cores on start', async t => {
+test('the state file is saved after every 10 messages, leaving no temp file, and counts are reconciled with the cores on start', async t => {
   const net = await testnet(t)
   const storage = await tmpDir(t)
   const rp = await rootPeer(t, net, { storageDir: storage })
@@ -139,4 +141,69 @@ test('the client reconnects to a restarted root peer and resends what was not ac
   assert.equal(c.unacked, 0)
   const page = await c.syncPage('outbox', 0)
   assert.deepEqual(page.messages.map(m => m.message), ['before', 'while down'])
+})
+
+/** Polls the files named in argv in a loop until its stdin ends, then prints what it read, as one JSON line. */
+const READER = `
+const fs = require('node:fs')
+const files = process.argv.slice(1)
+let reads = 0
+const bad = []
+const versions = new Set()
+let ended = false
+let started = false
+process.stdin.on('end', () => { ended = true }).resume()
+function poll () {
+  for (let i = 0; i < 20; i++) {
+    for (const file of files) {
+      let text
+      try {
+        text = fs.readFileSync(file, 'utf8')
+      } catch (err) {
+        bad.push(file + ': ' + err.code)
+        continue
+      }
+      reads++
+      try {
+        versions.add(file + JSON.parse(text).lastSaved)
+      } catch {
+        bad.push(file + ': ' + text.length + ' bytes that are not JSON')
+      }
+    }
+  }
+  if (!started) process.stdout.write('polling\\n')
+  started = true
+  if (ended) process.stdout.write(JSON.stringify({ reads, bad: bad.length, firstBad: bad.slice(0, 3), versions: versions.size }) + '\\n')
+  else setImmediate(poll)
+}
+poll()
+`
+
+test('the state file is replaced atomically: a reader process polling it and its previous copy through 200 saves of a 3,000-room state only ever reads whole, valid files', async t => {
+  const dir = await tmpDir(t)
+  const file = new StateFile(dir)
+  const rooms: Record<string, RoomState> = {}
+  for (let i = 0; i < 3000; i++) rooms[`room-${i}`] = { name: `room-${i}`, messageCount: i, createdAt: 1, lastActivity: 1, byteLength: i * 100 }
+  // about 0.5 MB of JSON: a write that is not atomic is seen half done
+  const state = (n: number): PersistentState => ({ rooms, totalMessages: n, rootPeerCreatedAt: 1, lastSaved: n })
+  await file.save(() => state(-2))
+  await file.save(() => state(-1))
+
+  const reader = spawn(process.execPath, ['-e', READER, file.file, file.previous], { env: childEnv(), stdio: ['pipe', 'pipe', 'inherit'] })
+  teardown(t, () => { if (reader.exitCode === null) reader.kill('SIGKILL') })
+  let out = ''
+  reader.stdout.setEncoding('utf8').on('data', (chunk: string) => { out += chunk })
+  while (!out.includes('polling')) await once(reader.stdout, 'data')
+  const SAVES = 200
+  for (let n = 0; n < SAVES; n++) await file.save(() => state(n))
+  reader.stdin.end()
+  await once(reader, 'exit')
+  const seen = JSON.parse(out.slice(out.indexOf('{')))
+  console.log(`state file: ${SAVES} saves of ${Buffer.byteLength(JSON.stringify(state(0), null, 2))} bytes; the reader read ${seen.reads} times, ${seen.versions} versions of the two files, ${seen.bad} bad reads ${JSON.stringify(seen.firstBad)}`)
+  assert.equal(seen.bad, 0)
+  // the reads overlapped the saves: many versions of the files were read, not only the first and last
+  assert.ok(seen.versions > 20, `${seen.versions} versions read`)
+  assert.equal(JSON.parse(await fs.readFile(file.file, 'utf8')).lastSaved, SAVES - 1)
+  assert.equal(JSON.parse(await fs.readFile(file.previous, 'utf8')).lastSaved, SAVES - 2)
+  assert.deepEqual((await fs.readdir(dir)).filter(f => f.includes('.tmp')), [], 'no temp file left behind')
 })

@@ -17,7 +17,7 @@ import { Metrics } from '../src/monitor/metrics.js'
 import { Monitor, type MonitorOptions } from '../src/monitor/monitor.js'
 import { roomKeyPair } from '../src/protocol/room-auth.js'
 import { ChatRootPeer } from '../src/root-peer.js'
-import { bootstrapEnv, client, daemon, runBin, teardown, testnet, tmpDir } from './helpers.js'
+import { UNDER_CI, assertPresent, bootstrapEnv, client, daemon, runBin, skipUnlessCI, teardown, testnet, tmpDir } from './helpers.js'
 
 const run = promisify(execFile)
 
@@ -270,6 +270,7 @@ test('MONITOR_TOKEN: every endpoint but /health needs the bearer token (the stat
 /** The status page opened with ?token= in headless Chromium: it reads /stats with the token and shows no signed room. */
 async function statusPage (t: TestContext, url: string, signed: string, writerKey: string): Promise<void> {
   if (!existsSync(CHROMIUM)) {
+    assert.ok(!UNDER_CI, `${CHROMIUM} is missing: .ci/run must provide it (apt-get install -y chromium)`)
     t.diagnostic(`${CHROMIUM} is missing: the status page was not opened in a browser`)
     return
   }
@@ -390,7 +391,9 @@ test('restore --force checks every entry before touching the data dir: symlinks,
   assert.ok(refusals.every(r => r.includes('is not a root peer backup')), refusals.join('\n'))
 })
 
-test('restore refuses an archive whose files outweigh the free space of the data dir\'s disk, before it creates anything', { skip: process.getuid?.() === 0 ? false : 'needs root to mount a small tmpfs' }, async t => {
+const notRoot = process.getuid?.() === 0 ? null : 'root (to mount a small tmpfs)'
+test('restore refuses an archive whose files outweigh the free space of the data dir\'s disk, before it creates anything', { skip: skipUnlessCI(notRoot) }, async t => {
+  assertPresent(notRoot)
   const base = await tmpDir(t)
   const source = path.join(base, 'source')
   assert.equal((await runBin(['import', '--room', 'lobby'], { STORAGE_DIR: source }, ndjson(5, 'lobby'))).code, 0)
@@ -446,6 +449,7 @@ test('restore --force that fails mid-way leaves the old data in place: a backup 
     const moved = await refusedIntact(t, 'a good backup over a dir whose state file is immutable (chattr +i: EPERM on rename)', other, env, before, () => run('chattr', ['-i', pinned]))
     assert.match(moved, /EPERM|not permitted/)
   } else {
+    assert.ok(!UNDER_CI, 'chattr +i is not possible here (root and e2fsprogs\' chattr): .ci/run must provide it')
     t.diagnostic('chattr +i is not possible here: the failure while moving the old contents aside was not provoked')
   }
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { test } from 'node:test'
-import { SETTINGS } from '../src/config.js'
+import { DEFAULTS, SETTINGS } from '../src/config.js'
 import { Metrics } from '../src/monitor/metrics.js'
 import { ROOT, rootPeer, testnet } from './helpers.js'
 
@@ -15,13 +15,22 @@ const pages: Promise<Map<string, string>> = (async () => {
 const docs = pages.then(p => [...p.values()].join('\n'))
 const source = (file: string): Promise<string> => fs.readFile(path.join(ROOT, 'src', file), 'utf8')
 
-test('every setting is in the docs with its env name, its flag and its default', async () => {
-  const text = await docs
+test('every setting has a row in a settings table of the docs with its env name and flag, and each row\'s default is the value the code defaults to', async () => {
+  const rows = settingsRows(await docs)
   for (const s of SETTINGS) {
-    const row = text.split('\n').find(l => l.startsWith(`| \`${s.env}\` |`))
-    assert.ok(row !== undefined, `${s.env} has no row in a settings table of the docs`)
-    assert.ok(row.includes(`\`${s.flag}\``), `${s.env}'s row names ${s.flag}`)
+    const mine = rows.filter(r => r[0] === `\`${s.env}\``)
+    assert.ok(mine.length > 0, `${s.env} has no row in a settings table of the docs`)
+    for (const [, flag, cell] of mine) {
+      assert.equal(flag, `\`${s.flag}\``, `${s.env}'s row names ${s.flag}`)
+      // the value in the cell's first code span, read as the daemon reads the setting; no code span: no value
+      const value = /`([^`]*)`/.exec(cell)
+      if (value === null) assert.equal(s.default, '', `${s.env}: the docs give no default value (${JSON.stringify(cell)}), the code's is ${s.default}`)
+      else assert.deepEqual(s.parse(value[1], s.env), DEFAULTS[s.key], `${s.env}: the docs' default ${value[1]} is not the code's ${s.default}`)
+    }
   }
+  // and no row documents a setting the daemon does not have (NODE_ENV is Node's, read by the logger)
+  const known = new Set(SETTINGS.map(s => `\`${s.env}\``))
+  for (const [env] of rows) assert.ok(known.has(env) || env === '`NODE_ENV`' || env === '—', `${env} is documented but is no setting`)
 })
 
 test('every error code the daemon or the client can give is in the docs', async () => {
@@ -70,6 +79,20 @@ test('every relative link in the README and docs/ to a .md file or an anchor res
   }
   assert.ok(checked >= 20, `only ${checked} links checked`)
 })
+
+/** The first three cells (env, flag, default) of every body row of a table whose header starts `| env | flag | default |`. */
+function settingsRows (text: string): string[][] {
+  const rows: string[][] = []
+  let header: string[] = []
+  let previous = ''
+  for (const line of text.split('\n')) {
+    const cells = line.split('|').slice(1, -1).map(c => c.trim())
+    if (line.startsWith('|') && !previous.startsWith('|')) header = cells
+    else if (line.startsWith('|') && !/^\|[-| ]+\|$/.test(line) && header.slice(0, 3).join() === 'env,flag,default') rows.push(cells.slice(0, 3))
+    previous = line
+  }
+  return rows
+}
 
 /** The first cell of every table row. */
 function firstCells (text: string): string[] {

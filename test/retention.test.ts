@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'node:test'
 import type { ChatRootPeer } from '../src/root-peer.js'
 import { bootstrapEnv, daemon, rawPeer, rootPeer, runBin, testnet, tmpDir, type RawPeer } from './helpers.js'
@@ -9,6 +8,8 @@ import { bootstrapEnv, daemon, rawPeer, rootPeer, runBin, testnet, tmpDir, type 
 async function untilPruned (rp: ChatRootPeer, done: () => boolean): Promise<void> {
   while (!done()) await once(rp, 'room-pruned')
 }
+
+const DAY = 86_400_000
 
 async function send (peer: RawPeer, room: string, messages: string[], prefix: string): Promise<number[]> {
   messages.forEach((m, i) => peer.send({ type: 'message', roomName: room, message: m, id: `${prefix}${i}` }))
@@ -73,26 +74,81 @@ test('retention by bytes keeps at most that many message bytes', async t => {
   assert.equal(messages[messages.length - 1].messageIndex, 29)
 })
 
-test('retention by age prunes what is older, at start and as time passes', async t => {
+test('retention by age, applied when the daemon starts, prunes the messages older than RETENTION_DAYS and keeps the younger ones', async t => {
   const net = await testnet(t)
   const storage = await tmpDir(t)
+  // three records stored three days ago, slipped in as `root-peer import` lets an operator do: no clock to wait for
+  const threeDaysAgo = Date.now() - 3 * DAY
+  const old = ['old0', 'old1', 'old2'].map((message, messageIndex) => JSON.stringify({ message, storedAt: threeDaysAgo, fromPeer: 'ab'.repeat(32), senderPublicKey: 'ab'.repeat(32), id: `o${messageIndex}`, messageIndex }))
+  const imported = await runBin(['import', '--room', 'age'], { STORAGE_DIR: storage }, old.join('\n') + '\n')
+  assert.equal(imported.code, 0, imported.stderr)
   const rp = await rootPeer(t, net, { storageDir: storage })
   const peer = await rawPeer(t, net)
-  await send(peer, 'age', ['old0', 'old1', 'old2'], 'o')
-  // the bound is an age: a second and a half of the wall clock has to pass
-  await sleep(1500)
-  await send(peer, 'age', ['new0', 'new1'], 'n')
+  assert.deepEqual(await send(peer, 'age', ['new0', 'new1'], 'n'), [3, 4])
   await peer.close()
   await rp.close()
 
-  // 1.2 s; applied when the daemon starts
-  const again = await rootPeer(t, net, { storageDir: storage, retentionAge: 1200 })
+  // a day: the imported records are two days past it, the new ones a day short of it
+  const again = await rootPeer(t, net, { storageDir: storage, retentionAge: DAY })
   await untilPruned(again, () => again.pruned.messages >= 3)
+  assert.equal(again.pruned.messages, 3)
   const reader = await rawPeer(t, net)
   const page = (await reader.syncAll('age')).pages[0]
   assert.equal(page.firstIndex, 3)
   assert.deepEqual(page.messages.map((m: any) => m.message), ['new0', 'new1'])
   assert.equal(page.totalMessages, 5)
+})
+
+test('retention by age runs again every RETENTION_DAYS / 24, at least every 10 s: messages stored after the start are pruned without a restart', async t => {
+  const net = await testnet(t)
+  const started = Date.now()
+  // 1.2 s: the period is its 1/24 raised to the 10 s floor
+  const rp = await rootPeer(t, net, { retentionAge: 1200 })
+  const peer = await rawPeer(t, net)
+  const first = once(rp, 'room-pruned').then(([event]) => ({ event, after: Date.now() - started }))
+  // the room is created after the start-up pass: only the periodic one can prune it
+  assert.deepEqual(await send(peer, 'ticking', ['a', 'b', 'c'], 't'), [0, 1, 2])
+  await untilPruned(rp, () => rp.pruned.messages >= 3)
+  const { event, after } = await first
+  assert.equal(event.roomName, 'ticking')
+  // timers never fire early: a prune before 10 s would be another path than the periodic one
+  assert.ok(after >= 9_900, `first pruned ${after} ms after the start`)
+  assert.equal(rp.pruned.messages, 3)
+  assert.ok(rp.pruned.bytes > 0)
+  const page = (await peer.syncAll('ticking')).pages[0]
+  assert.equal(page.firstIndex, 3)
+  assert.deepEqual(page.messages, [])
+  assert.equal(page.totalMessages, 3)
+})
+
+test('a resent id of a pruned message is stored again as a new message, in an open room and in one reopened; a kept one stays a duplicate', async t => {
+  const net = await testnet(t)
+  const rp = await rootPeer(t, net, { retentionMessages: 2, maxOpenRooms: 1, messagesPerSecond: 0 })
+  const peer = await rawPeer(t, net)
+  assert.deepEqual(await send(peer, 'dedup', ['m0', 'm1', 'm2', 'm3'], 'd'), [0, 1, 2, 3])
+  await untilPruned(rp, () => rp.pruned.messages >= 2)
+
+  // the room is open: d0 was pruned, so it is not a duplicate any more
+  peer.send({ type: 'message', roomName: 'dedup', message: 'm0', id: 'd0' })
+  assert.deepEqual(await peer.next(f => f.id === 'd0'), { type: 'message-ack', roomName: 'dedup', id: 'd0', messageIndex: 4 })
+  await untilPruned(rp, () => rp.pruned.messages >= 3)
+  peer.send({ type: 'message', roomName: 'dedup', message: 'm3', id: 'd3' })
+  assert.deepEqual(await peer.next(f => f.id === 'd3'), { type: 'message-ack', roomName: 'dedup', id: 'd3', messageIndex: 3, duplicate: true })
+
+  // another room takes the only open place; dedup reopens with the ids read back from its core
+  assert.deepEqual(await send(peer, 'other', ['x'], 'x'), [0])
+  peer.send({ type: 'message', roomName: 'dedup', message: 'm1', id: 'd1' })
+  assert.deepEqual(await peer.next(f => f.id === 'd1'), { type: 'message-ack', roomName: 'dedup', id: 'd1', messageIndex: 5 })
+  peer.send({ type: 'message', roomName: 'other', message: 'x', id: 'x0' })
+  assert.equal((await peer.next(f => f.id === 'x0')).duplicate, true)
+  peer.send({ type: 'message', roomName: 'dedup', message: 'm0', id: 'd0' })
+  assert.deepEqual(await peer.next(f => f.id === 'd0'), { type: 'message-ack', roomName: 'dedup', id: 'd0', messageIndex: 4, duplicate: true })
+
+  await untilPruned(rp, () => rp.pruned.messages >= 4)
+  const { messages, pages } = await peer.syncAll('dedup')
+  assert.equal(pages[0].firstIndex, 4)
+  assert.deepEqual(messages.map(m => [m.messageIndex, m.id, m.message]), [[4, 'd0', 'm0'], [5, 'd1', 'm1']])
+  assert.equal(rp.counters.duplicates, 3, 'd3, x0 and d0 the second time')
 })
 
 test('MAX_STORAGE_BYTES refuses new messages with STORAGE_FULL, and accepts again once retention has pruned', async t => {

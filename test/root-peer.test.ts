@@ -89,15 +89,30 @@ test('paging through 2,000 messages: limits, nextIndex, hasMore, byte cap', asyn
   assert.equal(fromMiddle.messages[0].messageIndex, 1500)
   assert.equal(fromMiddle.messages[0].message, `1500:${payload}`)
 
-  // a limit above the advertised cap is clamped to it
-  peer.send({ type: 'sync-request', roomName: 'paging', lastIndex: 0, limit: 1_000_000 })
-  const clamped = await peer.nextOfType('sync-response')
-  assert.ok(clamped.messages.length <= DEFAULT_LIMITS.maxPageMessages)
-
   // past the end: an empty page
   peer.send({ type: 'sync-request', roomName: 'paging', lastIndex: 5000 })
   const past = await peer.nextOfType('sync-response')
   assert.deepEqual([past.messages.length, past.totalMessages, past.hasMore], [0, 2000, false])
+})
+
+test('sync-request limit: without one a page holds defaultPageMessages (500); a limit over maxPageMessages is lowered to exactly 1,000, though more would fit in maxPageBytes', async t => {
+  const net = await testnet(t)
+  await rootPeer(t, net, { messagesPerSecond: 0, bytesPerSecond: 0 })
+  const peer = await rawPeer(t, net)
+  for (let i = 0; i < 1500; i++) peer.send({ type: 'message', roomName: 'small', message: `${i}`, id: `${i}` })
+  await peer.next(f => f.type === 'message-ack' && f.id === '1499', 30_000)
+
+  peer.send({ type: 'sync-request', roomName: 'small', lastIndex: 0, requestId: 'default' })
+  const byDefault = await peer.next(f => f.requestId === 'default')
+  assert.deepEqual([byDefault.messages.length, byDefault.nextIndex, byDefault.hasMore], [DEFAULT_LIMITS.defaultPageMessages, 500, true])
+
+  peer.send({ type: 'sync-request', roomName: 'small', lastIndex: 0, limit: 1_000_000, requestId: 'huge' })
+  const lowered = await peer.next(f => f.requestId === 'huge')
+  assert.deepEqual([lowered.messages.length, lowered.nextIndex, lowered.hasMore], [DEFAULT_LIMITS.maxPageMessages, 1000, true])
+  assert.deepEqual(lowered.messages.map((m: any) => m.messageIndex), Array.from({ length: 1000 }, (_, i) => i))
+  // the entries of all 1,500 would fit in maxPageBytes: the page stopped at the limit, not at the byte cap
+  const bytes = Buffer.byteLength(JSON.stringify(lowered.messages))
+  assert.ok(bytes * 1.5 < DEFAULT_LIMITS.maxPageBytes, `${bytes} bytes for 1,000 entries`)
 })
 
 test('an unknown room answers an empty page and is not created by being asked', async t => {

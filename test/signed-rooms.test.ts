@@ -10,7 +10,7 @@ import crypto from 'hypercore-crypto'
 import { RootPeerClient, type RecordRejected } from '../src/client/client.js'
 import { DEFAULT_LIMITS } from '../src/protocol/protocol.js'
 import { roomKeyPair, signable, signAccess, signMessage, signedRoomName, verifyAccess } from '../src/protocol/room-auth.js'
-import { client, DISCOVERY, RawPeer, rawPeer, rootPeer, teardown, testnet, tmpDir } from './helpers.js'
+import { client, DISCOVERY, RawPeer, rawPeer, rootPeer, runBin, teardown, testnet, tmpDir } from './helpers.js'
 
 const ROOM_KEY = Buffer.from('the room key every member holds, and the root peer never sees')
 
@@ -115,6 +115,58 @@ test('REQUIRE_SIGNED_ROOMS refuses unsigned rooms; a signed room stays signed ac
   assert.deepEqual(page.messages.map(m => m.message), ['kept'])
   // and an unsigned room is an ordinary room again
   assert.equal((await back.sendMessage('lobby', 'open')).messageIndex, 0)
+})
+
+test('an unsigned room registered with its writerPublicKey becomes signed: its signed history starts at signedFrom, the count of its unsigned messages, which stay stored below it; later messages need a signature; earlier ids are forgotten; all of it across a restart without the state file', async t => {
+  const net = await testnet(t)
+  const storage = await tmpDir(t)
+  const rp = await rootPeer(t, net, { storageDir: storage })
+  const roomName = signedRoomName(roomKeyPair(ROOM_KEY).publicKey)
+  // a stranger who learned the name writes first, unsigned
+  const stranger = await rawPeer(t, net)
+  for (let i = 0; i < 3; i++) {
+    stranger.send({ type: 'message', roomName, message: `stranger ${i}`, id: `msg-${i}` })
+    assert.deepEqual(await stranger.next(f => f.id === `msg-${i}`), { type: 'message-ack', roomName, id: `msg-${i}`, messageIndex: i })
+  }
+
+  const member = await client(t, net)
+  await member.registerRoom(ROOM_KEY)
+  stranger.send({ type: 'message', roomName, message: 'stranger 3', id: 'msg-3' })
+  assert.equal((await stranger.next(f => f.id === 'msg-3')).code, 'UNAUTHORIZED', 'an unsigned message after the signing')
+  // the stranger's msg-1 is not the member's: stored, at the next index
+  const ack = await member.sendMessage(roomName, 'member 1', { id: 'msg-1' })
+  assert.equal(ack.messageIndex, 3)
+  assert.equal(ack.duplicate, false)
+  const page = await member.syncPage(roomName, 0)
+  assert.equal(page.firstIndex, 3, 'signedFrom: the members are served from the end of the unsigned history')
+  assert.deepEqual(page.messages.map(m => [m.messageIndex, m.message]), [[3, 'member 1']])
+  assert.equal(page.totalMessages, 4)
+  assert.equal(rp.stats().totalMessages, 4)
+  await member.close()
+  await stranger.close()
+  await rp.close()
+
+  // the unsigned messages are still in the store, below signedFrom: the operator's export shows them
+  const exported = await runBin(['export', '--room', roomName], { STORAGE_DIR: storage })
+  assert.equal(exported.code, 0, exported.stderr)
+  assert.deepEqual(exported.stdout.trim().split('\n').map(l => JSON.parse(l)).map(r => [r.messageIndex, r.id, r.message, r.signature === undefined]),
+    [[0, 'msg-0', 'stranger 0', true], [1, 'msg-1', 'stranger 1', true], [2, 'msg-2', 'stranger 2', true], [3, 'msg-1', 'member 1', false]])
+
+  // signedFrom is in the room index, inside the store: the state file is not needed
+  await fs.rm(path.join(storage, 'root-peer-state.json'))
+  await fs.rm(path.join(storage, 'root-peer-state.prev.json'), { force: true })
+  await rootPeer(t, net, { storageDir: storage })
+  const back = await client(t, net)
+  await back.registerRoom(ROOM_KEY)
+  const after = await back.syncPage(roomName, 0)
+  assert.equal(after.firstIndex, 3)
+  assert.deepEqual(after.messages.map(m => m.message), ['member 1'])
+  // the ids read back from the core skip those below signedFrom: the stranger's msg-0 is not a duplicate either
+  assert.deepEqual(await back.sendMessage(roomName, 'member 0', { id: 'msg-0' }).then(a => [a.messageIndex, a.duplicate]), [4, false])
+  assert.deepEqual(await back.sendMessage(roomName, 'member 1', { id: 'msg-1' }).then(a => [a.messageIndex, a.duplicate]), [3, true])
+  const outsider = await rawPeer(t, net)
+  outsider.send({ type: 'message', roomName, message: 'stranger 4', id: 'msg-4' })
+  assert.equal((await outsider.next(f => f.id === 'msg-4')).code, 'UNAUTHORIZED')
 })
 
 /**

@@ -69,6 +69,12 @@ export class Room {
     if (this.ids !== null) this.ids = new DedupIds()
   }
 
+  /** Forgets the ids of the messages below `index` (pruned): a resend of one is stored again (docs/configuration.md). */
+  forgetIdsBelow (index: number): void {
+    if (this.ids === null) return
+    for (const [id, at] of this.ids) if (typeof at === 'number' && at < index) this.ids.delete(id)
+  }
+
   get idCount (): number {
     return this.ids === null ? 0 : this.ids.size
   }
@@ -201,9 +207,9 @@ export class Room {
       if (fit !== null && fit.start !== null && !blocks.includes(null)) this.anchor(stop, fit.start + sumBytes(blocks))
       at = stop
     }
-    // a room signed while its ids loaded: the ids below its signed history are not its members'
-    const signedFrom = this.info.signedFrom ?? 0
-    if (signedFrom > 0) for (const [id, index] of ids) if ((index as number) < signedFrom) ids.delete(id)
+    // a room signed while its ids loaded: the ids below its signed history are not its members'; pruned meanwhile: no duplicates
+    const from = Math.max(this.info.signedFrom ?? 0, this.info.firstIndex ?? 0)
+    if (from > 0) for (const [id, index] of ids) if ((index as number) < from) ids.delete(id)
     this.ids = ids
   }
 

@@ -225,6 +225,7 @@ export class Rooms extends EventEmitter {
       const to = await horizon(room.core, first, policy, now)
       if (to <= first) return { messages: 0, bytes: 0 }
       const bytes = await pruneBlocks(room.core, first, to)
+      room.forgetIdsBelow(to)
       info.firstIndex = to
       info.prunedBytes = (info.prunedBytes ?? 0) + bytes
       this.totalBytes -= bytes

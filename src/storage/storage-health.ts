@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events'
+import path from 'node:path'
 import { freeBytes, fullBelow, writable } from './disk.js'
 import { RootPeerError } from '../protocol/errors.js'
 
@@ -58,6 +59,8 @@ export class StorageHealth extends EventEmitter {
   private async recover (): Promise<boolean> {
     if (this.closed || this.failure === null) return true
     if (!(await writable(this.dir, fullBelow(this.writeBuffer)))) return false
+    // the store reopens in db/ (hypercore-storage's RocksDB): were it closed and not opened again, no room could be read
+    if (!(await writable(path.join(this.dir, 'db'), 0))) return false
     const reopening = this.reopen()
     this.reopening = reopening
     try {

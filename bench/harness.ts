@@ -106,12 +106,15 @@ export class Daemon {
     return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
   }
 
-  async stop (): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return
+  /** SIGTERM, and resolves with the ms it took to exit (SIGKILL past 15 s). */
+  async stop (): Promise<number> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return 0
+    const t0 = performance.now()
     this.child.kill('SIGTERM')
     const timer = setTimeout(() => this.child.kill('SIGKILL'), 15_000)
     await this.exited
     clearTimeout(timer)
+    return Math.round(performance.now() - t0)
   }
 }
 

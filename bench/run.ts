@@ -1,5 +1,5 @@
 // npm run bench [-- --clients 4 --messages 5000 --payload 240 --peers 1000 --rooms 10000 --active 1000
-//                  --latency-seconds 5 --latency-rate 500 --settle-seconds 15
+//                  --latency-seconds 5 --latency-rate 500 --latency-burst 50 --settle-seconds 15
 //                  --skip-sync --skip-latency --skip-connections --skip-rooms
 //                  --profile DIR (node --cpu-prof on the daemon) --heap-snapshot DIR --daemon-env KEY=VALUE]
 // Starts a loopback DHT testnet and the daemon as a child process, drives it over real Hyperswarm
@@ -24,6 +24,8 @@ interface Options {
   active: number
   latencySeconds: number
   latencyRate: number
+  /** messages sent at once, every latencyBurst / latencyRate seconds */
+  latencyBurst: number
   /** seconds to wait after the rooms step before the settled RSS is read */
   settleSeconds: number
   skipConnections: boolean
@@ -38,8 +40,8 @@ interface Options {
 }
 
 function parseArgs (argv: string[]): Options {
-  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, settleSeconds: 15, skipConnections: false, skipRooms: false, skipLatency: false, skipSync: false, profile: null, heapSnapshot: null, daemonEnv: {} }
-  const numeric: Record<string, keyof Options> = { '--clients': 'clients', '--messages': 'messages', '--payload': 'payload', '--peers': 'peers', '--rooms': 'rooms', '--active': 'active', '--latency-seconds': 'latencySeconds', '--latency-rate': 'latencyRate', '--settle-seconds': 'settleSeconds' }
+  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, latencyBurst: 50, settleSeconds: 15, skipConnections: false, skipRooms: false, skipLatency: false, skipSync: false, profile: null, heapSnapshot: null, daemonEnv: {} }
+  const numeric: Record<string, keyof Options> = { '--clients': 'clients', '--messages': 'messages', '--payload': 'payload', '--peers': 'peers', '--rooms': 'rooms', '--active': 'active', '--latency-seconds': 'latencySeconds', '--latency-rate': 'latencyRate', '--latency-burst': 'latencyBurst', '--settle-seconds': 'settleSeconds' }
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2)
     if (flag === '--skip-connections') o.skipConnections = true
@@ -117,7 +119,8 @@ async function ingest (clients: Client[], messages: number, payload: string): Pr
   return { perSecond: rate(clients.length * messages, ms), ms: Math.round(ms) }
 }
 
-async function latency (client: Client, seconds: number, perSecond: number, payload: string): Promise<{ p50: number, p99: number, max: number, count: number }> {
+/** Acks timed from a separate process, the messages sent in bursts of `burst` at `perSecond` on average. */
+async function latency (client: Client, seconds: number, perSecond: number, burst: number, payload: string): Promise<{ p50: number, p99: number, max: number, count: number }> {
   const count = Math.round(seconds * perSecond)
   const sentAt = new Array<number>(count)
   const took: number[] = []
@@ -129,13 +132,15 @@ async function latency (client: Client, seconds: number, perSecond: number, payl
     }
   })
   const t0 = performance.now()
-  for (let i = 0; i < count; i++) {
+  for (let i = 0; i < count; i += burst) {
     // paced against the clock, so a late tick does not slow the rate down
     const due = t0 + i * 1000 / perSecond
     const wait = due - performance.now()
     if (wait > 1) await sleep(wait)
-    sentAt[i] = performance.now()
-    client.send({ type: 'message', roomName: 'bench-latency', message: payload, id: `l${i}` })
+    for (let j = i; j < Math.min(count, i + burst); j++) {
+      sentAt[j] = performance.now()
+      client.send({ type: 'message', roomName: 'bench-latency', message: payload, id: `l${j}` })
+    }
   }
   await done
   took.sort((a, b) => a - b)
@@ -177,8 +182,64 @@ async function connections (net: Testnet, publicKey: Buffer, count: number): Pro
   return { ms: Math.round(ms), announced: firsts.filter(x => x === 'root-peer-announcement').length }
 }
 
-/** Registers `total` rooms, then makes `active` of them active with one message each. */
-async function manyRooms (clients: Client[], total: number, active: number, payload: string): Promise<void> {
+/**
+ * Registers `o.rooms` rooms and writes one message into `o.active` of them, then measures what they cost: memory,
+ * disk, the stop, the restart, and the first register-room and message of rooms that slept through it.
+ */
+async function roomsStep (net: Testnet, o: Options, payload: string): Promise<Record<string, unknown>> {
+  const { daemon, monitorUrl, storage } = await startDaemon(net, o)
+  const clients = Array.from({ length: o.clients }, () => new Client(net))
+  await Promise.all(clients.map(c => c.connect()))
+  let t0 = performance.now()
+  await registerRooms(clients, o.rooms)
+  const registerMs = performance.now() - t0
+  t0 = performance.now()
+  await activate(clients, o.active, payload)
+  const activeMs = performance.now() - t0
+  await Promise.all(clients.map(c => c.swarm.destroy()))
+  await sleep(1000)
+  const rssAtOnce = await daemon.rssMB()
+  // Corestore closes a core whose last session closed after 4 of its 2 s GC cycles; V8 shrinks its heap when idle
+  const settleCpu0 = await daemon.cpuSeconds()
+  await sleep(o.settleSeconds * 1000)
+  const settleCpu = round2((await daemon.cpuSeconds() - settleCpu0) / o.settleSeconds)
+  const s = await stats(monitorUrl)
+  if (o.heapSnapshot !== null) await heapSnapshot(daemon, o.heapSnapshot)
+  const before = { rssMB: await daemon.rssMB(), heap: await heapMB(monitorUrl), open: s.rooms.open, announced: s.rooms.announced, total: s.rooms.total }
+  const stopMs = await daemon.stop()
+  const diskBytes = await du(storage)
+
+  // the restart: ready from the index's totals, whatever the number of rooms
+  const again = await startDaemon(net, o, storage)
+  const counted = await stats(again.monitorUrl)
+  await sleep(1000)
+  const after = { rssMB: await again.daemon.rssMB(), heap: await heapMB(again.monitorUrl) }
+  const slept = await sleptRooms(net, o)
+  const afterSlept = { rssMB: await again.daemon.rssMB(), heap: await heapMB(again.monitorUrl) }
+  const restartStopMs = await again.daemon.stop()
+  return {
+    registered: o.rooms,
+    active: o.active,
+    registerMs: Math.round(registerMs),
+    registerPerSecond: rate(o.rooms, registerMs),
+    activeMs: Math.round(activeMs),
+    rssMBAtOnce: rssAtOnce,
+    settleSeconds: o.settleSeconds,
+    settleCpu,
+    ...before,
+    stopMs,
+    diskBytesPerRoom: Math.round(diskBytes / o.rooms),
+    restartReadyMs: again.readyMs,
+    restartCounts: { rooms: counted.totalRooms, messages: counted.totalMessages },
+    afterRestart: after,
+    slept,
+    afterSlept,
+    restartStopMs
+  }
+}
+
+/** Registers rooms `bench-room-0` to `bench-room-<total - 1>`, WINDOW in flight per client. */
+async function registerRooms (clients: Client[], total: number): Promise<void> {
   const WINDOW = 256
   await Promise.all(clients.map(async (c, k) => {
     for (let at = k; at < total; at += clients.length * WINDOW) {
@@ -194,6 +255,10 @@ async function manyRooms (clients: Client[], total: number, active: number, payl
       })
     }
   }))
+}
+
+/** One message into each of the first `active` rooms. */
+async function activate (clients: Client[], active: number, payload: string): Promise<void> {
   await Promise.all(clients.map((c, k) => new Promise<void>((resolve, reject) => {
     const mine: number[] = []
     for (let r = k; r < active; r += clients.length) mine.push(r)
@@ -207,6 +272,63 @@ async function manyRooms (clients: Client[], total: number, active: number, payl
   })))
 }
 
+/**
+ * After the restart, one at a time: a register-room of a room that never had a message, and a message to a room that
+ * had one, each slept through the restart; the time to its answer, from this process.
+ */
+async function sleptRooms (net: Testnet, o: Options): Promise<{ samples: number, registerMs: { p50: number, max: number }, messageMs: { p50: number, max: number } }> {
+  const client = new Client(net)
+  await client.connect()
+  const samples = Math.min(50, o.active, o.rooms - o.active)
+  const register: number[] = []
+  const message: number[] = []
+  const stride = Math.max(1, Math.floor((o.rooms - o.active) / samples))
+  for (let i = 0; i < samples; i++) {
+    let t0 = performance.now()
+    const registered = await client.request({ type: 'register-room', roomName: `bench-room-${o.active + i * stride}`, requestId: i })
+    if (registered.type !== 'room-registered') throw new Error(`slept room: ${registered.code}`)
+    register.push(performance.now() - t0)
+    const roomName = `bench-room-${Math.floor(i * o.active / samples)}`
+    t0 = performance.now()
+    const acked = await new Promise<any>(resolve => {
+      client.onFrame = f => { if (f.type === 'message-ack' || f.type === 'error') resolve(f) }
+      client.send({ type: 'message', roomName, message: 'after the restart', id: `slept-${i}` })
+    })
+    if (acked.type !== 'message-ack' || acked.messageIndex !== 1) throw new Error(`slept room ${roomName}: ${JSON.stringify(acked)}`)
+    message.push(performance.now() - t0)
+  }
+  await client.swarm.destroy()
+  const sum = (xs: number[]): { p50: number, max: number } => {
+    xs.sort((a, b) => a - b)
+    return { p50: round2(percentile(xs, 0.5)), max: round2(xs[xs.length - 1]) }
+  }
+  return { samples, registerMs: sum(register), messageMs: sum(message) }
+}
+
+/** A heap snapshot of the daemon (SIGUSR2), complete when its size stops changing. */
+async function heapSnapshot (daemon: Daemon, dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true })
+  daemon.child.kill('SIGUSR2')
+  let last = -1
+  while (true) {
+    await sleep(1000)
+    const files = await fs.readdir(dir)
+    const sizes = await Promise.all(files.map(f => fs.stat(path.join(dir, f)).then(st => st.size)))
+    const size = sizes.reduce((a, b) => a + b, 0)
+    if (size > 0 && size === last) return
+    last = size
+  }
+}
+
+/** Bytes of the files under `dir`. */
+async function du (dir: string): Promise<number> {
+  let bytes = 0
+  for (const entry of await fs.readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (entry.isFile()) bytes += (await fs.stat(path.join(entry.parentPath, entry.name))).size
+  }
+  return bytes
+}
+
 /** Starts the daemon on a fresh data dir, with the rate limits off, and waits until clients can find it. */
 async function startDaemon (net: Testnet, o: Options, dir: string | null = null): Promise<{ daemon: Daemon, monitorUrl: string, publicKey: Buffer, storage: string, readyMs: number }> {
   const storage = dir ?? await tempDir('root-peer-bench-')
@@ -215,7 +337,6 @@ async function startDaemon (net: Testnet, o: Options, dir: string | null = null)
     ...benchEnv(net),
     STORAGE_DIR: storage,
     MAX_PEERS: String(Math.max(2048, o.peers + 64)),
-    MAX_ROOMS: String(Math.max(100_000, o.rooms * 2)),
     ...(o.heapSnapshot !== null ? { NODE_OPTIONS: `--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${o.heapSnapshot}` } : {}),
     ...o.daemonEnv
   }, o.profile)
@@ -274,7 +395,7 @@ async function main (): Promise<void> {
   const reader = new Client(net)
   await reader.connect()
 
-  if (!o.skipLatency) result.ackLatencyMs = { rate: o.latencyRate, ...await latency(reader, o.latencySeconds, o.latencyRate, payload) }
+  if (!o.skipLatency) result.ackLatencyMs = { rate: o.latencyRate, burst: o.latencyBurst, ...await latency(reader, o.latencySeconds, o.latencyRate, o.latencyBurst, payload) }
   result.memoryMB = { idle: rssIdle, afterIngest: rssAfterIngest, heapIdle, heapAfterIngest }
 
   if (!o.skipConnections) {
@@ -288,44 +409,7 @@ async function main (): Promise<void> {
   await Promise.all([...clients, reader].map(c => c.swarm.destroy()))
 
   // a fresh daemon, so the rooms' figure is not the high-water mark of the steps before
-  if (!o.skipRooms) {
-    const { daemon, monitorUrl, storage } = await startDaemon(net, o)
-    const monitor = { url: monitorUrl }
-    const clients = Array.from({ length: o.clients }, () => new Client(net))
-    await Promise.all(clients.map(c => c.connect()))
-    const t0 = performance.now()
-    await manyRooms(clients, o.rooms, o.active, payload)
-    const ms = Math.round(performance.now() - t0)
-    await sleep(1000)
-    const rssAtOnce = await daemon.rssMB()
-    // Corestore closes a core whose last session closed after 4 of its 2 s GC cycles; V8 shrinks its heap when idle
-    const settleCpu0 = await daemon.cpuSeconds()
-    await sleep(o.settleSeconds * 1000)
-    const settleCpu = round2((await daemon.cpuSeconds() - settleCpu0) / o.settleSeconds)
-    const s = await stats(monitor.url)
-    if (o.heapSnapshot !== null) {
-      await fs.mkdir(o.heapSnapshot, { recursive: true })
-      daemon.child.kill('SIGUSR2')
-      // the snapshot is complete when its size stops changing
-      let last = -1
-      while (true) {
-        await sleep(1000)
-        const files = await fs.readdir(o.heapSnapshot)
-        const sizes = await Promise.all(files.map(f => fs.stat(path.join(o.heapSnapshot!, f)).then(st => st.size)))
-        const size = sizes.reduce((a, b) => a + b, 0)
-        if (size > 0 && size === last) break
-        last = size
-      }
-    }
-    result.rooms = { registered: o.rooms, active: o.active, ms, rssMBAtOnce: rssAtOnce, settleSeconds: o.settleSeconds, settleCpu, rssMB: await daemon.rssMB(), heap: await heapMB(monitor.url), open: s.rooms.open, announced: s.rooms.announced, total: s.rooms.total }
-    await daemon.stop()
-    await Promise.all(clients.map(c => c.swarm.destroy()))
-    // a restart reconciles every room's count with its core (opened, read, closed, 16 at a time)
-    const again = await startDaemon(net, o, storage)
-    const counted = await stats(again.monitorUrl)
-    result.rooms = { ...result.rooms as object, restartReadyMs: again.readyMs, restartCounts: { rooms: counted.totalRooms, messages: counted.totalMessages } }
-    await again.daemon.stop()
-  }
+  if (!o.skipRooms) result.rooms = await roomsStep(net, o, payload)
   result.machine = { nproc: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, loadavg: os.loadavg().map(x => Math.round(x * 100) / 100) }
 
   console.log(JSON.stringify(result))
@@ -340,11 +424,19 @@ function printTable (r: any): void {
     ['ingest', `${r.ingest.perSecond} msg/s`, `${Math.round(r.ingest.ofLimit * 100)}% of append limit (target ≥ 50%); daemon CPU ${r.ingest.daemonCpu} cores, bench clients ${r.ingest.clientCpu}, ${r.ingest.messagesPerAppend} msg/append`],
   ]
   if (r.sync !== undefined) rows.push(['sync', `${r.sync.perSecond} msg/s`, `${Math.round(r.sync.ofLimit * 100)}% of get limit (target ≥ 50%); median of ${r.sync.runs.join(', ')}`])
-  if (r.ackLatencyMs !== undefined) rows.push(['ack latency', `p50 ${r.ackLatencyMs.p50} ms, p99 ${r.ackLatencyMs.p99} ms`, `at ${r.ackLatencyMs.rate} msg/s (target p99 ≤ 10 ms)`])
+  if (r.ackLatencyMs !== undefined) rows.push(['ack latency', `p50 ${r.ackLatencyMs.p50} ms, p99 ${r.ackLatencyMs.p99} ms`, `at ${r.ackLatencyMs.rate} msg/s in bursts of ${r.ackLatencyMs.burst} (target p99 ≤ 10 ms)`])
   if (r.connections !== undefined) rows.push(['connections', `${r.connections.announced}/${r.connections.peers} in ${r.connections.ms} ms`, `target: all 1,000 announced; RSS after ${r.connections.rssMBAfter} MB`])
   rows.push(['RSS idle / after ingest', `${r.memoryMB.idle} / ${r.memoryMB.afterIngest} MB`, ''])
-  if (r.rooms !== undefined) rows.push(['RSS with rooms', `${r.rooms.rssMB} MB (${r.rooms.rssMBAtOnce} MB at once)`, `${r.rooms.total} rooms, ${r.rooms.active} active, ${r.rooms.open} open, ${r.rooms.announced} announced; settled ${r.rooms.settleSeconds} s (target ≤ 150 MB)`])
-  if (r.rooms !== undefined) rows.push(['restart with those rooms', `ready in ${r.rooms.restartReadyMs} ms`, `counts from the cores: ${r.rooms.restartCounts.rooms} rooms, ${r.rooms.restartCounts.messages} messages`])
+  const rm = r.rooms
+  if (rm !== undefined) {
+    rows.push(['room registration', `${rm.registerPerSecond} rooms/s`, `${rm.registered} rooms in ${rm.registerMs} ms (target ≥ 10,000/s); then ${rm.active} active in ${rm.activeMs} ms`])
+    rows.push(['RSS with rooms', `${rm.rssMB} MB (${rm.rssMBAtOnce} MB at once)`, `heap ${rm.heap.heapUsed} MB used; ${rm.total} rooms, ${rm.open} open, ${rm.announced} announced; settled ${rm.settleSeconds} s (target ≤ 250 MB)`])
+    rows.push(['disk per room', `${rm.diskBytesPerRoom} bytes`, 'the data dir over the rooms'])
+    rows.push(['stop with those rooms', `${rm.stopMs} ms`, `after the restart ${rm.restartStopMs} ms (target ≤ 10 s)`])
+    rows.push(['restart with those rooms', `ready in ${rm.restartReadyMs} ms`, `${rm.restartCounts.rooms} rooms, ${rm.restartCounts.messages} messages (target ≤ 5 s)`])
+    rows.push(['RSS after the restart', `${rm.afterRestart.rssMB} MB`, `heap ${rm.afterRestart.heap.heapUsed} MB used; ${rm.afterSlept.rssMB} MB after the slept rooms' frames`])
+    rows.push(['a slept room\'s frames', `register-room p50 ${rm.slept.registerMs.p50} ms (max ${rm.slept.registerMs.max}), message p50 ${rm.slept.messageMs.p50} ms (max ${rm.slept.messageMs.max})`, `${rm.slept.samples} rooms each (target: message ≤ 20 ms)`])
+  }
   const w0 = Math.max(...rows.map(x => x[0].length))
   const w1 = Math.max(...rows.map(x => x[1].length))
   for (const [a, b, c] of rows) console.log(`${a.padEnd(w0)}  ${b.padEnd(w1)}  ${c}`)

@@ -246,7 +246,7 @@ function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
   rootPeer.on('peer-idle', (peerId, err) => log.info({ peerId, idleMs: err.details.idleMs }, 'peer disconnected: no valid frame (FIRST_FRAME_TIMEOUT, or its place was needed at MAX_PEERS)'))
   rootPeer.on('peer-dropped', (peerId, err) => log.warn({ peerId, code: err.code }, `peer dropped: ${err.message}`))
   rootPeer.on('room-removed', ({ roomName, reason }) => log.debug({ roomName, reason }, 'empty room removed'))
-  rootPeer.on('room-registered', ({ roomName, peerId, messageCount }) => log.info({ roomName, peerId, messageCount }, 'room registered'))
+  rootPeer.on('room-registered', ({ roomName, peerId, messageCount }) => log.debug({ roomName, peerId, messageCount }, 'room registered'))
   rootPeer.on('room-recovered', ({ roomName }) => log.warn({ roomName }, 'room missing from the state file recovered from the room index'))
   rootPeer.on('message-stored', ({ roomName, messageIndex }) => log.debug({ roomName, messageIndex }, 'message stored'))
   rootPeer.on('frame-refused', (peerId, err) => log.debug({ peerId, code: err.code, reason: err.message }, 'frame refused'))

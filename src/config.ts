@@ -1,6 +1,7 @@
 import { isIP } from 'node:net'
 import path from 'node:path'
 import { DEFAULT_LIMITS } from './protocol/protocol.js'
+import { autoMaxRooms } from './storage/disk.js'
 import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from './protocol/discovery.js'
 
 export { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode }
@@ -44,7 +45,7 @@ const TABLE = {
   port: setting('PORT', '--port', '3000', 'port of the monitoring HTTP server; 0 = any free port', (v, n) => parseInteger(v, n, 0, 65535)),
   maxFrameBytes: setting('MAX_FRAME_BYTES', '--max-frame-bytes', bytes(DEFAULT_LIMITS.maxFrameBytes), 'largest frame a peer may send (bytes; KiB/MiB suffixes)', (v, n) => parseBytes(v, n, 1024, 8 * 1024 * 1024)),
   maxMessageBytes: setting('MAX_MESSAGE_BYTES', '--max-message-bytes', bytes(DEFAULT_LIMITS.maxMessageBytes), 'largest message payload (bytes; KiB/MiB suffixes)', (v, n) => parseBytes(v, n, 1, 8 * 1024 * 1024)),
-  maxRooms: setting('MAX_ROOMS', '--max-rooms', '100000', 'rooms the root peer holds in all', (v, n) => parseInteger(v, n, 1, 100_000_000)),
+  maxRooms: setting('MAX_ROOMS', '--max-rooms', 'auto', 'rooms the root peer holds in all; auto = as many empty rooms as a quarter of the data dir\'s free disk holds', (v, n) => v.trim() === 'auto' ? null : parseInteger(v, n, 1, 100_000_000)),
   maxOpenRooms: setting('MAX_OPEN_ROOMS', '--max-open-rooms', '256', 'room cores open at once; the least recently used idle room is closed to open another', (v, n) => parseInteger(v, n, 1, 1_000_000)),
   maxAnnouncedRooms: setting('MAX_ANNOUNCED_ROOMS', '--max-announced-rooms', '1000', 'room topics announced on the DHT at once, least recently active left first; 0 = none (clients still find the root peer on the discovery topic)', (v, n) => parseInteger(v, n, 0, 1_000_000)),
   requireSignedRooms: setting('REQUIRE_SIGNED_ROOMS', '--require-signed-rooms', 'false', 'refuse rooms that are not signed rooms (true or false)', parseBoolean),
@@ -133,11 +134,15 @@ export function parseConfig (argv: readonly string[], env: NodeJS.ProcessEnv = p
 /** Every setting at its default (the data dir resolved against the working directory). */
 export const DEFAULTS: Readonly<Config> = parseConfig([], {})
 
+/** The settings a root peer runs with: MAX_ROOMS `auto` is a number here. */
+export type Settings = Omit<Config, 'maxRooms'> & { maxRooms: number }
+
 /** `opts` over the defaults; a setting given as undefined takes its default. */
-export function withDefaults (opts: Partial<Config>): Config {
+export function withDefaults (opts: Partial<Config>): Settings {
   const config: Record<string, unknown> = { ...DEFAULTS }
   for (const [key, value] of Object.entries(opts)) if (value !== undefined) config[key] = value
-  return config as Config
+  config.maxRooms ??= autoMaxRooms(config.storageDir as string)
+  return config as Settings
 }
 
 export function helpText (): string {

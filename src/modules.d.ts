@@ -4,6 +4,8 @@
 declare module 'hypercore' {
   import { EventEmitter } from 'node:events'
   export default class Hypercore extends EventEmitter {
+    /** a core's key from its manifest (Corestore's named cores: version 1, the name's key pair the one signer) */
+    static key (manifest: { version: number, signers: Array<{ publicKey: Buffer }> }): Buffer
     /** a session on an open internal core; a weak one neither keeps the core open nor makes it download */
     constructor (opts: { core: unknown, weak?: boolean })
     /** the internal core under every session of this core */
@@ -67,7 +69,12 @@ declare module 'corestore' {
     replicate (conn: unknown): unknown
     /** hypercore-storage's RocksDB: fsync of its WAL (SYNC_WRITES), flush/compact for backup */
     readonly storage: {
-      rocks: { readonly path: string, currentWalFile (): Promise<{ path: string, number: number }> }
+      rocks: {
+        readonly path: string
+        currentWalFile (): Promise<{ path: string, number: number }>
+        /** a session on the default column family, which Hypercore leaves unused (the room index) */
+        session (): any
+      }
       db: { flush (): Promise<void> }
       compact (): Promise<void>
     }

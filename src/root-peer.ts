@@ -4,7 +4,7 @@ import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import ReadyResource from 'ready-resource'
 import safetyCatch from 'safety-catch'
-import { withDefaults, type Config } from './config.js'
+import { withDefaults, type Config, type Settings } from './config.js'
 import { openStore } from './storage/data-dir-lock.js'
 import { StorageHealth } from './storage/storage-health.js'
 import { type Peer, delivered } from './connection/peer.js'
@@ -55,7 +55,7 @@ const LIMIT_SETTINGS = ['maxFrameBytes', 'maxMessageBytes', 'messagesPerSecond',
  */
 export class ChatRootPeer extends ReadyResource {
   readonly storageDir: string
-  readonly settings: Readonly<Omit<Config, 'storageDir'>>
+  readonly settings: Readonly<Omit<Settings, 'storageDir'>>
   readonly limits: Readonly<Limits>
   readonly retention: Readonly<RetentionPolicy>
   readonly counters: Counters = createCounters()
@@ -215,8 +215,9 @@ export class ChatRootPeer extends ReadyResource {
     return { messages: this.rooms?.prunedMessages ?? 0, bytes: this.rooms?.prunedBytes ?? 0 }
   }
 
+  /** The rooms in memory: the open ones and the most recently used (docs/scaling.md). */
   roomList (): Iterable<RoomState> {
-    return this.rooms?.list() ?? []
+    return this.rooms?.recent(Infinity) ?? []
   }
 
   largestRooms (n: number): Array<{ name: string, bytes: number }> {
@@ -235,7 +236,7 @@ export class ChatRootPeer extends ReadyResource {
       totalMessages: rooms?.totalMessages ?? 0,
       activePeers: this.peers.size,
       uptimeSeconds: this.startedAt === 0 ? 0 : Math.round((Date.now() - this.startedAt) / 1000),
-      busiestRooms: rooms === null ? [] : busiest(rooms.list()),
+      busiestRooms: busiest(this.roomList()),
       counters: this.counters
     }
   }
@@ -294,8 +295,10 @@ export class ChatRootPeer extends ReadyResource {
     const loaded = await this.stateFile.load()
     const recovered = await this.openRooms(loaded.state)
     const rooms = this.rooms!
+    // the rooms the last state file listed (the most recently active) are in memory again, a bounded read
+    await rooms.warm(Object.keys(loaded.state?.rooms ?? {}))
     // a missing file on a fresh data dir is no news; a missing file beside stored rooms is
-    if (loaded.problem !== null && (loaded.problem !== 'missing' || recovered > 0 || loaded.fromPrevious)) {
+    if (loaded.problem !== null && (loaded.problem !== 'missing' || recovered > 0 || rooms.size > 0 || loaded.fromPrevious)) {
       const { problem, movedTo, fromPrevious } = loaded
       this.emit('state-file-recovered', { problem, movedTo, fromPrevious, rooms: rooms.size, messages: rooms.totalMessages })
     }
@@ -390,7 +393,7 @@ export class ChatRootPeer extends ReadyResource {
   private async reopenStorage (): Promise<void> {
     const rooms = this.rooms!
     await rooms.settled()
-    const snapshot = rooms.snapshot(this.createdAt)
+    const snapshot = await rooms.snapshot(this.createdAt)
     await this.cluster?.pause()
     await rooms.close().catch(safetyCatch)
     await this.store!.close().catch(safetyCatch)

@@ -186,8 +186,8 @@ test('the state file is replaced atomically: a reader process polling it and its
   for (let i = 0; i < 3000; i++) rooms[`room-${i}`] = { name: `room-${i}`, messageCount: i, createdAt: 1, lastActivity: 1, byteLength: i * 100 }
   // about 0.5 MB of JSON: a write that is not atomic is seen half done
   const state = (n: number): PersistentState => ({ rooms, totalMessages: n, rootPeerCreatedAt: 1, lastSaved: n })
-  await file.save(() => state(-2))
-  await file.save(() => state(-1))
+  await file.save(async () => state(-2))
+  await file.save(async () => state(-1))
 
   const reader = spawn(process.execPath, ['-e', READER, file.file, file.previous], { env: childEnv(), stdio: ['pipe', 'pipe', 'inherit'] })
   teardown(t, () => { if (reader.exitCode === null) reader.kill('SIGKILL') })
@@ -195,7 +195,7 @@ test('the state file is replaced atomically: a reader process polling it and its
   reader.stdout.setEncoding('utf8').on('data', (chunk: string) => { out += chunk })
   while (!out.includes('polling')) await once(reader.stdout, 'data')
   const SAVES = 200
-  for (let n = 0; n < SAVES; n++) await file.save(() => state(n))
+  for (let n = 0; n < SAVES; n++) await file.save(async () => state(n))
   reader.stdin.end()
   await once(reader, 'exit')
   const seen = JSON.parse(out.slice(out.indexOf('{')))

@@ -6,14 +6,13 @@ import { encodeRecord, pageEntry } from '../src/protocol/protocol.js'
 import { DEDUP_ID_CHARS, DEDUP_WINDOW, DedupIds, Room } from '../src/storage/room.js'
 import { roomKeyPair, signedRoomName } from '../src/protocol/room-auth.js'
 import { Rooms, coreName } from '../src/storage/rooms.js'
+import { RoomIndex } from '../src/storage/room-index.js'
 import type { PersistentState, RoomState } from '../src/storage/state-file.js'
 import { teardown, tmpDir } from './helpers.js'
 
 // Fast tests of the room writer and the room table on their own: a real Corestore in a temp dir, no network.
 
 const PEER = 'ab'.repeat(32)
-// the room index core's name inside the store (rooms.ts's ROOM_INDEX)
-const ROOM_INDEX = 'root-peer-rooms'
 
 /** A Corestore in a fresh temp dir, closed (then the dir removed) after the test. */
 async function newStore (t: TestContext, dir?: string): Promise<{ store: Corestore, dir: string }> {
@@ -50,14 +49,19 @@ async function newRooms (t: TestContext, store: Corestore, opts: { maxOpen?: num
   return rooms
 }
 
-/** The entries of the room index, read from its core. */
-async function indexEntries (store: Corestore): Promise<Array<Record<string, unknown>>> {
-  const index = store.get({ name: ROOM_INDEX })
-  await index.ready()
-  const entries = []
-  for (let i = 0; i < index.length; i++) entries.push(JSON.parse((await index.get(i))!.toString()))
+/** The rooms the index holds, read from the store. */
+async function indexed (store: Corestore): Promise<RoomState[]> {
+  const index = new RoomIndex(store, () => [])
+  const list: RoomState[] = []
+  for await (const record of index.rooms()) list.push(record)
   await index.close()
-  return entries
+  return list
+}
+
+async function listAll (rooms: Rooms): Promise<RoomState[]> {
+  const list: RoomState[] = []
+  for await (const info of rooms.list()) list.push(info)
+  return list
 }
 
 /** Stores `n` messages in room `name` as the root peer does: get, append, count, release. */
@@ -394,32 +398,140 @@ test('Rooms.register creates a room once: concurrent registers of one name make 
   const rooms = await newRooms(t, store)
   const created: string[] = []
   rooms.on('created', name => created.push(name))
-  const infos = await Promise.all([rooms.register('lobby'), rooms.register('lobby'), rooms.get('lobby', { create: true }), rooms.register('lobby'), rooms.register('other')])
-  assert.equal(infos[0], infos[1])
-  assert.equal(infos[0], infos[3])
-  assert.equal((infos[2] as Room).info, infos[0])
-  rooms.release(infos[2] as Room)
+  const [a, b, room, c] = await Promise.all([rooms.register('lobby'), rooms.register('lobby'), rooms.get('lobby', { create: true }), rooms.register('lobby'), rooms.register('other')])
+  assert.equal(a.info, b.info)
+  assert.equal(a.info, c.info)
+  assert.equal(room!.info, a.info)
+  rooms.release(room!)
   assert.deepEqual(created.sort(), ['lobby', 'other'])
   assert.equal(rooms.size, 2)
   await rooms.register('lobby')
-  const entries = await indexEntries(store)
-  assert.deepEqual(entries.map(e => e.name).sort(), ['lobby', 'other'])
+  assert.deepEqual((await indexed(store)).map(r => r.name).sort(), ['lobby', 'other'])
 
   // unknown: null, and not created
   assert.equal(await rooms.get('nobody'), null)
-  assert.equal(rooms.has('nobody'), false)
-  assert.equal(rooms.info('nobody'), undefined)
-  assert.equal((await indexEntries(store)).length, 2)
+  assert.equal(((await rooms.lookup('nobody')) !== undefined), false)
+  assert.equal((await rooms.lookup('nobody')), undefined)
+  assert.equal((await indexed(store)).length, 2)
 
   // an empty room removed: gone, its removal in the index; registered again, the same (empty) core
   const removed: string[] = []
   rooms.on('removed', name => removed.push(name))
   assert.equal(await rooms.remove('other'), true)
   assert.deepEqual(removed, ['other'])
-  assert.equal(rooms.has('other'), false)
+  assert.equal(((await rooms.lookup('other')) !== undefined), false)
   assert.equal(await rooms.get('other'), null)
-  assert.deepEqual((await indexEntries(store)).at(-1), { name: 'other', removed: true })
-  assert.equal((await rooms.register('other')).generation, undefined)
+  assert.deepEqual((await indexed(store)).map(r => r.name), ['lobby'])
+  assert.equal((await rooms.register('other')).info.generation, undefined)
+})
+
+test('Rooms.coreKey of a room of this root peer\'s own is derived without opening it, and is the key its core opens with', async t => {
+  const { store } = await newStore(t)
+  const rooms = await newRooms(t, store)
+  await rooms.register('k')
+  const derived = await rooms.coreKey('k')
+  assert.equal(rooms.openCount, 0, 'not opened to learn its key')
+  const room = (await rooms.get('k'))!
+  assert.equal(room.core.key.toString('hex'), derived)
+  await storeMessages(rooms, 'k', 1)
+  rooms.release(room)
+  // a room removed and registered again has a new generation's core, and key
+  assert.equal(await rooms.remove('k'), true)
+  await rooms.register('k')
+  const again = await rooms.coreKey('k')
+  assert.notEqual(again, derived)
+  const reopened = (await rooms.get('k'))!
+  assert.equal(reopened.core.key.toString('hex'), again)
+  rooms.release(reopened)
+})
+
+test('Rooms: a reload of 3,000 rooms reads totals and opens no core; messages to sleeping rooms keep every count right, also across a crash', async t => {
+  const { store } = await newStore(t)
+  let rooms = await newRooms(t, store, { maxOpen: 4 })
+  const names = Array.from({ length: 3000 }, (_, i) => `r${i}`)
+  await Promise.all(names.map(name => rooms.register(name).then(r => r.stored)))
+  for (const name of names.slice(0, 20)) await storeMessages(rooms, name, 2)
+  await rooms.close()
+
+  // reloaded: totals from the index, no core opened, no room in memory but what the last state file listed
+  const loaded: string[] = []
+  rooms = new Rooms(store, { maxOpen: 4 })
+  rooms.on('room-loaded', ({ name }) => loaded.push(name))
+  teardown(t, () => rooms.close())
+  await rooms.load(null)
+  assert.deepEqual(loaded, [])
+  assert.equal(rooms.openCount, 0)
+  assert.equal(rooms.size, 3000)
+  assert.equal(rooms.totalMessages, 40)
+  assert.equal(rooms.emptyCount, 2980)
+  assert.equal(rooms.recent(Infinity).length, 0, 'no record in memory')
+
+  // messages to rooms that slept: one that had messages, one that had none
+  await storeMessages(rooms, 'r5', 3)
+  await storeMessages(rooms, 'r2999', 1)
+  assert.equal((await rooms.lookup('r5'))!.messageCount, 5)
+  assert.equal(rooms.totalMessages, 44)
+  assert.equal(rooms.emptyCount, 2979)
+
+  // a crash: the records of the awake rooms were not written (this Rooms is never closed); the next load takes
+  // their counts from their cores
+  const crashed = new Rooms(store, { maxOpen: 4 })
+  const checked: string[] = []
+  crashed.on('room-loaded', ({ name }) => checked.push(name))
+  teardown(t, () => crashed.close())
+  await crashed.load(null)
+  assert.deepEqual(checked.sort(), ['r2999', 'r5'], 'only the rooms awake at the crash are checked')
+  assert.equal(crashed.totalMessages, 44)
+  assert.equal(crashed.size, 3000)
+  assert.equal(crashed.emptyCount, 2979)
+  assert.equal((await crashed.lookup('r5'))!.messageCount, 5)
+  assert.equal((await crashed.lookup('r2999'))!.messageCount, 1)
+  const listed = await listAll(crashed)
+  assert.equal(listed.length, 3000)
+  assert.equal(listed.reduce((sum, r) => sum + r.messageCount, 0), 44)
+})
+
+test('Rooms: a store of an earlier version (a legacy index core) is migrated once: rooms, counts, keys, removals and generations', async t => {
+  const { store } = await newStore(t)
+  const writer = roomKeyPair('legacy').publicKey.toString('hex')
+  const legacy = store.get({ name: 'root-peer-rooms' })
+  await legacy.ready()
+  const entries = [
+    { name: 'a', createdAt: 1 },
+    { name: 'b', createdAt: 2 },
+    { name: 'b', removed: true, generation: 1 },
+    { name: 'c', createdAt: 3 },
+    { name: 'c', createdAt: 3, writerPublicKey: writer, signedFrom: 1 }
+  ]
+  await legacy.append(entries.map(e => Buffer.from(JSON.stringify(e))))
+  await legacy.close()
+  const a = store.get({ name: coreName('a') })
+  await a.ready()
+  await a.append([block('a0'), block('a1')])
+  await a.close()
+
+  const loaded: string[] = []
+  const rooms = new Rooms(store)
+  rooms.on('room-loaded', ({ name }) => loaded.push(name))
+  teardown(t, () => rooms.close())
+  await rooms.load(null)
+  assert.deepEqual(loaded.sort(), ['a', 'c'], 'every room checked against its core, once')
+  assert.equal(rooms.size, 2)
+  assert.equal(rooms.totalMessages, 2)
+  assert.equal((await rooms.lookup('a'))!.messageCount, 2)
+  assert.equal((await rooms.lookup('b')), undefined)
+  assert.equal((await rooms.lookup('c'))!.writerPublicKey, writer)
+  assert.equal((await rooms.lookup('c'))!.signedFrom, 1)
+  assert.equal((await rooms.register('b')).info.generation, 1, 'a removed room registered again gets a new core')
+  await rooms.close()
+
+  const again = new Rooms(store)
+  again.on('room-loaded', ({ name }) => loaded.push(name))
+  teardown(t, () => again.close())
+  await again.load(null)
+  assert.equal(loaded.length, 2, 'not migrated twice')
+  assert.equal(again.size, 3)
+  assert.equal(again.totalMessages, 2)
 })
 
 test('Rooms: with maxOpen 2, five rooms used in turn never have more than 2 cores open, and keep their history', async t => {
@@ -443,7 +555,7 @@ test('Rooms: with maxOpen 2, five rooms used in turn never have more than 2 core
   assert.ok(most <= 2, `${most} cores open at once`)
   assert.equal(batches, 20)
   assert.equal(rooms.totalMessages, 20)
-  for (const name of names) assert.equal(rooms.info(name)!.messageCount, 4)
+  for (const name of names) assert.equal((await rooms.lookup(name))!.messageCount, 4)
 })
 
 test('Rooms: the least recently released room is closed first; a held room is never closed', async t => {
@@ -506,8 +618,8 @@ test('Rooms.remove, removeEmpty and expireEmpty take out empty rooms not in use,
   assert.deepEqual(await rooms.expireEmpty(1000), [])
   assert.deepEqual(await rooms.expireEmpty(2500), ['old1', 'old2'])
   assert.deepEqual(removed, ['old1', 'old2'])
-  assert.equal(rooms.has('old1'), false)
-  assert.equal(rooms.has('old3'), true)
+  assert.equal(((await rooms.lookup('old1')) !== undefined), false)
+  assert.equal(((await rooms.lookup('old3')) !== undefined), true)
   const held = (await rooms.get('old3'))!
   assert.deepEqual(await rooms.expireEmpty(Date.now() + 1000), [], 'a held room is in use')
   rooms.release(held)
@@ -522,7 +634,7 @@ test('Rooms.remove, removeEmpty and expireEmpty take out empty rooms not in use,
   assert.equal(await rooms.removeEmpty(), 'old3')
   assert.equal(await rooms.removeEmpty(), 'e2', 'e1 is held')
   assert.equal(await rooms.remove('e1'), false, 'held')
-  assert.equal(rooms.has('e1'), true)
+  assert.equal(((await rooms.lookup('e1')) !== undefined), true)
   rooms.release(e1)
   await rooms.register('e3')
   assert.equal(await rooms.removeEmpty(), 'e1', 'released, and e3 was used since')
@@ -530,21 +642,22 @@ test('Rooms.remove, removeEmpty and expireEmpty take out empty rooms not in use,
   assert.equal(await rooms.removeEmpty(), 'e3')
   assert.equal(await rooms.removeEmpty(), null)
   assert.equal(rooms.emptyCount, 0)
-  assert.equal(rooms.has('history'), true)
+  assert.equal(((await rooms.lookup('history')) !== undefined), true)
   assert.deepEqual(await rooms.expireEmpty(Date.now() + 1000), [])
   assert.equal(await rooms.remove('nobody'), false)
 
-  // the index records each removal; an empty room's core is not cleared, so no new generation
-  const entries = await indexEntries(store)
-  const removals = entries.filter(e => e.removed === true)
-  assert.deepEqual(removals.map(e => e.name), ['old1', 'old2', 'old3', 'e2', 'e1', 'e3'])
-  assert.ok(removals.every(e => e.generation === undefined))
+  // the index has only the room with history; an empty room's core is not cleared, so no new generation
+  assert.deepEqual(removed, ['old1', 'old2', 'old3', 'e2', 'e1', 'e3'])
+  assert.deepEqual((await indexed(store)).map(r => r.name), ['history'])
+  const index = new RoomIndex(store, () => [])
+  for (const name of removed) assert.equal((await index.get(name)).generation, undefined)
+  await index.close()
 
   // after a reload they stay removed, and the room with history stays
   await rooms.close()
   const reloaded = await newRooms(t, store)
-  assert.deepEqual([...reloaded.list()].map(r => r.name), ['history'])
-  assert.equal(reloaded.info('history')!.messageCount, 2)
+  assert.deepEqual((await listAll(reloaded)).map(r => r.name), ['history'])
+  assert.equal((await reloaded.lookup('history'))!.messageCount, 2)
   assert.equal(reloaded.totalMessages, 2)
 })
 
@@ -555,7 +668,7 @@ test('Rooms.remove of a room with history: registered again it starts at index 0
   assert.deepEqual(await storeMessages(rooms, 'h', 3), [0, 1, 2])
   assert.equal(rooms.totalMessages, 3)
   assert.equal(await rooms.remove('h'), true)
-  assert.equal(rooms.has('h'), false)
+  assert.equal(((await rooms.lookup('h')) !== undefined), false)
   assert.equal(rooms.totalMessages, 0)
   // the old core's blocks are cleared
   const old = store.get({ name: coreName('h') })
@@ -568,9 +681,9 @@ test('Rooms.remove of a room with history: registered again it starts at index 0
   await store.close()
   ;({ store } = await newStore(t, dir))
   rooms = await newRooms(t, store)
-  assert.equal(rooms.has('h'), false)
+  assert.equal(((await rooms.lookup('h')) !== undefined), false)
   await rooms.register('h')
-  assert.equal(rooms.info('h')!.generation, 1)
+  assert.equal((await rooms.lookup('h'))!.generation, 1)
   assert.deepEqual(await storeMessages(rooms, 'h', 2), [0, 1])
 
   // and the new core is the one a reload finds
@@ -578,7 +691,7 @@ test('Rooms.remove of a room with history: registered again it starts at index 0
   await store.close()
   ;({ store } = await newStore(t, dir))
   rooms = await newRooms(t, store)
-  const info = rooms.info('h')!
+  const info = (await rooms.lookup('h'))!
   assert.equal(info.generation, 1)
   assert.equal(info.messageCount, 2)
   const room = (await rooms.get('h'))!
@@ -589,12 +702,12 @@ test('Rooms.remove of a room with history: registered again it starts at index 0
   // removed and registered again in one run: generation 2, index 0 again
   assert.equal(await rooms.remove('h'), true)
   await rooms.register('h')
-  assert.equal(rooms.info('h')!.generation, 2)
+  assert.equal((await rooms.lookup('h'))!.generation, 2)
   assert.deepEqual(await storeMessages(rooms, 'h', 1), [0])
   await rooms.close()
   const again = await newRooms(t, store)
-  assert.equal(again.info('h')!.generation, 2)
-  assert.equal(again.info('h')!.messageCount, 1)
+  assert.equal((await again.lookup('h'))!.generation, 2)
+  assert.equal((await again.lookup('h'))!.messageCount, 1)
 })
 
 test('Rooms: a room signed after unsigned blocks is signed from the next index, forgets older ids, and keeps it across a reload', async t => {
@@ -615,7 +728,7 @@ test('Rooms: a room signed after unsigned blocks is signed from the next index, 
   // two more queued, not yet stored, when the key comes: they are below signedFrom too
   const inFlight = [room.append(block('q0')), room.append(block('q1'))]
   assert.equal(room.nextIndex, 5)
-  const info = await rooms.register(name, writer)
+  const { info } = await rooms.register(name, writer)
   assert.equal(info.writerPublicKey, writer)
   assert.equal(info.signedFrom, 5)
   assert.deepEqual(await Promise.all(inFlight), [3, 4])
@@ -625,23 +738,23 @@ test('Rooms: a room signed after unsigned blocks is signed from the next index, 
   rooms.release(room)
   // a second key does not replace the first
   const other = roomKeyPair('another key').publicKey.toString('hex')
-  assert.equal((await rooms.register(name, other)).writerPublicKey, writer)
-  assert.equal(rooms.info(name)!.signedFrom, 5)
+  assert.equal((await rooms.register(name, other)).info.writerPublicKey, writer)
+  assert.equal((await rooms.lookup(name))!.signedFrom, 5)
 
   // a room signed when created has no unsigned history
   const fresh = roomKeyPair('fresh')
   const freshName = signedRoomName(fresh.publicKey)
-  const freshInfo = await rooms.register(freshName, fresh.publicKey.toString('hex'))
+  const { info: freshInfo } = await rooms.register(freshName, fresh.publicKey.toString('hex'))
   assert.equal(freshInfo.writerPublicKey, fresh.publicKey.toString('hex'))
   assert.equal(freshInfo.signedFrom, undefined)
 
   await rooms.close()
   const reloaded = await newRooms(t, store)
-  assert.equal(reloaded.info(name)!.writerPublicKey, writer)
-  assert.equal(reloaded.info(name)!.signedFrom, 5)
-  assert.equal(reloaded.info(name)!.messageCount, 6)
-  assert.equal(reloaded.info(freshName)!.writerPublicKey, fresh.publicKey.toString('hex'))
-  assert.equal(reloaded.info(freshName)!.signedFrom, undefined)
+  assert.equal((await reloaded.lookup(name))!.writerPublicKey, writer)
+  assert.equal((await reloaded.lookup(name))!.signedFrom, 5)
+  assert.equal((await reloaded.lookup(name))!.messageCount, 6)
+  assert.equal((await reloaded.lookup(freshName))!.writerPublicKey, fresh.publicKey.toString('hex'))
+  assert.equal((await reloaded.lookup(freshName))!.signedFrom, undefined)
   // its ids read back: the member's, not the stranger's
   const back = (await reloaded.get(name))!
   await back.idsReady()

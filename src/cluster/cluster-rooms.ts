@@ -139,7 +139,7 @@ export class ClusterRooms extends EventEmitter {
     admit()
     const ad = await this.request(owner, 'create', { roomName, writerPublicKey }, this.opts.timeout)
     await this.adopt(owner, ad)
-    if (!this.opts.rooms().has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
+    if (await this.opts.rooms().lookup(roomName) === undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
   }
 
   /** A mirrored room's key, learned here: its primary signs the room (it knows where signing starts). */
@@ -198,15 +198,17 @@ export class ClusterRooms extends EventEmitter {
       maxOpen: this.opts.maxOpenRooms,
       idleTimeout: this.opts.roomIdleTimeout,
       onProgress: (name, held, byteLength) => {
-        this.opts.rooms().recordMirrored(name, held, byteLength)
+        this.track(this.opts.rooms().recordMirrored(name, held, byteLength), null)
         this.grew(name)
       }
     })
     this.mirrors = mirrors
     // asleep until its core grows, or a member's `rooms` says it holds more
-    for (const info of this.opts.rooms().list()) {
-      if (info.primary !== undefined) mirrors.follow(info.name, info.coreKey!, info.primary, info.messageCount, false)
-    }
+    this.track((async () => {
+      for await (const info of this.opts.rooms().list()) {
+        if (info.primary !== undefined && this.mirrors === mirrors) mirrors.follow(info.name, info.coreKey!, info.primary, info.messageCount, false)
+      }
+    })(), null)
   }
 
   private grew (name: string): void {
@@ -247,7 +249,7 @@ export class ClusterRooms extends EventEmitter {
 
   private async ads (): Promise<RoomAd[]> {
     const ads: RoomAd[] = []
-    for (const info of [...this.opts.rooms().list()]) {
+    for await (const info of this.opts.rooms().list()) {
       const ad = await this.adOf(info.name)
       if (ad !== null) ads.push(ad)
     }
@@ -257,7 +259,7 @@ export class ClusterRooms extends EventEmitter {
   private async adOf (name: string): Promise<RoomAd | null> {
     const rooms = this.opts.rooms()
     const key = await rooms.coreKey(name)
-    const info = rooms.info(name)
+    const info = await rooms.lookup(name)
     if (key === null || info === undefined) return null
     const ad: RoomAd = { name, key }
     if (info.primary !== undefined) ad.primary = info.primary
@@ -271,13 +273,13 @@ export class ClusterRooms extends EventEmitter {
   /** What `rooms` says of this root peer's own rooms (a hand-over) is applied in order, before writes. */
   private onRooms (member: string, ads: RoomAd[], more: boolean): void {
     const rooms = this.opts.rooms()
-    const own: RoomAd[] = []
-    for (const ad of ads) {
-      const info = rooms.info(ad.name)
-      if (info !== undefined && info.primary === undefined) own.push(ad)
-      else this.track(this.adopt(member, ad), member)
-    }
     const applied = (this.applying.get(member) ?? Promise.resolve()).then(async () => {
+      const own: RoomAd[] = []
+      for (const ad of ads) {
+        const info = await rooms.lookup(ad.name)
+        if (info !== undefined && info.primary === undefined) own.push(ad)
+        else this.track(this.adopt(member, ad), member)
+      }
       await Promise.all(own.map(ad => this.adopt(member, ad).catch(err => {
         this.emit('cluster-error', { member, err })
       })))
@@ -297,11 +299,11 @@ export class ClusterRooms extends EventEmitter {
     if (primary === this.self || !cluster.isMember(primary) || this.closed) return
     validateRoomName(ad.name)
     if (ad.writerPublicKey !== undefined && !keyMatchesName(ad.writerPublicKey, ad.name)) return
-    const known = rooms.info(ad.name)
+    const known = await rooms.lookup(ad.name)
     // news older than ours: the room was taken over from that member already
     if (known !== undefined && known.promotedFrom === primary) return
     const promotedOver = ad.promotedFrom !== undefined && (known?.primary === ad.promotedFrom || (ad.promotedFrom === this.self && known?.primary === undefined))
-    if (known !== undefined && promotedOver && known.coreKey !== ad.key) {
+    if (known !== undefined && promotedOver && await rooms.coreKey(ad.name) !== ad.key) {
       // `primary` took the room over from a gone member (maybe this one, restarted): follow its core
       await this.mirrors?.unfollow(ad.name)
       await rooms.move(ad.name, ad.key, primary, ad.promotedFrom!)
@@ -324,8 +326,8 @@ export class ClusterRooms extends EventEmitter {
     validateRoomName(roomName)
     if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()
     const rooms = this.opts.rooms()
-    if (!rooms.has(roomName) && rooms.size >= this.opts.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.opts.maxRooms)
-    await rooms.register(roomName, writerPublicKey)
+    if (await rooms.lookup(roomName) === undefined && rooms.size >= this.opts.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.opts.maxRooms)
+    await (await rooms.register(roomName, writerPublicKey)).stored
     const ad = await this.adOf(roomName)
     if (ad === null) throw RootPeerError.INTERNAL_ERROR(new Error('room without a core key'))
     if (ad.primary === undefined) ad.primary = this.self

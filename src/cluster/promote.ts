@@ -7,6 +7,7 @@ import { newChallenge } from '../protocol/room-auth.js'
 import type { BootstrapNode } from '../config.js'
 import { SWARM_KEY_PAIR } from './cluster.js'
 import { coreName, Rooms } from '../storage/rooms.js'
+import type { RoomState } from '../storage/state-file.js'
 import { openStore } from '../storage/data-dir-lock.js'
 import { MemberDialer } from './member-dial.js'
 import safetyCatch from 'safety-catch'
@@ -52,7 +53,8 @@ export async function promote (opts: PromoteOptions): Promise<Promoted[]> {
     const rooms = new Rooms(store)
     await rooms.load(null)
     const promoted: Promoted[] = []
-    const taken = [...rooms.list()].filter(info => info.primary === from)
+    const taken: RoomState[] = []
+    for await (const info of rooms.list()) if (info.primary === from) taken.push(info)
     const mirroredCores = taken.map(info => store.get({ key: Buffer.from(info.coreKey!, 'hex') }))
     try {
       await Promise.all(mirroredCores.map(core => core.ready()))

@@ -127,12 +127,29 @@ export class Connections extends EventEmitter {
     }
   }
 
-  refuse (peer: Peer, err: unknown, context: Record<string, unknown>): void {
+  refuse (peer: Peer, err: unknown, context: Record<string, unknown>, send = (frame: object) => this.send(peer, 'error', frame)): void {
     const coded = err instanceof RootPeerError ? err : RootPeerError.INTERNAL_ERROR(err)
     bump(this.ctx.counters.errors, coded.code)
     this.emit('frame-refused', peer.id, coded)
-    this.send(peer, 'error', errorFrame(coded, context))
+    send(errorFrame(coded, context))
     if (!BLAMELESS.has(coded.code) && this.guard.noteRefusal(peer.record)) this.banPeer(peer)
+  }
+
+  /**
+   * Sends `frame` once `ready` resolves (or refuses with its error), and holds the answers to the peer's later
+   * frames until then: a peer reads its answers in the order of its frames (acks excepted: docs/protocol.md).
+   */
+  answerOnce (peer: Peer, ready: Promise<unknown>, type: string, frame: object, context: Record<string, unknown>): void {
+    peer.answersWaiting++
+    const answered = Promise.all([peer.answers, ready]).then(() => {
+      peer.answersWaiting--
+      this.sendNow(peer, type, frame)
+    }, err => {
+      peer.answersWaiting--
+      this.refuse(peer, err, context, errFrame => this.sendNow(peer, 'error', errFrame))
+    })
+    peer.answers = answered
+    this.ctx.track(answered)
   }
 
   /** Null when a connection from `host` may be served (an idle peer may give its place up), else why not. */
@@ -190,6 +207,18 @@ export class Connections extends EventEmitter {
   }
 
   send (peer: Peer, type: string, frame: object | string): void {
+    if (peer.answersWaiting === 0) {
+      this.sendNow(peer, type, frame)
+      return
+    }
+    peer.answersWaiting++
+    peer.answers = peer.answers.then(() => {
+      peer.answersWaiting--
+      this.sendNow(peer, type, frame)
+    })
+  }
+
+  private sendNow (peer: Peer, type: string, frame: object | string): void {
     if (peer.closed) return
     peer.send(frame)
     bump(this.ctx.counters.framesSent, type)

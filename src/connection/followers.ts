@@ -138,7 +138,7 @@ export class Followers {
         }
         if (!f.live && !f.ended && !this.closed) {
           f.live = true
-          const firstIndex = firstReadable(this.opts.rooms().info(f.roomName))
+          const firstIndex = firstReadable(await this.opts.rooms().lookup(f.roomName))
           this.opts.send(f.peer, 'follow-live', encodeFollowLive(f.roomNameJson, { nextIndex: f.next, firstIndex }, f.requestId))
         }
       } while (f.again && !f.ended)
@@ -150,7 +150,8 @@ export class Followers {
   /** Sends the next page; false when there was nothing to send. */
   private async sendPage (f: Follow): Promise<boolean> {
     const rooms = this.opts.rooms()
-    if (!rooms.has(f.roomName) || rooms.info(f.roomName)!.messageCount <= f.next) return false
+    const known = await rooms.lookup(f.roomName)
+    if (known === undefined || known.messageCount <= f.next) return false
     const room = await rooms.get(f.roomName)
     if (room === null) return false
     let page

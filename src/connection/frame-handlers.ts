@@ -77,37 +77,47 @@ export class FrameHandlers extends EventEmitter {
     const { roomName, writerPublicKey, signature } = frame
     // the name commits to the key: nobody can claim a signed room's name with another key
     if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()
-    const key = writerPublicKey ?? this.ctx.rooms().info(roomName)?.writerPublicKey
+    const rooms = this.ctx.rooms()
+    let known = await rooms.lookup(roomName)
+    const key = writerPublicKey ?? known?.writerPublicKey
     if (key === undefined) {
       if (this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register-room needs writerPublicKey and signature')
     } else if (!verifyAccess(key, this.ctx.publicKey(), peer.challenge, roomName, signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: register-room needs a signature over (challenge, roomName) by the room\'s key')
     }
-    if (this.ctx.cluster() !== null && !this.ctx.rooms().has(roomName)) await this.placeRoom(peer, roomName, writerPublicKey)
+    if (this.ctx.cluster() !== null && known === undefined) {
+      await this.placeRoom(peer, roomName, writerPublicKey)
+      known = await rooms.lookup(roomName)
+    }
     // a mirrored room signed here: its primary signs it, and says where its signed history starts
-    const known = this.ctx.rooms().info(roomName)
     const cluster = this.ctx.cluster()
     if (cluster !== null && writerPublicKey !== undefined && known?.primary !== undefined && known.writerPublicKey === undefined) {
       await cluster.sign(known.primary, roomName, writerPublicKey)
     }
-    const info = await this.joinRoom(peer, roomName, { explicit: true, writerPublicKey })
-    if (frame.requestId !== undefined) {
-      this.ctx.connections.send(peer, 'room-registered', { type: 'room-registered', roomName: frame.roomName, messageCount: info.messageCount, requestId: frame.requestId })
-    }
+    const { info, stored } = await this.joinRoom(peer, roomName, { explicit: true, writerPublicKey })
+    const { requestId } = frame
+    if (requestId === undefined) return
+    const { messageCount } = info
+    // answered once the room is in the index; the next frame is handled meanwhile
+    this.ctx.connections.answerOnce(peer, stored, 'room-registered', { type: 'room-registered', roomName, messageCount, requestId }, contextOf(frame))
   }
 
   async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
     if (this.ctx.storage.failure !== null) throw this.ctx.storage.failure
     const rooms = this.ctx.rooms()
-    const writerPublicKey = rooms.info(frame.roomName)?.writerPublicKey
+    let known = await rooms.lookup(frame.roomName)
+    const writerPublicKey = known?.writerPublicKey
     if (writerPublicKey !== undefined) checkSigned(writerPublicKey, frame)
     else if (this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
     if (this.ctx.maxStorageBytes > 0 && rooms.totalBytes >= this.ctx.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.ctx.maxStorageBytes)
-    if (this.ctx.cluster() !== null && !rooms.has(frame.roomName)) await this.placeRoom(peer, frame.roomName)
-    // in a cluster, the primary is known once another member was heard from (it may have taken our rooms over)
-    const writable = this.ctx.cluster()?.waitWritable() ?? null
-    if (writable !== null) await writable
-    const primary = rooms.info(frame.roomName)?.primary
+    const cluster = this.ctx.cluster()
+    if (cluster !== null) {
+      if (known === undefined) await this.placeRoom(peer, frame.roomName)
+      // the primary is known once another member was heard from (it may have taken our rooms over)
+      await cluster.waitWritable()
+      known = await rooms.lookup(frame.roomName)
+    }
+    const primary = known?.primary
     if (primary !== undefined) return await this.forward(peer, frame, primary)
     if (peer.rooms.has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
     else await this.joinRoom(peer, frame.roomName)
@@ -127,7 +137,7 @@ export class FrameHandlers extends EventEmitter {
     const cluster = this.ctx.cluster()!
     await cluster.waitWritable()
     const rooms = this.ctx.rooms()
-    const info = rooms.info(write.roomName)
+    const info = await rooms.lookup(write.roomName)
     if (info === undefined || info.primary !== undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(info?.primary ?? cluster.self)
     if (this.ctx.maxStorageBytes > 0 && rooms.totalBytes >= this.ctx.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.ctx.maxStorageBytes)
     // the primary checks a signed room's signature too, with its own view: the forwarding member's may be behind
@@ -140,7 +150,7 @@ export class FrameHandlers extends EventEmitter {
     const started = this.ctx.onLatency === null ? 0 : performance.now()
     const rooms = this.ctx.rooms()
     await this.admitReader(peer, frame)
-    const room = rooms.has(roomName) ? await rooms.get(roomName) : null
+    const room = await rooms.get(roomName)
     if (room === null) {
       this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, [], { totalMessages: 0, nextIndex: lastIndex, firstIndex: 0 }, requestId))
       return
@@ -161,8 +171,7 @@ export class FrameHandlers extends EventEmitter {
   }
 
   async onFollow (peer: Peer, frame: FollowFrame): Promise<void> {
-    await this.admitReader(peer, frame)
-    if (this.ctx.rooms().has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
+    if (await this.admitReader(peer, frame)) this.ctx.topics.touch(frame.roomName)
     this.followers.follow(peer, frame.roomName, frame.fromIndex, frame.requestId)
   }
 
@@ -172,32 +181,38 @@ export class FrameHandlers extends EventEmitter {
     }
   }
 
-  /** A signed room is read only with the access proof; a read after this connection's own message sees it. */
-  private async admitReader (peer: Peer, frame: SyncRequestFrame | FollowFrame): Promise<void> {
-    const writerPublicKey = this.ctx.rooms().info(frame.roomName)?.writerPublicKey
+  /**
+   * A signed room is read only with the access proof; a read after this connection's own message sees it.
+   * Resolves with whether the room exists.
+   */
+  private async admitReader (peer: Peer, frame: SyncRequestFrame | FollowFrame): Promise<boolean> {
+    const known = await this.ctx.rooms().lookup(frame.roomName)
+    const writerPublicKey = known?.writerPublicKey
     if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, this.ctx.publicKey(), peer.challenge, frame.roomName, frame.signature)) {
       throw RootPeerError.UNAUTHORIZED(`a signed room: ${frame.type} needs a signature over (challenge, roomName) by the room's key`)
     }
     const forwarded = peer.forwards.get(frame.roomName)
     if (forwarded !== undefined) await forwarded
+    return known !== undefined
   }
 
   /** Registers the room unless it exists (within the caps); an `explicit` register-room is reported every time. */
-  private async joinRoom (peer: Peer, roomName: string, { explicit = false, writerPublicKey }: { explicit?: boolean, writerPublicKey?: string } = {}): Promise<RoomState> {
+  private async joinRoom (peer: Peer, roomName: string, { explicit = false, writerPublicKey }: { explicit?: boolean, writerPublicKey?: string } = {}): Promise<{ info: RoomState, stored: Promise<void> }> {
     const rooms = this.ctx.rooms()
-    if (!rooms.has(roomName)) {
+    if (await rooms.lookup(roomName) === undefined) {
       this.ctx.connections.guard.admitNewRoom(peer.record)
       // full: an empty room (a stranger's, most likely) gives its place up; rooms with history never do
       if (rooms.size >= this.ctx.maxRooms && !(this.ctx.cluster() === null && await this.ctx.removeEmptyRoom())) throw RootPeerError.TOO_MANY_ROOMS(this.ctx.maxRooms)
     }
-    const info = await rooms.register(roomName, writerPublicKey)
+    const registered = await rooms.register(roomName, writerPublicKey)
+    const { info } = registered
     this.ctx.topics.touch(roomName)
     const fresh = !peer.rooms.has(roomName)
     if (fresh) peer.rooms.add(roomName)
     if (explicit || fresh) {
       this.emit('room-registered', { roomId: roomName, roomName, peerId: peer.id, messageCount: info.messageCount })
     }
-    return info
+    return registered
   }
 
   private async placeRoom (peer: Peer, roomName: string, writerPublicKey?: string): Promise<void> {

@@ -29,6 +29,9 @@ export class Peer {
   readonly rooms = new RoomSet(MAX_PEER_ROOMS)
   // per room, this peer's last message forwarded to another cluster member, until it is acked or refused
   readonly forwards = new Map<string, Promise<unknown>>()
+  // answers waiting for one before them (a room-registered waits for its room's index write): in frame order
+  answersWaiting = 0
+  answers: Promise<void> = Promise.resolve()
   readonly challenge = newChallenge()
   closed = false
   private readonly queue: Buffer[] = []

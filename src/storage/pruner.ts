@@ -70,17 +70,24 @@ export class Pruner extends EventEmitter {
     const rooms = this.rooms()
     if (this.closed || rooms === null || this.passing) return
     this.passing = true
-    const names = [...rooms.list()].filter(info => info.primary === undefined && info.messageCount > (info.firstIndex ?? 0)).map(info => info.name)
+    // the rooms are read from the index as the pass goes: a pass over a million rooms holds a page of them
+    const names = rooms.list()
     const worker = async (): Promise<void> => {
-      while (names.length > 0 && !this.closed) {
-        const name = names.pop()!
+      while (!this.closed) {
+        const { value: info, done } = await names.next()
+        if (done === true) break
+        if (info.primary !== undefined || info.messageCount <= (info.firstIndex ?? 0)) continue
+        const name = info.name
         if (this.running.has(name)) continue
         this.prune(name)
         while (this.running.has(name)) await once(this.settled, 'settled')
       }
     }
     const workers = Array.from({ length: PRUNE_CONCURRENCY }, worker)
-    this.track(Promise.all(workers).finally(() => { this.passing = false }))
+    this.track(Promise.all(workers).finally(() => {
+      this.passing = false
+      return names.return(undefined)
+    }))
   }
 
   private track (promise: Promise<unknown>): void {

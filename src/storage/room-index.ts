@@ -1,77 +1,142 @@
 import type Corestore from 'corestore'
-import type Hypercore from 'hypercore'
+import type { RoomState } from './state-file.js'
 
-const ROOM_INDEX = 'root-peer-rooms'
+// the keys live in the default column family of the store's RocksDB, which Hypercore leaves unused
+const ROOM = 'rooms/r/'
+const GENERATION = 'rooms/g/'
+const EMPTY = 'rooms/e/'
+const AWAKE = 'rooms/a/'
+const TOTALS = 'rooms/totals'
+const END = '\xff'
 
-/** A room created, signed (`writerPublicKey`), moved to another core (`key`), or removed. */
-export interface IndexEntry {
-  name: string
-  createdAt?: number
-  writerPublicKey?: string
-  signedFrom?: number
-  key?: string
-  primary?: string
-  promotedFrom?: string
-  generation?: number
-  removed?: true
+/** A room as the index stores it: `emptyAt` orders rooms without messages, least recently used first. */
+export interface IndexRecord extends RoomState {
+  emptyAt?: number
 }
 
-export interface IndexState {
-  rooms: Map<string, IndexEntry & { createdAt: number }>
-  removed: Set<string>
-  generations: Map<string, number>
+export interface Totals {
+  rooms: number
+  messages: number
+  bytes: number
+  empty: number
 }
 
-/** The room index: a core recording each room before its first use, and every later fact about it. */
+export type IndexOp = { put: string, value: string } | { del: string }
+
+interface Pending {
+  ops: IndexOp[]
+  resolve: () => void
+  reject: (err: unknown) => void
+}
+
+export const ops = {
+  putRoom: (r: IndexRecord): IndexOp => ({ put: ROOM + r.name, value: JSON.stringify(r) }),
+  delRoom: (name: string): IndexOp => ({ del: ROOM + name }),
+  putGeneration: (name: string, generation: number): IndexOp => ({ put: GENERATION + name, value: String(generation) }),
+  delGeneration: (name: string): IndexOp => ({ del: GENERATION + name }),
+  putEmpty: (name: string, at: number): IndexOp => ({ put: emptyKey(name, at), value: '' }),
+  delEmpty: (name: string, at: number): IndexOp => ({ del: emptyKey(name, at) }),
+  putAwake: (name: string): IndexOp => ({ put: AWAKE + name, value: '' }),
+  delAwake: (name: string): IndexOp => ({ del: AWAKE + name }),
+  putTotals: (t: Totals): IndexOp => ({ put: TOTALS, value: JSON.stringify(t) })
+}
+
+/**
+ * The room index: a record per room, kept in the store's RocksDB and written in group commits, so a room
+ * that sleeps costs no memory and a restart reads totals instead of every room (docs/scaling.md).
+ */
 export class RoomIndex {
-  private readonly core: Hypercore
+  private readonly db: any
+  private queue: Pending[] = []
+  private flushing: Promise<void> | null = null
+  private readonly beforeFlush: () => IndexOp[]
 
-  constructor (store: Corestore) {
-    this.core = store.get({ name: ROOM_INDEX })
+  /** `beforeFlush` adds its ops (records whose counts changed, the totals) to every commit. */
+  constructor (store: Corestore, beforeFlush: () => IndexOp[]) {
+    this.db = store.storage.rocks.session()
+    this.beforeFlush = beforeFlush
   }
 
-  async read (): Promise<IndexState> {
-    await this.core.ready()
-    const state: IndexState = { rooms: new Map(), removed: new Set(), generations: new Map() }
-    for (let at = 0; at < this.core.length; at += 256) {
-      const gets: Array<Promise<Buffer | null>> = []
-      for (let i = at; i < Math.min(this.core.length, at + 256); i++) gets.push(this.core.get(i))
-      for (const block of await Promise.all(gets)) if (block !== null) fold(state, JSON.parse(block.toString('utf8')) as IndexEntry)
+  async get (name: string): Promise<{ record: IndexRecord | null, generation: number | undefined }> {
+    const batch = this.db.read({ autoDestroy: true })
+    const room = batch.get(ROOM + name)
+    const generation = batch.get(GENERATION + name)
+    batch.tryFlush()
+    const [r, g] = await Promise.all([room, generation])
+    return { record: r === null ? null : JSON.parse(r.toString()), generation: g === null ? undefined : Number(g.toString()) }
+  }
+
+  async totals (): Promise<Totals | null> {
+    const t = await this.db.get(TOTALS)
+    return t === null ? null : JSON.parse(t.toString())
+  }
+
+  async * rooms (): AsyncGenerator<IndexRecord> {
+    for await (const { value } of this.db.iterator({ gte: ROOM, lt: ROOM + END })) yield JSON.parse(value.toString())
+  }
+
+  async awake (): Promise<string[]> {
+    const names: string[] = []
+    for await (const { key } of this.db.iterator({ gte: AWAKE, lt: AWAKE + END }, { values: false })) names.push(key.toString().slice(AWAKE.length))
+    return names
+  }
+
+  /** Rooms without messages, least recently used first, used before `before`. */
+  async * empty (before = Infinity): AsyncGenerator<string> {
+    const lt = before === Infinity ? EMPTY + END : EMPTY + pad(before)
+    for await (const { key } of this.db.iterator({ gte: EMPTY, lt }, { values: false })) {
+      const k = key.toString()
+      yield k.slice(k.indexOf('/', EMPTY.length) + 1)
     }
-    return state
   }
 
-  async append (entries: IndexEntry | IndexEntry[]): Promise<void> {
-    const list = Array.isArray(entries) ? entries : [entries]
-    await this.core.append(list.map(e => Buffer.from(JSON.stringify(e))))
+  /** Resolves once `list` and everything queued with it is in RocksDB's log, in one atomic batch. */
+  commit (list: IndexOp[] = []): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ ops: list, resolve, reject })
+      if (this.flushing === null) this.flushing = this.flush()
+    })
+  }
+
+  async settled (): Promise<void> {
+    while (this.flushing !== null) await this.flushing
   }
 
   async close (): Promise<void> {
-    await this.core.close()
+    await this.settled()
+    await this.db.close()
+  }
+
+  private async flush (): Promise<void> {
+    // the next batch takes whatever was queued while this one was written
+    await Promise.resolve()
+    while (this.queue.length > 0) {
+      const pending = this.queue
+      this.queue = []
+      try {
+        const batch = this.db.write({ autoDestroy: true })
+        for (const p of pending) for (const op of p.ops) apply(batch, op)
+        for (const op of this.beforeFlush()) apply(batch, op)
+        await batch.flush()
+        for (const p of pending) p.resolve()
+      } catch (err) {
+        for (const p of pending) p.reject(err)
+      }
+    }
+    this.flushing = null
   }
 }
 
-function fold (state: IndexState, entry: IndexEntry): void {
-  const { rooms, removed, generations } = state
-  if (entry.removed === true) {
-    rooms.delete(entry.name)
-    removed.add(entry.name)
-    if (entry.generation !== undefined) generations.set(entry.name, entry.generation)
-    return
-  }
-  removed.delete(entry.name)
-  const known = rooms.get(entry.name)
-  if (known === undefined) {
-    rooms.set(entry.name, { ...entry, createdAt: entry.createdAt ?? 0 })
-    return
-  }
-  if (entry.writerPublicKey !== undefined) {
-    known.writerPublicKey = entry.writerPublicKey
-    known.signedFrom = entry.signedFrom
-  }
-  if (entry.key !== undefined) {
-    known.key = entry.key
-    known.primary = entry.primary
-    known.promotedFrom = entry.promotedFrom
-  }
+function apply (batch: any, op: IndexOp): void {
+  // the try- forms: the batch's flush reports a failure, not a promise per key
+  if ('put' in op) batch.tryPut(op.put, op.value)
+  else batch.tryDelete(op.del)
+}
+
+function emptyKey (name: string, at: number): string {
+  return `${EMPTY}${pad(at)}/${name}`
+}
+
+function pad (at: number): string {
+  return String(Math.max(0, Math.floor(at))).padStart(15, '0')
 }

@@ -30,9 +30,8 @@ export class RoomUpkeep extends EventEmitter {
   /** Rooms active before a restart are announced again, the most recent ones within the caps. */
   announceRecent (rooms: Rooms): void {
     const now = Date.now()
-    const recent = [...rooms.list()].filter(r => now - r.lastActivity <= this.opts.idleTimeout)
-    recent.sort((a, b) => a.lastActivity - b.lastActivity)
-    for (const r of recent.slice(-this.opts.topics.maxAnnounced)) this.opts.topics.touch(r.name, r.lastActivity)
+    const recent = rooms.recent(this.opts.topics.maxAnnounced).filter(r => now - r.lastActivity <= this.opts.idleTimeout)
+    for (const r of recent.reverse()) this.opts.topics.touch(r.name, r.lastActivity)
   }
 
   /** Sweeps every half idle timeout (1 s to 1 min). */

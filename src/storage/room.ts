@@ -308,6 +308,8 @@ function sumBytes (blocks: Array<Buffer | null>): number {
 /** A room's ids, oldest first: adding one forgets the oldest past DEDUP_WINDOW or DEDUP_ID_CHARS. */
 export class DedupIds extends Map<string, number | Promise<number>> {
   chars = 0
+  // the oldest id next: one iterator kept, since a new one walks past every id forgotten before it
+  private oldest: IterableIterator<string> | null = null
 
   constructor () {
     super()
@@ -317,8 +319,17 @@ export class DedupIds extends Map<string, number | Promise<number>> {
     if (this.has(id)) return super.set(id, value)
     super.set(id, value)
     this.chars += id.length
-    while (this.size > 1 && (this.size > DEDUP_WINDOW || this.chars > DEDUP_ID_CHARS)) this.delete(this.keys().next().value as string)
+    while (this.size > 1 && (this.size > DEDUP_WINDOW || this.chars > DEDUP_ID_CHARS)) this.forgetOldest()
     return this
+  }
+
+  private forgetOldest (): void {
+    let next = this.oldest?.next()
+    if (next === undefined || next.done === true) {
+      this.oldest = this.keys()
+      next = this.oldest.next()
+    }
+    this.delete(next.value as string)
   }
 
   override delete (id: string): boolean {
@@ -330,5 +341,6 @@ export class DedupIds extends Map<string, number | Promise<number>> {
   override clear (): void {
     super.clear()
     this.chars = 0
+    this.oldest = null
   }
 }

@@ -1,17 +1,39 @@
 import { EventEmitter } from 'node:events'
 import type Corestore from 'corestore'
-import type Hypercore from 'hypercore'
+import Hypercore from 'hypercore'
 import { byteOffset, firstHeld, horizon, prune as pruneBlocks, type RetentionPolicy } from './retention.js'
 import { Room } from './room.js'
-import { RoomIndex } from './room-index.js'
+import { RoomIndex, ops, type IndexOp, type IndexRecord, type Totals } from './room-index.js'
+import { readLegacyIndex } from './legacy-index.js'
 import type { PersistentState, RoomState } from './state-file.js'
 import safetyCatch from 'safety-catch'
 
 const OPEN_CONCURRENCY = 16
+// the rooms whose records are kept in memory besides the open ones: the most recently used
+const CACHED_ROOMS = 1024
+// a state file lists every room up to this many; above, the most recently active ones (docs/scaling.md)
+export const STATE_FILE_ROOMS = 1000
+// counts of open rooms reach the index at least this often, and at the latest when their room sleeps
+const FLUSH_INTERVAL = 5000
+const MIGRATE_BATCH = 1000
+const REMEMBERED_GENERATIONS = 1024
 
 export function coreName (roomName: string, generation = 0): string {
   // '/' is not allowed in room names, so no generation's name is another room's
   return generation === 0 ? `room-${roomName}` : `room-${roomName}/${generation}`
+}
+
+/** A room known in memory: open, in use, changed since the index had it, or recently used. */
+interface Entry {
+  info: RoomState
+  // what the index holds for it (null: not yet written)
+  saved: { messageCount: number, bytes: number, emptyAt: number | null } | null
+  // the room has no messages (and is this root peer's): since when it is unused
+  emptyAt: number | null
+  dirty: boolean
+  // the index marks it awake: its counts there may be behind its core's
+  awake: boolean
+  created: Promise<void>
 }
 
 interface Slot {
@@ -26,21 +48,33 @@ export interface RoomsOptions {
   onBatch?: () => void
 }
 
-/** The rooms: index, counts and cores. Events: `index-recovered`, `room-loaded`, `created`, `removed`. */
+/**
+ * The rooms: their index in the store, the records of the rooms in use, the open cores (docs/scaling.md).
+ * Events: `index-recovered`, `room-loaded`, `created`, `removed`, `grown`.
+ */
 export class Rooms extends EventEmitter {
   readonly maxOpen: number
   private readonly onBatch: (() => void) | null
   private readonly store: Corestore
   private index: RoomIndex | null = null
-  private readonly infos = new Map<string, RoomState>()
-  // open and empty rooms: least recently used first
+  // least recently used first
+  private readonly cache = new Map<string, Entry>()
+  private readonly loading = new Map<string, Promise<Entry | undefined>>()
+  private readonly removing = new Map<string, Promise<unknown>>()
+  private readonly changed = new Set<string>()
+  private readonly generations = new Map<string, number>()
+  // names the index was just asked for and does not have: a register's lookups read it once
+  private readonly missing = new Set<string>()
+  // open rooms: least recently used first
   private readonly open = new Map<string, Slot>()
   private readonly closing = new Map<string, Promise<void>>()
-  private readonly creating = new Map<string, Promise<void>>()
-  private readonly empty = new Map<string, number>()
-  private readonly generations = new Map<string, number>()
   private readonly signing = new Map<string, Promise<void>>()
   private waiters: Array<() => void> = []
+  private saved: Totals = { rooms: 0, messages: 0, bytes: 0, empty: 0 }
+  private timer: NodeJS.Timeout | null = null
+  private migrating = false
+  size = 0
+  emptyCount = 0
   totalMessages = 0
   totalBytes = 0
   prunedBytes = 0
@@ -53,166 +87,100 @@ export class Rooms extends EventEmitter {
     this.onBatch = onBatch ?? null
   }
 
-  /** Merges the index with the state file's rooms; resolves with how many only the index knows. */
-  async load (saved: PersistentState | null, { openAll = true } = {}): Promise<number> {
-    this.index = new RoomIndex(this.store)
-    const { rooms: indexed, removed, generations } = await this.index.read()
-    for (const [name, generation] of generations) this.generations.set(name, generation)
-    // a room the index says was removed stays removed, whatever an older state file says
-    const savedRooms = saved === null ? [] : Object.values(saved.rooms).filter(r => !removed.has(r.name))
-    for (const r of savedRooms) this.infos.set(r.name, { ...r })
-    let recovered = 0
-    for (const [name, { createdAt, writerPublicKey, key, primary, promotedFrom, signedFrom, generation }] of indexed) {
-      let info = this.infos.get(name)
-      if (info === undefined) {
-        info = { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 }
-        this.infos.set(name, info)
-        recovered++
-        if (saved !== null) this.emit('index-recovered', { name })
-      }
-      // the index, not the state file, says which rooms are signed, mirrored or promoted
-      if (writerPublicKey !== undefined) info.writerPublicKey = writerPublicKey
-      else delete info.writerPublicKey
-      if (signedFrom !== undefined && writerPublicKey !== undefined) info.signedFrom = signedFrom
-      else delete info.signedFrom
-      if (generation !== undefined) info.generation = generation
-      else delete info.generation
-      if (key !== undefined && primary !== undefined) {
-        info.coreKey = key
-        info.primary = primary
-      } else {
-        delete info.primary
-      }
-      if (promotedFrom !== undefined) info.promotedFrom = promotedFrom
-      else delete info.promotedFrom
-    }
-    // a state file from before the room index: its rooms are added to the index
-    const missing = savedRooms.filter(r => !indexed.has(r.name))
-    if (missing.length > 0) await this.index.append(missing.map(r => ({ name: r.name, createdAt: r.createdAt })))
-
-    const names = openAll ? [...this.infos.keys()] : []
-    let next = 0
-    const worker = async (): Promise<void> => {
-      while (next < names.length) {
-        const name = names[next++]
-        const info = this.infos.get(name)!
-        const core = this.coreOf(info)
-        await core.ready()
-        info.coreKey = core.key.toString('hex')
-        info.messageCount = info.primary === undefined ? core.length : core.contiguousLength
-        info.byteLength = core.byteLength
-        if (info.primary === undefined) await reconcilePruned(core, info)
-        await core.close()
-        this.emit('room-loaded', { name })
-      }
-    }
-    await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, worker))
-    this.totalMessages = 0
-    this.totalBytes = 0
-    const empty: RoomState[] = []
-    for (const info of this.infos.values()) {
-      this.totalMessages += info.messageCount
-      this.totalBytes += info.byteLength - (info.prunedBytes ?? 0)
-      if (info.messageCount === 0 && info.primary === undefined) empty.push(info)
-    }
-    empty.sort((a, b) => a.lastActivity - b.lastActivity)
-    for (const info of empty) this.empty.set(info.name, info.lastActivity)
+  /**
+   * Reads the totals, and the rooms that were awake when the process stopped (their counts are checked against
+   * their cores); with `openAll`, every room. A store from before the index is migrated once. Resolves with how
+   * many rooms only the legacy index knew.
+   */
+  async load (saved: PersistentState | null, { openAll = false } = {}): Promise<number> {
+    this.index = new RoomIndex(this.store, () => this.beforeFlush())
+    const totals = await this.index.totals()
+    const recovered = totals === null ? await this.migrate(saved) : 0
+    this.saved = totals ?? this.saved
+    this.size = this.saved.rooms
+    this.emptyCount = this.saved.empty
+    this.totalMessages = this.saved.messages
+    this.totalBytes = this.saved.bytes
+    const names = openAll ? await this.allNames() : await this.index.awake()
+    await this.reconcile(names)
+    this.timer = setInterval(() => { if (this.changed.size > 0) this.index!.commit().catch(safetyCatch) }, FLUSH_INTERVAL)
+    this.timer.unref()
     return recovered
   }
 
-  has (name: string): boolean {
-    return this.infos.has(name)
-  }
-
-  get size (): number {
-    return this.infos.size
-  }
-
-  info (name: string): RoomState | undefined {
-    return this.infos.get(name)
-  }
-
-  list (): IterableIterator<RoomState> {
-    return this.infos.values()
+  /** The room's record, from memory or the index; undefined for a room that does not exist. */
+  async lookup (name: string): Promise<RoomState | undefined> {
+    return (await this.entry(name))?.info
   }
 
   /** Creates a room unless it exists; with `writerPublicKey` (checked by the caller) it becomes signed. */
-  async register (name: string, writerPublicKey?: string, signedFrom?: number): Promise<RoomState> {
-    if (!this.infos.has(name)) await this.create(name, writerPublicKey)
-    const info = this.infos.get(name)!
-    this.noteUse(name)
-    if (writerPublicKey !== undefined && info.writerPublicKey === undefined) await this.sign(info, writerPublicKey, signedFrom)
-    return info
+  async register (name: string, writerPublicKey?: string, signedFrom?: number): Promise<{ info: RoomState, stored: Promise<void> }> {
+    const e = await this.entry(name) ?? this.create(name, writerPublicKey)
+    this.noteUse(name, e)
+    if (writerPublicKey !== undefined && e.info.writerPublicKey === undefined) await this.sign(e, writerPublicKey, signedFrom)
+    return { info: e.info, stored: e.created }
   }
 
   async waitForSigning (name: string): Promise<void> {
     await this.signing.get(name)
   }
 
-  private async sign (info: RoomState, writerPublicKey: string, given?: number): Promise<void> {
-    const slot = this.open.get(info.name)
-    const room = slot === undefined ? null : await slot.room.catch(() => null)
-    if (info.writerPublicKey !== undefined) return await this.signing.get(info.name)
-    // no await from here to the key being set: what is queued is below signedFrom, what follows is checked
-    const signedFrom = given ?? Math.max(info.messageCount, room?.nextIndex ?? 0)
-    info.writerPublicKey = writerPublicKey
-    if (signedFrom > 0) {
-      info.signedFrom = signedFrom
-      room?.forgetIds()
-    }
-    const done = this.index!.append({ name: info.name, createdAt: info.createdAt, writerPublicKey, signedFrom: signedFrom > 0 ? signedFrom : undefined, generation: info.generation })
-    this.signing.set(info.name, done)
-    try {
-      await done
-    } finally {
-      if (this.signing.get(info.name) === done) this.signing.delete(info.name)
-    }
-  }
-
   /** Records a room mirrored from another member's core `key`; false when the name has another core. */
   async mirror (name: string, key: string, primary: string, writerPublicKey?: string, signedFrom?: number): Promise<boolean> {
-    const known = this.infos.get(name)
+    const known = await this.entry(name)
     if (known !== undefined) {
-      if (known.coreKey !== key) return false
-      if (writerPublicKey !== undefined && known.writerPublicKey === undefined) await this.register(name, writerPublicKey, signedFrom ?? 0)
+      if (await this.coreKey(name) !== key) return false
+      if (writerPublicKey !== undefined && known.info.writerPublicKey === undefined) await this.register(name, writerPublicKey, signedFrom ?? 0)
       return true
     }
+    // another caller's lookup missed too, and recorded it first
+    if (this.cache.has(name)) return await this.mirror(name, key, primary, writerPublicKey, signedFrom)
     const now = Date.now()
-    await this.index!.append({ name, createdAt: now, writerPublicKey, signedFrom: writerPublicKey !== undefined && (signedFrom ?? 0) > 0 ? signedFrom : undefined, key, primary })
-    if (this.infos.has(name)) return this.infos.get(name)!.coreKey === key
-    this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, coreKey: key, primary, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(signedFrom === undefined || signedFrom === 0 ? {} : { signedFrom }) })
+    const info: RoomState = { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, coreKey: key, primary, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(signedFrom === undefined || signedFrom === 0 || writerPublicKey === undefined ? {} : { signedFrom }) }
+    const e = this.add(info, null)
+    await e.created
     return true
   }
 
   /** Moves a room to the core `key` of the member that took it over (`primary` undefined: this root peer). */
   async move (name: string, key: string, primary: string | undefined, promotedFrom: string): Promise<void> {
-    const info = this.infos.get(name)!
-    await this.index!.append({ name, createdAt: info.createdAt, writerPublicKey: info.writerPublicKey, signedFrom: info.writerPublicKey !== undefined ? info.signedFrom : undefined, key, primary, promotedFrom })
+    const e = (await this.entry(name))!
+    const info = e.info
     info.coreKey = key
     info.promotedFrom = promotedFrom
     if (primary === undefined) delete info.primary
     else info.primary = primary
+    this.setEmpty(e, primary === undefined && info.messageCount === 0 ? Date.now() : null)
+    this.markDirty(name, e)
+    await this.index!.commit()
     const slot = this.open.get(name)
     if (slot !== undefined && slot.pins === 0) this.evict(name, slot)
   }
 
+  /** The key of the room's core; for a room of this root peer's own, derived without opening it. */
   async coreKey (name: string): Promise<string | null> {
-    const info = this.infos.get(name)
-    if (info === undefined) return null
-    if (info.coreKey !== undefined) return info.coreKey
-    const room = await this.get(name)
-    if (room !== null) this.release(room)
-    return info.coreKey ?? null
+    const e = await this.entry(name)
+    if (e === undefined) return null
+    const info = e.info
+    if (info.coreKey === undefined) {
+      // as Corestore keys a named core: a version 1 manifest with the name's key pair as its one signer
+      const { publicKey } = await this.store.createKeyPair(coreName(info.name, info.generation))
+      info.coreKey ??= Hypercore.key({ version: 1, signers: [{ publicKey }] }).toString('hex')
+      this.markDirty(name, e)
+    }
+    return info.coreKey
   }
 
-  recordMirrored (name: string, length: number, byteLength: number): void {
-    const info = this.infos.get(name)
-    if (info === undefined || length <= info.messageCount) return
+  async recordMirrored (name: string, length: number, byteLength: number): Promise<void> {
+    const e = await this.entry(name)
+    if (e === undefined || length <= e.info.messageCount) return
+    const info = e.info
     this.totalMessages += length - info.messageCount
     this.totalBytes += byteLength - info.byteLength
     info.messageCount = length
     info.byteLength = byteLength
     info.lastActivity = Date.now()
+    this.markChanged(name, e)
     this.emit('grown', name)
   }
 
@@ -231,6 +199,7 @@ export class Rooms extends EventEmitter {
       this.totalBytes -= bytes
       this.prunedBytes += bytes
       this.prunedMessages += to - first
+      this.markChanged(name)
       return { messages: to - first, bytes }
     } finally {
       this.release(room)
@@ -239,15 +208,16 @@ export class Rooms extends EventEmitter {
 
   /** Opens a room (creating it with `create`) and pins it until `release`; null for an unknown room. */
   async get (name: string, { create = false } = {}): Promise<Room | null> {
-    if (!this.infos.has(name)) {
+    let e = await this.entry(name)
+    if (e === undefined) {
       if (!create) return null
-      await this.create(name)
+      e = this.create(name)
     }
-    this.noteUse(name)
+    this.noteUse(name, e)
     let slot = this.open.get(name)
     while (slot === undefined) {
       if (this.open.size + this.closing.size < this.maxOpen) {
-        const opened: Slot = { room: this.openRoom(name), opened: null, pins: 0, lastUsed: 0 }
+        const opened: Slot = { room: this.openRoom(name, e), opened: null, pins: 0, lastUsed: 0 }
         slot = opened
         this.open.set(name, slot)
         opened.room.then(room => { opened.opened = room }, () => {
@@ -300,37 +270,55 @@ export class Rooms extends EventEmitter {
   }
 
   recordAppend (room: Room, bytes: number): void {
-    this.empty.delete(room.name)
+    const e = this.cache.get(room.name)
+    if (e !== undefined) this.setEmpty(e, null)
     room.info.messageCount = room.length
     room.info.byteLength += bytes
     room.info.lastActivity = Date.now()
     this.totalMessages++
     this.totalBytes += bytes
+    this.markChanged(room.name, e)
     this.emit('grown', room.name)
   }
 
-  get emptyCount (): number {
-    return this.empty.size
-  }
-
   /** Forgets a room and clears its blocks; false while it is in use (pinned, being created or signed). */
-  async remove (name: string, { clear = !this.empty.has(name) } = {}): Promise<boolean> {
-    const info = this.infos.get(name)
-    if (info === undefined || this.creating.has(name) || this.signing.has(name)) return false
+  async remove (name: string, { clear }: { clear?: boolean } = {}): Promise<boolean> {
+    const e = await this.entry(name)
+    if (e === undefined || this.signing.has(name) || e.saved === null || this.removing.has(name)) return false
     const slot = this.open.get(name)
     if (slot !== undefined) {
       if (slot.pins > 0) return false
       this.evict(name, slot)
     }
-    this.infos.delete(name)
-    this.empty.delete(name)
+    const info = e.info
+    const mine = info.primary === undefined
+    const wipe = (clear ?? e.emptyAt === null) && mine
+    const generation = wipe ? (info.generation ?? 0) + 1 : info.generation
+    // the index drops what it had of the room; the totals follow in the same batch
+    const list: IndexOp[] = [ops.delRoom(name), ops.delAwake(name)]
+    if (e.saved.emptyAt !== null) list.push(ops.delEmpty(name, e.saved.emptyAt))
+    if (generation !== undefined) {
+      list.push(ops.putGeneration(name, generation))
+      this.rememberGeneration(name, generation)
+    }
+    this.saved.rooms--
+    this.saved.messages -= e.saved.messageCount
+    this.saved.bytes -= e.saved.bytes
+    if (e.saved.emptyAt !== null) this.saved.empty--
+    this.cache.delete(name)
+    this.changed.delete(name)
+    this.size--
+    if (e.emptyAt !== null) this.emptyCount--
     this.totalMessages -= info.messageCount
     this.totalBytes -= info.byteLength - (info.prunedBytes ?? 0)
-    const mine = info.primary === undefined
-    const generation = clear && mine ? (info.generation ?? 0) + 1 : info.generation
-    if (generation !== undefined) this.generations.set(name, generation)
-    await this.index!.append({ name, removed: true, generation })
-    if (clear && mine) {
+    const committed = this.index!.commit(list)
+    this.removing.set(name, committed.catch(safetyCatch))
+    try {
+      await committed
+    } finally {
+      this.removing.delete(name)
+    }
+    if (wipe) {
       await this.closing.get(name)
       const core = this.coreOf(info)
       await core.ready()
@@ -341,23 +329,48 @@ export class Rooms extends EventEmitter {
     return true
   }
 
+  /** Removes the empty room unused longest that is not in use; null when there is none. */
   async removeEmpty (): Promise<string | null> {
-    for (const name of this.empty.keys()) {
-      if ((this.open.get(name)?.pins ?? 0) > 0 || this.creating.has(name)) continue
-      if (await this.remove(name)) return name
+    for await (const name of this.index!.empty()) {
+      if (await this.removableEmpty(name) && await this.remove(name)) return name
     }
     return null
   }
 
   async expireEmpty (before: number): Promise<string[]> {
     const old: string[] = []
-    for (const [name, used] of this.empty) {
-      if (used >= before) break
-      old.push(name)
-    }
+    for await (const name of this.index!.empty(before)) old.push(name)
     const removed: string[] = []
-    for (const name of old) if (await this.remove(name)) removed.push(name)
+    for (const name of old) if (await this.removableEmpty(name) && await this.remove(name)) removed.push(name)
     return removed
+  }
+
+  /** Every room, from the index (the records in memory where they are newer). */
+  async * list (): AsyncGenerator<RoomState> {
+    const unsaved = [...this.cache.values()].filter(e => e.saved === null)
+    for (const e of unsaved) yield e.info
+    for await (const record of this.index!.rooms()) {
+      const cached = this.cache.get(record.name)
+      if (cached === undefined) yield toInfo(record)
+      else if (cached.saved !== null) yield cached.info
+    }
+  }
+
+  /** Reads up to STATE_FILE_ROOMS of these rooms into memory (those the last state file listed). */
+  async warm (names: string[]): Promise<void> {
+    const some = names.slice(0, STATE_FILE_ROOMS)
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < some.length) await this.entry(some[next++])
+    }
+    await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, some.length) }, worker))
+  }
+
+  /** Up to `n` rooms in memory, most recently active first. */
+  recent (n: number): RoomState[] {
+    const infos = [...this.cache.values()].map(e => e.info)
+    infos.sort((a, b) => b.lastActivity - a.lastActivity)
+    return infos.slice(0, n)
   }
 
   * openRooms (): IterableIterator<Room> {
@@ -368,11 +381,18 @@ export class Rooms extends EventEmitter {
     return this.open.size + this.closing.size
   }
 
-  snapshot (rootPeerCreatedAt: number): PersistentState {
+  /** The state file: every room up to STATE_FILE_ROOMS, above that the most recently active ones. */
+  async snapshot (rootPeerCreatedAt: number): Promise<PersistentState> {
+    const all = this.size <= STATE_FILE_ROOMS
+    const listed: RoomState[] = []
+    if (all) for await (const info of this.list()) listed.push(info)
+    else listed.push(...this.recent(STATE_FILE_ROOMS))
     const rooms: Record<string, RoomState> = {}
     // defineProperty: a room named __proto__ must stay an own key, not reach the prototype
-    for (const [name, info] of this.infos) Object.defineProperty(rooms, name, { value: { ...info }, enumerable: true })
-    return { rooms, totalMessages: this.totalMessages, rootPeerCreatedAt, lastSaved: Date.now() }
+    for (const info of listed) Object.defineProperty(rooms, info.name, { value: { ...info }, enumerable: true })
+    // the original design's shape while every room is listed; two fields more when not
+    const partial = all ? {} : { totalRooms: this.size, roomsListed: 'most-recent' as const }
+    return { rooms, totalMessages: this.totalMessages, ...partial, rootPeerCreatedAt, lastSaved: Date.now() }
   }
 
   async settled (): Promise<void> {
@@ -381,11 +401,184 @@ export class Rooms extends EventEmitter {
   }
 
   async close (): Promise<void> {
+    if (this.timer !== null) clearInterval(this.timer)
     const rooms = await Promise.allSettled([...this.open.values()].map(s => s.room))
     this.open.clear()
     await Promise.all(rooms.map(r => r.status === 'fulfilled' ? r.value.close() : null))
     await Promise.allSettled(this.closing.values())
-    if (this.index !== null) await this.index.close()
+    if (this.index === null) return
+    // every room is asleep now: their counts are written and no room stays marked awake
+    for (const [name, e] of this.cache) if (e.awake || e.dirty) this.changed.add(name)
+    await this.index.commit().catch(safetyCatch)
+    await this.index.close()
+  }
+
+  private async entry (name: string): Promise<Entry | undefined> {
+    const cached = this.cache.get(name)
+    if (cached !== undefined) {
+      this.cache.delete(name)
+      this.cache.set(name, cached)
+      return cached
+    }
+    if (this.missing.has(name)) return undefined
+    const removing = this.removing.get(name)
+    if (removing !== undefined) await removing
+    let loading = this.loading.get(name)
+    if (loading === undefined) {
+      loading = this.read(name).finally(() => this.loading.delete(name))
+      this.loading.set(name, loading)
+    }
+    return await loading
+  }
+
+  private async read (name: string): Promise<Entry | undefined> {
+    const { record, generation } = await this.index!.get(name)
+    // created, or read by another caller, meanwhile
+    const known = this.cache.get(name)
+    if (known !== undefined) return known
+    if (record === null) {
+      if (generation !== undefined) this.rememberGeneration(name, generation)
+      this.missing.add(name)
+      if (this.missing.size > CACHED_ROOMS) this.missing.delete(this.missing.values().next().value as string)
+      return undefined
+    }
+    const e = this.add(toInfo(record), { messageCount: record.messageCount, bytes: stored(record), emptyAt: record.emptyAt ?? null })
+    e.emptyAt = record.emptyAt ?? null
+    return e
+  }
+
+  /** Puts a record in memory; a new room (`saved` null) is written with the next commit. */
+  private add (info: RoomState, saved: Entry['saved']): Entry {
+    const e: Entry = { info, saved, emptyAt: null, dirty: false, awake: false, created: Promise.resolve() }
+    this.cache.set(info.name, e)
+    this.missing.delete(info.name)
+    if (saved === null) {
+      this.size++
+      this.markDirty(info.name, e)
+      // a failed write fails the store, which is reopened and its rooms read again (storage-health.ts)
+      e.created = this.index!.commit()
+      e.created.catch(safetyCatch)
+      this.emit('created', info.name)
+    }
+    this.trimCache()
+    return e
+  }
+
+  private create (name: string, writerPublicKey?: string): Entry {
+    // another caller's lookup missed too, and created it first
+    const known = this.cache.get(name)
+    if (known !== undefined) return known
+    const now = Date.now()
+    const generation = this.generations.get(name)
+    const e = this.add({ name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(generation === undefined ? {} : { generation }) }, null)
+    this.setEmpty(e, now)
+    return e
+  }
+
+  private async sign (e: Entry, writerPublicKey: string, given?: number): Promise<void> {
+    const info = e.info
+    const slot = this.open.get(info.name)
+    const room = slot === undefined ? null : await slot.room.catch(() => null)
+    if (info.writerPublicKey !== undefined) return await this.signing.get(info.name)
+    // no await from here to the key being set: what is queued is below signedFrom, what follows is checked
+    const signedFrom = given ?? Math.max(info.messageCount, room?.nextIndex ?? 0)
+    info.writerPublicKey = writerPublicKey
+    if (signedFrom > 0) {
+      info.signedFrom = signedFrom
+      room?.forgetIds()
+    }
+    this.markDirty(info.name, e)
+    const done = this.index!.commit()
+    this.signing.set(info.name, done)
+    try {
+      await done
+    } finally {
+      if (this.signing.get(info.name) === done) this.signing.delete(info.name)
+    }
+  }
+
+  /** The index's part of every commit: the changed records, whether rooms sleep, and the totals that match. */
+  private beforeFlush (): IndexOp[] {
+    const list: IndexOp[] = []
+    for (const name of this.changed) {
+      const e = this.cache.get(name)
+      if (e === undefined) continue
+      const info = e.info
+      const bytes = info.byteLength - (info.prunedBytes ?? 0)
+      const before = e.saved ?? { messageCount: 0, bytes: 0, emptyAt: null }
+      if (e.dirty) {
+        list.push(ops.putRoom({ ...info, ...(e.emptyAt === null ? {} : { emptyAt: e.emptyAt }) }))
+        if (e.saved === null) this.saved.rooms++
+        this.saved.messages += info.messageCount - before.messageCount
+        this.saved.bytes += bytes - before.bytes
+        if (before.emptyAt !== e.emptyAt) {
+          if (before.emptyAt !== null) list.push(ops.delEmpty(name, before.emptyAt))
+          if (e.emptyAt !== null) list.push(ops.putEmpty(name, e.emptyAt))
+          this.saved.empty += (e.emptyAt === null ? 0 : 1) - (before.emptyAt === null ? 0 : 1)
+        }
+        e.saved = { messageCount: info.messageCount, bytes, emptyAt: e.emptyAt }
+        e.dirty = false
+      }
+      if (e.awake && !this.open.has(name) && !this.closing.has(name)) {
+        list.push(ops.delAwake(name))
+        e.awake = false
+      }
+      this.changed.delete(name)
+    }
+    // a migration writes the totals with its last batch only: one cut short is done again
+    if (!this.migrating) list.push(ops.putTotals(this.saved))
+    return list
+  }
+
+  /** The record changed: written with the next commit. */
+  private markDirty (name: string, e: Entry): void {
+    e.dirty = true
+    this.changed.add(name)
+  }
+
+  /** The counts changed: besides, the room is marked awake in the index until they are written. */
+  private markChanged (name: string, e = this.cache.get(name)): void {
+    if (e === undefined) return
+    this.markDirty(name, e)
+    // a crash before they are written is repaired from the core at the next start
+    if (!e.awake && e.saved !== null) {
+      e.awake = true
+      this.index!.commit([ops.putAwake(name)]).catch(safetyCatch)
+    }
+  }
+
+  private setEmpty (e: Entry, at: number | null): void {
+    if ((e.emptyAt === null) === (at === null) && (at === null || e.emptyAt === at)) return
+    this.emptyCount += (at === null ? 0 : 1) - (e.emptyAt === null ? 0 : 1)
+    e.emptyAt = at
+    this.markDirty(e.info.name, e)
+  }
+
+  private noteUse (name: string, e: Entry): void {
+    // an empty room used again goes to the back of the line for eviction; at most once a second
+    if (e.emptyAt !== null && Date.now() - e.emptyAt >= 1000) this.setEmpty(e, Date.now())
+    this.cache.delete(name)
+    this.cache.set(name, e)
+  }
+
+  private async removableEmpty (name: string): Promise<boolean> {
+    const e = await this.entry(name)
+    return e !== undefined && e.emptyAt !== null && (this.open.get(name)?.pins ?? 0) === 0
+  }
+
+  private trimCache (): void {
+    if (this.cache.size <= CACHED_ROOMS) return
+    for (const [name, e] of this.cache) {
+      if (this.cache.size <= CACHED_ROOMS) return
+      if (e.dirty || e.awake || e.saved === null || this.changed.has(name) || this.open.has(name) || this.closing.has(name) || this.signing.has(name)) continue
+      this.cache.delete(name)
+    }
+  }
+
+  private rememberGeneration (name: string, generation: number): void {
+    this.generations.delete(name)
+    this.generations.set(name, generation)
+    if (this.generations.size > REMEMBERED_GENERATIONS) this.generations.delete(this.generations.keys().next().value as string)
   }
 
   private evictOne (): boolean {
@@ -402,6 +595,11 @@ export class Rooms extends EventEmitter {
     this.open.delete(name)
     const closed = slot.room.then(room => room.close(), safetyCatch).finally(() => {
       this.closing.delete(name)
+      // asleep: its counts are written and its awake mark taken out, in one commit
+      if (this.cache.get(name)?.awake === true) {
+        this.changed.add(name)
+        this.index?.commit().catch(safetyCatch)
+      }
       this.wake()
     })
     this.closing.set(name, closed)
@@ -413,51 +611,156 @@ export class Rooms extends EventEmitter {
     for (const resolve of waiters) resolve()
   }
 
-  private async create (name: string, writerPublicKey?: string): Promise<void> {
-    let pending = this.creating.get(name)
-    if (pending === undefined) {
-      pending = (async () => {
-        const now = Date.now()
-        // in the index before first use: an acked message's room is always recoverable
-        const generation = this.generations.get(name)
-        await this.index!.append({ name, createdAt: now, writerPublicKey, generation })
-        this.infos.set(name, { name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(generation === undefined ? {} : { generation }) })
-        this.empty.set(name, now)
-        this.emit('created', name)
-      })()
-      this.creating.set(name, pending)
-      pending.finally(() => this.creating.delete(name)).catch(safetyCatch)
-    }
-    await pending
-  }
-
-  private async openRoom (name: string): Promise<Room> {
+  private async openRoom (name: string, e: Entry): Promise<Room> {
+    await e.created
     const closing = this.closing.get(name)
     if (closing !== undefined) await closing
-    const info = this.infos.get(name)!
+    const info = e.info
+    // marked awake before anything is appended: a crash before its counts are written is repaired from the core
+    if (!e.awake) {
+      e.awake = true
+      await this.index!.commit([ops.putAwake(name)])
+    }
     const core = this.coreOf(info)
     await core.ready()
-    info.coreKey = core.key.toString('hex')
+    const key = core.key.toString('hex')
+    if (info.coreKey !== key) {
+      info.coreKey = key
+      this.markDirty(name, e)
+    }
+    this.check(e, core)
+    return new Room(name, core, info, this.onBatch)
+  }
+
+  /** The core is the truth: the index may be behind after a crash. */
+  private check (e: Entry, core: Hypercore): void {
+    const info = e.info
     const length = info.primary === undefined ? core.length : core.contiguousLength
-    // the core is the truth: the state file may be behind after a crash
-    if (length > 0) this.empty.delete(name)
+    if (length > 0) this.setEmpty(e, null)
     if (info.messageCount !== length || info.byteLength !== core.byteLength) {
       this.totalMessages += length - info.messageCount
       this.totalBytes += core.byteLength - info.byteLength
       info.messageCount = length
       info.byteLength = core.byteLength
+      this.markChanged(info.name, e)
     }
-    return new Room(name, core, info, this.onBatch)
+  }
+
+  /** Checks each room's counts against its core, OPEN_CONCURRENCY at a time, and writes what changed. */
+  private async reconcile (names: string[]): Promise<void> {
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < names.length) {
+        const name = names[next++]
+        const e = await this.entry(name)
+        if (e !== undefined && !this.open.has(name)) {
+          const core = this.coreOf(e.info)
+          await core.ready()
+          const prunedBefore = e.info.prunedBytes ?? 0
+          if (e.info.primary === undefined) await reconcilePruned(core, e.info)
+          this.totalBytes -= (e.info.prunedBytes ?? 0) - prunedBefore
+          this.check(e, core)
+          // marked awake by the process that stopped: taken out once the counts are written
+          e.awake = true
+          this.changed.add(name)
+          await core.close()
+        }
+        this.emit('room-loaded', { name })
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, worker))
+    if (names.length > 0) await this.index!.commit()
+  }
+
+  private async allNames (): Promise<string[]> {
+    const names: string[] = []
+    for await (const record of this.index!.rooms()) names.push(record.name)
+    return names
+  }
+
+  /** Builds the index from a store of an earlier version: its legacy index core and its state file. */
+  private async migrate (saved: PersistentState | null): Promise<number> {
+    const index = this.index!
+    this.migrating = true
+    const legacy = await readLegacyIndex(this.store)
+    const removed = legacy?.removed ?? new Set<string>()
+    const infos = new Map<string, RoomState>()
+    // a room the legacy index says was removed stays removed, whatever an older state file says
+    for (const r of Object.values(saved?.rooms ?? {})) if (!removed.has(r.name)) infos.set(r.name, { ...r })
+    let recovered = 0
+    for (const [name, { createdAt, writerPublicKey, key, primary, promotedFrom, signedFrom, generation }] of legacy?.rooms ?? []) {
+      let info = infos.get(name)
+      if (info === undefined) {
+        info = { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 }
+        infos.set(name, info)
+        recovered++
+        if (saved !== null) this.emit('index-recovered', { name })
+      }
+      // the index, not the state file, says which rooms are signed, mirrored or promoted
+      delete info.writerPublicKey
+      delete info.signedFrom
+      delete info.generation
+      delete info.primary
+      delete info.promotedFrom
+      if (writerPublicKey !== undefined) info.writerPublicKey = writerPublicKey
+      if (signedFrom !== undefined && writerPublicKey !== undefined) info.signedFrom = signedFrom
+      if (generation !== undefined) info.generation = generation
+      if (key !== undefined && primary !== undefined) {
+        info.coreKey = key
+        info.primary = primary
+      }
+      if (promotedFrom !== undefined) info.promotedFrom = promotedFrom
+    }
+    const list = [...infos.values()]
+    let next = 0
+    const worker = async (): Promise<void> => {
+      while (next < list.length) {
+        const info = list[next++]
+        const core = this.coreOf(info)
+        await core.ready()
+        info.coreKey = core.key.toString('hex')
+        info.messageCount = info.primary === undefined ? core.length : core.contiguousLength
+        info.byteLength = core.byteLength
+        if (info.primary === undefined) await reconcilePruned(core, info)
+        await core.close()
+        this.emit('room-loaded', { name: info.name })
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, list.length) }, worker))
+    const totals: Totals = { rooms: 0, messages: 0, bytes: 0, empty: 0 }
+    let batch: IndexOp[] = []
+    for (const [name, generation] of legacy?.generations ?? []) if (!infos.has(name)) batch.push(ops.putGeneration(name, generation))
+    for (const info of list) {
+      const empty = info.messageCount === 0 && info.primary === undefined
+      batch.push(ops.putRoom({ ...info, ...(empty ? { emptyAt: info.lastActivity } : {}) }))
+      if (empty) batch.push(ops.putEmpty(info.name, info.lastActivity))
+      totals.rooms++
+      totals.messages += info.messageCount
+      totals.bytes += info.byteLength - (info.prunedBytes ?? 0)
+      if (empty) totals.empty++
+      if (batch.length >= MIGRATE_BATCH) {
+        await index.commit(batch)
+        batch = []
+      }
+    }
+    this.saved = totals
+    this.migrating = false
+    await index.commit(batch)
+    return recovered
   }
 
   private coreOf (info: RoomState): Hypercore {
     return info.primary === undefined ? this.store.get({ name: coreName(info.name, info.generation) }) : this.store.get({ key: Buffer.from(info.coreKey!, 'hex') })
   }
+}
 
-  private noteUse (name: string): void {
-    if (!this.empty.delete(name)) return
-    this.empty.set(name, Date.now())
-  }
+function toInfo (record: IndexRecord): RoomState {
+  const { emptyAt, ...info } = record
+  return info
+}
+
+function stored (r: RoomState): number {
+  return r.byteLength - (r.prunedBytes ?? 0)
 }
 
 async function reconcilePruned (core: Hypercore, info: RoomState): Promise<void> {

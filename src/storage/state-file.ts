@@ -28,6 +28,9 @@ export interface RoomState {
 export interface PersistentState {
   rooms: Record<string, RoomState>
   totalMessages: number
+  /** not in the original design's file: how many rooms there are, and whether `rooms` lists them all */
+  totalRooms?: number
+  roomsListed?: 'all' | 'most-recent'
   rootPeerCreatedAt: number
   lastSaved: number
 }
@@ -44,7 +47,7 @@ export class StateFile {
   readonly file: string
   readonly previous: string
   private saving: Promise<void> | null = null
-  private again: (() => PersistentState) | null = null
+  private again: (() => Promise<PersistentState>) | null = null
 
   constructor (dir: string) {
     this.file = path.join(dir, STATE_FILE)
@@ -65,12 +68,12 @@ export class StateFile {
     return { state: fromPrevious ? sanitise(JSON.parse(prev)) : null, problem, movedTo, fromPrevious }
   }
 
-  save (take: () => PersistentState): Promise<void> {
+  save (take: () => Promise<PersistentState>): Promise<void> {
     if (this.saving !== null) {
       this.again = take
       return this.saving
     }
-    this.saving = this.write(take()).finally(() => {
+    this.saving = take().then(state => this.write(state)).finally(() => {
       this.saving = null
       const next = this.again
       this.again = null
@@ -150,6 +153,7 @@ function sanitise (obj: Record<string, any>): PersistentState {
   return {
     rooms,
     totalMessages: num(obj.totalMessages),
+    ...(obj.roomsListed === 'most-recent' ? { roomsListed: 'most-recent', totalRooms: num(obj.totalRooms) } : {}),
     rootPeerCreatedAt: num(obj.rootPeerCreatedAt),
     lastSaved: num(obj.lastSaved)
   }

@@ -243,8 +243,17 @@ export class ClusterRooms extends EventEmitter {
 
   private watch (rooms: Rooms): void {
     rooms.on('created', (name: string) => {
-      this.track(this.adOf(name).then(ad => { if (ad !== null) this.links.announce([ad]) }), null)
+      this.track(this.announceCreated(rooms, name), null)
     })
+  }
+
+  /** A new room of this member's own: its core is made (opened once) before the members are told to follow it. */
+  private async announceCreated (rooms: Rooms, name: string): Promise<void> {
+    const room = await rooms.get(name)
+    if (room === null) return
+    rooms.release(room)
+    const ad = await this.adOf(name)
+    if (ad !== null) this.links.announce([ad])
   }
 
   private async ads (): Promise<RoomAd[]> {

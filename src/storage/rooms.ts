@@ -458,7 +458,6 @@ export class Rooms extends EventEmitter {
       // a failed write fails the store, which is reopened and its rooms read again (storage-health.ts)
       e.created = this.index!.commit()
       e.created.catch(safetyCatch)
-      this.emit('created', info.name)
     }
     this.trimCache()
     return e
@@ -472,6 +471,7 @@ export class Rooms extends EventEmitter {
     const generation = this.generations.get(name)
     const e = this.add({ name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(generation === undefined ? {} : { generation }) }, null)
     this.setEmpty(e, now)
+    this.emit('created', name)
     return e
   }
 

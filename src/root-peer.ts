@@ -393,13 +393,13 @@ export class ChatRootPeer extends ReadyResource {
   private async reopenStorage (): Promise<void> {
     const rooms = this.rooms!
     await rooms.settled()
-    const snapshot = await rooms.snapshot(this.createdAt)
     await this.cluster?.pause()
     await rooms.close().catch(safetyCatch)
     await this.store!.close().catch(safetyCatch)
     if (this.closing !== null) return
     await this.openStore()
-    await this.openRooms(snapshot)
+    // the room index has every room: no state file is read to open them again
+    await this.openRooms(null)
     // the mirrored rooms are followed again in the new store, and member links start over on it
     this.cluster?.resume()
   }

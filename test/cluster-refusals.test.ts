@@ -2,17 +2,9 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import type { Testnet } from 'hyperdht/testnet.js'
 import { readPublicKey } from '../src/cluster/cluster.js'
-import { bootstrapEnv, dial, memberConnected, readUntil, roomOwnedBy, runBin, sendAll, startCluster, startMember, testnet, tmpDir, type Member } from './helpers.js'
+import { bootstrapEnv, dial, memberConnected, metricAt, readUntil, roomOwnedBy, runBin, sendAll, startCluster, startMember, testnet, tmpDir, type Member } from './helpers.js'
 
 /** What a cluster refuses, as docs/cluster.md and docs/configuration.md promise it. */
-
-async function metricAt (m: Member, name: string): Promise<number> {
-  const url = (await m.d.line(l => l.url !== undefined)).url as string
-  const text = await (await fetch(new URL('/metrics', url))).text()
-  const found = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)
-  assert.ok(found !== null, `${name} in /metrics`)
-  return Number(found[1])
-}
 
 /** Two members, each with settings of its own, linked to each other. */
 async function twoMembers (t: any, net: Testnet, extraA: Record<string, string>, extraB: Record<string, string>): Promise<Member[]> {

@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import Corestore from 'corestore'
 import type { Testnet } from 'hyperdht/testnet.js'
 import { Mirrors } from '../src/cluster/mirror.js'
-import { RawPeer, dial, roomOwnedBy, sendAll, startCluster, teardown, testnet, tmpDir, type Member } from './helpers.js'
+import { RawPeer, dial, metricAt, roomOwnedBy, sendAll, startCluster, teardown, testnet, tmpDir, type Member } from './helpers.js'
 
 /**
  * Issue 17: after any single member's `kill -9`, every surviving member serves every acked message within seconds,
@@ -14,14 +14,6 @@ const ACKS = 30
 const WITHIN = 5000
 /** how long a survivor is read before the test gives up on it (it must have caught up within WITHIN) */
 const READ_FOR = 20_000
-
-async function metricAt (m: Member, name: string): Promise<number> {
-  const url = (await m.d.line(l => l.url !== undefined)).url as string
-  const text = await (await fetch(new URL('/metrics', url))).text()
-  const found = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)
-  assert.ok(found !== null, `${name} in /metrics`)
-  return Number(found[1])
-}
 
 /** Waits (polling /metrics every 200 ms, 20 s at most) until `m` follows no mirrored room actively. */
 async function asleep (m: Member): Promise<void> {

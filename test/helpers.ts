@@ -435,3 +435,12 @@ export async function sendAll (peer: RawPeer, room: string, ids: string[]): Prom
   for (const id of ids) answers.set(id, await peer.next(f => f.id === id, 30_000))
   return answers
 }
+
+/** A member's metric `name` (a series without labels), read from its /metrics. */
+export async function metricAt (m: Member, name: string): Promise<number> {
+  const url = (await m.d.line(l => l.url !== undefined)).url as string
+  const text = await (await fetch(new URL('/metrics', url))).text()
+  const found = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)
+  assert.ok(found !== null, `${name} in /metrics`)
+  return Number(found[1])
+}

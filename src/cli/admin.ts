@@ -9,6 +9,7 @@ import { Progress } from './progress.js'
 import { encodeRecord, validateRoomName } from '../protocol/protocol.js'
 import { retentionOn } from '../storage/retention.js'
 import { Rooms } from '../storage/rooms.js'
+import { snapshotOf } from '../storage/state-saver.js'
 import { StateFile, type LoadResult, type RoomState } from '../storage/state-file.js'
 
 const EXPORT_PAGE = 1000
@@ -75,7 +76,7 @@ export class DataDir {
 
   async save (): Promise<void> {
     const createdAt = this.loaded?.state?.rootPeerCreatedAt || Date.now()
-    await this.stateFile.save(() => this.rooms!.snapshot(createdAt))
+    await this.stateFile.save(() => snapshotOf(this.rooms!, createdAt))
   }
 
   async close (): Promise<void> {

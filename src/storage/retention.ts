@@ -1,5 +1,6 @@
 import type Hypercore from 'hypercore'
 import { parseRecord } from '../protocol/protocol.js'
+import type { RoomState } from './state-file.js'
 
 /** Per-room bounds on what is kept; 0 turns a bound off. */
 export interface RetentionPolicy {
@@ -75,4 +76,16 @@ export async function prune (core: Hypercore, from: number, to: number): Promise
   const [start, end] = await Promise.all([byteOffset(core, from), byteOffset(core, to)])
   await core.clear(from, to)
   return end - start
+}
+
+/** Sets the room's first held index and the bytes pruned below it from its core (a crash may have lost them). */
+export async function reconcilePruned (core: Hypercore, info: RoomState): Promise<void> {
+  const first = await firstHeld(core, info.firstIndex ?? 0)
+  if (first === 0) {
+    delete info.firstIndex
+    delete info.prunedBytes
+  } else if (first !== info.firstIndex || info.prunedBytes === undefined) {
+    info.firstIndex = first
+    info.prunedBytes = await byteOffset(core, first)
+  }
 }

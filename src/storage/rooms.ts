@@ -1,21 +1,20 @@
 import { EventEmitter } from 'node:events'
 import type Corestore from 'corestore'
 import Hypercore from 'hypercore'
-import { byteOffset, firstHeld, horizon, prune as pruneBlocks, type RetentionPolicy } from './retention.js'
+import { eachConcurrently } from './concurrently.js'
+import { horizon, prune as pruneBlocks, reconcilePruned, type RetentionPolicy } from './retention.js'
 import { Room } from './room.js'
 import { RoomIndex, ops, type IndexOp, type IndexRecord, type Totals } from './room-index.js'
-import { readLegacyIndex } from './legacy-index.js'
-import type { PersistentState, RoomState } from './state-file.js'
+import { migrateLegacy } from './legacy-index.js'
+import { OpenRooms } from './open-rooms.js'
+import { STATE_FILE_ROOMS, type PersistentState, type RoomState } from './state-file.js'
 import safetyCatch from 'safety-catch'
 
 const OPEN_CONCURRENCY = 16
 // the rooms whose records are kept in memory besides the open ones: the most recently used
 const CACHED_ROOMS = 1024
-// a state file lists every room up to this many; above, the most recently active ones (docs/scaling.md)
-export const STATE_FILE_ROOMS = 1000
 // counts of open rooms reach the index at least this often, and at the latest when their room sleeps
 const FLUSH_INTERVAL = 5000
-const MIGRATE_BATCH = 1000
 const REMEMBERED_GENERATIONS = 1024
 
 export function coreName (roomName: string, generation = 0): string {
@@ -36,13 +35,6 @@ interface Entry {
   created: Promise<void>
 }
 
-interface Slot {
-  room: Promise<Room>
-  opened: Room | null
-  pins: number
-  lastUsed: number
-}
-
 export interface RoomsOptions {
   maxOpen?: number
   onBatch?: () => void
@@ -53,7 +45,6 @@ export interface RoomsOptions {
  * Events: `index-recovered`, `room-loaded`, `created`, `removed`, `grown`.
  */
 export class Rooms extends EventEmitter {
-  readonly maxOpen: number
   private readonly onBatch: (() => void) | null
   private readonly store: Corestore
   private index: RoomIndex | null = null
@@ -65,14 +56,10 @@ export class Rooms extends EventEmitter {
   private readonly generations = new Map<string, number>()
   // names the index was just asked for and does not have: a register's lookups read it once
   private readonly missing = new Set<string>()
-  // open rooms: least recently used first
-  private readonly open = new Map<string, Slot>()
-  private readonly closing = new Map<string, Promise<void>>()
+  private readonly cores: OpenRooms
   private readonly signing = new Map<string, Promise<void>>()
-  private waiters: Array<() => void> = []
   private saved: Totals = { rooms: 0, messages: 0, bytes: 0, empty: 0 }
   private timer: NodeJS.Timeout | null = null
-  private migrating = false
   size = 0
   emptyCount = 0
   totalMessages = 0
@@ -83,7 +70,12 @@ export class Rooms extends EventEmitter {
   constructor (store: Corestore, { maxOpen = 256, onBatch }: RoomsOptions = {}) {
     super()
     this.store = store
-    this.maxOpen = maxOpen
+    this.cores = new OpenRooms(maxOpen, name => {
+      // asleep: its counts are written and its awake mark taken out, in one commit
+      if (this.cache.get(name)?.awake !== true) return
+      this.changed.add(name)
+      this.index?.commit().catch(safetyCatch)
+    })
     this.onBatch = onBatch ?? null
   }
 
@@ -94,9 +86,16 @@ export class Rooms extends EventEmitter {
    */
   async load (saved: PersistentState | null, { openAll = false } = {}): Promise<number> {
     this.index = new RoomIndex(this.store, () => this.beforeFlush())
-    const totals = await this.index.totals()
-    const recovered = totals === null ? await this.migrate(saved) : 0
-    this.saved = totals ?? this.saved
+    let totals = await this.index.totals()
+    let recovered = 0
+    if (totals === null) {
+      ({ totals, recovered } = await migrateLegacy(this.store, saved, {
+        coreOf: info => this.coreOf(info),
+        onLoaded: name => this.emit('room-loaded', { name }),
+        onRecovered: name => this.emit('index-recovered', { name })
+      }))
+    }
+    this.saved = totals
     this.size = this.saved.rooms
     this.emptyCount = this.saved.empty
     this.totalMessages = this.saved.messages
@@ -153,8 +152,7 @@ export class Rooms extends EventEmitter {
     this.setEmpty(e, primary === undefined && info.messageCount === 0 ? Date.now() : null)
     this.markDirty(name, e)
     await this.index!.commit()
-    const slot = this.open.get(name)
-    if (slot !== undefined && slot.pins === 0) this.evict(name, slot)
+    this.cores.close(name)
   }
 
   /** The key of the room's core; for a room of this root peer's own, derived without opening it. */
@@ -214,59 +212,21 @@ export class Rooms extends EventEmitter {
       e = this.create(name)
     }
     this.noteUse(name, e)
-    let slot = this.open.get(name)
-    while (slot === undefined) {
-      if (this.open.size + this.closing.size < this.maxOpen) {
-        const opened: Slot = { room: this.openRoom(name, e), opened: null, pins: 0, lastUsed: 0 }
-        slot = opened
-        this.open.set(name, slot)
-        opened.room.then(room => { opened.opened = room }, () => {
-          if (this.open.get(name) === opened) this.open.delete(name)
-          this.wake()
-        })
-        break
-      }
-      // every slot is taken: close the least recently used idle room, or wait for a release
-      this.evictOne()
-      await new Promise<void>(resolve => this.waiters.push(resolve))
-      slot = this.open.get(name)
-    }
-    this.open.delete(name)
-    this.open.set(name, slot)
-    slot.pins++
-    slot.lastUsed = Date.now()
-    try {
-      return await slot.room
-    } catch (err) {
-      slot.pins--
-      throw err
-    }
+    const entry = e
+    return await this.cores.pin(name, () => this.openRoom(name, entry))
   }
 
   /** Pins a room whose core is open already, as `get` does but without waiting; null when it is not open. */
   getIfOpen (name: string): Room | null {
-    const slot = this.open.get(name)
-    if (slot === undefined || slot.opened === null) return null
-    this.open.delete(name)
-    this.open.set(name, slot)
-    slot.pins++
-    slot.lastUsed = Date.now()
-    return slot.opened
+    return this.cores.pinIfOpen(name)
   }
 
   release (room: Room): void {
-    const slot = this.open.get(room.name)
-    if (slot === undefined) return
-    slot.pins--
-    slot.lastUsed = Date.now()
-    if (slot.pins === 0 && this.waiters.length > 0) this.evictOne()
+    this.cores.release(room.name)
   }
 
   closeIdle (idle: number): void {
-    const before = Date.now() - idle
-    for (const [name, slot] of this.open) {
-      if (slot.pins === 0 && slot.lastUsed < before) this.evict(name, slot)
-    }
+    this.cores.closeIdle(idle)
   }
 
   recordAppend (room: Room, bytes: number): void {
@@ -285,11 +245,7 @@ export class Rooms extends EventEmitter {
   async remove (name: string, { clear }: { clear?: boolean } = {}): Promise<boolean> {
     const e = await this.entry(name)
     if (e === undefined || this.signing.has(name) || e.saved === null || this.removing.has(name)) return false
-    const slot = this.open.get(name)
-    if (slot !== undefined) {
-      if (slot.pins > 0) return false
-      this.evict(name, slot)
-    }
+    if (!this.cores.close(name)) return false
     const info = e.info
     const mine = info.primary === undefined
     const wipe = (clear ?? e.emptyAt === null) && mine
@@ -319,7 +275,7 @@ export class Rooms extends EventEmitter {
       this.removing.delete(name)
     }
     if (wipe) {
-      await this.closing.get(name)
+      await this.cores.whenClosed(name)
       const core = this.coreOf(info)
       await core.ready()
       if (core.length > 0) await core.clear(0, core.length)
@@ -358,12 +314,7 @@ export class Rooms extends EventEmitter {
 
   /** Reads up to STATE_FILE_ROOMS of these rooms into memory (those the last state file listed). */
   async warm (names: string[]): Promise<void> {
-    const some = names.slice(0, STATE_FILE_ROOMS)
-    let next = 0
-    const worker = async (): Promise<void> => {
-      while (next < some.length) await this.entry(some[next++])
-    }
-    await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, some.length) }, worker))
+    await eachConcurrently(names.slice(0, STATE_FILE_ROOMS), OPEN_CONCURRENCY, async name => { await this.entry(name) })
   }
 
   /** Up to `n` rooms in memory, most recently active first. */
@@ -373,39 +324,21 @@ export class Rooms extends EventEmitter {
     return infos.slice(0, n)
   }
 
-  * openRooms (): IterableIterator<Room> {
-    for (const slot of this.open.values()) if (slot.opened !== null) yield slot.opened
+  openRooms (): IterableIterator<Room> {
+    return this.cores.rooms()
   }
 
   get openCount (): number {
-    return this.open.size + this.closing.size
-  }
-
-  /** The state file: every room up to STATE_FILE_ROOMS, above that the most recently active ones. */
-  async snapshot (rootPeerCreatedAt: number): Promise<PersistentState> {
-    const all = this.size <= STATE_FILE_ROOMS
-    const listed: RoomState[] = []
-    if (all) for await (const info of this.list()) listed.push(info)
-    else listed.push(...this.recent(STATE_FILE_ROOMS))
-    const rooms: Record<string, RoomState> = {}
-    // defineProperty: a room named __proto__ must stay an own key, not reach the prototype
-    for (const info of listed) Object.defineProperty(rooms, info.name, { value: { ...info }, enumerable: true })
-    // the original design's shape while every room is listed; two fields more when not
-    const partial = all ? {} : { totalRooms: this.size, roomsListed: 'most-recent' as const }
-    return { rooms, totalMessages: this.totalMessages, ...partial, rootPeerCreatedAt, lastSaved: Date.now() }
+    return this.cores.count
   }
 
   async settled (): Promise<void> {
-    const rooms = await Promise.allSettled([...this.open.values()].map(s => s.room))
-    await Promise.all(rooms.map(r => r.status === 'fulfilled' ? r.value.settled() : null))
+    await this.cores.settled()
   }
 
   async close (): Promise<void> {
     if (this.timer !== null) clearInterval(this.timer)
-    const rooms = await Promise.allSettled([...this.open.values()].map(s => s.room))
-    this.open.clear()
-    await Promise.all(rooms.map(r => r.status === 'fulfilled' ? r.value.close() : null))
-    await Promise.allSettled(this.closing.values())
+    await this.cores.closeAll()
     if (this.index === null) return
     // every room is asleep now: their counts are written and no room stays marked awake
     for (const [name, e] of this.cache) if (e.awake || e.dirty) this.changed.add(name)
@@ -477,8 +410,7 @@ export class Rooms extends EventEmitter {
 
   private async sign (e: Entry, writerPublicKey: string, given?: number): Promise<void> {
     const info = e.info
-    const slot = this.open.get(info.name)
-    const room = slot === undefined ? null : await slot.room.catch(() => null)
+    const room = await this.cores.opening(info.name)?.catch(() => null) ?? null
     if (info.writerPublicKey !== undefined) return await this.signing.get(info.name)
     // no await from here to the key being set: what is queued is below signedFrom, what follows is checked
     const signedFrom = given ?? Math.max(info.messageCount, room?.nextIndex ?? 0)
@@ -519,14 +451,13 @@ export class Rooms extends EventEmitter {
         e.saved = { messageCount: info.messageCount, bytes, emptyAt: e.emptyAt }
         e.dirty = false
       }
-      if (e.awake && !this.open.has(name) && !this.closing.has(name)) {
+      if (e.awake && !this.cores.has(name)) {
         list.push(ops.delAwake(name))
         e.awake = false
       }
       this.changed.delete(name)
     }
-    // a migration writes the totals with its last batch only: one cut short is done again
-    if (!this.migrating) list.push(ops.putTotals(this.saved))
+    list.push(ops.putTotals(this.saved))
     return list
   }
 
@@ -563,14 +494,14 @@ export class Rooms extends EventEmitter {
 
   private async removableEmpty (name: string): Promise<boolean> {
     const e = await this.entry(name)
-    return e !== undefined && e.emptyAt !== null && (this.open.get(name)?.pins ?? 0) === 0
+    return e !== undefined && e.emptyAt !== null && this.cores.pins(name) === 0
   }
 
   private trimCache (): void {
     if (this.cache.size <= CACHED_ROOMS) return
     for (const [name, e] of this.cache) {
       if (this.cache.size <= CACHED_ROOMS) return
-      if (e.dirty || e.awake || e.saved === null || this.changed.has(name) || this.open.has(name) || this.closing.has(name) || this.signing.has(name)) continue
+      if (e.dirty || e.awake || e.saved === null || this.changed.has(name) || this.cores.has(name) || this.signing.has(name)) continue
       this.cache.delete(name)
     }
   }
@@ -581,40 +512,8 @@ export class Rooms extends EventEmitter {
     if (this.generations.size > REMEMBERED_GENERATIONS) this.generations.delete(this.generations.keys().next().value as string)
   }
 
-  private evictOne (): boolean {
-    for (const [name, slot] of this.open) {
-      if (slot.pins === 0) {
-        this.evict(name, slot)
-        return true
-      }
-    }
-    return false
-  }
-
-  private evict (name: string, slot: Slot): void {
-    this.open.delete(name)
-    const closed = slot.room.then(room => room.close(), safetyCatch).finally(() => {
-      this.closing.delete(name)
-      // asleep: its counts are written and its awake mark taken out, in one commit
-      if (this.cache.get(name)?.awake === true) {
-        this.changed.add(name)
-        this.index?.commit().catch(safetyCatch)
-      }
-      this.wake()
-    })
-    this.closing.set(name, closed)
-  }
-
-  private wake (): void {
-    const waiters = this.waiters
-    this.waiters = []
-    for (const resolve of waiters) resolve()
-  }
-
   private async openRoom (name: string, e: Entry): Promise<Room> {
     await e.created
-    const closing = this.closing.get(name)
-    if (closing !== undefined) await closing
     const info = e.info
     // marked awake before anything is appended: a crash before its counts are written is repaired from the core
     if (!e.awake) {
@@ -648,27 +547,22 @@ export class Rooms extends EventEmitter {
 
   /** Checks each room's counts against its core, OPEN_CONCURRENCY at a time, and writes what changed. */
   private async reconcile (names: string[]): Promise<void> {
-    let next = 0
-    const worker = async (): Promise<void> => {
-      while (next < names.length) {
-        const name = names[next++]
-        const e = await this.entry(name)
-        if (e !== undefined && !this.open.has(name)) {
-          const core = this.coreOf(e.info)
-          await core.ready()
-          const prunedBefore = e.info.prunedBytes ?? 0
-          if (e.info.primary === undefined) await reconcilePruned(core, e.info)
-          this.totalBytes -= (e.info.prunedBytes ?? 0) - prunedBefore
-          this.check(e, core)
-          // marked awake by the process that stopped: taken out once the counts are written
-          e.awake = true
-          this.changed.add(name)
-          await core.close()
-        }
-        this.emit('room-loaded', { name })
+    await eachConcurrently(names, OPEN_CONCURRENCY, async name => {
+      const e = await this.entry(name)
+      if (e !== undefined && !this.cores.has(name)) {
+        const core = this.coreOf(e.info)
+        await core.ready()
+        const prunedBefore = e.info.prunedBytes ?? 0
+        if (e.info.primary === undefined) await reconcilePruned(core, e.info)
+        this.totalBytes -= (e.info.prunedBytes ?? 0) - prunedBefore
+        this.check(e, core)
+        // marked awake by the process that stopped: taken out once the counts are written
+        e.awake = true
+        this.changed.add(name)
+        await core.close()
       }
-    }
-    await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, names.length) }, worker))
+      this.emit('room-loaded', { name })
+    })
     if (names.length > 0) await this.index!.commit()
   }
 
@@ -676,77 +570,6 @@ export class Rooms extends EventEmitter {
     const names: string[] = []
     for await (const record of this.index!.rooms()) names.push(record.name)
     return names
-  }
-
-  /** Builds the index from a store of an earlier version: its legacy index core and its state file. */
-  private async migrate (saved: PersistentState | null): Promise<number> {
-    const index = this.index!
-    this.migrating = true
-    const legacy = await readLegacyIndex(this.store)
-    const removed = legacy?.removed ?? new Set<string>()
-    const infos = new Map<string, RoomState>()
-    // a room the legacy index says was removed stays removed, whatever an older state file says
-    for (const r of Object.values(saved?.rooms ?? {})) if (!removed.has(r.name)) infos.set(r.name, { ...r })
-    let recovered = 0
-    for (const [name, { createdAt, writerPublicKey, key, primary, promotedFrom, signedFrom, generation }] of legacy?.rooms ?? []) {
-      let info = infos.get(name)
-      if (info === undefined) {
-        info = { name, messageCount: 0, createdAt, lastActivity: createdAt, byteLength: 0 }
-        infos.set(name, info)
-        recovered++
-        if (saved !== null) this.emit('index-recovered', { name })
-      }
-      // the index, not the state file, says which rooms are signed, mirrored or promoted
-      delete info.writerPublicKey
-      delete info.signedFrom
-      delete info.generation
-      delete info.primary
-      delete info.promotedFrom
-      if (writerPublicKey !== undefined) info.writerPublicKey = writerPublicKey
-      if (signedFrom !== undefined && writerPublicKey !== undefined) info.signedFrom = signedFrom
-      if (generation !== undefined) info.generation = generation
-      if (key !== undefined && primary !== undefined) {
-        info.coreKey = key
-        info.primary = primary
-      }
-      if (promotedFrom !== undefined) info.promotedFrom = promotedFrom
-    }
-    const list = [...infos.values()]
-    let next = 0
-    const worker = async (): Promise<void> => {
-      while (next < list.length) {
-        const info = list[next++]
-        const core = this.coreOf(info)
-        await core.ready()
-        info.coreKey = core.key.toString('hex')
-        info.messageCount = info.primary === undefined ? core.length : core.contiguousLength
-        info.byteLength = core.byteLength
-        if (info.primary === undefined) await reconcilePruned(core, info)
-        await core.close()
-        this.emit('room-loaded', { name: info.name })
-      }
-    }
-    await Promise.all(Array.from({ length: Math.min(OPEN_CONCURRENCY, list.length) }, worker))
-    const totals: Totals = { rooms: 0, messages: 0, bytes: 0, empty: 0 }
-    let batch: IndexOp[] = []
-    for (const [name, generation] of legacy?.generations ?? []) if (!infos.has(name)) batch.push(ops.putGeneration(name, generation))
-    for (const info of list) {
-      const empty = info.messageCount === 0 && info.primary === undefined
-      batch.push(ops.putRoom({ ...info, ...(empty ? { emptyAt: info.lastActivity } : {}) }))
-      if (empty) batch.push(ops.putEmpty(info.name, info.lastActivity))
-      totals.rooms++
-      totals.messages += info.messageCount
-      totals.bytes += info.byteLength - (info.prunedBytes ?? 0)
-      if (empty) totals.empty++
-      if (batch.length >= MIGRATE_BATCH) {
-        await index.commit(batch)
-        batch = []
-      }
-    }
-    this.saved = totals
-    this.migrating = false
-    await index.commit(batch)
-    return recovered
   }
 
   private coreOf (info: RoomState): Hypercore {
@@ -761,15 +584,4 @@ function toInfo (record: IndexRecord): RoomState {
 
 function stored (r: RoomState): number {
   return r.byteLength - (r.prunedBytes ?? 0)
-}
-
-async function reconcilePruned (core: Hypercore, info: RoomState): Promise<void> {
-  const first = await firstHeld(core, info.firstIndex ?? 0)
-  if (first === 0) {
-    delete info.firstIndex
-    delete info.prunedBytes
-  } else if (first !== info.firstIndex || info.prunedBytes === undefined) {
-    info.firstIndex = first
-    info.prunedBytes = await byteOffset(core, first)
-  }
 }

@@ -5,6 +5,8 @@ import safetyCatch from 'safety-catch'
 export const STATE_FILE = 'root-peer-state.json'
 export const STATE_FILE_PREFIX = 'root-peer-state'
 export const PREVIOUS_STATE_FILE = 'root-peer-state.prev.json'
+// a state file lists every room up to this many; above, the most recently active ones (docs/scaling.md)
+export const STATE_FILE_ROOMS = 1000
 
 export interface RoomState {
   name: string

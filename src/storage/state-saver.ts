@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type { Counters } from '../monitor/stats.js'
 import type { Rooms } from './rooms.js'
-import type { StateFile } from './state-file.js'
+import { STATE_FILE_ROOMS, type PersistentState, type RoomState, type StateFile } from './state-file.js'
 
 const SAVE_EVERY_CHANGES = 10
 // a busy root peer must not spend its time rewriting the file
@@ -47,7 +47,7 @@ export class StateSaver extends EventEmitter {
     if (rooms === null) return Promise.resolve()
     this.unsaved = 0
     this.lastSaveAt = Date.now()
-    return this.opts.file.save(() => rooms.snapshot(this.opts.createdAt())).then(() => {
+    return this.opts.file.save(() => snapshotOf(rooms, this.opts.createdAt())).then(() => {
       this.opts.counters.stateSaves++
       this.emit('state-saved')
     }, err => {
@@ -61,4 +61,18 @@ export class StateSaver extends EventEmitter {
     this.closed = true
     if (this.timer !== null) clearTimeout(this.timer)
   }
+}
+
+/** The state file: every room up to STATE_FILE_ROOMS, above that the most recently active ones. */
+export async function snapshotOf (rooms: Rooms, rootPeerCreatedAt: number): Promise<PersistentState> {
+  const all = rooms.size <= STATE_FILE_ROOMS
+  const listed: RoomState[] = []
+  if (all) for await (const info of rooms.list()) listed.push(info)
+  else listed.push(...rooms.recent(STATE_FILE_ROOMS))
+  const byName: Record<string, RoomState> = {}
+  // defineProperty: a room named __proto__ must stay an own key, not reach the prototype
+  for (const info of listed) Object.defineProperty(byName, info.name, { value: { ...info }, enumerable: true })
+  // the original design's shape while every room is listed; two fields more when not
+  const partial = all ? {} : { totalRooms: rooms.size, roomsListed: 'most-recent' as const }
+  return { rooms: byName, totalMessages: rooms.totalMessages, ...partial, rootPeerCreatedAt, lastSaved: Date.now() }
 }

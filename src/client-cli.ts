@@ -53,6 +53,9 @@ async function main (argv: string[]): Promise<number> {
     discoveryTopic: config.discoveryTopic,
     ...(own['--root-key'] ? { rootPublicKeys: own['--root-key'].split(',') } : {})
   })
+  // what a root peer sent that failed its check was dropped: said on stderr, so stdout stays the records
+  client.on('frame-rejected', ({ type, reason }) => console.error(`root-peer-client: dropped a ${type ?? 'malformed'} frame: ${reason}`))
+  client.on('record-rejected', ({ messageIndex, reason }) => console.error(`root-peer-client: dropped record ${messageIndex ?? '?'}: ${reason}`))
   try {
     await client.ready()
     if (command === 'send') {

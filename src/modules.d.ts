@@ -163,6 +163,8 @@ declare module 'hyperswarm' {
     readonly topics: Buffer[]
     readonly client: boolean
     ban (banned?: boolean): void
+    /** false: Hyperswarm does not redial it by itself after it disconnects */
+    reconnect (value: boolean): void
   }
 
   export interface PeerDiscovery {

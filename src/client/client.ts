@@ -1,6 +1,6 @@
 import { EventEmitter } from '#events'
 import HyperDHT from 'hyperdht'
-import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
+import Hyperswarm, { type NoiseStream, type PeerDiscovery, type PeerInfo } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import safetyCatch from 'safety-catch'
 import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from '../protocol/discovery.js'
@@ -8,12 +8,13 @@ import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
 import type { Limits } from '../protocol/protocol.js'
 import { roomKeyPair, signAccess, signMessage, signedRoomName, type KeyPair } from '../protocol/room-auth.js'
 import { ConnectWatchdog } from './connect-watchdog.js'
-import { FollowQueue } from './follow-queue.js'
+import { Follows } from './follows.js'
+import { claimedType, decodeRootPeerFrame, type AnnouncementFrame, type ErrorFrame, type FollowEndedFrame, type FollowLiveFrame, type FollowMessagesFrame, type MessageAckFrame, type RootPeerFrame, type SyncResponseFrame } from './frames.js'
 import { Outbox, type MessageAck } from './outbox.js'
-import { signedRecords, type RecordRejected, type SyncedMessage } from './signed-records.js'
+import { RecordFilter, type RecordRejected, type SyncedMessage } from './record-filter.js'
 
 export type { MessageAck } from './outbox.js'
-export type { RecordRejected, RejectReason, SyncedMessage } from './signed-records.js'
+export type { RecordRejected, RejectReason, SyncedMessage } from './record-filter.js'
 
 export interface RootPeerClientOptions {
   bootstrap?: BootstrapNode[]
@@ -35,22 +36,32 @@ export interface SyncPage {
   firstIndex: number
 }
 
-/** The root peer's first frame; its `publicKey` is the connection's Noise key, never the frame's word. */
-export interface Announcement { version: number, publicKey: string, limits: Limits, challenge?: string, access?: number, relay?: string }
+/**
+ * The root peer's first frame; its `publicKey` is the connection's Noise key, never the frame's word. `limits` holds
+ * the limits it announced, each a non-negative integer.
+ */
+export interface Announcement { version: number, publicKey: string, limits: Partial<Limits>, challenge?: string, access?: number, relay?: string }
+
+/** A frame from the root peer that failed its check and was dropped: its claimed type (or null) and why. */
+export interface FrameRejected { type: string | null, reason: string }
 
 interface Pending {
+  answer: 'room-registered' | 'sync-response'
+  roomName: string
   resolve: (frame: any) => void
   reject: (err: RootPeerError) => void
   timer: ReturnType<typeof setTimeout>
 }
 
-const RECONNECT_BACKOFF = [250, 500, 1000, 2000, 5000, 10000]
+const RECONNECT_BACKOFF = [250, 500, 1000, 2000, 5000, 10000, 30000]
+// a root peer proves useful by answering a request, or by staying this long: only then is the backoff reset
+const USEFUL_AFTER = 10_000
 
 /** A chat app's side of the protocol: its options and events are in docs/client.md. */
 export class RootPeerClient extends EventEmitter {
   readonly swarm: Hyperswarm
   announcement: Announcement | null = null
-  readonly counters = { recordsRejected: 0 }
+  readonly counters = { recordsRejected: 0, framesRejected: 0, pagesDropped: 0 }
   private readonly ownsSwarm: boolean
   private readonly topic: Buffer
   private readonly pinned: Buffer[]
@@ -59,27 +70,43 @@ export class RootPeerClient extends EventEmitter {
   private readonly requestTimeout: number
   private conn: NoiseStream | null = null
   private rootKey: Buffer | null = null
+  // the last root peer that proved useful: the one dialed directly after a disconnect
+  private provenKey: Buffer | null = null
+  private usefulTimer: ReturnType<typeof setTimeout> | null = null
+  // whether the current connection proved useful, and Hyperswarm's record of its peer
+  private useful = false
+  private connInfo: PeerInfo | null = null
   private discovery: PeerDiscovery | null = null
   private readonly rooms = new Set<string>()
   private readonly signers = new Map<string, KeyPair>()
   private readonly outbox = new Outbox()
   private readonly pending = new Map<string, Pending>()
-  private readonly follows = new Map<string, FollowQueue>()
+  private readonly follows = new Follows({
+    connection: () => this.conn,
+    write: frame => this.write(frame),
+    followFrame: (roomName, fromIndex) => this.withAccess({ type: 'follow', roomName, fromIndex }),
+    emit: (event, ...args) => this.emit(event, ...args),
+    counters: this.counters
+  })
   private readonly watchdog = new ConnectWatchdog()
   private nextRequest = 1
   private reconnects = 0
   private reconnectTimer: ReturnType<typeof setTimeout> | null = null
   private closed = false
-  private readonly onConnection = (conn: NoiseStream): void => this.handleConnection(conn)
-  // frames that answer no request (those are matched by requestId first), by type
-  private readonly frameHandlers: Record<string, (frame: any) => void> = {
-    'message-ack': frame => this.outbox.acked(frame),
-    'follow-messages': frame => this.follows.get(frame.roomName)?.push(this.verified(frame.roomName, frame.messages), frame.nextIndex),
-    'follow-live': frame => { if (this.follows.has(frame.roomName)) this.emit('follow-live', frame.roomName, frame.nextIndex) },
-    'follow-ended': frame => { if (frame.reason === 'removed') this.follows.get(frame.roomName)?.end() },
-    error: frame => {
+  private readonly onConnection = (conn: NoiseStream, info: PeerInfo): void => this.handleConnection(conn, info)
+  // checked frames that answer no pending request (those are matched by requestId first), by type
+  private readonly frameHandlers: Record<RootPeerFrame['type'], (frame: any, bytes: number) => void> = {
+    'root-peer-announcement': () => this.rejectFrame('root-peer-announcement', 'a second announcement'),
+    'room-registered': () => this.rejectFrame('room-registered', 'answers no pending request'),
+    'sync-response': () => this.rejectFrame('sync-response', 'answers no pending request'),
+    'message-ack': (frame: MessageAckFrame) => { if (this.outbox.acked(frame)) this.markUseful() },
+    'follow-messages': (frame: FollowMessagesFrame, bytes) => this.follows.messages(frame, bytes),
+    'follow-live': (frame: FollowLiveFrame) => { if (this.follows.live(frame)) this.markUseful() },
+    'follow-ended': (frame: FollowEndedFrame) => this.follows.ended(frame),
+    error: (frame: ErrorFrame) => {
       this.emit('error-frame', frame)
-      if (frame.requestType === 'follow') this.followRefused(frame)
+      if (frame.requestType === 'follow') this.follows.refused(frame)
+      else if (frame.requestType === 'unfollow') this.follows.unfollowRefused(frame)
       else this.outbox.refused(frame)
     }
   }
@@ -159,22 +186,22 @@ export class RootPeerClient extends EventEmitter {
     return this.outbox.size
   }
 
-  /** In a signed room a record that fails its check is dropped (`record-rejected`); paging goes on past it. */
+  /**
+   * A record that fails its check is dropped (`record-rejected`); paging goes on past it. `nextIndex` is the index
+   * after the last record the page carried, whatever the root peer claimed.
+   */
   async syncPage (roomName: string, fromIndex = 0, limit?: number): Promise<SyncPage> {
-    const frame = await this.request({ type: 'sync-request', roomName, lastIndex: fromIndex, ...(limit ? { limit } : {}) })
-    const signed = this.signers.has(roomName)
-    const messages = this.verified(roomName, frame.messages)
-    return { roomName: signed ? roomName : frame.roomName, messages, totalMessages: frame.totalMessages, nextIndex: frame.nextIndex, hasMore: frame.hasMore, firstIndex: frame.firstIndex ?? 0 }
+    return await this.page(this.filterFor(roomName, fromIndex), limit)
   }
 
-  /** Every page from `fromIndex` to the room's end, as an async iterator. */
+  /** Every page from `fromIndex` to the room's end, as an async iterator; a record repeated on a later page is dropped. */
   async * sync (roomName: string, fromIndex = 0, opts: { limit?: number } = {}): AsyncGenerator<SyncPage> {
-    let from = fromIndex
+    const filter = this.filterFor(roomName, fromIndex)
     while (true) {
-      const page = await this.syncPage(roomName, from, opts.limit)
+      const from = filter.delivered
+      const page = await this.page(filter, opts.limit)
       yield page
       if (!page.hasMore || page.nextIndex <= from) return
-      from = page.nextIndex
     }
   }
 
@@ -183,10 +210,7 @@ export class RootPeerClient extends EventEmitter {
    * or a failover it resumes from the message after the last one it had; ends when the room is removed.
    */
   async * follow (roomName: string, fromIndex = 0): AsyncGenerator<SyncedMessage> {
-    if (this.follows.has(roomName)) throw new RootPeerError('BAD_FRAME', `room ${roomName} is followed already`)
-    const queue = new FollowQueue(fromIndex)
-    this.follows.set(roomName, queue)
-    this.startFollow(roomName, queue)
+    const queue = this.follows.open(roomName, this.filterFor(roomName, fromIndex))
     try {
       while (true) {
         const message = await queue.next()
@@ -194,8 +218,7 @@ export class RootPeerClient extends EventEmitter {
         yield message
       }
     } finally {
-      this.follows.delete(roomName)
-      this.write({ type: 'unfollow', roomName })
+      this.follows.close(roomName, queue)
     }
   }
 
@@ -203,8 +226,9 @@ export class RootPeerClient extends EventEmitter {
     if (this.closed) return
     this.closed = true
     if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer)
+    if (this.usefulTimer !== null) clearTimeout(this.usefulTimer)
     this.outbox.close()
-    for (const queue of this.follows.values()) queue.end()
+    this.follows.endAll()
     this.failPending('client closed')
     this.swarm.off('connection', this.onConnection)
     if (this.ownsSwarm) {
@@ -215,24 +239,13 @@ export class RootPeerClient extends EventEmitter {
     }
   }
 
-  private handleConnection (conn: NoiseStream): void {
+  private handleConnection (conn: NoiseStream, info: PeerInfo | undefined): void {
     conn.on('error', ignoreError)
     if (this.closed) return
     if (this.ownsSwarm || this.pinned.some(k => k.equals(conn.remotePublicKey))) this.watchdog.watch(conn, this.swarm)
-    let announced = false
     const onfirst = (data: Buffer): void => {
-      let frame: any
-      try {
-        frame = JSON.parse(data.toString('utf8'))
-      } catch {
-        frame = null
-      }
-      announced = frame?.type === 'root-peer-announcement'
-      // what a member signs names the root peer by its Noise key: a peer announcing another key is not it
-      if (announced && (typeof frame.publicKey !== 'string' || frame.publicKey.toLowerCase() !== conn.remotePublicKey.toString('hex'))) {
-        announced = false
-        this.emit('announcement-refused', conn.remotePublicKey.toString('hex'), 'its publicKey is not the connection\'s key')
-      }
+      const frame = this.announcementOf(conn, data)
+      const announced = frame !== null
       const wanted = announced && (this.pinned.length === 0 || this.pinned.some(k => k.equals(conn.remotePublicKey))) && this.conn === null
       if (!wanted) {
         conn.off('data', onfirst)
@@ -240,36 +253,76 @@ export class RootPeerClient extends EventEmitter {
         return
       }
       conn.off('data', onfirst)
-      this.attach(conn, frame)
+      this.attach(conn, frame, info ?? null)
     }
     conn.on('data', onfirst)
   }
 
-  private attach (conn: NoiseStream, announcement: any): void {
+  /** The first frame of a connection as a root peer's announcement, or null: refused (reported) or another app's peer. */
+  private announcementOf (conn: NoiseStream, data: Buffer): AnnouncementFrame | null {
+    const remoteKey = conn.remotePublicKey.toString('hex')
+    let frame: RootPeerFrame
+    try {
+      frame = decodeRootPeerFrame(data)
+    } catch (err) {
+      if (!(err instanceof RootPeerError)) throw err
+      if (claimedType(data) === 'root-peer-announcement') this.emit('announcement-refused', remoteKey, err.message)
+      return null
+    }
+    if (frame.type !== 'root-peer-announcement') return null
+    // what a member signs names the root peer by its Noise key: a peer announcing another key is not it
+    if (frame.publicKey !== remoteKey) {
+      this.emit('announcement-refused', remoteKey, 'its publicKey is not the connection\'s key')
+      return null
+    }
+    return frame
+  }
+
+  private attach (conn: NoiseStream, announcement: AnnouncementFrame, info: PeerInfo | null): void {
     this.conn = conn
+    // until it proves useful, it is redialed only by the client's own backoff, not by Hyperswarm's after a close
+    this.connInfo = info
+    info?.reconnect(false)
     this.rootKey = conn.remotePublicKey
     if (this.connectionTimeout > 0) conn.setTimeout(this.connectionTimeout)
-    this.announcement = { version: announcement.version, publicKey: conn.remotePublicKey.toString('hex'), limits: announcement.limits, challenge: announcement.challenge, access: announcement.access }
-    if (typeof announcement.relay === 'string' && /^[0-9a-f]{64}$/.test(announcement.relay)) this.announcement.relay = announcement.relay
-    this.reconnects = 0
-    // dial it directly from now on, so a restarted root peer is found again without a topic lookup
-    this.swarm.joinPeer(conn.remotePublicKey)
+    const { version, limits, challenge, access, relay } = announcement
+    this.announcement = { version, publicKey: conn.remotePublicKey.toString('hex'), limits, challenge, access, ...(relay === undefined ? {} : { relay }) }
+    this.usefulTimer = setTimeout(() => this.markUseful(), USEFUL_AFTER)
+    this.usefulTimer.unref?.()
     if (this.pinned.length > 1) {
       this.candidate = Math.max(0, this.pinned.findIndex(k => k.equals(conn.remotePublicKey)))
       for (const k of this.pinned) if (!k.equals(conn.remotePublicKey)) this.swarm.leavePeer(k)
     }
-    conn.on('data', (data: Buffer) => this.onFrame(data))
+    conn.on('data', (data: Buffer) => { if (this.conn === conn) this.onFrame(data) })
     conn.on('end', () => conn.end())
     conn.on('close', () => this.detach(conn))
     for (const roomName of this.rooms) this.write(this.withAccess({ type: 'register-room', roomName }))
-    for (const [roomName, queue] of this.follows) this.startFollow(roomName, queue)
+    this.follows.connected()
     this.outbox.connected(frame => this.write(frame), this.announcement.limits)
     this.emit('connect', conn.remotePublicKey.toString('hex'), this.announcement)
+  }
+
+  /** The root peer answered a request (or stayed): the reconnect backoff starts again from its shortest wait. */
+  private markUseful (): void {
+    if (this.usefulTimer !== null) clearTimeout(this.usefulTimer)
+    this.usefulTimer = null
+    if (this.conn === null || this.useful) return
+    this.useful = true
+    this.reconnects = 0
+    this.provenKey = this.conn.remotePublicKey
+    this.connInfo?.reconnect(true)
+    // dial it directly from now on, so a restarted root peer is found again without a topic lookup
+    this.swarm.joinPeer(this.provenKey)
   }
 
   private detach (conn: NoiseStream): void {
     if (this.conn !== conn) return
     this.conn = null
+    if (this.usefulTimer !== null) clearTimeout(this.usefulTimer)
+    this.usefulTimer = null
+    this.useful = false
+    this.connInfo = null
+    this.follows.disconnected()
     this.outbox.disconnected()
     this.failPending('disconnected from the root peer')
     if (this.pinned.length > 1) this.nextCandidate(conn.remotePublicKey)
@@ -284,7 +337,7 @@ export class RootPeerClient extends EventEmitter {
       this.reconnectTimer = null
       if (this.closed || this.conn !== null) return
       if (this.pinned.length > 1 && this.reconnects > 1) this.nextCandidate(this.pinned[this.candidate])
-      const key = this.pinned.length > 0 ? this.pinned[this.candidate] : this.rootKey
+      const key = this.pinned.length > 0 ? this.pinned[this.candidate] : this.provenKey
       if (key !== null && !this.swarm.connections.size) {
         // a fresh peer entry retries at once instead of after Hyperswarm's long backoff
         this.swarm.leavePeer(key)
@@ -303,48 +356,59 @@ export class RootPeerClient extends EventEmitter {
     this.swarm.joinPeer(this.pinned[this.candidate])
   }
 
+  /** Every frame after the announcement: checked, then matched to its request or handled by its type. */
   private onFrame (data: Buffer): void {
-    let frame: any
+    let frame: RootPeerFrame
     try {
-      frame = JSON.parse(data.toString('utf8'))
-    } catch {
+      frame = decodeRootPeerFrame(data)
+    } catch (err) {
+      if (!(err instanceof RootPeerError)) throw err
+      this.rejectFrame(claimedType(data), err.message)
       return
     }
-    if (typeof frame !== 'object' || frame === null) return
-    const p = frame.requestId === undefined ? undefined : this.pending.get(String(frame.requestId))
+    const requestId = 'requestId' in frame ? frame.requestId : undefined
+    const p = requestId === undefined ? undefined : this.pending.get(String(requestId))
     if (p !== undefined) {
-      this.pending.delete(String(frame.requestId))
+      if (frame.type !== 'error' && (frame.type !== p.answer || frame.roomName !== p.roomName)) {
+        this.rejectFrame(frame.type, `answers request ${String(requestId)} (a ${p.answer} of ${p.roomName}) with another frame`)
+        return
+      }
+      this.pending.delete(String(requestId))
       clearTimeout(p.timer)
-      if (frame.type === 'error') p.reject(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
-      else p.resolve(frame)
+      if (frame.type === 'error') {
+        p.reject(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
+        return
+      }
+      this.markUseful()
+      p.resolve(frame)
       return
     }
-    if (typeof frame.type === 'string' && Object.hasOwn(this.frameHandlers, frame.type)) this.frameHandlers[frame.type](frame)
+    this.frameHandlers[frame.type](frame, data.byteLength)
   }
 
-  /** A signed room's records that its writer signed; each other one is reported and counted. */
-  private verified (roomName: string, records: unknown): SyncedMessage[] {
+  private rejectFrame (type: string | null, reason: string): void {
+    this.counters.framesRejected++
+    this.emit('frame-rejected', { type, reason } satisfies FrameRejected)
+  }
+
+  /** What one stream of the room's records (a follow, a sync) lets through to the app. */
+  private filterFor (roomName: string, fromIndex: number): RecordFilter {
+    if (!Number.isSafeInteger(fromIndex) || fromIndex < 0) throw new RootPeerError('BAD_FRAME', 'fromIndex: must be a non-negative integer')
     const signer = this.signers.get(roomName)
-    if (signer === undefined) return records as SyncedMessage[]
-    return signedRecords(roomName, signer.publicKey.toString('hex'), records, rejected => {
+    return new RecordFilter(roomName, signer === undefined ? null : signer.publicKey.toString('hex'), fromIndex, rejected => {
       this.counters.recordsRejected++
       this.emit('record-rejected', rejected satisfies RecordRejected)
     })
   }
 
-  private startFollow (roomName: string, queue: FollowQueue): void {
-    this.write(this.withAccess({ type: 'follow', roomName, fromIndex: queue.nextIndex }))
-  }
-
-  /** A rate limit is waited out; any other refusal ends the follow with it. */
-  private followRefused (frame: any): void {
-    const queue = this.follows.get(frame.roomName)
-    if (queue === undefined) return
-    if (frame.code !== 'RATE_LIMITED') {
-      queue.fail(new RootPeerError(frame.code as ErrorCode, frame.message, frame))
-      return
-    }
-    setTimeout(() => { if (this.follows.get(frame.roomName) === queue) this.startFollow(frame.roomName, queue) }, Number(frame.retryAfterMs) || 1000)
+  private async page (filter: RecordFilter, limit?: number): Promise<SyncPage> {
+    const roomName = filter.roomName
+    const from = filter.delivered
+    const frame: SyncResponseFrame = await this.request({ type: 'sync-request', roomName, lastIndex: from, ...(limit ? { limit } : {}) })
+    const messages = filter.accept(frame.messages)
+    // a page is believed to reach only as far as the records it carried
+    const nextIndex = filter.delivered
+    return { roomName, messages, totalMessages: frame.totalMessages, nextIndex, hasMore: frame.hasMore && nextIndex > from, firstIndex: frame.firstIndex }
   }
 
   private withAccess (frame: { type: string, roomName: string } & Record<string, unknown>): Record<string, unknown> {
@@ -355,16 +419,17 @@ export class RootPeerClient extends EventEmitter {
     return { ...frame, writerPublicKey: signer.publicKey.toString('hex'), signature }
   }
 
-  private async request (frame: { type: string, roomName: string } & Record<string, unknown>): Promise<any> {
+  private async request (frame: { type: 'register-room' | 'sync-request', roomName: string } & Record<string, unknown>): Promise<any> {
     await this.ready()
     frame = this.withAccess(frame) as typeof frame
     const requestId = `r${this.nextRequest++}`
+    const answer = frame.type === 'register-room' ? 'room-registered' : 'sync-response'
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(requestId)
         reject(new RootPeerError('TIMEOUT', `no answer to ${String(frame.type)} within ${this.requestTimeout} ms`))
       }, this.requestTimeout)
-      this.pending.set(requestId, { resolve, reject, timer })
+      this.pending.set(requestId, { answer, roomName: frame.roomName, resolve, reject, timer })
       this.write({ ...frame, requestId })
     })
   }
@@ -384,3 +449,4 @@ export class RootPeerClient extends EventEmitter {
 
 // the close that follows a connection's error is what the client acts on (detach, reconnect)
 function ignoreError (): void {}
+

@@ -1,21 +1,41 @@
-import type { SyncedMessage } from './signed-records.js'
+import type { RecordFilter, SyncedMessage } from './record-filter.js'
 
-/** A followed room's messages not yet taken by the reader, and the index to resume from. */
+interface Queued { message: SyncedMessage, bytes: number }
+
+/**
+ * A followed room's messages not yet taken by the app, the filter that decides which records it gets (and so the
+ * index to resume from), and where its follow stands on the current connection.
+ */
 export class FollowQueue {
-  nextIndex: number
-  private readonly items: SyncedMessage[] = []
+  /** bytes of the frames the queued messages came in, shared out among them */
+  bytes = 0
+  /** the app's backlog passed the mark: no follow runs until it has taken it down to half */
+  parked = false
+  /** a `follow` runs on this connection */
+  following = false
+  /** `unfollow` sent and its `follow-ended` not come: the pages still on their way are dropped */
+  ending = false
+  private readonly items: Queued[] = []
   private waiter: { resolve: (m: SyncedMessage | null) => void, reject: (err: Error) => void } | null = null
   private ended = false
   private error: Error | null = null
 
-  constructor (fromIndex: number) {
-    this.nextIndex = fromIndex
+  constructor (readonly filter: RecordFilter, private readonly onTaken: () => void) {}
+
+  get length (): number {
+    return this.items.length
   }
 
-  /** A page of the room from the root peer; what this reader had already is skipped. */
-  push (messages: readonly SyncedMessage[], nextIndex: number): void {
-    for (const m of messages) if (m.messageIndex >= this.nextIndex) this.items.push(m)
-    if (Number.isSafeInteger(nextIndex)) this.nextIndex = Math.max(this.nextIndex, nextIndex)
+  /** Whether the pages that come now belong to the follow that runs. */
+  get streaming (): boolean {
+    return this.following && !this.ending
+  }
+
+  push (messages: readonly SyncedMessage[], bytes: number): void {
+    for (const message of messages) {
+      this.items.push({ message, bytes })
+      this.bytes += bytes
+    }
     this.wake()
   }
 
@@ -30,7 +50,12 @@ export class FollowQueue {
   }
 
   next (): Promise<SyncedMessage | null> {
-    if (this.items.length > 0) return Promise.resolve(this.items.shift()!)
+    const item = this.items.shift()
+    if (item !== undefined) {
+      this.bytes -= item.bytes
+      this.onTaken()
+      return Promise.resolve(item.message)
+    }
     if (this.error !== null) return Promise.reject(this.error)
     if (this.ended) return Promise.resolve(null)
     return new Promise((resolve, reject) => { this.waiter = { resolve, reject } })

@@ -16,6 +16,7 @@ interface Outgoing {
 // refusals after which a message is resent; any other is final
 const TRANSIENT: ReadonlySet<string> = new Set(['SHUTTING_DOWN', 'STORAGE_ERROR', 'INTERNAL_ERROR', 'RATE_LIMITED', 'TOO_MANY_PEERS', 'STORAGE_FULL', 'PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'])
 const RESEND_BACKOFF = [1000, 5000, 15000, 60000]
+const MIN_RESEND = 100
 
 /** Each message until its ack: paced to the root peer's budgets, resent on reconnect or a passing refusal. */
 export class Outbox {
@@ -62,18 +63,20 @@ export class Outbox {
     this.queue = []
   }
 
-  acked (frame: { id?: unknown, messageIndex?: unknown, duplicate?: unknown }): void {
-    const out = typeof frame.id === 'string' ? this.messages.get(frame.id) : undefined
-    if (out === undefined) return
+  /** Whether the ack (a checked `message-ack`) was of a message in the outbox, of its room. */
+  acked (frame: { id: string, roomName?: string, messageIndex: number, duplicate: boolean }): boolean {
+    const out = this.messages.get(frame.id)
+    if (out === undefined || (frame.roomName !== undefined && frame.roomName !== out.frame.roomName)) return false
     this.messages.delete(out.frame.id)
     if (out.timer !== null) clearTimeout(out.timer)
-    out.resolve({ id: out.frame.id, messageIndex: frame.messageIndex as number, duplicate: frame.duplicate === true })
+    out.resolve({ id: out.frame.id, messageIndex: frame.messageIndex, duplicate: frame.duplicate })
+    return true
   }
 
   /** An `error` frame naming one of our messages: final, or resent later. */
-  refused (frame: { id?: unknown, code: string, message: string, retryAfterMs?: unknown }): void {
-    const out = typeof frame.id === 'string' ? this.messages.get(frame.id) : undefined
-    if (out === undefined) return
+  refused (frame: { id?: string, roomName?: string, code: string, message: string, retryAfterMs?: number }): void {
+    const out = frame.id === undefined ? undefined : this.messages.get(frame.id)
+    if (out === undefined || (frame.roomName !== undefined && frame.roomName !== out.frame.roomName)) return
     if (!TRANSIENT.has(frame.code)) {
       this.messages.delete(out.frame.id)
       if (out.timer !== null) clearTimeout(out.timer)
@@ -82,7 +85,8 @@ export class Outbox {
     }
     // SHUTTING_DOWN: the reconnect resends it; others after a backoff
     if (frame.code === 'SHUTTING_DOWN' || out.timer !== null) return
-    const delay = typeof frame.retryAfterMs === 'number' ? frame.retryAfterMs : RESEND_BACKOFF[Math.min(out.retries++, RESEND_BACKOFF.length - 1)]
+    // at least MIN_RESEND: a root peer that refuses with retryAfterMs 0 cannot make the client resend in a loop
+    const delay = frame.retryAfterMs !== undefined ? Math.max(frame.retryAfterMs, MIN_RESEND) : RESEND_BACKOFF[Math.min(out.retries++, RESEND_BACKOFF.length - 1)]
     out.timer = setTimeout(() => {
       out.timer = null
       if (this.messages.has(out.frame.id)) this.enqueue(out)

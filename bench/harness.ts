@@ -66,9 +66,9 @@ export class Daemon {
   private waiters: Array<{ match: (l: any) => boolean, resolve: (l: any) => void }> = []
   readonly exited: Promise<unknown>
 
-  constructor (env: Record<string, string>, profileDir: string | null) {
+  constructor (env: Record<string, string>, profileDir: string | null, bin = path.join(ROOT, 'dist/bin.js')) {
     // the built daemon, as deployed: tsx's loader would add its own memory and startup work
-    const args = [...(profileDir !== null ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), path.join(ROOT, 'dist/bin.js')]
+    const args = [...(profileDir !== null ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), bin]
     this.child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, NODE_ENV: 'production', ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
     this.exited = once(this.child, 'exit')
     let buf = ''
@@ -122,6 +122,7 @@ export class Daemon {
 export class Client {
   readonly swarm: Hyperswarm
   conn!: NoiseStream
+  announcement: any = null
   onFrame: (frame: any) => void = () => {}
 
   constructor (net: Testnet) {
@@ -139,7 +140,11 @@ export class Client {
     this.conn = conn
     conn.on('error', () => {})
     const announced = new Promise<void>(resolve => {
-      this.onFrame = f => { if (f.type === 'root-peer-announcement') resolve() }
+      this.onFrame = f => {
+        if (f.type !== 'root-peer-announcement') return
+        this.announcement = f
+        resolve()
+      }
     })
     conn.on('data', (data: Buffer) => this.onFrame(JSON.parse(data.toString('utf8'))))
     await announced

@@ -1,36 +1,57 @@
-// npm run bench:hostile [-- --seconds 10 --rate 50]
-// A good client's ack latency and the daemon's RSS, first quiet, then while strangers attack at full speed:
-// half-sent 16 MiB frames (128 KiB of each sent), sync-requests for 1,000 messages of 60 kB, silent connections, and rooms created
-// as fast as their budgets allow. The daemon runs with its default limits (only MAX_PEERS_PER_HOST is off: every
-// peer here connects from 127.0.0.1). Everything stays on 127.0.0.1 and stops by itself.
+// npm run bench:hostile [-- follow relay wake] [--seconds 10 --rate 50 --dist DIR]
+// A good client's ack latency and the daemon's peak RSS, first quiet, then while strangers attack at full speed, for
+// each scenario in bench/floods/ on a daemon of its own with its default limits (only MAX_PEERS_PER_HOST is off:
+// every peer here connects from loopback). A scenario's rooms are filled first through a daemon with rate limits off,
+// which is stopped before the measured one starts on the same data. Everything stays on 127.0.0.0/8 and stops by itself.
 import { fork } from 'node:child_process'
 import { once } from 'node:events'
 import os from 'node:os'
+import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import HyperDHT from 'hyperdht'
 import createTestnet from 'hyperdht/testnet.js'
-import { Client, Daemon, build, cleanups, runBench, percentile, round2, sleep, stats, tempDir } from './harness.js'
+import { Client, Daemon, ROOT, benchEnv, build, cleanup, cleanups, runBench, percentile, round2, sleep, tempDir } from './harness.js'
+import type { AttackContext, Measured, Scenario, Stage } from './floods/common.js'
+import { follow } from './floods/follow.js'
+import { mixed } from './floods/mixed.js'
+import { relayBytes, relayHold } from './floods/relay.js'
+import { wake } from './floods/wake.js'
 
-interface Options { seconds: number, rate: number }
+const SCENARIOS: Record<string, Scenario> = { mixed, follow, 'relay-bytes': relayBytes, 'relay-hold': relayHold, wake }
+const ALIASES: Record<string, string[]> = { relay: ['relay-bytes', 'relay-hold'], all: Object.keys(SCENARIOS) }
+
+interface Options { seconds: number, rate: number, dist: string | null, scenarios: string[] }
 
 function parseArgs (argv: string[]): Options {
-  const o: Options = { seconds: 10, rate: 50 }
+  const o: Options = { seconds: 10, rate: 50, dist: null, scenarios: [] }
   for (let i = 0; i < argv.length; i++) {
+    if (!argv[i].startsWith('--')) {
+      const names = ALIASES[argv[i]] ?? [argv[i]]
+      for (const name of names) if (SCENARIOS[name] === undefined) throw new Error(`unknown scenario ${name}: one of ${[...Object.keys(SCENARIOS), ...Object.keys(ALIASES)].join(', ')}`)
+      o.scenarios.push(...names)
+      continue
+    }
     const [flag, inline] = argv[i].split('=', 2)
-    const n = Number(inline ?? argv[++i])
-    if (flag === '--seconds') o.seconds = n
-    else if (flag === '--rate') o.rate = n
+    const value = inline ?? argv[++i]
+    if (flag === '--seconds') o.seconds = Number(value)
+    else if (flag === '--rate') o.rate = Number(value)
+    // a daemon built elsewhere (e.g. an older commit's dist/, for a before-and-after run): src/ is not built
+    else if (flag === '--dist') o.dist = path.resolve(value)
     else throw new Error(`unknown flag ${argv[i]}`)
   }
+  if (o.scenarios.length === 0) o.scenarios = ALIASES.all
   return o
 }
 
+interface Latency { p50: number, p99: number, max: number, acked: number, sent: number }
+
 /** Sends `rate` messages a second for `seconds` and resolves with the ack latencies' p50, p99 and max. */
-async function latency (client: Client, seconds: number, rate: number, tag: string): Promise<{ p50: number, p99: number, max: number, acked: number }> {
+async function latency (client: Client, seconds: number, rate: number, tag: string): Promise<Latency> {
   const count = Math.round(seconds * rate)
   const sentAt = new Array<number>(count)
   const took: number[] = []
+  let finish = (): void => {}
   const done = new Promise<void>((resolve, reject) => {
+    finish = resolve
     client.onFrame = f => {
       if (f.type === 'error') reject(new Error(`good client refused: ${f.code} ${f.message}`))
       if (f.type !== 'message-ack') return
@@ -45,186 +66,125 @@ async function latency (client: Client, seconds: number, rate: number, tag: stri
     sentAt[i] = performance.now()
     client.send({ type: 'message', roomName: 'good-room', message: 'x'.repeat(240), id: `${tag}${i}` })
   }
+  // a daemon that stops answering ends the phase 30 s after the last message: what never came is `acked` short of `sent`
+  const deadline = setTimeout(finish, 30_000)
   await done
+  clearTimeout(deadline)
   took.sort((a, b) => a - b)
-  return { p50: round2(percentile(took, 0.5)), p99: round2(percentile(took, 0.99)), max: round2(took[took.length - 1]), acked: took.length }
+  if (took.length === 0) return { p50: NaN, p99: NaN, max: NaN, acked: 0, sent: count }
+  return { p50: round2(percentile(took, 0.5)), p99: round2(percentile(took, 0.99)), max: round2(took[took.length - 1]), acked: took.length, sent: count }
 }
 
-/** Samples the daemon's RSS every 200 ms until stopped; resolves with the highest. */
-function peakRss (daemon: Daemon): { stop: () => Promise<number> } {
+/** The good client's `latency` with the daemon's peak RSS (sampled every 200 ms) and the CPU seconds it used meanwhile. */
+async function phase (daemon: Daemon, good: Client, o: Options, tag: string): Promise<{ ackMs: Latency, peakRssMB: number, cpuSeconds: number }> {
   let peak = 0
   let running = true
-  const loop = (async () => {
+  const sampling = (async () => {
     while (running) {
       peak = Math.max(peak, await daemon.rssMB().catch(() => 0))
       await sleep(200)
     }
   })()
-  return { stop: async () => { running = false; await loop; return peak } }
+  const cpu0 = await daemon.cpuSeconds()
+  const ackMs = await latency(good, o.seconds, o.rate, tag)
+  const cpuSeconds = round2(await daemon.cpuSeconds() - cpu0)
+  running = false
+  await sampling
+  return { ackMs, peakRssMB: peak, cpuSeconds }
 }
 
-/** Raw DHT connections to the daemon, each handed to `attack`, reconnected as they are dropped, until `stop`. */
-function attackers (bootstrap: Array<{ host: string, port: number }>, publicKey: Buffer, count: number, attack: (conn: any) => void, tally: Tally): { opened: Promise<void>, stop: () => Promise<void> } {
-  const node = new HyperDHT({ bootstrap, host: '127.0.0.1' })
-  let running = true
-  let firstOpen = (): void => {}
-  const opened = new Promise<void>(resolve => { firstOpen = resolve })
-  const open = new Set<any>()
-  const connectOne = (): void => {
-    if (!running) return
-    const conn = (node as any).connect(publicKey, { keyPair: HyperDHT.keyPair() })
-    open.add(conn)
-    tally.connections++
-    conn.on('error', () => {})
-    conn.rawStream?.on?.('error', () => {})
-    // a dial the daemon never saw (no announcement within 3 s) is dialed again, as the client library does
-    const unseen = setTimeout(() => conn.destroy(), 3000)
-    conn.on('data', (d: Buffer) => {
-      clearTimeout(unseen)
-      const f = JSON.parse(d.toString())
-      if (f.type === 'error') tally.errors[f.code] = (tally.errors[f.code] ?? 0) + 1
-    })
-    conn.once('open', () => {
-      tally.opened++
-      firstOpen()
-      attack(conn)
-    })
-    conn.once('close', () => clearTimeout(unseen))
-    conn.once('close', () => {
-      open.delete(conn)
-      if (running) setTimeout(connectOne, 50)
-    })
-  }
-  for (let i = 0; i < count; i++) connectOne()
-  return {
-    opened,
-    stop: async () => {
-      running = false
-      for (const c of open) c.destroy()
-      await node.destroy()
-    }
-  }
-}
-
-interface Tally { connections: number, opened: number, errors: Record<string, number>, answers: number }
-
-/** The attackers' process: every attack at once until SIGTERM, then its tallies as one JSON line. */
-async function attack (publicKey: Buffer, bootstrap: Array<{ host: string, port: number }>): Promise<void> {
-  const tally = (): Tally => ({ connections: 0, opened: 0, errors: {}, answers: 0 })
-  const t = { halfFrames: tally(), syncs: tally(), silent: tally(), rooms: tally() }
-  const running = [
-    // 1: a frame announced at 16 MiB, 128 KiB of it sent (past the 64 KiB UDX holds before the daemon sees a frame)
-    attackers(bootstrap, publicKey, 16, conn => {
-      conn.rawStream.write(Buffer.from([0xff, 0xff, 0xff]))
-      for (let i = 0; i < 2; i++) conn.rawStream.write(Buffer.alloc(64 * 1024))
-    }, t.halfFrames),
-    // 2: sync-requests for 1,000 messages of 60 kB, each page followed by the next request
-    attackers(bootstrap, publicKey, 8, conn => {
-      const ask = (): void => { conn.write(JSON.stringify({ type: 'sync-request', roomName: 'big-room', lastIndex: 0, limit: 1000 })) }
-      conn.on('data', (d: Buffer) => {
-        const f = JSON.parse(d.toString())
-        if (f.type === 'sync-response') t.syncs.answers++
-        if (f.type === 'sync-response' || f.type === 'error') setImmediate(ask)
-      })
-      ask()
-    }, t.syncs),
-    // 4: connections that never send a frame
-    attackers(bootstrap, publicKey, 200, () => {}, t.silent),
-    // 6: fresh keys creating rooms as fast as they are let
-    attackers(bootstrap, publicKey, 20, conn => {
-      const prefix = conn.publicKey.toString('hex').slice(0, 16)
-      let n = 0
-      const more = (): void => { conn.write(JSON.stringify({ type: 'register-room', roomName: `junk-${prefix}-${n}`, requestId: n++ })) }
-      conn.on('data', (d: Buffer) => {
-        const f = JSON.parse(d.toString())
-        if (f.type === 'room-registered') t.rooms.answers++
-        if (f.type === 'room-registered' || f.type === 'error') setTimeout(more, f.type === 'error' ? 100 : 0)
-      })
-      more()
-    }, t.rooms)
-  ]
-  // every kind of attack is under way (a DHT node's first dials can take seconds) before the good client is measured
-  await Promise.all(running.map(r => r.opened))
-  process.send!('started')
-  await new Promise(resolve => process.once('SIGTERM', resolve))
-  process.send!(JSON.stringify(t))
-  await Promise.all(running.map(r => r.stop()))
-  process.exit(0)
-}
-
-async function main (): Promise<void> {
-  const o = parseArgs(process.argv.slice(2))
-  await build()
-  const net = await createTestnet(5, { host: '127.0.0.1' })
-  cleanups.push(() => net.destroy())
-  const daemon = new Daemon({
-    DHT_BOOTSTRAP: net.bootstrap.map(b => `${b.host}:${b.port}`).join(','),
-    DHT_HOST: '127.0.0.1',
-    HOST: '127.0.0.1',
-    PORT: '0',
-    STATS_INTERVAL: '0',
-    STORAGE_DIR: await tempDir('root-peer-bench-hostile-'),
-    MAX_PEERS_PER_HOST: '0'
-  }, null)
+async function startDaemon (env: Record<string, string>, o: Options): Promise<{ daemon: Daemon, monitorUrl: string, publicKey: Buffer }> {
+  const daemon = new Daemon(env, null, o.dist === null ? undefined : path.join(o.dist, 'bin.js'))
   cleanups.push(() => daemon.stop())
   const monitor = await daemon.line(l => typeof l.url === 'string')
   const ready = await daemon.line(l => typeof l.msg === 'string' && l.msg.startsWith('root peer ready'))
   await daemon.line(l => l.msg === 'announced on the discovery topic')
-  const publicKey = Buffer.from(ready.publicKey, 'hex')
+  return { daemon, monitorUrl: monitor.url, publicKey: Buffer.from(ready.publicKey, 'hex') }
+}
 
-  // a room of 60 kB messages for the sync attack, written by four keys within their byte budgets
-  const writers = Array.from({ length: 4 }, () => new Client(net))
-  await Promise.all(writers.map(c => c.connect()))
-  const big = 'y'.repeat(60_000)
-  await Promise.all(writers.map((c, k) => new Promise<void>((resolve, reject) => {
-    let acked = 0
-    c.onFrame = f => {
-      if (f.type === 'error') reject(new Error(`writer: ${f.code} ${f.message}`))
-      if (f.type === 'message-ack' && ++acked === 50) resolve()
-    }
-    for (let i = 0; i < 50; i++) c.send({ type: 'message', roomName: 'big-room', message: big, id: `w${k}-${i}` })
-  })))
-  await Promise.all(writers.map(c => c.swarm.destroy()))
+async function runScenario (name: string, o: Options): Promise<Record<string, any>> {
+  const sc = SCENARIOS[name]
+  const net = await createTestnet(5, { host: '127.0.0.1' })
+  cleanups.push(() => net.destroy())
+  const storage = { STORAGE_DIR: await tempDir(`root-peer-bench-hostile-${name}-`) }
+  const t0 = performance.now()
+  if (sc.prefill !== undefined) {
+    const filler = await startDaemon({ ...benchEnv(net), ...sc.env, ...storage }, o)
+    await sc.prefill(net)
+    await filler.daemon.stop()
+  }
+  const prefillSeconds = round2((performance.now() - t0) / 1000)
+  const { DHT_BOOTSTRAP, DHT_HOST, HOST, PORT, STATS_INTERVAL, MAX_PEERS_PER_HOST } = benchEnv(net)
+  const { daemon, monitorUrl, publicKey } = await startDaemon({ DHT_BOOTSTRAP, DHT_HOST, HOST, PORT, STATS_INTERVAL, MAX_PEERS_PER_HOST, ...sc.env, ...storage }, o)
+  const stage: Stage = { net, daemon, monitorUrl, publicKey }
 
   const good = new Client(net)
   await good.connect()
-  const quietRss = peakRss(daemon)
-  const quiet = await latency(good, o.seconds, o.rate, 'q')
-  const quietPeak = await quietRss.stop()
+  const quiet = await phase(daemon, good, o, 'q')
+  const before = sc.before === undefined ? {} : await sc.before(stage)
 
   // the strangers run in a process of their own, so their work does not slow the good client's event loop
-  const strangers = fork(fileURLToPath(import.meta.url), ['--attack', publicKey.toString('hex'), JSON.stringify(net.bootstrap)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' })
+  const ctx = { publicKey: publicKey.toString('hex'), bootstrap: net.bootstrap, relay: good.announcement.relay ?? null }
+  const strangers = fork(fileURLToPath(import.meta.url), ['--attack', name, JSON.stringify(ctx)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' })
   cleanups.push(() => strangers.kill('SIGKILL'))
   const messages: string[] = []
   strangers.on('message', m => messages.push(String(m)))
   await once(strangers, 'message')
   await sleep(2000)
-  const hostileRss = peakRss(daemon)
-  const hostile = await latency(good, o.seconds, o.rate, 'h')
-  const hostilePeak = await hostileRss.stop()
+  const hostile = await phase(daemon, good, o, 'h')
+  const during = sc.during === undefined ? {} : await sc.during(stage)
   strangers.kill('SIGTERM')
+  const kill = setTimeout(() => strangers.kill('SIGKILL'), 20_000)
   await once(strangers, 'exit')
-  const tallies = JSON.parse(messages[1])
-  const s = await stats(monitor.url)
+  clearTimeout(kill)
+  const tallies = JSON.parse(messages[1] ?? '{}')
+  const measured: Measured = { seconds: o.seconds, cpuSeconds: hostile.cpuSeconds, quietCpuSeconds: quiet.cpuSeconds, quietPeakMB: quiet.peakRssMB, peakMB: hostile.peakRssMB, before }
+  const figures = { ...during, ...(sc.after === undefined ? {} : await sc.after(stage, tallies, measured)) }
+  return { scenario: name, prefillSeconds, quiet, hostile, figures, strangers: tallies }
+}
 
-  const result = {
-    goodClient: { rate: o.rate, seconds: o.seconds },
-    quiet: { ackMs: quiet, peakRssMB: quietPeak },
-    hostile: { ackMs: hostile, peakRssMB: hostilePeak },
-    strangers: tallies,
-    daemon: { errors: s.counters.errors, droppedPeers: s.counters.droppedPeers, idleDisconnects: s.counters.idleDisconnects, roomsRemoved: s.counters.roomsRemoved, totalRooms: s.totalRooms },
-    machine: { nproc: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version }
+async function main (): Promise<void> {
+  const o = parseArgs(process.argv.slice(2))
+  if (o.dist === null) await build()
+  const results = []
+  for (const name of o.scenarios) {
+    const mark = cleanups.length
+    const t0 = performance.now()
+    const r = await runScenario(name, o)
+    // this scenario's daemons, testnet and temp dir go before the next one starts
+    while (cleanups.length > mark) {
+      try { await cleanups.pop()!() } catch {}
+    }
+    r.seconds = round2((performance.now() - t0) / 1000)
+    results.push(r)
+    console.log(JSON.stringify(r))
   }
-  console.log(JSON.stringify(result))
-  console.log(`quiet    ack p50 ${quiet.p50} ms, p99 ${quiet.p99} ms, max ${quiet.max} ms; peak RSS ${quietPeak} MB`)
-  console.log(`hostile  ack p50 ${hostile.p50} ms, p99 ${hostile.p99} ms, max ${hostile.max} ms; peak RSS ${hostilePeak} MB`)
-  const t = tallies
-  console.log(`strangers: ${t.halfFrames.opened} half-frame connections, ${t.syncs.opened} sync connections (${t.syncs.answers} pages of up to 512 KiB), ${t.silent.opened} silent connections, ${t.rooms.answers} rooms created by ${t.rooms.opened} keys; the daemon's refusals ${JSON.stringify(s.counters.errors)}`)
+  const machine = { nproc: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version, date: new Date().toISOString(), daemon: o.dist ?? path.join(ROOT, 'dist') }
+  console.log(JSON.stringify({ goodClient: { rate: o.rate, seconds: o.seconds }, machine }))
+  console.log('\n| scenario | ack p50 quiet / attack | ack p99 quiet / attack | ack max attack | daemon peak RSS quiet / attack |')
+  console.log('|---|---|---|---|---|')
+  for (const r of results) {
+    const lost = r.hostile.ackMs.acked < r.hostile.ackMs.sent ? ` (${r.hostile.ackMs.acked} of ${r.hostile.ackMs.sent} acked)` : ''
+    console.log(`| ${r.scenario} | ${r.quiet.ackMs.p50} / ${r.hostile.ackMs.p50} ms | ${r.quiet.ackMs.p99} / ${r.hostile.ackMs.p99} ms | ${r.hostile.ackMs.max} ms${lost} | ${r.quiet.peakRssMB} / ${r.hostile.peakRssMB} MB |`)
+  }
+  console.log('')
+  for (const r of results) console.log(`${r.scenario} (${SCENARIOS[r.scenario].title}; ${r.seconds} s): ${SCENARIOS[r.scenario].describe(r.figures, r.strangers)}`)
+}
+
+/** The strangers' process: one scenario's flood until SIGTERM, then its tallies as one message. */
+async function attack (name: string, raw: { publicKey: string, bootstrap: AttackContext['bootstrap'], relay: string | null }): Promise<void> {
+  const running = await SCENARIOS[name].attack({ publicKey: Buffer.from(raw.publicKey, 'hex'), bootstrap: raw.bootstrap, relay: raw.relay === null ? null : Buffer.from(raw.relay, 'hex') })
+  process.send!('started')
+  await new Promise(resolve => process.once('SIGTERM', resolve))
+  process.send!(JSON.stringify(running.tallies()))
+  await running.stop()
+  await cleanup()
+  process.exit(0)
 }
 
 const attackAt = process.argv.indexOf('--attack')
 if (attackAt !== -1) {
-  attack(Buffer.from(process.argv[attackAt + 1], 'hex'), JSON.parse(process.argv[attackAt + 2])).catch(err => {
+  attack(process.argv[attackAt + 1], JSON.parse(process.argv[attackAt + 2])).catch(err => {
     console.error(err)
     process.exit(1)
   })

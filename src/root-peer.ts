@@ -105,7 +105,8 @@ export class ChatRootPeer extends ReadyResource {
     this.topics = new RoomTopics({ maxAnnounced: s.maxAnnouncedRooms, idleTimeout: s.roomIdleTimeout })
     // in a cluster no room is removed: the other members hold it too
     const emptyRoomTtl = s.clusterPeers.length > 0 ? 0 : s.emptyRoomTtl
-    this.upkeep = new RoomUpkeep({ rooms: () => this.rooms, topics: this.topics, idleTimeout: s.roomIdleTimeout, emptyRoomTtl, counters: this.counters, track })
+    const isFollowed = (roomName: string): boolean => this.connections.handlers.followers.isFollowed(roomName)
+    this.upkeep = new RoomUpkeep({ rooms: () => this.rooms, topics: this.topics, idleTimeout: s.roomIdleTimeout, emptyRoomTtl, isFollowed, counters: this.counters, track })
     this.writer = new RoomWriter({
       rooms: () => this.rooms!,
       storage: this.storage,
@@ -417,7 +418,9 @@ export class ChatRootPeer extends ReadyResource {
 
   private async openRelay (dht: HyperDHT, keyPair: { publicKey: Buffer, secretKey: Buffer }): Promise<void> {
     const s = this.settings
-    this.relay = new Relay({ dht, keyPair, maxPairs: s.relayMaxPairs, maxPairsPerPeer: s.relayMaxPairsPerPeer, pairBytesPerSecond: s.relayPairBytesPerSecond, bytesPerSecond: s.relayBytesPerSecond })
+    this.relay = new Relay({ dht, keyPair, maxPairs: s.relayMaxPairs, maxPairsPerPeer: s.relayMaxPairsPerPeer, maxPairsPerHost: s.relayMaxPairsPerHost,
+      pairBytesPerSecond: s.relayPairBytesPerSecond, peerBytesPerSecond: s.relayPeerBytesPerSecond, hostBytesPerSecond: s.relayHostBytesPerSecond,
+      bytesPerSecond: s.relayBytesPerSecond, emptyPairTimeout: s.relayEmptyPairTimeout })
     await this.relay.ready()
   }
 

@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import fc from 'fast-check'
 import { RootPeerError, type ErrorCode } from '../src/protocol/errors.js'
 import {
-  DEFAULT_LIMITS, MAX_ID, MAX_NESTING, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic, pageEntry,
+  DEFAULT_LIMITS, MAX_ID, MAX_NESTING, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic, isSignedEntry, pageEntry,
   parseRecord, validateRoomName, type Limits, type MessageFrame, type StoredRecord
 } from '../src/protocol/protocol.js'
 
@@ -305,6 +305,18 @@ test('pageEntry: the stored block with messageIndex added; a block that is not a
   }
   assert.equal(parseRecord(Buffer.from('[1]'))?.constructor, Array, 'an array is an object to parseRecord')
   for (const text of ['hello', '42', 'null', '"s"', '']) assert.equal(parseRecord(Buffer.from(text)), null, text)
+})
+
+test('isSignedEntry: true exactly for a record stored with a signature, whatever its message and id hold', () => {
+  fc.assert(fc.property(fc.jsonValue(), fc.string(), fc.boolean(), fc.nat(), (message, id, signed, index) => {
+    // a message or id that imitates a signature field must not pass for one
+    const record: StoredRecord = { message, storedAt: 1, fromPeer: KEY, senderPublicKey: KEY, id, ...(signed ? { signature: SIG } : {}) }
+    const entry = pageEntry(Buffer.from(encodeRecord(record, JSON.stringify(message))), index)
+    assert.equal(isSignedEntry(entry), signed)
+  }))
+  const forged = { signature: SIG, tail: `","signature":"${SIG}` }
+  const entry = pageEntry(Buffer.from(encodeRecord({ message: forged, storedAt: 1, fromPeer: KEY, senderPublicKey: KEY, id: `x","signature":"${SIG}` }, JSON.stringify(forged))), 3)
+  assert.equal(isSignedEntry(entry), false)
 })
 
 test('frameContext: the type, id and requestId of a refused frame, when they can be read', () => {

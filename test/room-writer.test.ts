@@ -118,11 +118,10 @@ test('RoomWriter: an id stored twice, later or in flight, gives the first index 
   assert.deepEqual(await storedMessages(store, 'r'), ['first', 'other', 'x'])
 })
 
-test('RoomWriter: a write to a room that is not registered is refused with TOO_MANY_ROOMS and creates nothing', async t => {
+test('RoomWriter: a write to a room that is not registered (or was removed) is refused with UNKNOWN_ROOM, not TOO_MANY_ROOMS, and creates nothing', async t => {
   const { rooms, writer, stored } = await setup(t)
   const err = await refusal(writer.write(request('gone', 'hello', { id: '1' })))
-  assert.equal(err.code, 'TOO_MANY_ROOMS')
-  assert.equal(err.details.maxRooms, MAX_ROOMS)
+  assert.equal(err.code, 'UNKNOWN_ROOM')
   assert.equal(((await rooms.lookup('gone')) !== undefined), false)
   assert.equal(stored.length, 0)
 })

@@ -162,7 +162,6 @@ test('Room.append: a failed append rejects its batch; storeOnce forgets the id i
 test('Room.storeOnce: a second store of one id, even in flight, resolves with the first index as a duplicate', async t => {
   const { store } = await newStore(t)
   const room = await openRoom(t, store)
-  assert.throws(() => room.storeOnce('a', block('a', 'a')), /storeOnce before idsReady/)
   const loading = room.idsReady()
   assert.ok(loading instanceof Promise)
   await loading
@@ -193,38 +192,47 @@ test('Room.storeOnce: a second store of one id, even in flight, resolves with th
 
   // forgetIds: a stored id stores again
   room.forgetIds()
+  await room.settled()
   assert.equal(room.idCount, 0)
   assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 6, duplicate: false })
   assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 6, duplicate: true })
 })
 
-test('Room ids survive a reopen: idsReady reads them back from the core (newest index of an id, none below signedFrom)', async t => {
+test('Room ids survive a reopen: kept in the id index, the records past what it had written read back (newest index of an id, none below signedFrom)', async t => {
   const { store } = await newStore(t)
   const room = await openRoom(t, store)
   await room.idsReady()
   for (const id of ['a', 'b', 'c']) await room.storeOnce(id, block(id, id))
   await room.append(Buffer.from('not a record'))
   await room.append(block('no id'))
-  await room.append(block('long', 'x'.repeat(200)))
-  room.forgetIds()
-  assert.deepEqual(await room.storeOnce('a', block('a2', 'a')), { index: 6, duplicate: false })
+  // pruned below 1: a is stored again, at its newest index
+  room.forgetIdsBelow(1)
+  assert.deepEqual(await room.storeOnce('a', block('a2', 'a')), { index: 5, duplicate: false })
   await room.close()
 
   const again = await openRoom(t, store)
-  assert.equal(again.idCount, 0, 'not loaded before idsReady')
-  await again.idsReady()
-  assert.equal(again.idCount, 3, 'a, b, c; no id of more than MAX_ID characters')
-  assert.deepEqual(await again.storeOnce('a', block('a', 'a')), { index: 6, duplicate: true }, 'its newest index')
+  assert.equal(again.idCount, 0, 'not read before idsReady')
+  assert.equal(await again.idsReady(), undefined)
+  assert.equal(again.idCount, 3, 'a, b, c')
+  assert.deepEqual(await again.storeOnce('a', block('a', 'a')), { index: 5, duplicate: true }, 'its newest index')
   assert.deepEqual(await again.storeOnce('b', block('b', 'b')), { index: 1, duplicate: true })
-  assert.deepEqual(await again.storeOnce('x'.repeat(200), block('long', 'x'.repeat(200))), { index: 7, duplicate: false })
+  // blocks the id index never heard of (a crash between the append and its ids): read back from the core
+  await again.core.append([block('t', 't'), block('long', 'x'.repeat(200)), Buffer.from('not a record')])
   await again.close()
+
+  const crashed = await openRoom(t, store)
+  await crashed.idsReady()
+  assert.equal(crashed.idCount, 4, 'a, b, c, t; no id of more than MAX_ID characters')
+  assert.deepEqual(await crashed.storeOnce('t', block('t', 't')), { index: 6, duplicate: true })
+  assert.deepEqual(await crashed.storeOnce('x'.repeat(200), block('long', 'x'.repeat(200))), { index: 9, duplicate: false })
+  await crashed.close()
 
   // a signed room: ids stored below signedFrom are a stranger's, not its members'
   const info = { ...roomInfo('r'), signedFrom: 2 }
   const signed = await openRoom(t, store, 'r', null, info)
   await signed.idsReady()
-  assert.deepEqual(await signed.storeOnce('a', block('a', 'a')), { index: 6, duplicate: true })
-  assert.deepEqual(await signed.storeOnce('b', block('b', 'b')), { index: 8, duplicate: false })
+  assert.deepEqual(await signed.storeOnce('a', block('a', 'a')), { index: 5, duplicate: true })
+  assert.deepEqual(await signed.storeOnce('b', block('b', 'b')), { index: 10, duplicate: false })
   assert.deepEqual(await signed.storeOnce('c', block('c', 'c')), { index: 2, duplicate: true })
 })
 
@@ -248,6 +256,35 @@ test('Room ids are bounded: at most DEDUP_WINDOW ids, the oldest forgotten, in m
   assert.deepEqual(await again.storeOnce('id0', block(0, 'id0')), { index: N, duplicate: true })
   assert.deepEqual(await again.storeOnce('id2', block(2, 'id2')), { index: 2, duplicate: true })
   assert.deepEqual(await again.storeOnce('id1', block(1, 'id1')), { index: N + 1, duplicate: false })
+})
+
+test('Room ids: pruned ids leave the id index, and a removed room takes its ids with it', async t => {
+  const { store } = await newStore(t)
+  const rooms = await newRooms(t, store)
+  await rooms.register('gone')
+  const room = (await rooms.get('gone'))!
+  for (const id of ['a', 'b', 'c', 'd']) {
+    const b = block(id, id)
+    await room.storeOnce(id, b)
+    rooms.recordAppend(room, b.byteLength)
+  }
+  room.forgetIdsBelow(2)
+  await room.settled()
+  assert.equal(room.idCount, 2, 'c, d')
+  assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 4, duplicate: false })
+  rooms.recordAppend(room, 1)
+  const key = room.core.key!.toString('hex')
+  rooms.release(room)
+  const keys = async (): Promise<number> => {
+    const db = store.storage.rocks.session()
+    let n = 0
+    for await (const _ of db.iterator({ gte: `ids/${key}/`, lt: `ids/${key}/\xff` })) n++
+    await db.close()
+    return n
+  }
+  assert.equal(await keys(), 1 + 2 * 3, 'the table and two keys an id: c, d, a')
+  assert.equal(await rooms.remove('gone', { clear: true }), true)
+  assert.equal(await keys(), 0)
 })
 
 test('Room ids are bounded: at most DEDUP_ID_CHARS characters of ids', async t => {

@@ -56,6 +56,8 @@ export class FrameHandlers extends EventEmitter {
     this.followers = new Followers({
       rooms: ctx.rooms,
       send: (peer, type, frame) => ctx.connections.send(peer, type, frame),
+      verify: (peer, roomName, key, signature) => verifyAccess(key, ctx.publicKey(), peer.challenge, roomName, signature),
+      chargePage: peer => ctx.connections.guard.chargePage(peer.record),
       maxFollows,
       maxPageMessages: defaultPageMessages,
       maxPageBytes
@@ -79,7 +81,8 @@ export class FrameHandlers extends EventEmitter {
     if (writerPublicKey !== undefined && !keyMatchesName(writerPublicKey, roomName)) throw RootPeerError.BAD_ROOM_KEY()
     const rooms = this.ctx.rooms()
     let known = await rooms.lookup(roomName)
-    const key = writerPublicKey ?? known?.writerPublicKey
+    // a removed signed room's name stays signed: its key is kept (docs/security.md)
+    const key = writerPublicKey ?? (known === undefined ? await rooms.writerKey(roomName) : known.writerPublicKey)
     if (key === undefined) {
       if (this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register-room needs writerPublicKey and signature')
     } else if (!verifyAccess(key, this.ctx.publicKey(), peer.challenge, roomName, signature)) {
@@ -106,9 +109,12 @@ export class FrameHandlers extends EventEmitter {
     if (this.ctx.storage.failure !== null) throw this.ctx.storage.failure
     const rooms = this.ctx.rooms()
     let known = await rooms.lookup(frame.roomName)
-    const writerPublicKey = known?.writerPublicKey
+    const writerPublicKey = known === undefined ? await rooms.writerKey(frame.roomName) : known.writerPublicKey
     if (writerPublicKey !== undefined) checkSigned(writerPublicKey, frame)
     else if (this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
+    // a member's message stored unsigned would be hidden below the signedFrom of the room's later signing
+    // (in a cluster the primary's writer decides, with its own view of the key)
+    else if (frame.signature !== undefined && this.ctx.cluster() === null) throw RootPeerError.UNSIGNED_ROOM()
     if (this.ctx.maxStorageBytes > 0 && rooms.totalBytes >= this.ctx.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.ctx.maxStorageBytes)
     const cluster = this.ctx.cluster()
     if (cluster !== null) {
@@ -119,11 +125,18 @@ export class FrameHandlers extends EventEmitter {
     }
     const primary = known?.primary
     if (primary !== undefined) return await this.forward(peer, frame, primary)
-    if (peer.rooms.has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
+    // the connection's cache of its rooms does not outlive a room's removal
+    if (known !== undefined && peer.rooms.has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
     else await this.joinRoom(peer, frame.roomName)
     // returns once the message is queued, so the next frame is handled while it is appended
     const { roomName, message, messageJson, id, signature } = frame
-    const { result, roomNameJson } = await this.ctx.writer.queue({ roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey })
+    const req = { roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey }
+    const { result, roomNameJson } = await this.ctx.writer.queue(req).catch(async err => {
+      // removed (an empty room expired or evicted) between the lookup and the writer's pin: joined again, once
+      if ((err as RootPeerError).code !== 'UNKNOWN_ROOM') throw err
+      await this.joinRoom(peer, roomName)
+      return await this.ctx.writer.queue(req)
+    })
     this.ctx.track(result.then(({ index, duplicate }) => {
       // acked only once the promise is kept (appended; with SYNC_WRITES synced; with MIN_MIRRORS mirrored)
       if (id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(roomNameJson, id, index, duplicate))
@@ -149,30 +162,41 @@ export class FrameHandlers extends EventEmitter {
     const { roomName, lastIndex, limit, requestId } = frame
     const started = this.ctx.onLatency === null ? 0 : performance.now()
     const rooms = this.ctx.rooms()
-    await this.admitReader(peer, frame)
-    const room = await rooms.get(roomName)
-    if (room === null) {
-      this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, [], { totalMessages: 0, nextIndex: lastIndex, firstIndex: 0 }, requestId))
-      return
-    }
-    this.ctx.topics.touch(roomName)
-    let page
-    let firstIndex = 0
-    try {
-      await room.barrier()
-      // a signed room's members are served its signed history only, from signedFrom
-      firstIndex = firstReadable(room.info)
-      page = await room.readPage(Math.max(lastIndex, firstIndex), limit, this.ctx.limits.maxPageBytes)
-    } finally {
-      rooms.release(room)
-    }
-    this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, { ...page, firstIndex }, requestId))
+    const { provenKey } = await this.admitReader(peer, frame)
+    // the connection's one page in flight, shared with its follows
+    await peer.pages.hold(async () => {
+      const room = await rooms.get(roomName)
+      if (room === null) {
+        this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, [], { totalMessages: 0, nextIndex: lastIndex, firstIndex: 0 }, requestId))
+        return
+      }
+      this.ctx.topics.touch(roomName)
+      let page
+      let firstIndex = 0
+      try {
+        await room.barrier()
+        // a signed room's members are served its signed history only, from signedFrom
+        firstIndex = firstReadable(room.info)
+        page = await room.readPage(Math.max(lastIndex, firstIndex), limit, this.ctx.limits.maxPageBytes)
+      } finally {
+        rooms.release(room)
+      }
+      // signed since the reader was admitted (while it waited): the page is for the key's holders only
+      const key = (await rooms.lookup(roomName))?.writerPublicKey
+      if (key !== undefined && key !== provenKey && !verifyAccess(key, this.ctx.publicKey(), peer.challenge, roomName, frame.signature)) {
+        throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
+      }
+      this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, { ...page, firstIndex }, requestId))
+    })
     if (this.ctx.onLatency !== null) this.ctx.onLatency('sync', (performance.now() - started) / 1000)
   }
 
   async onFollow (peer: Peer, frame: FollowFrame): Promise<void> {
-    if (await this.admitReader(peer, frame)) this.ctx.topics.touch(frame.roomName)
-    this.followers.follow(peer, frame.roomName, frame.fromIndex, frame.requestId)
+    const { exists, provenKey } = await this.admitReader(peer, frame)
+    if (exists) this.ctx.topics.touch(frame.roomName)
+    // what the follow proved is kept: each of its pages is admitted again under the room's state then
+    const { fromIndex, requestId, signature } = frame
+    this.followers.follow(peer, frame.roomName, { fromIndex, requestId, signature, provenKey })
   }
 
   async onUnfollow (peer: Peer, frame: UnfollowFrame): Promise<void> {
@@ -183,17 +207,19 @@ export class FrameHandlers extends EventEmitter {
 
   /**
    * A signed room is read only with the access proof; a read after this connection's own message sees it.
-   * Resolves with whether the room exists.
+   * Resolves with whether the room exists and the key the reader proved access for (none: the room was unsigned).
    */
-  private async admitReader (peer: Peer, frame: SyncRequestFrame | FollowFrame): Promise<boolean> {
-    const known = await this.ctx.rooms().lookup(frame.roomName)
-    const writerPublicKey = known?.writerPublicKey
+  private async admitReader (peer: Peer, frame: SyncRequestFrame | FollowFrame): Promise<{ exists: boolean, provenKey: string | undefined }> {
+    const rooms = this.ctx.rooms()
+    const known = await rooms.lookup(frame.roomName)
+    // a removed signed room is refused the same: no empty page tells a stranger it is gone
+    const writerPublicKey = known === undefined ? await rooms.writerKey(frame.roomName) : known.writerPublicKey
     if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, this.ctx.publicKey(), peer.challenge, frame.roomName, frame.signature)) {
       throw RootPeerError.UNAUTHORIZED(`a signed room: ${frame.type} needs a signature over (challenge, roomName) by the room's key`)
     }
     const forwarded = peer.forwards.get(frame.roomName)
     if (forwarded !== undefined) await forwarded
-    return known !== undefined
+    return { exists: known !== undefined, provenKey: writerPublicKey }
   }
 
   /** Registers the room unless it exists (within the caps); an `explicit` register-room is reported every time. */

@@ -71,6 +71,11 @@ export class Guard {
     }
   }
 
+  /** Charges a follow's catch-up page like a sync-request: 0, or the ms until it can be (charging nothing). */
+  chargePage (record: PeerRecord): number {
+    return record.budget.syncs.take(1)
+  }
+
   admitNewRoom (record: PeerRecord): void {
     const wait = Math.max(record.budget.newRooms.wait(1), record.hostRooms?.wait(1) ?? 0)
     if (wait > 0) throw RootPeerError.RATE_LIMITED('new rooms', wait)

@@ -2,6 +2,7 @@ import type { NoiseStream } from 'hyperswarm'
 import type { PeerRecord } from './guard.js'
 import type { InboundAccount } from './inbound.js'
 import { newChallenge } from '../protocol/room-auth.js'
+import { PageSlot } from './page-slot.js'
 import safetyCatch from 'safety-catch'
 
 // a connection's stream is paused at this many frames, or bytes of them, waiting to be handled
@@ -33,6 +34,8 @@ export class Peer {
   answersWaiting = 0
   answers: Promise<void> = Promise.resolve()
   readonly challenge = newChallenge()
+  // its follows' pages and sync answers, one in flight at a time
+  readonly pages: PageSlot = new PageSlot(this)
   closed = false
   private readonly queue: Buffer[] = []
   private queuedBytes = 0

@@ -129,6 +129,11 @@ export class RootPeerError extends Error {
     return new RootPeerError('UNAUTHORIZED', reason)
   }
 
+  /** A signed message for a room not signed here: stored unsigned, a later signing would hide it from members. */
+  static UNSIGNED_ROOM (): RootPeerError {
+    return new RootPeerError('UNAUTHORIZED', 'a message with a signature: its room is not signed here; register it with its key first')
+  }
+
   static STORAGE_ERROR (cause: unknown): RootPeerError {
     const err = new RootPeerError('STORAGE_ERROR', 'the message could not be stored; retry later')
     err.cause = cause

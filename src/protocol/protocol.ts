@@ -328,6 +328,14 @@ export function encodeRecord (record: StoredRecord, messageJson: string): string
   return json + '}'
 }
 
+const SIGNED_TAIL = /^,"signature":"[0-9a-f]{128}","messageIndex":\d+}$/
+
+/** Whether a page entry (see pageEntry) is a signed record: the signature is a record's last field. */
+export function isSignedEntry (entry: string): boolean {
+  const at = entry.lastIndexOf(',"signature":"')
+  return at >= 0 && SIGNED_TAIL.test(entry.slice(at))
+}
+
 /** `relay`: the blind relay's public key (hex), absent when the root peer relays nothing. */
 export function encodeAnnouncement (publicKey: string, limits: Readonly<Limits>, challenge: string, relay: string | null = null): object {
   const announcement = { type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey, limits, challenge, access: ACCESS_VERSION }
@@ -356,7 +364,7 @@ export function encodeFollowLive (roomNameJson: string, page: { nextIndex: numbe
     (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}')
 }
 
-export type FollowEndReason = 'unfollowed' | 'replaced' | 'removed'
+export type FollowEndReason = 'unfollowed' | 'replaced' | 'removed' | 'unauthorized'
 
 export function encodeFollowEnded (roomNameJson: string, reason: FollowEndReason, requestId?: RequestId): string {
   return '{"type":"follow-ended","roomName":' + roomNameJson + ',"reason":"' + reason + '"' +

@@ -6,6 +6,7 @@ const ROOM = 'rooms/r/'
 const GENERATION = 'rooms/g/'
 const EMPTY = 'rooms/e/'
 const AWAKE = 'rooms/a/'
+const SIGNER = 'rooms/k/'
 const TOTALS = 'rooms/totals'
 const END = '\xff'
 
@@ -21,6 +22,12 @@ export interface Totals {
   empty: number
 }
 
+/** What a signed room leaves when it is removed: its name stays signed under this key (docs/security.md). */
+export interface Signer {
+  writerPublicKey: string
+  signedFrom?: number
+}
+
 export type IndexOp = { put: string, value: string } | { del: string }
 
 interface Pending {
@@ -34,6 +41,7 @@ export const ops = {
   delRoom: (name: string): IndexOp => ({ del: ROOM + name }),
   putGeneration: (name: string, generation: number): IndexOp => ({ put: GENERATION + name, value: String(generation) }),
   delGeneration: (name: string): IndexOp => ({ del: GENERATION + name }),
+  putSigner: (name: string, signer: Signer): IndexOp => ({ put: SIGNER + name, value: JSON.stringify(signer) }),
   putEmpty: (name: string, at: number): IndexOp => ({ put: emptyKey(name, at), value: '' }),
   delEmpty: (name: string, at: number): IndexOp => ({ del: emptyKey(name, at) }),
   putAwake: (name: string): IndexOp => ({ put: AWAKE + name, value: '' }),
@@ -57,13 +65,15 @@ export class RoomIndex {
     this.beforeFlush = beforeFlush
   }
 
-  async get (name: string): Promise<{ record: IndexRecord | null, generation: number | undefined }> {
+  /** The room's record; for a removed room, its last generation and, if it was signed, its key. */
+  async get (name: string): Promise<{ record: IndexRecord | null, generation: number | undefined, signer: Signer | undefined }> {
     const batch = this.db.read({ autoDestroy: true })
     const room = batch.get(ROOM + name)
     const generation = batch.get(GENERATION + name)
+    const signer = batch.get(SIGNER + name)
     batch.tryFlush()
-    const [r, g] = await Promise.all([room, generation])
-    return { record: r === null ? null : JSON.parse(r.toString()), generation: g === null ? undefined : Number(g.toString()) }
+    const [r, g, k] = await Promise.all([room, generation, signer])
+    return { record: r === null ? null : JSON.parse(r.toString()), generation: g === null ? undefined : Number(g.toString()), signer: k === null ? undefined : JSON.parse(k.toString()) }
   }
 
   async totals (): Promise<Totals | null> {
@@ -81,12 +91,13 @@ export class RoomIndex {
     return names
   }
 
-  /** Rooms without messages, least recently used first, used before `before`. */
-  async * empty (before = Infinity): AsyncGenerator<string> {
+  /** Rooms without messages, least recently used first, used before `before`; `at`: since when, as written. */
+  async * empty (before = Infinity): AsyncGenerator<{ name: string, at: number }> {
     const lt = before === Infinity ? EMPTY + END : EMPTY + pad(before)
     for await (const { key } of this.db.iterator({ gte: EMPTY, lt }, { values: false })) {
       const k = key.toString()
-      yield k.slice(k.indexOf('/', EMPTY.length) + 1)
+      const slash = k.indexOf('/', EMPTY.length)
+      yield { name: k.slice(slash + 1), at: Number(k.slice(EMPTY.length, slash)) }
     }
   }
 

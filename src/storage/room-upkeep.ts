@@ -9,6 +9,8 @@ export interface RoomUpkeepOptions {
   idleTimeout: number
   /** 0: empty rooms are kept until MAX_ROOMS needs their place */
   emptyRoomTtl: number
+  /** a room some connection follows live is in use: neither expired nor evicted */
+  isFollowed: (roomName: string) => boolean
   counters: Counters
   track: (work: Promise<unknown>) => void
 }
@@ -53,13 +55,13 @@ export class RoomUpkeep extends EventEmitter {
 
   /** Removes the empty room unused longest; false when every room has history or is in use. */
   async removeEmpty (): Promise<boolean> {
-    const name = await this.opts.rooms()!.removeEmpty()
+    const name = await this.opts.rooms()!.removeEmpty(this.opts.isFollowed)
     if (name !== null) this.recordRemoval(name, 'evicted')
     return name !== null
   }
 
   private async expireEmpty (rooms: Rooms): Promise<void> {
-    const removed = await rooms.expireEmpty(Date.now() - this.opts.emptyRoomTtl).catch(err => {
+    const removed = await rooms.expireEmpty(Date.now() - this.opts.emptyRoomTtl, this.opts.isFollowed).catch(err => {
       this.emit('append-error', { roomName: null, err })
       return []
     })

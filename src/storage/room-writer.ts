@@ -48,19 +48,30 @@ export class RoomWriter extends EventEmitter {
   async queue (req: WriteRequest): Promise<{ result: Promise<WriteResult>, roomNameJson: string }> {
     const rooms = this.opts.rooms()
     const room = rooms.getIfOpen(req.roomName) ?? await rooms.get(req.roomName)
-    // an empty room can give its place to another at MAX_ROOMS before it is pinned
-    if (room === null) throw RootPeerError.TOO_MANY_ROOMS(this.opts.maxRooms)
+    // removed (an empty room can expire, or give its place to another at MAX_ROOMS) before it was pinned
+    if (room === null) throw RootPeerError.UNKNOWN_ROOM(req.roomName)
     let queued = false
     try {
-      if (req.id !== undefined) await room.idsReady()?.catch(err => this.reportAppendError(room, err))
-      // no await from here to the append: a room signed meanwhile takes nothing unsigned
-      const signer = room.info.writerPublicKey
-      if (signer !== undefined && signer !== req.checkedKey) checkSigned(signer, req)
-      const block = Buffer.from(encodeRecord({ message: req.message, storedAt: Date.now(), fromPeer: req.fromPeer, senderPublicKey: req.fromPeer, id: req.id, signature: signer === undefined ? undefined : req.signature }, req.messageJson))
+      const check = (): string | undefined => {
+        const signer = room.info.writerPublicKey
+        if (signer !== undefined && signer !== req.checkedKey) checkSigned(signer, req)
+        // a member's message stored unsigned would be hidden below the signedFrom of the room's later signing
+        else if (signer === undefined && req.signature !== undefined) throw RootPeerError.UNSIGNED_ROOM()
+        return signer
+      }
+      check()
+      let bytes = 0
       const started = this.opts.onLatency === null ? 0 : performance.now()
-      const appended = req.id === undefined ? room.append(block).then(index => ({ index, duplicate: false })) : room.storeOnce(req.id, block)
+      // in line behind the room's earlier blocks while its id is looked up (docs/durability.md); then checked again,
+      // with no await before the append: a room signed meanwhile takes nothing unsigned
+      const appended = room.store(req.id, () => {
+        const signer = check()
+        const block = Buffer.from(encodeRecord({ message: req.message, storedAt: Date.now(), fromPeer: req.fromPeer, senderPublicKey: req.fromPeer, id: req.id, signature: signer === undefined ? undefined : req.signature }, req.messageJson))
+        bytes = block.byteLength
+        return block
+      })
       queued = true
-      return { result: this.settle(rooms, room, req, block.byteLength, appended, started), roomNameJson: room.nameJson }
+      return { result: this.settle(rooms, room, req, () => bytes, appended, started), roomNameJson: room.nameJson }
     } finally {
       if (!queued) rooms.release(room)
     }
@@ -70,11 +81,12 @@ export class RoomWriter extends EventEmitter {
     return await (await this.queue(req)).result
   }
 
-  private async settle (rooms: Rooms, room: Room, req: WriteRequest, bytes: number, appended: Promise<WriteResult>, started: number): Promise<WriteResult> {
+  private async settle (rooms: Rooms, room: Room, req: WriteRequest, bytes: () => number, appended: Promise<WriteResult>, started: number): Promise<WriteResult> {
     try {
-      const result = await appended.catch(err => this.reportAppendError(room, err))
+      // a refusal of its check is no storage failure
+      const result = await appended.catch(err => err instanceof RootPeerError ? Promise.reject(err) : this.reportAppendError(room, err))
       if (result.duplicate) this.opts.counters.duplicates++
-      else this.noteStored(rooms, room, req, result.index, bytes, started)
+      else this.noteStored(rooms, room, req, result.index, bytes(), started)
       await this.keep(rooms, room, result.index)
       return result
     } finally {

@@ -1,10 +1,10 @@
 import type Hypercore from 'hypercore'
 import { MAX_ID, parseRecord, pageEntry } from '../protocol/protocol.js'
 import type { RoomState } from './state-file.js'
+import { DEDUP_ID_CHARS, DEDUP_WINDOW, IdIndex, type IdEntry } from './id-index.js'
 import safetyCatch from 'safety-catch'
 
-export const DEDUP_WINDOW = 10_000
-export const DEDUP_ID_CHARS = 256 * 1024
+export { DEDUP_ID_CHARS, DEDUP_WINDOW }
 const LOAD_CHUNK = 256
 const LOAD_CHUNK_BYTES = 1024 * 1024
 const BLIND_CHUNK = 16
@@ -15,7 +15,20 @@ const MAX_BATCH = 1024
 
 interface PendingAppend {
   block: Buffer
+  // the record's id; null: none; undefined: not known (the block is read for it)
+  id?: string | null
   resolve: (index: number) => void
+  reject: (err: unknown) => void
+}
+
+interface InLine {
+  // the id to store once
+  dedup?: string
+  // the record's id, for the id index (see PendingAppend)
+  index: string | null | undefined
+  prepare: () => Buffer
+  looked: Promise<number | null> | null
+  resolve: (r: { index: number, duplicate: boolean }) => void
   reject: (err: unknown) => void
 }
 
@@ -25,7 +38,7 @@ export interface Page {
   totalMessages: number
 }
 
-/** One room: its Hypercore, a group-commit write queue (docs/performance.md) and its dedup ids. */
+/** One room: its Hypercore, a group-commit write queue (docs/performance.md) and its dedup ids (docs/durability.md). */
 export class Room {
   readonly name: string
   readonly core: Hypercore
@@ -36,8 +49,13 @@ export class Room {
   private appending = 0
   private flushing: Promise<void> | null = null
   private last: Promise<unknown> | null = null
-  private ids: DedupIds | null = null
-  private loadingIds: Promise<void> | null = null
+  // the ids stored since the room opened, held until the id index has them at least: a lookup begun before
+  // an id's entry is written still finds it here, unless past the bounds, where the index forgets it too
+  private ids = new DedupIds()
+  private readonly index: IdIndex
+  // blocks waiting for their id's lookup, and those behind them, in the order they came
+  private waiting: InLine[] = []
+  private pumping: Promise<void> | null = null
   private readonly onBatch: (() => void) | null
   // known byte offsets of blocks (index to offset), valid for the core's fork `anchorsFork`
   private readonly anchors = new Map<number, number>()
@@ -49,6 +67,8 @@ export class Room {
     this.info = info
     this.nameJson = JSON.stringify(name)
     this.onBatch = onBatch
+    // read when first needed; the records from here on are written to it as they are appended
+    this.index = new IdIndex(core, (from, to) => this.readIds(from, to))
   }
 
   get mirrored (): boolean {
@@ -65,31 +85,47 @@ export class Room {
     return Math.max(this.core.length, this.appendingFrom + this.appending) + this.queue.length
   }
 
+  /** Forgets every id stored so far (the room was signed): a resend of one is stored again. */
   forgetIds (): void {
-    if (this.ids !== null) this.ids = new DedupIds()
+    this.ids = new DedupIds()
+    this.ids.floor = this.nextIndex
+    this.index.dropBelow(this.nextIndex).catch(safetyCatch)
   }
 
   /** Forgets the ids of the messages below `index` (pruned): a resend of one is stored again (docs/configuration.md). */
   forgetIdsBelow (index: number): void {
-    if (this.ids === null) return
     for (const [id, at] of this.ids) if (typeof at === 'number' && at < index) this.ids.delete(id)
+    this.index.dropBelow(index).catch(safetyCatch)
   }
 
+  /** The ids the room keeps (in its id index, once written). */
   get idCount (): number {
-    return this.ids === null ? 0 : this.ids.size
+    return this.index.count
   }
 
   get idChars (): number {
-    return this.ids === null ? 0 : this.ids.chars
+    return this.index.chars
   }
 
-  append (block: Buffer): Promise<number> {
-    const appended = new Promise<number>((resolve, reject) => {
-      this.queue.push({ block, resolve, reject })
-      if (this.flushing === null) this.flushing = this.flush()
-    })
-    this.last = appended
-    return appended
+  /** Queues the block, after what is already in line; `id` is the record's (null: it has none), or the block is read for it. */
+  append (block: Buffer, id?: string | null): Promise<number> {
+    return this.line({ index: id, prepare: () => block }).then(r => r.index)
+  }
+
+  /**
+   * Stores a block, in line with every other, unless `id` is kept (then resolves with its index, as a duplicate).
+   * Its id is looked up in the id index at once; `prepare` makes the block when its turn comes, with no await before
+   * its append, and may refuse it by throwing.
+   */
+  store (id: string | undefined, prepare: () => Buffer): Promise<{ index: number, duplicate: boolean }> {
+    return this.line({ dedup: id, index: id ?? null, prepare })
+  }
+
+  /** As `store`, resolving once the id index is written too. */
+  async storeOnce (id: string, block: Buffer): Promise<{ index: number, duplicate: boolean }> {
+    const result = await this.store(id, () => block)
+    await this.index.settled()
+    return result
   }
 
   /** Resolves when the appends queued before the call have completed; later ones are not waited for. */
@@ -98,30 +134,82 @@ export class Room {
     if (last !== null) await last.catch(safetyCatch)
   }
 
+  /** Resolves once every append queued, and its ids, are written. */
   async settled (): Promise<void> {
+    while (this.pumping !== null) await this.pumping
     while (this.flushing !== null) await this.flushing
+    await this.index.settled()
   }
 
+  /** Null once the id index reaches the records there were at open (it reads the few past what it had written). */
   idsReady (): Promise<void> | null {
-    if (this.ids !== null) return null
-    if (this.loadingIds === null) this.loadingIds = this.loadIds()
-    return this.loadingIds
+    return this.index.ready()
   }
 
-  storeOnce (id: string, block: Buffer): Promise<{ index: number, duplicate: boolean }> {
+  /** The index of the record stored with `id` that the room still keeps, from the id index (one read); null if none. */
+  async lookupId (id: string): Promise<number | null> {
+    const index = await this.index.get(id)
+    return index !== null && this.keeps(index) ? index : null
+  }
+
+  private line (entry: Omit<InLine, 'looked' | 'resolve' | 'reject'>): Promise<{ index: number, duplicate: boolean }> {
+    const stored = new Promise<{ index: number, duplicate: boolean }>((resolve, reject) => {
+      const e: InLine = { ...entry, looked: this.mayBeIndexed(entry.dedup) ? this.lookupId(entry.dedup!) : null, resolve, reject }
+      // the lookups run at once, side by side; the blocks are queued in the order they came
+      e.looked?.catch(safetyCatch)
+      if (this.waiting.length === 0 && e.looked === null) return this.take(e, null)
+      this.waiting.push(e)
+      if (this.pumping === null) this.pumping = this.pump()
+    })
+    this.last = stored
+    return stored
+  }
+
+  private async pump (): Promise<void> {
+    while (this.waiting.length > 0) {
+      const e = this.waiting[0]
+      let known: number | null = null
+      try {
+        known = await e.looked
+      } catch (err) {
+        this.waiting.shift()
+        e.reject(err)
+        continue
+      }
+      this.waiting.shift()
+      this.take(e, known)
+    }
+    this.pumping = null
+  }
+
+  /** Its turn: a duplicate is answered, else the block is made and queued; no await in here. */
+  private take (e: InLine, known: number | null): void {
     const ids = this.ids
-    if (ids === null) throw new Error('storeOnce before idsReady')
-    // check and insert with no await between: two connections resending one id race safely
-    const found = ids.get(id)
-    if (found !== undefined) return Promise.resolve(found).then(index => ({ index, duplicate: true }))
-    const pending = this.append(block)
-    ids.set(id, pending)
-    return pending.then(index => {
-      if (ids.get(id) === pending) ids.set(id, index)
-      return { index, duplicate: false }
-    }, err => {
-      if (ids.get(id) === pending) ids.delete(id)
-      throw err
+    const id = e.dedup
+    if (id !== undefined) {
+      // check and insert with no await between: two connections resending one id race safely
+      const found = ids.get(id)
+      if (found !== undefined) return void Promise.resolve(found).then(index => e.resolve({ index, duplicate: true }), e.reject)
+      if (known !== null && this.keeps(known)) return e.resolve({ index: known, duplicate: true })
+    }
+    let block: Buffer
+    try {
+      block = e.prepare()
+    } catch (err) {
+      return e.reject(err)
+    }
+    const pending = this.enqueue(block, e.index)
+    if (id !== undefined) {
+      ids.set(id, pending)
+      pending.then(index => { if (ids.get(id) === pending) ids.set(id, index) }, () => { if (ids.get(id) === pending) ids.delete(id) })
+    }
+    pending.then(index => e.resolve({ index, duplicate: false }), e.reject)
+  }
+
+  private enqueue (block: Buffer, id: string | null | undefined): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      this.queue.push({ block, id, resolve, reject })
+      if (this.flushing === null) this.flushing = this.flush()
     })
   }
 
@@ -168,6 +256,7 @@ export class Room {
 
   async close (): Promise<void> {
     await this.settled()
+    await this.index.close()
     await this.core.close()
   }
 
@@ -180,6 +269,14 @@ export class Room {
         this.appending = batch.length
         const { length } = await this.core.append(batch.map(p => p.block))
         const first = length - batch.length
+        // written after the blocks, in the same log: an entry that survives a crash names a block that did. Not
+        // waited for: until it is written the ids are held here, and a crash before leaves them to the next open's tail
+        const entries: IdEntry[] = []
+        batch.forEach((p, i) => {
+          const id = p.id === undefined ? idOf(p.block) : p.id
+          if (id !== null) entries.push({ id, index: first + i })
+        })
+        this.index.write(entries, length).catch(safetyCatch)
         for (let i = 0; i < batch.length; i++) batch[i].resolve(first + i)
       } catch (err) {
         for (const p of batch) p.reject(err)
@@ -190,27 +287,33 @@ export class Room {
     this.flushing = null
   }
 
-  private async loadIds (): Promise<void> {
-    const ids = new DedupIds()
-    const end = this.core.length
-    for (let at = Math.max(0, end - DEDUP_WINDOW); at < end;) {
-      const chunkEnd = Math.min(end, at + LOAD_CHUNK)
+  /** Whether the id may be in the id index and not held here: an id held here, or in a room whose index holds only what is held here, is not looked up. */
+  private mayBeIndexed (id: string | undefined): boolean {
+    return id !== undefined && !this.ids.has(id) && !this.index.complete
+  }
+
+  /** Whether the record at `index` is still one whose id the room keeps: not pruned, not below its signing. */
+  private keeps (index: number): boolean {
+    const floor = Math.max(this.info.signedFrom ?? 0, this.info.firstIndex ?? 0, this.ids.floor)
+    return index >= floor && index < this.core.length
+  }
+
+  /** The ids of the records in [from, to), read in chunks of at most LOAD_CHUNK blocks and LOAD_CHUNK_BYTES. */
+  private async readIds (from: number, to: number): Promise<IdEntry[]> {
+    const entries: IdEntry[] = []
+    for (let at = from; at < to;) {
+      const chunkEnd = Math.min(to, at + LOAD_CHUNK)
       const fit = await this.fitting(at, chunkEnd, LOAD_CHUNK_BYTES, 0)
       const stop = fit?.stop ?? Math.min(chunkEnd, at + BLIND_CHUNK)
       const blocks = await this.getRange(at, stop)
       blocks.forEach((block, k) => {
-        const record = block === null ? null : parseRecord(block)
-        if (record === null || typeof record.id !== 'string' || record.id.length > MAX_ID) return
-        ids.delete(record.id)
-        ids.set(record.id, at + k)
+        const id = block === null ? null : idOf(block)
+        if (id !== null) entries.push({ id, index: at + k })
       })
       if (fit !== null && fit.start !== null && !blocks.includes(null)) this.anchor(stop, fit.start + sumBytes(blocks))
       at = stop
     }
-    // a room signed while its ids loaded: the ids below its signed history are not its members'; pruned meanwhile: no duplicates
-    const from = Math.max(this.info.signedFrom ?? 0, this.info.firstIndex ?? 0)
-    if (from > 0) for (const [id, index] of ids) if ((index as number) < from) ids.delete(id)
-    this.ids = ids
+    return entries
   }
 
   private getRange (from: number, to: number): Promise<Array<Buffer | null>> {
@@ -294,6 +397,11 @@ export class Room {
   }
 }
 
+function idOf (block: Buffer): string | null {
+  const record = parseRecord(block)
+  return record !== null && typeof record.id === 'string' && record.id.length <= MAX_ID ? record.id : null
+}
+
 /** Bytes an entry of a sync page adds to its block: `,"messageIndex":N` and the comma between entries. */
 function entryOverhead (maxIndex: number): number {
   return 17 + String(maxIndex).length
@@ -308,6 +416,8 @@ function sumBytes (blocks: Array<Buffer | null>): number {
 /** A room's ids, oldest first: adding one forgets the oldest past DEDUP_WINDOW or DEDUP_ID_CHARS. */
 export class DedupIds extends Map<string, number | Promise<number>> {
   chars = 0
+  // the ids of the records below it are forgotten, in the id index too
+  floor = 0
   // the oldest id next: one iterator kept, since a new one walks past every id forgotten before it
   private oldest: IterableIterator<string> | null = null
 

@@ -4,7 +4,8 @@ import Hypercore from 'hypercore'
 import { eachConcurrently } from './concurrently.js'
 import { horizon, prune as pruneBlocks, reconcilePruned, type RetentionPolicy } from './retention.js'
 import { Room } from './room.js'
-import { RoomIndex, ops, type IndexOp, type IndexRecord, type Totals } from './room-index.js'
+import { dropIds } from './id-index.js'
+import { RoomIndex, ops, type IndexOp, type IndexRecord, type Signer, type Totals } from './room-index.js'
 import { migrateLegacy } from './legacy-index.js'
 import { OpenRooms } from './open-rooms.js'
 import { STATE_FILE_ROOMS, type PersistentState, type RoomState } from './state-file.js'
@@ -54,8 +55,8 @@ export class Rooms extends EventEmitter {
   private readonly removing = new Map<string, Promise<unknown>>()
   private readonly changed = new Set<string>()
   private readonly generations = new Map<string, number>()
-  // names the index was just asked for and does not have: a register's lookups read it once
-  private readonly missing = new Set<string>()
+  // names the index was just asked for and does not have (with the key a removed signed room left): read once
+  private readonly missing = new Map<string, Signer | null>()
   private readonly cores: OpenRooms
   private readonly signing = new Map<string, Promise<void>>()
   private saved: Totals = { rooms: 0, messages: 0, bytes: 0, empty: 0 }
@@ -112,9 +113,18 @@ export class Rooms extends EventEmitter {
     return (await this.entry(name))?.info
   }
 
-  /** Creates a room unless it exists; with `writerPublicKey` (checked by the caller) it becomes signed. */
+  /** The key of a signed room, live or removed: a name once signed here never becomes unsigned. */
+  async writerKey (name: string): Promise<string | undefined> {
+    const e = await this.entry(name)
+    return e === undefined ? (await this.tombstone(name))?.writerPublicKey : e.info.writerPublicKey
+  }
+
+  /**
+   * Creates a room unless it exists; with `writerPublicKey` (checked by the caller) it becomes signed. A removed
+   * signed room comes back signed under its key, whoever registers it: the caller checks the proof.
+   */
   async register (name: string, writerPublicKey?: string, signedFrom?: number): Promise<{ info: RoomState, stored: Promise<void> }> {
-    const e = await this.entry(name) ?? this.create(name, writerPublicKey)
+    const e = await this.entry(name) ?? this.create(name, writerPublicKey, await this.tombstone(name))
     this.noteUse(name, e)
     if (writerPublicKey !== undefined && e.info.writerPublicKey === undefined) await this.sign(e, writerPublicKey, signedFrom)
     return { info: e.info, stored: e.created }
@@ -209,7 +219,7 @@ export class Rooms extends EventEmitter {
     let e = await this.entry(name)
     if (e === undefined) {
       if (!create) return null
-      e = this.create(name)
+      e = this.create(name, undefined, await this.tombstone(name))
     }
     this.noteUse(name, e)
     const entry = e
@@ -257,6 +267,12 @@ export class Rooms extends EventEmitter {
       list.push(ops.putGeneration(name, generation))
       this.rememberGeneration(name, generation)
     }
+    // the name stays signed: a stranger can take an empty room's place, never its name (docs/security.md)
+    if (info.writerPublicKey !== undefined) {
+      // wiped: its next history starts at 0 in a new core; kept: its core and the indices in it stay
+      const signedFrom = wipe ? undefined : info.signedFrom
+      list.push(ops.putSigner(name, { writerPublicKey: info.writerPublicKey, ...(signedFrom === undefined ? {} : { signedFrom }) }))
+    }
     this.saved.rooms--
     this.saved.messages -= e.saved.messageCount
     this.saved.bytes -= e.saved.bytes
@@ -279,25 +295,27 @@ export class Rooms extends EventEmitter {
       const core = this.coreOf(info)
       await core.ready()
       if (core.length > 0) await core.clear(0, core.length)
+      await dropIds(this.store, core.key!.toString('hex'))
       await core.close()
     }
     this.emit('removed', name)
     return true
   }
 
-  /** Removes the empty room unused longest that is not in use; null when there is none. */
-  async removeEmpty (): Promise<string | null> {
-    for await (const name of this.index!.empty()) {
-      if (await this.removableEmpty(name) && await this.remove(name)) return name
+  /** Removes the empty room unused longest that is not in use (`followed`: a live follow is use); null when there is none. */
+  async removeEmpty (followed: (name: string) => boolean = () => false): Promise<string | null> {
+    for await (const { name, at } of this.index!.empty()) {
+      if (await this.removableEmpty(name, at, followed) && await this.remove(name)) return name
     }
     return null
   }
 
-  async expireEmpty (before: number): Promise<string[]> {
-    const old: string[] = []
-    for await (const name of this.index!.empty(before)) old.push(name)
+  /** Removes the empty rooms unused since `before`, except those in use. */
+  async expireEmpty (before: number, followed: (name: string) => boolean = () => false): Promise<string[]> {
+    const old: Array<{ name: string, at: number }> = []
+    for await (const empty of this.index!.empty(before)) old.push(empty)
     const removed: string[] = []
-    for (const name of old) if (await this.removableEmpty(name) && await this.remove(name)) removed.push(name)
+    for (const { name, at } of old) if (await this.removableEmpty(name, at, followed) && await this.remove(name)) removed.push(name)
     return removed
   }
 
@@ -365,14 +383,14 @@ export class Rooms extends EventEmitter {
   }
 
   private async read (name: string): Promise<Entry | undefined> {
-    const { record, generation } = await this.index!.get(name)
+    const { record, generation, signer } = await this.index!.get(name)
     // created, or read by another caller, meanwhile
     const known = this.cache.get(name)
     if (known !== undefined) return known
     if (record === null) {
       if (generation !== undefined) this.rememberGeneration(name, generation)
-      this.missing.add(name)
-      if (this.missing.size > CACHED_ROOMS) this.missing.delete(this.missing.values().next().value as string)
+      this.missing.set(name, signer ?? null)
+      if (this.missing.size > CACHED_ROOMS) this.missing.delete(this.missing.keys().next().value as string)
       return undefined
     }
     const e = this.add(toInfo(record), { messageCount: record.messageCount, bytes: stored(record), emptyAt: record.emptyAt ?? null })
@@ -396,13 +414,16 @@ export class Rooms extends EventEmitter {
     return e
   }
 
-  private create (name: string, writerPublicKey?: string): Entry {
+  /** A new room; a removed signed room's (`signer`) is signed again under its key, its indices continuing. */
+  private create (name: string, writerPublicKey?: string, signer?: Signer): Entry {
     // another caller's lookup missed too, and created it first
     const known = this.cache.get(name)
     if (known !== undefined) return known
     const now = Date.now()
     const generation = this.generations.get(name)
-    const e = this.add({ name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(writerPublicKey === undefined ? {} : { writerPublicKey }), ...(generation === undefined ? {} : { generation }) }, null)
+    const key = signer?.writerPublicKey ?? writerPublicKey
+    const signedFrom = signer?.signedFrom
+    const e = this.add({ name, messageCount: 0, createdAt: now, lastActivity: now, byteLength: 0, ...(key === undefined ? {} : { writerPublicKey: key }), ...(signedFrom === undefined ? {} : { signedFrom }), ...(generation === undefined ? {} : { generation }) }, null)
     this.setEmpty(e, now)
     this.emit('created', name)
     return e
@@ -492,9 +513,21 @@ export class Rooms extends EventEmitter {
     this.cache.set(name, e)
   }
 
-  private async removableEmpty (name: string): Promise<boolean> {
+  /** `at`: when the index has it unused since; used since (not yet written), it is not the one to remove. */
+  private async removableEmpty (name: string, at: number, followed: (name: string) => boolean): Promise<boolean> {
     const e = await this.entry(name)
-    return e !== undefined && e.emptyAt !== null && this.cores.pins(name) === 0
+    if (e === undefined || e.emptyAt === null || e.emptyAt > at || this.cores.pins(name) > 0) return false
+    if (!followed(name)) return true
+    // followed: used now, so it goes to the back of the line (and its time to live starts again)
+    this.noteUse(name, e)
+    return false
+  }
+
+  /** The key a removed signed room left; undefined for a name never signed here. */
+  private async tombstone (name: string): Promise<Signer | undefined> {
+    const known = this.missing.get(name)
+    if (known !== undefined) return known ?? undefined
+    return (await this.index!.get(name)).signer
   }
 
   private trimCache (): void {

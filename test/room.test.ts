@@ -7,6 +7,7 @@ import { DEDUP_ID_CHARS, DEDUP_WINDOW, DedupIds, Room } from '../src/storage/roo
 import { roomKeyPair, signedRoomName } from '../src/protocol/room-auth.js'
 import { Rooms, coreName } from '../src/storage/rooms.js'
 import { RoomIndex } from '../src/storage/room-index.js'
+import { IdSnapshot } from '../src/storage/id-snapshot.js'
 import type { PersistentState, RoomState } from '../src/storage/state-file.js'
 import { teardown, tmpDir } from './helpers.js'
 
@@ -162,6 +163,7 @@ test('Room.append: a failed append rejects its batch; storeOnce forgets the id i
 test('Room.storeOnce: a second store of one id, even in flight, resolves with the first index as a duplicate', async t => {
   const { store } = await newStore(t)
   const room = await openRoom(t, store)
+  assert.throws(() => room.storeOnce('a', block('a', 'a')), /storeOnce before idsReady/)
   const loading = room.idsReady()
   assert.ok(loading instanceof Promise)
   await loading
@@ -198,30 +200,45 @@ test('Room.storeOnce: a second store of one id, even in flight, resolves with th
   assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 6, duplicate: true })
 })
 
-test('Room ids survive a reopen: kept in the id index, the records past what it had written read back (newest index of an id, none below signedFrom)', async t => {
+/** Counts the blocks the room's core reads from now on. */
+function countGets (room: Room): { n: number } {
+  const reads = { n: 0 }
+  const get = room.core.get.bind(room.core)
+  room.core.get = async (index, opts) => {
+    reads.n++
+    return await get(index, opts)
+  }
+  return reads
+}
+
+test('Room ids survive a reopen: a snapshot written as the room closes, and only the records past it read back (newest index of an id, none below signedFrom)', async t => {
   const { store } = await newStore(t)
   const room = await openRoom(t, store)
   await room.idsReady()
   for (const id of ['a', 'b', 'c']) await room.storeOnce(id, block(id, id))
   await room.append(Buffer.from('not a record'))
-  await room.append(block('no id'))
+  await room.append(block('no id'), null)
   // pruned below 1: a is stored again, at its newest index
   room.forgetIdsBelow(1)
   assert.deepEqual(await room.storeOnce('a', block('a2', 'a')), { index: 5, duplicate: false })
   await room.close()
 
   const again = await openRoom(t, store)
+  const reads = countGets(again)
   assert.equal(again.idCount, 0, 'not read before idsReady')
   assert.equal(await again.idsReady(), undefined)
+  assert.equal(reads.n, 0, 'after a clean close: the snapshot only, no record read')
   assert.equal(again.idCount, 3, 'a, b, c')
   assert.deepEqual(await again.storeOnce('a', block('a', 'a')), { index: 5, duplicate: true }, 'its newest index')
   assert.deepEqual(await again.storeOnce('b', block('b', 'b')), { index: 1, duplicate: true })
-  // blocks the id index never heard of (a crash between the append and its ids): read back from the core
+  // blocks appended past the snapshot that no close noted (as a kill -9 leaves them): read back from the core
   await again.core.append([block('t', 't'), block('long', 'x'.repeat(200)), Buffer.from('not a record')])
   await again.close()
 
   const crashed = await openRoom(t, store)
+  const tail = countGets(crashed)
   await crashed.idsReady()
+  assert.equal(tail.n, 3, 'the 3 records past the snapshot')
   assert.equal(crashed.idCount, 4, 'a, b, c, t; no id of more than MAX_ID characters')
   assert.deepEqual(await crashed.storeOnce('t', block('t', 't')), { index: 6, duplicate: true })
   assert.deepEqual(await crashed.storeOnce('x'.repeat(200), block('long', 'x'.repeat(200))), { index: 9, duplicate: false })
@@ -234,6 +251,116 @@ test('Room ids survive a reopen: kept in the id index, the records past what it 
   assert.deepEqual(await signed.storeOnce('a', block('a', 'a')), { index: 5, duplicate: true })
   assert.deepEqual(await signed.storeOnce('b', block('b', 'b')), { index: 10, duplicate: false })
   assert.deepEqual(await signed.storeOnce('c', block('c', 'c')), { index: 2, duplicate: true })
+})
+
+test('Room ids across sleeps: a new id reads only the snapshot\'s state and filter, a resend reads its entries; the segments are merged, under the bounds, past the filter\'s capacity', async t => {
+  const { store } = await newStore(t)
+  const key = async (): Promise<string> => {
+    const core = store.get({ name: coreName('r') })
+    await core.ready()
+    const k = core.key!.toString('hex')
+    await core.close()
+    return k
+  }
+  const prefix = `ids/${await key()}/e/`
+  const segments = async (): Promise<number> => {
+    const db = store.storage.rocks.session()
+    let n = 0
+    for await (const _ of db.iterator({ gte: prefix, lt: prefix + '\xff' })) n++
+    await db.close()
+    return n
+  }
+  const entryReads = { n: 0 }
+  const entries = IdSnapshot.prototype.entries
+  IdSnapshot.prototype.entries = async function (core) {
+    entryReads.n++
+    return await entries.call(this, core)
+  }
+  t.after(() => { IdSnapshot.prototype.entries = entries })
+
+  const first = await openRoom(t, store)
+  await first.idsReady()
+  for (let i = 0; i < 100; i++) await first.storeOnce(`i${i}`, block(i, `i${i}`))
+  await first.close()
+  assert.equal(await segments(), 1)
+
+  // woken five times by a new id each: the filter says no, nothing more is read; each sleep adds a segment
+  for (let k = 0; k < 5; k++) {
+    const room = await openRoom(t, store)
+    const reads = countGets(room)
+    assert.ok(room.idsReady(`n${k}`) instanceof Promise)
+    await room.idsReady(`n${k}`)
+    assert.equal(room.idsReady(`n${k + 1}`), null, 'read: nothing to wait for')
+    assert.deepEqual(await room.storeOnce(`n${k}`, block(k, `n${k}`)), { index: 100 + k, duplicate: false })
+    assert.deepEqual([reads.n, entryReads.n, room.idCount], [0, 0, 1])
+    await room.close()
+  }
+  assert.equal(await segments(), 6)
+
+  // a resend: the entries are read, and it is a duplicate with its index, whichever segment holds it
+  const resend = await openRoom(t, store)
+  await resend.idsReady('i5')
+  assert.equal(entryReads.n, 1)
+  assert.equal(resend.idCount, 105)
+  assert.deepEqual(await resend.storeOnce('i5', block(5, 'i5')), { index: 5, duplicate: true })
+  assert.deepEqual(await resend.storeOnce('n3', block(3, 'n3')), { index: 103, duplicate: true })
+  await resend.close()
+  assert.equal(await segments(), 6, 'nothing stored: nothing written')
+  const again = await openRoom(t, store)
+  await again.idsReady('i6')
+  assert.deepEqual(await again.storeOnce('i6', block(6, 'i6')), { index: 6, duplicate: true })
+  assert.deepEqual(await again.storeOnce('r', block(0, 'r')), { index: 105, duplicate: false })
+  await again.close()
+  assert.equal(await segments(), 1, 'read whole and a new id: written whole')
+
+  // past the filter's capacity (twice the ids written whole): merged as the room sleeps
+  const many = await openRoom(t, store)
+  await many.idsReady('m0')
+  for (let i = 0; i < 100; i++) await many.storeOnce(`m${i}`, block(i, `m${i}`))
+  await many.close()
+  assert.equal(await segments(), 2)
+  const more = await openRoom(t, store)
+  await more.idsReady('x')
+  for (let i = 0; i < 10; i++) await more.storeOnce(`x${i}`, block(i, `x${i}`))
+  await more.close()
+  assert.equal(await segments(), 1, '106 + 100 + 10 entries past a capacity of 212: merged')
+  const all = await openRoom(t, store)
+  await all.idsReady()
+  assert.equal(all.idCount, 216)
+  assert.deepEqual(await all.storeOnce('i0', block(0, 'i0')), { index: 0, duplicate: true })
+  assert.deepEqual(await all.storeOnce('x9', block(0, 'x9')), { index: 215, duplicate: true })
+})
+
+test('Room ids: a room never closed (a kill -9) reads the records past its last snapshot; a snapshot past the blocks held (a truncated core) is not used', async t => {
+  const { store } = await newStore(t)
+  const room = await openRoom(t, store)
+  await room.idsReady()
+  for (const id of ['a', 'b']) await room.storeOnce(id, block(id, id))
+  await room.close()
+  const open = await openRoom(t, store)
+  await open.idsReady()
+  for (const id of ['c', 'd', 'e']) await open.storeOnce(id, block(id, id))
+  await open.append(block('no id'), null)
+
+  // a second room on the core while the first is open: what a restart after a kill -9 finds
+  const killed = new Room('r', open.core, open.info)
+  const reads = countGets(killed)
+  await killed.idsReady()
+  assert.equal(reads.n, 4, 'the records past the snapshot (2 .. 5), not the history')
+  assert.equal(killed.idCount, 5)
+  for (const [id, index] of [['a', 0], ['c', 2], ['e', 4]] as const) assert.deepEqual(await killed.storeOnce(id, block(id, id)), { index, duplicate: true })
+  await open.close()
+
+  // a snapshot naming blocks that are gone (the core truncated, as a mirror's fork does): the records are read instead
+  const core = store.get({ name: coreName('r') })
+  await core.ready()
+  await (core as any).truncate(3)
+  await core.close()
+  const cut = await openRoom(t, store)
+  await cut.idsReady()
+  assert.equal(cut.idCount, 3, 'a, b, c: not d or e')
+  assert.deepEqual(await cut.storeOnce('d', block('d', 'd')), { index: 3, duplicate: false })
+  assert.deepEqual(await cut.storeOnce('c', block('c', 'c')), { index: 2, duplicate: true })
 })
 
 test('Room ids are bounded: at most DEDUP_WINDOW ids, the oldest forgotten, in memory and when read back', async t => {
@@ -249,7 +376,7 @@ test('Room ids are bounded: at most DEDUP_WINDOW ids, the oldest forgotten, in m
   assert.equal(room.idCount, DEDUP_WINDOW)
   await room.close()
 
-  // read back: only the newest DEDUP_WINDOW blocks (2 .. N), so id1 is forgotten and id0 is at its new index
+  // from its snapshot: the newest DEDUP_WINDOW ids (2 .. N-1, then 0), so id1 is forgotten and id0 is at its new index
   const again = await openRoom(t, store)
   await again.idsReady()
   assert.equal(again.idCount, DEDUP_WINDOW)
@@ -258,23 +385,14 @@ test('Room ids are bounded: at most DEDUP_WINDOW ids, the oldest forgotten, in m
   assert.deepEqual(await again.storeOnce('id1', block(1, 'id1')), { index: N + 1, duplicate: false })
 })
 
-test('Room ids: pruned ids leave the id index, and a removed room takes its ids with it', async t => {
+test('Room ids: nothing written for them as messages are stored; a snapshot as the room sleeps, without pruned ids; a removed room takes it with it', async t => {
   const { store } = await newStore(t)
-  const rooms = await newRooms(t, store)
+  const rooms = await newRooms(t, store, { maxOpen: 1 })
   await rooms.register('gone')
+  await rooms.register('other')
   const room = (await rooms.get('gone'))!
-  for (const id of ['a', 'b', 'c', 'd']) {
-    const b = block(id, id)
-    await room.storeOnce(id, b)
-    rooms.recordAppend(room, b.byteLength)
-  }
-  room.forgetIdsBelow(2)
-  await room.settled()
-  assert.equal(room.idCount, 2, 'c, d')
-  assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 4, duplicate: false })
-  rooms.recordAppend(room, 1)
+  await room.idsReady()
   const key = room.core.key!.toString('hex')
-  rooms.release(room)
   const keys = async (): Promise<number> => {
     const db = store.storage.rocks.session()
     let n = 0
@@ -282,7 +400,28 @@ test('Room ids: pruned ids leave the id index, and a removed room takes its ids 
     await db.close()
     return n
   }
-  assert.equal(await keys(), 1 + 2 * 3, 'the table and two keys an id: c, d, a')
+  for (const id of ['a', 'b', 'c', 'd']) {
+    const b = block(id, id)
+    await room.storeOnce(id, b)
+    rooms.recordAppend(room, b.byteLength)
+  }
+  room.forgetIdsBelow(2)
+  assert.equal(room.idCount, 2, 'c, d')
+  assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 4, duplicate: false })
+  rooms.recordAppend(room, 1)
+  assert.equal(await keys(), 0, 'the write path writes no id')
+  rooms.release(room)
+
+  // asleep (another room takes its place): its snapshot's state, filter and one segment
+  rooms.release((await rooms.get('other'))!)
+  assert.equal(await keys(), 3)
+  const back = (await rooms.get('gone'))!
+  const reads = countGets(back)
+  await back.idsReady()
+  assert.equal(reads.n, 0)
+  assert.deepEqual([back.idCount, (await back.storeOnce('b', block('b', 'b'))).duplicate, (await back.storeOnce('c', block('c', 'c'))).index], [3, false, 2])
+  rooms.recordAppend(back, 1)
+  rooms.release(back)
   assert.equal(await rooms.remove('gone', { clear: true }), true)
   assert.equal(await keys(), 0)
 })

@@ -52,26 +52,17 @@ export class RoomWriter extends EventEmitter {
     if (room === null) throw RootPeerError.UNKNOWN_ROOM(req.roomName)
     let queued = false
     try {
-      const check = (): string | undefined => {
-        const signer = room.info.writerPublicKey
-        if (signer !== undefined && signer !== req.checkedKey) checkSigned(signer, req)
-        // a member's message stored unsigned would be hidden below the signedFrom of the room's later signing
-        else if (signer === undefined && req.signature !== undefined) throw RootPeerError.UNSIGNED_ROOM()
-        return signer
-      }
-      check()
-      let bytes = 0
+      if (req.id !== undefined) await room.idsReady(req.id)?.catch(err => this.reportAppendError(room, err))
+      // no await from here to the append: a room signed meanwhile takes nothing unsigned
+      const signer = room.info.writerPublicKey
+      if (signer !== undefined && signer !== req.checkedKey) checkSigned(signer, req)
+      // a member's message stored unsigned would be hidden below the signedFrom of the room's later signing
+      else if (signer === undefined && req.signature !== undefined) throw RootPeerError.UNSIGNED_ROOM()
+      const block = Buffer.from(encodeRecord({ message: req.message, storedAt: Date.now(), fromPeer: req.fromPeer, senderPublicKey: req.fromPeer, id: req.id, signature: signer === undefined ? undefined : req.signature }, req.messageJson))
       const started = this.opts.onLatency === null ? 0 : performance.now()
-      // in line behind the room's earlier blocks while its id is looked up (docs/durability.md); then checked again,
-      // with no await before the append: a room signed meanwhile takes nothing unsigned
-      const appended = room.store(req.id, () => {
-        const signer = check()
-        const block = Buffer.from(encodeRecord({ message: req.message, storedAt: Date.now(), fromPeer: req.fromPeer, senderPublicKey: req.fromPeer, id: req.id, signature: signer === undefined ? undefined : req.signature }, req.messageJson))
-        bytes = block.byteLength
-        return block
-      })
+      const appended = req.id === undefined ? room.append(block, null).then(index => ({ index, duplicate: false })) : room.storeOnce(req.id, block)
       queued = true
-      return { result: this.settle(rooms, room, req, () => bytes, appended, started), roomNameJson: room.nameJson }
+      return { result: this.settle(rooms, room, req, block.byteLength, appended, started), roomNameJson: room.nameJson }
     } finally {
       if (!queued) rooms.release(room)
     }
@@ -81,12 +72,11 @@ export class RoomWriter extends EventEmitter {
     return await (await this.queue(req)).result
   }
 
-  private async settle (rooms: Rooms, room: Room, req: WriteRequest, bytes: () => number, appended: Promise<WriteResult>, started: number): Promise<WriteResult> {
+  private async settle (rooms: Rooms, room: Room, req: WriteRequest, bytes: number, appended: Promise<WriteResult>, started: number): Promise<WriteResult> {
     try {
-      // a refusal of its check is no storage failure
-      const result = await appended.catch(err => err instanceof RootPeerError ? Promise.reject(err) : this.reportAppendError(room, err))
+      const result = await appended.catch(err => this.reportAppendError(room, err))
       if (result.duplicate) this.opts.counters.duplicates++
-      else this.noteStored(rooms, room, req, result.index, bytes(), started)
+      else this.noteStored(rooms, room, req, result.index, bytes, started)
       await this.keep(rooms, room, result.index)
       return result
     } finally {

@@ -1,10 +1,11 @@
 import type Hypercore from 'hypercore'
 import { MAX_ID, parseRecord, pageEntry } from '../protocol/protocol.js'
 import type { RoomState } from './state-file.js'
-import { DEDUP_ID_CHARS, DEDUP_WINDOW, IdIndex, type IdEntry } from './id-index.js'
+import { IdSnapshot, type IdEntry } from './id-snapshot.js'
 import safetyCatch from 'safety-catch'
 
-export { DEDUP_ID_CHARS, DEDUP_WINDOW }
+export const DEDUP_WINDOW = 10_000
+export const DEDUP_ID_CHARS = 256 * 1024
 const LOAD_CHUNK = 256
 const LOAD_CHUNK_BYTES = 1024 * 1024
 const BLIND_CHUNK = 16
@@ -15,20 +16,9 @@ const MAX_BATCH = 1024
 
 interface PendingAppend {
   block: Buffer
-  // the record's id; null: none; undefined: not known (the block is read for it)
-  id?: string | null
+  // the record's id; null: none; undefined: not known (read from the block if the room's ids are held)
+  id: string | null | undefined
   resolve: (index: number) => void
-  reject: (err: unknown) => void
-}
-
-interface InLine {
-  // the id to store once
-  dedup?: string
-  // the record's id, for the id index (see PendingAppend)
-  index: string | null | undefined
-  prepare: () => Buffer
-  looked: Promise<number | null> | null
-  resolve: (r: { index: number, duplicate: boolean }) => void
   reject: (err: unknown) => void
 }
 
@@ -49,13 +39,17 @@ export class Room {
   private appending = 0
   private flushing: Promise<void> | null = null
   private last: Promise<unknown> | null = null
-  // the ids stored since the room opened, held until the id index has them at least: a lookup begun before
-  // an id's entry is written still finds it here, unless past the bounds, where the index forgets it too
-  private ids = new DedupIds()
-  private readonly index: IdIndex
-  // blocks waiting for their id's lookup, and those behind them, in the order they came
-  private waiting: InLine[] = []
-  private pumping: Promise<void> | null = null
+  // the ids held in memory: those stored or read back since the room woke, and those of its snapshot once read
+  private ids: DedupIds | null = null
+  private loadingIds: Promise<void> | null = null
+  // the room's snapshot as it woke, while its entries are not read into `ids`
+  private disk: IdSnapshot | null = null
+  private merging: Promise<void> | null = null
+  // every id of the records below it is in `ids` or `disk` (or was forgotten by the bounds): the next snapshot's watermark
+  private idsTo = 0
+  private idsFork = 0
+  // `ids` hold what is not on disk: the room writes a snapshot as it closes
+  private idsChanged = false
   private readonly onBatch: (() => void) | null
   // known byte offsets of blocks (index to offset), valid for the core's fork `anchorsFork`
   private readonly anchors = new Map<number, number>()
@@ -67,8 +61,6 @@ export class Room {
     this.info = info
     this.nameJson = JSON.stringify(name)
     this.onBatch = onBatch
-    // read when first needed; the records from here on are written to it as they are appended
-    this.index = new IdIndex(core, (from, to) => this.readIds(from, to))
   }
 
   get mirrored (): boolean {
@@ -87,45 +79,34 @@ export class Room {
 
   /** Forgets every id stored so far (the room was signed): a resend of one is stored again. */
   forgetIds (): void {
+    if (this.ids === null) return
     this.ids = new DedupIds()
-    this.ids.floor = this.nextIndex
-    this.index.dropBelow(this.nextIndex).catch(safetyCatch)
+    this.idsChanged = true
   }
 
   /** Forgets the ids of the messages below `index` (pruned): a resend of one is stored again (docs/configuration.md). */
   forgetIdsBelow (index: number): void {
+    if (this.ids === null) return
     for (const [id, at] of this.ids) if (typeof at === 'number' && at < index) this.ids.delete(id)
-    this.index.dropBelow(index).catch(safetyCatch)
+    this.idsChanged = true
   }
 
-  /** The ids the room keeps (in its id index, once written). */
   get idCount (): number {
-    return this.index.count
+    return this.ids === null ? 0 : this.ids.size
   }
 
   get idChars (): number {
-    return this.index.chars
+    return this.ids === null ? 0 : this.ids.chars
   }
 
-  /** Queues the block, after what is already in line; `id` is the record's (null: it has none), or the block is read for it. */
+  /** Queues the block; `id` is the record's (null: it has none), or it is read from the block while the room's ids are held. */
   append (block: Buffer, id?: string | null): Promise<number> {
-    return this.line({ index: id, prepare: () => block }).then(r => r.index)
-  }
-
-  /**
-   * Stores a block, in line with every other, unless `id` is kept (then resolves with its index, as a duplicate).
-   * Its id is looked up in the id index at once; `prepare` makes the block when its turn comes, with no await before
-   * its append, and may refuse it by throwing.
-   */
-  store (id: string | undefined, prepare: () => Buffer): Promise<{ index: number, duplicate: boolean }> {
-    return this.line({ dedup: id, index: id ?? null, prepare })
-  }
-
-  /** As `store`, resolving once the id index is written too. */
-  async storeOnce (id: string, block: Buffer): Promise<{ index: number, duplicate: boolean }> {
-    const result = await this.store(id, () => block)
-    await this.index.settled()
-    return result
+    const appended = new Promise<number>((resolve, reject) => {
+      this.queue.push({ block, id, resolve, reject })
+      if (this.flushing === null) this.flushing = this.flush()
+    })
+    this.last = appended
+    return appended
   }
 
   /** Resolves when the appends queued before the call have completed; later ones are not waited for. */
@@ -134,82 +115,41 @@ export class Room {
     if (last !== null) await last.catch(safetyCatch)
   }
 
-  /** Resolves once every append queued, and its ids, are written. */
   async settled (): Promise<void> {
-    while (this.pumping !== null) await this.pumping
     while (this.flushing !== null) await this.flushing
-    await this.index.settled()
   }
 
-  /** Null once the id index reaches the records there were at open (it reads the few past what it had written). */
-  idsReady (): Promise<void> | null {
-    return this.index.ready()
-  }
-
-  /** The index of the record stored with `id` that the room still keeps, from the id index (one read); null if none. */
-  async lookupId (id: string): Promise<number | null> {
-    const index = await this.index.get(id)
-    return index !== null && this.keeps(index) ? index : null
-  }
-
-  private line (entry: Omit<InLine, 'looked' | 'resolve' | 'reject'>): Promise<{ index: number, duplicate: boolean }> {
-    const stored = new Promise<{ index: number, duplicate: boolean }>((resolve, reject) => {
-      const e: InLine = { ...entry, looked: this.mayBeIndexed(entry.dedup) ? this.lookupId(entry.dedup!) : null, resolve, reject }
-      // the lookups run at once, side by side; the blocks are queued in the order they came
-      e.looked?.catch(safetyCatch)
-      if (this.waiting.length === 0 && e.looked === null) return this.take(e, null)
-      this.waiting.push(e)
-      if (this.pumping === null) this.pumping = this.pump()
-    })
-    this.last = stored
-    return stored
-  }
-
-  private async pump (): Promise<void> {
-    while (this.waiting.length > 0) {
-      const e = this.waiting[0]
-      let known: number | null = null
-      try {
-        known = await e.looked
-      } catch (err) {
-        this.waiting.shift()
-        e.reject(err)
-        continue
-      }
-      this.waiting.shift()
-      this.take(e, known)
-    }
-    this.pumping = null
-  }
-
-  /** Its turn: a duplicate is answered, else the block is made and queued; no await in here. */
-  private take (e: InLine, known: number | null): void {
+  /**
+   * Null once `storeOnce(id)` can tell a duplicate from memory: the room's snapshot is read (one read), and its
+   * entries too if its filter may hold `id` (a resend); without `id`, every id is read into memory.
+   */
+  idsReady (id?: string): Promise<void> | null {
     const ids = this.ids
-    const id = e.dedup
-    if (id !== undefined) {
-      // check and insert with no await between: two connections resending one id race safely
-      const found = ids.get(id)
-      if (found !== undefined) return void Promise.resolve(found).then(index => e.resolve({ index, duplicate: true }), e.reject)
-      if (known !== null && this.keeps(known)) return e.resolve({ index: known, duplicate: true })
+    if (ids === null) {
+      if (this.loadingIds === null) this.loadingIds = this.loadIds()
+      return this.loadingIds.then(() => this.idsReady(id) ?? undefined)
     }
-    let block: Buffer
-    try {
-      block = e.prepare()
-    } catch (err) {
-      return e.reject(err)
-    }
-    const pending = this.enqueue(block, e.index)
-    if (id !== undefined) {
-      ids.set(id, pending)
-      pending.then(index => { if (ids.get(id) === pending) ids.set(id, index) }, () => { if (ids.get(id) === pending) ids.delete(id) })
-    }
-    pending.then(index => e.resolve({ index, duplicate: false }), e.reject)
+    if (this.disk === null || (id !== undefined && !this.mayBeOnDisk(ids, id))) return null
+    if (this.merging === null) this.merging = this.mergeDisk().finally(() => { this.merging = null })
+    return this.merging
   }
 
-  private enqueue (block: Buffer, id: string | null | undefined): Promise<number> {
-    return new Promise<number>((resolve, reject) => {
-      this.queue.push({ block, id, resolve, reject })
-      if (this.flushing === null) this.flushing = this.flush()
+  storeOnce (id: string, block: Buffer): Promise<{ index: number, duplicate: boolean }> {
+    const ids = this.ids
+    if (ids === null || this.mayBeOnDisk(ids, id)) throw new Error('storeOnce before idsReady')
+    // check and insert with no await between: two connections resending one id race safely
+    const found = ids.get(id)
+    if (found !== undefined) return Promise.resolve(found).then(index => ({ index, duplicate: true }))
+    const pending = this.append(block, id)
+    ids.set(id, pending)
+    this.idsChanged = true
+    // the room's ids as they are then: read together with its snapshot's meanwhile, or forgotten
+    return pending.then(index => {
+      if (this.ids?.get(id) === pending) this.ids.set(id, index)
+      return { index, duplicate: false }
+    }, err => {
+      if (this.ids?.get(id) === pending) this.ids.delete(id)
+      throw err
     })
   }
 
@@ -256,7 +196,8 @@ export class Room {
 
   async close (): Promise<void> {
     await this.settled()
-    await this.index.close()
+    // once the blocks it names are written; a room that cannot write it reads its records back at its next wake
+    if (this.idsChanged && !this.core.closed) await this.snapshotIds().catch(safetyCatch)
     await this.core.close()
   }
 
@@ -269,14 +210,7 @@ export class Room {
         this.appending = batch.length
         const { length } = await this.core.append(batch.map(p => p.block))
         const first = length - batch.length
-        // written after the blocks, in the same log: an entry that survives a crash names a block that did. Not
-        // waited for: until it is written the ids are held here, and a crash before leaves them to the next open's tail
-        const entries: IdEntry[] = []
-        batch.forEach((p, i) => {
-          const id = p.id === undefined ? idOf(p.block) : p.id
-          if (id !== null) entries.push({ id, index: first + i })
-        })
-        this.index.write(entries, length).catch(safetyCatch)
+        if (this.ids !== null && first === this.idsTo) this.noteIds(batch, first)
         for (let i = 0; i < batch.length; i++) batch[i].resolve(first + i)
       } catch (err) {
         for (const p of batch) p.reject(err)
@@ -287,33 +221,107 @@ export class Room {
     this.flushing = null
   }
 
-  /** Whether the id may be in the id index and not held here: an id held here, or in a room whose index holds only what is held here, is not looked up. */
-  private mayBeIndexed (id: string | undefined): boolean {
-    return id !== undefined && !this.ids.has(id) && !this.index.complete
-  }
-
-  /** Whether the record at `index` is still one whose id the room keeps: not pruned, not below its signing. */
-  private keeps (index: number): boolean {
-    const floor = Math.max(this.info.signedFrom ?? 0, this.info.firstIndex ?? 0, this.ids.floor)
-    return index >= floor && index < this.core.length
-  }
-
-  /** The ids of the records in [from, to), read in chunks of at most LOAD_CHUNK blocks and LOAD_CHUNK_BYTES. */
-  private async readIds (from: number, to: number): Promise<IdEntry[]> {
-    const entries: IdEntry[] = []
-    for (let at = from; at < to;) {
-      const chunkEnd = Math.min(to, at + LOAD_CHUNK)
+  /** The room's snapshot (its state and filter), and the records past it: none after a clean close, at most DEDUP_WINDOW. */
+  private async loadIds (): Promise<void> {
+    const ids = new DedupIds()
+    const end = this.core.length
+    const fork = this.core.fork
+    let from = Math.max(0, end - DEDUP_WINDOW)
+    let disk = await IdSnapshot.read(this.core)
+    // one of another fork, past the blocks held, or further back than the window (appends without a close) is not used
+    if (disk !== null && (disk.fork !== fork || disk.length > end || disk.length < from)) disk = null
+    if (disk !== null) from = disk.length
+    from = Math.max(from, this.info.firstIndex ?? 0)
+    for (let at = from; at < end;) {
+      const chunkEnd = Math.min(end, at + LOAD_CHUNK)
       const fit = await this.fitting(at, chunkEnd, LOAD_CHUNK_BYTES, 0)
       const stop = fit?.stop ?? Math.min(chunkEnd, at + BLIND_CHUNK)
       const blocks = await this.getRange(at, stop)
       blocks.forEach((block, k) => {
         const id = block === null ? null : idOf(block)
-        if (id !== null) entries.push({ id, index: at + k })
+        if (id === null) return
+        ids.delete(id)
+        ids.set(id, at + k)
       })
       if (fit !== null && fit.start !== null && !blocks.includes(null)) this.anchor(stop, fit.start + sumBytes(blocks))
       at = stop
     }
+    // a room signed while its ids loaded: the ids below its signed history are not its members'; pruned meanwhile: no duplicates
+    const floor = this.floor()
+    if (floor > 0) for (const [id, index] of ids) if ((index as number) < floor) ids.delete(id)
+    this.ids = ids
+    this.disk = disk
+    this.idsTo = end
+    this.idsFork = fork
+    // records read back: a snapshot spares the next wake that read
+    this.idsChanged = from < end
+  }
+
+  /** Reads the snapshot's entries into memory, under the bounds, before the ids stored since the room woke (newer). */
+  private async mergeDisk (): Promise<void> {
+    const entries = await this.disk!.entries(this.core)
+    const floor = this.floor()
+    const end = this.core.length
+    const ids = new DedupIds()
+    for (const [id, index] of entries) {
+      if (index < floor || index >= end) continue
+      ids.delete(id)
+      ids.set(id, index)
+    }
+    for (const [id, index] of this.ids!) {
+      ids.delete(id)
+      ids.set(id, index)
+    }
+    this.ids = ids
+    // the next snapshot is written whole; none if nothing is stored meanwhile (a resend read them)
+    this.disk = null
+  }
+
+  /** The ids of a batch appended right after the records whose ids are held, which `storeOnce` has not noted. */
+  private noteIds (batch: PendingAppend[], first: number): void {
+    const ids = this.ids!
+    batch.forEach((p, i) => {
+      const id = p.id === undefined ? idOf(p.block) : null
+      if (id === null) return
+      ids.delete(id)
+      ids.set(id, first + i)
+      this.idsChanged = true
+    })
+    this.idsTo = first + batch.length
+  }
+
+  /** A segment of the ids held in memory added to the snapshot read at wake, or the whole snapshot written anew. */
+  private async snapshotIds (): Promise<void> {
+    // a core truncated since (a mirror's fork): its next wake reads the records
+    if (this.core.fork !== this.idsFork) return
+    if (this.disk !== null) {
+      const entries = this.entries()
+      if (this.disk.fits(entries, DEDUP_WINDOW, DEDUP_ID_CHARS)) {
+        await this.disk.append(this.core, entries, this.idsTo)
+        this.idsChanged = false
+        return
+      }
+      // past the filter's capacity or twice the bounds: the entries read, merged, bounded and written anew
+      await this.mergeDisk()
+    }
+    await IdSnapshot.write(this.core, this.entries(), this.idsTo)
+    this.idsChanged = false
+  }
+
+  private entries (): IdEntry[] {
+    const entries: IdEntry[] = []
+    for (const [id, index] of this.ids!) if (typeof index === 'number') entries.push([id, index])
     return entries
+  }
+
+  /** Whether the snapshot read at wake may hold the id, not held in memory. */
+  private mayBeOnDisk (ids: DedupIds, id: string): boolean {
+    return this.disk !== null && !ids.has(id) && this.disk.mayHold(id)
+  }
+
+  /** The ids of the records below it are not the room's: pruned, or below its signing. */
+  private floor (): number {
+    return Math.max(this.info.signedFrom ?? 0, this.info.firstIndex ?? 0)
   }
 
   private getRange (from: number, to: number): Promise<Array<Buffer | null>> {
@@ -416,8 +424,6 @@ function sumBytes (blocks: Array<Buffer | null>): number {
 /** A room's ids, oldest first: adding one forgets the oldest past DEDUP_WINDOW or DEDUP_ID_CHARS. */
 export class DedupIds extends Map<string, number | Promise<number>> {
   chars = 0
-  // the ids of the records below it are forgotten, in the id index too
-  floor = 0
   // the oldest id next: one iterator kept, since a new one walks past every id forgotten before it
   private oldest: IterableIterator<string> | null = null
 

@@ -245,6 +245,10 @@ export class ClusterRooms extends EventEmitter {
     rooms.on('created', (name: string) => {
       this.track(this.announceCreated(rooms, name), null)
     })
+    // a room of this member's own signed: the mirrors are told at once, not with its next growth
+    rooms.on('signed', (name: string) => {
+      this.track(this.announceSigned(name), null)
+    })
   }
 
   /** A new room of this member's own: its core is made (opened once) before the members are told to follow it. */
@@ -254,6 +258,11 @@ export class ClusterRooms extends EventEmitter {
     rooms.release(room)
     const ad = await this.adOf(name)
     if (ad !== null) this.links.announce([ad])
+  }
+
+  private async announceSigned (name: string): Promise<void> {
+    const ad = await this.adOf(name)
+    if (ad !== null && ad.primary === undefined) this.links.announce([ad])
   }
 
   private async ads (): Promise<RoomAd[]> {

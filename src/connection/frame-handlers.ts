@@ -4,7 +4,7 @@ import type { ForwardedWrite } from '../cluster/cluster.js'
 import type { Connections } from './connections.js'
 import { RootPeerError } from '../protocol/errors.js'
 import type { Peer } from './peer.js'
-import { contextOf, encodeAck, encodeFollowEnded, encodeSyncResponse, type FollowFrame, type UnfollowFrame, type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame } from '../protocol/protocol.js'
+import { contextOf, encodeAck, encodeFollowEnded, encodeSyncResponse, isSignedEntry, type FollowFrame, type UnfollowFrame, type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame } from '../protocol/protocol.js'
 import { keyMatchesName, verifyAccess } from '../protocol/room-auth.js'
 import type { RoomTopics } from './room-topics.js'
 import { Followers, firstReadable } from './followers.js'
@@ -185,6 +185,10 @@ export class FrameHandlers extends EventEmitter {
       const key = (await rooms.lookup(roomName))?.writerPublicKey
       if (key !== undefined && key !== provenKey && !verifyAccess(key, this.ctx.publicKey(), peer.challenge, roomName, frame.signature)) {
         throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
+      }
+      // a mirror can hold a signed record before its primary's word that the room is signed: the record says so
+      if (key === undefined && page.entries.some(isSignedEntry)) {
+        throw RootPeerError.UNAUTHORIZED('a room being signed: retry, with a signature over (challenge, roomName) by the room\'s key')
       }
       this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, { ...page, firstIndex }, requestId))
     })

@@ -448,6 +448,7 @@ export class Rooms extends EventEmitter {
     } finally {
       if (this.signing.get(info.name) === done) this.signing.delete(info.name)
     }
+    this.emit('signed', info.name)
   }
 
   /** The index's part of every commit: the changed records, whether rooms sleep, and the totals that match. */

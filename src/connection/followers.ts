@@ -41,6 +41,8 @@ interface Follow {
   again: boolean
   ended: boolean
   wake: (() => void) | null
+  // resolves the frame's handling once its first page or `follow-live` is sent (or the follow ended)
+  started: (() => void) | null
 }
 
 /** The first index a room serves: retention's horizon, and for a signed room where its signed history starts. */
@@ -81,7 +83,8 @@ export class Followers {
     return this.byRoom.has(roomName)
   }
 
-  follow (peer: Peer, roomName: string, req: FollowRequest): void {
+  /** Resolves once the follow's first page or `follow-live` is sent, so the peer's next frame is answered after it. */
+  async follow (peer: Peer, roomName: string, req: FollowRequest): Promise<void> {
     let follows = this.byPeer.get(peer)
     const previous = follows?.get(roomName)
     if (previous !== undefined) this.end(previous, 'replaced')
@@ -103,7 +106,8 @@ export class Followers {
       pumping: false,
       again: false,
       ended: false,
-      wake: null
+      wake: null,
+      started: null
     }
     follows.set(roomName, f)
     let room = this.byRoom.get(roomName)
@@ -112,7 +116,9 @@ export class Followers {
       this.byRoom.set(roomName, room)
     }
     room.add(f)
-    this.pump(f).catch(safetyCatch)
+    const started = new Promise<void>(resolve => { f.started = resolve })
+    this.pump(f).catch(safetyCatch).finally(() => f.started?.())
+    await started
   }
 
   /** False when the peer did not follow the room. */
@@ -153,6 +159,7 @@ export class Followers {
   private forget (f: Follow): void {
     f.ended = true
     f.wake?.()
+    f.started?.()
     const follows = this.byPeer.get(f.peer)
     if (follows?.get(f.roomName) === f) follows.delete(f.roomName)
     if (follows?.size === 0) this.byPeer.delete(f.peer)
@@ -184,6 +191,8 @@ export class Followers {
       do {
         f.again = false
         while (this.active(f)) {
+          // behind the peer's page in flight: the frame's handling goes on, the page comes when the slot is free
+          if (f.peer.pages.busy) f.started?.()
           const sent = await f.peer.pages.hold(async () => await this.sendPage(f), waiting => { this.waiting += waiting ? 1 : -1 })
           if (sent === false) break
           if (sent !== true) await this.sleep(f, sent)
@@ -204,6 +213,7 @@ export class Followers {
     }
     f.live = true
     this.opts.send(f.peer, 'follow-live', encodeFollowLive(f.roomNameJson, { nextIndex: f.next, firstIndex: firstReadable(info) }, f.requestId))
+    f.started?.()
   }
 
   /**
@@ -245,11 +255,13 @@ export class Followers {
     if (!this.active(f)) return false
     f.next = page.nextIndex
     this.opts.send(f.peer, 'follow-messages', encodeFollowMessages(f.roomNameJson, page.entries, page.nextIndex))
+    f.started?.()
     return true
   }
 
   /** Waits `ms` (the peer's budget refilling), or less if the follow ends meanwhile. */
   private async sleep (f: Follow, ms: number): Promise<void> {
+    f.started?.()
     this.throttled++
     try {
       await new Promise<void>(resolve => {

@@ -200,7 +200,7 @@ export class FrameHandlers extends EventEmitter {
     if (exists) this.ctx.topics.touch(frame.roomName)
     // what the follow proved is kept: each of its pages is admitted again under the room's state then
     const { fromIndex, requestId, signature } = frame
-    this.followers.follow(peer, frame.roomName, { fromIndex, requestId, signature, provenKey })
+    await this.followers.follow(peer, frame.roomName, { fromIndex, requestId, signature, provenKey })
   }
 
   async onUnfollow (peer: Peer, frame: UnfollowFrame): Promise<void> {

@@ -12,9 +12,15 @@ export interface Drainable {
 export class PageSlot {
   private readonly peer: Drainable
   private tail: Promise<void> = Promise.resolve()
+  private holders = 0
 
   constructor (peer: Drainable) {
     this.peer = peer
+  }
+
+  /** Whether a page is in flight or waiting for the slot: a new holder would wait. */
+  get busy (): boolean {
+    return this.holders > 0 || this.peer.needsDrain
   }
 
   /** Runs `fn` (which reads and writes one page) holding the slot; `onWait` brackets a wait for the peer to read. */
@@ -22,6 +28,7 @@ export class PageSlot {
     const previous = this.tail
     let release!: () => void
     this.tail = new Promise(resolve => { release = resolve })
+    this.holders++
     try {
       await previous
       if (this.peer.needsDrain) {
@@ -34,6 +41,7 @@ export class PageSlot {
       }
       return await fn()
     } finally {
+      this.holders--
       release()
     }
   }

@@ -121,6 +121,8 @@ declare module 'hyperdht' {
     /** a UDX stream on the DHT's sockets (what blind-relay pairs) */
     createRawStream (opts?: { framed?: boolean, firewall?: unknown }): RawStream
     address (): { host: string, port: number }
+    /** dht-rpc's: the machine's first non-loopback IPv4 address (whatever the bind) and the server socket's port */
+    localAddress (): { host: string, port: number } | null
     toArray (opts?: { limit?: number }): Array<{ host: string, port: number }>
     /** `force`: without closing its servers first (no unannounce), and failing the requests in flight */
     destroy (opts?: { force?: boolean }): Promise<void>
@@ -309,6 +311,8 @@ declare module 'hyperswarm-stats' {
   export default class HyperswarmStats {
     constructor (swarm: Hyperswarm)
     readonly nrPeers: number
+    /** hyperdht-stats; `getLocalAddress` is what its `dht_local_address` gauge reads when scraped */
+    readonly dhtStats: { getLocalAddress: () => string | null }
     registerPrometheusMetrics (promClient: PromClient): void
     toJson (): Record<string, unknown>
   }

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import fs from 'node:fs/promises'
@@ -7,12 +8,13 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { test } from 'node:test'
+import crypto from 'hypercore-crypto'
 import type { Testnet } from 'hyperdht/testnet.js'
 import { chromium } from 'playwright-core'
 import { Metrics } from '../src/monitor/metrics.js'
 import { Monitor, type MonitorOptions, type MonitorStats } from '../src/monitor/monitor.js'
 import { ChatRootPeer } from '../src/root-peer.js'
-import { bootstrapEnv, client, daemon, rawPeer, ROOT, teardown, testnet, tmpDir } from './helpers.js'
+import { assertPresent, bootstrapEnv, client, daemon, findTool, rawPeer, ROOT, skipUnlessCI, teardown, testnet, tmpDir } from './helpers.js'
 
 type Ctx = Parameters<typeof teardown>[0]
 
@@ -25,8 +27,9 @@ interface Documented { type: string | undefined, conditional: boolean }
 
 /**
  * The metrics docs/monitoring.md documents, read from its two metrics tables: every name in a row's first cell
- * (`{label}` dropped), with the type the row gives (the stack's table: "All are gauges"; prom-client's default
- * metrics: none, they are of several types), and whether the row says it is there "only once" something holds.
+ * (`{label}` dropped), with the type the row gives (the stack's table: "All are gauges", but a row whose `from`
+ * says "counter"; prom-client's default metrics: none, they are of several types), and whether the row says it is
+ * there "only once" something holds.
  * A `prefix_*` row stands for the names of that prefix its meaning cell lists.
  */
 async function documentedMetrics (): Promise<Map<string, Documented>> {
@@ -47,7 +50,7 @@ async function documentedMetrics (): Promise<Map<string, Documented>> {
     for (const [, span] of cells[0].matchAll(/`([^`]+)`/g)) {
       const name = span.replace(/\{.*\}$/, '')
       if (!name.endsWith('*')) {
-        metrics.set(name, { type: stack ? 'gauge' : cells[1], conditional })
+        metrics.set(name, { type: stack ? (cells[1].includes('counter') ? 'counter' : 'gauge') : cells[1], conditional })
         continue
       }
       for (const [, listed] of meaning.matchAll(/`([^`]+)`/g)) if (listed.startsWith(name.slice(0, -1))) metrics.set(listed, { type: undefined, conditional })
@@ -192,6 +195,10 @@ test('/metrics: Prometheus text from prom-client with every metric of docs/monit
   assert.equal(types.get('root_peer_frames_received_total'), 'counter')
   assert.equal(types.get('root_peer_append_latency_seconds'), 'histogram')
   assert.equal(types.get('root_peer_peers'), 'gauge')
+  // Prometheus' naming convention, which promtool checks (the test below): `_total` names a counter and only a counter
+  for (const [name, type] of types) assert.equal(name.endsWith('_total'), type === 'counter', `${name} is a ${type}`)
+  assert.equal(types.get('dht_holepunch_try_later_total'), 'counter', 'a count hyperdht only increases')
+  assert.equal(types.get('hypercore_global_cache_entries'), 'gauge', 'a level: hypercore-stats\' name without `_total`')
 
   assert.equal(value(samples, 'root_peer_rooms'), 2)
   assert.equal(value(samples, 'root_peer_rooms_open'), rootPeer.roomCounts.open)
@@ -389,6 +396,53 @@ test('the daemon logs the monitor URL, answers /health 200 once ready, and exits
   assert.match(fatal[0].msg, new RegExp(`HOST=127\\.0\\.0\\.1 PORT=${port}\\b.*EADDRINUSE`))
   assert.ok(!second.lines.some(l => typeof l.msg === 'string' && l.msg.startsWith('root peer ready')), 'the root peer is not started')
   assert.deepEqual(await fs.readdir(storage), [], 'storage is not opened')
+})
+
+const PROMTOOL = findTool('promtool')
+const noPromtool = PROMTOOL === null ? 'promtool is missing (apt-get install -y prometheus)' : null
+
+/** `promtool check metrics` on `text`: its exit code, and what it printed (a problem a line, or nothing). */
+async function promtoolCheck (text: string): Promise<{ code: number | null, output: string }> {
+  const child = spawn(PROMTOOL!, ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] })
+  let output = ''
+  child.stdout.setEncoding('utf8').on('data', (c: string) => { output += c })
+  child.stderr.setEncoding('utf8').on('data', (c: string) => { output += c })
+  child.stdin.end(text)
+  const [code] = await once(child, 'close')
+  return { code, output }
+}
+
+test('a live daemon\'s /metrics, after a signed room, messages, a sync, a follow and a refused frame, passes `promtool check metrics` with no problem reported', { skip: skipUnlessCI(noPromtool) }, async t => {
+  assertPresent(noPromtool)
+  const net = await testnet(t)
+  const d = daemon(t, [], { STORAGE_DIR: await tmpDir(t), DHT_BOOTSTRAP: bootstrapEnv(net), DHT_HOST: '127.0.0.1', STATS_INTERVAL: '0' })
+  const { url } = await d.line(l => typeof l.msg === 'string' && l.msg.startsWith('monitor listening on '))
+  const key = await d.ready()
+  const c = await client(t, net, { rootPublicKey: key })
+  const { roomName } = await c.registerRoom(crypto.randomBytes(32))
+  for (let i = 0; i < 3; i++) await c.sendMessage(roomName, `sealed ${i}`)
+  await c.sendMessage('lobby', 'hello')
+  let synced = 0
+  for await (const page of c.sync(roomName, 0)) synced += page.messages.length
+  assert.equal(synced, 3)
+  for await (const m of c.follow('lobby')) {
+    assert.equal(m.message, 'hello')
+    break
+  }
+  const raw = await rawPeer(t, net)
+  await raw.nextOfType('root-peer-announcement')
+  raw.send('not json')
+  assert.equal((await raw.nextOfType('error')).code, 'BAD_FRAME')
+
+  const res = await fetch(url + '/metrics')
+  assert.equal(res.status, 200)
+  const text = await res.text()
+  const families = text.split('\n').filter(l => l.startsWith('# TYPE ')).length
+  assert.match(text, /^root_peer_errors_total\{code="BAD_FRAME"\} 1$/m, 'the labelled series are there too')
+  const { code, output } = await promtoolCheck(text)
+  t.diagnostic(`promtool check metrics on ${families} metric families (${text.length} bytes): exit ${code}, output ${JSON.stringify(output)}`)
+  assert.equal(output.trim(), '', 'promtool reports no problem')
+  assert.equal(code, 0)
 })
 
 /** Runs in the page (as a string: the test's TypeScript has no DOM types, and tsx would add helpers the page lacks). */

@@ -1,13 +1,21 @@
 import type Corestore from 'corestore'
 import HypercoreStats from 'hypercore-stats'
 import HyperswarmStats, { type PromClient } from 'hyperswarm-stats'
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type GaugeConfiguration } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type CounterConfiguration, type GaugeConfiguration } from 'prom-client'
 import type { ChatRootPeer } from '../root-peer.js'
+import { dhtLocalAddress } from './dht-address.js'
 import { largest, namedRooms } from './stats.js'
 
 // seconds: appends are group-committed, so most land in the low milliseconds
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5]
 const TOP_ROOMS = 20
+
+// the stats modules register five gauges named like counters, which Prometheus' conventions (promtool check metrics)
+// refuse: the three that only ever grow become counters under their names, the two levels lose `_total`
+const STACK_COUNTERS = new Set(['dht_holepunch_try_later_total', 'dht_holepunch_try_later_relayed_handshakes_total', 'udx_packets_dropped_total'])
+const STACK_RENAMED = new Map([['hypercore_sessions_total', 'hypercore_sessions'], ['hypercore_global_cache_entries_total', 'hypercore_global_cache_entries']])
+// prom-client's default metrics have three such gauges, each the sum of its per-type gauge (`nodejs_active_handles{type}` ...)
+const DEFAULT_SUMS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']
 
 type Read<T> = (rootPeer: ChatRootPeer) => T
 
@@ -23,6 +31,7 @@ export class Metrics {
 
   constructor () {
     collectDefaultMetrics({ register: this.registry })
+    for (const name of DEFAULT_SUMS) this.registry.removeSingleMetric(name)
     this.single(Gauge, 'root_peer_rooms', 'Rooms known to the root peer', rp => rp.roomCounts.total)
     this.single(Gauge, 'root_peer_rooms_open', 'Rooms whose core is open now', rp => rp.roomCounts.open)
     this.single(Gauge, 'root_peer_inbound_buffered_bytes', 'Bytes of incoming frames held now for all connections (half-received and queued); at most MAX_BUFFERED_BYTES', rp => rp.inboundBytes)
@@ -102,7 +111,10 @@ export class Metrics {
   }
 
   private measureStack (rootPeer: ChatRootPeer): void {
-    new HyperswarmStats(rootPeer.network!).registerPrometheusMetrics(this.promClient([]))
+    const swarmStats = new HyperswarmStats(rootPeer.network!)
+    // hyperdht-stats reports the machine's interface address even when DHT_HOST binds the socket elsewhere
+    swarmStats.dhtStats.getLocalAddress = () => dhtLocalAddress(rootPeer.network!.dht)
+    swarmStats.registerPrometheusMetrics(this.promClient([]))
     this.measureStore(rootPeer.corestore!)
   }
 
@@ -113,14 +125,20 @@ export class Metrics {
     this.coreStats.registerPrometheusMetrics(this.promClient(this.coreMetrics))
   }
 
-  /** prom-client as the stats modules use it, but registering on this registry, not the process-wide default. */
+  /**
+   * prom-client as the stats modules use it, but registering on this registry, not the process-wide default, and
+   * with their names made conventional (STACK_COUNTERS, STACK_RENAMED).
+   */
   private promClient (names: string[]): PromClient {
     const registry = this.registry
     return {
-      Gauge: class extends Gauge {
+      Gauge: class {
+        // a constructor's returned object is what `new` gives: the module gets the metric its collect() will set
         constructor (config: GaugeConfiguration<string>) {
-          super({ ...config, registers: [registry] })
-          names.push(config.name)
+          const name = STACK_RENAMED.get(config.name) ?? config.name
+          names.push(name)
+          const conf = { ...config, name, registers: [registry] }
+          return STACK_COUNTERS.has(name) ? new SetCounter(conf as CounterConfiguration<string>) : new Gauge(conf)
         }
       }
     }
@@ -155,5 +173,13 @@ export class Metrics {
         for (const [value, n] of read(self.rootPeer)) this.inc({ [label]: value }, n)
       }
     })
+  }
+}
+
+/** A counter of a running count kept elsewhere: `set` to it when scraped, as the stats modules set their gauges. */
+class SetCounter extends Counter {
+  set (value: number): void {
+    this.reset()
+    this.inc(value)
   }
 }

@@ -33,7 +33,7 @@ const FIELDS: Record<string, string[]> = {
   unfollow: ['requestId']
 }
 
-interface Accepted { type: string, roomName: string, message?: unknown, id?: string, requestId?: string | number, lastIndex?: number, limit?: number, writerPublicKey?: string }
+interface Accepted { type: string, roomName: string, message?: unknown, id?: string, requestId?: string | number, lastIndex?: number, limit?: number, writerPublicKey?: string, signed?: boolean }
 /** A refused frame may break several rules: the docs do not say which is named first, so any of them is right. */
 type Verdict = { codes: Set<string> } | { frame: Accepted }
 
@@ -79,6 +79,7 @@ function judge (data: Uint8Array): Verdict {
       else codes.add('BAD_FRAME')
     } else if (field === 'signature') {
       if (typeof value !== 'string' || !HEX128.test(value)) codes.add('BAD_FRAME')
+      else frame.signed = true
     } else if (field === 'lastIndex' || field === 'fromIndex') {
       if (Number.isSafeInteger(value) && (value as number) >= 0) frame.lastIndex = value as number
       else codes.add('BAD_FRAME')
@@ -177,6 +178,8 @@ class RoomsModel {
       return requestId === undefined ? null : { kind: 'registered', roomName, requestId, most: this.rooms.get(roomName)!.length }
     }
     if (frame.type === 'message') {
+      // no room is signed here: a message with a signature is refused, so no member's message is stored unsigned
+      if (frame.signed === true) return { kind: 'error', codes: new Set(['UNAUTHORIZED']) }
       const room = this.rooms.get(roomName) ?? []
       this.rooms.set(roomName, room)
       const { id } = frame
@@ -335,7 +338,7 @@ test('fuzz: 10,000 generated frames over real connections; every answer and ever
         const { messages } = await peer.syncAll(roomName)
         assert.deepEqual(messages.map(m => ({ message: m.message, ...(m.id !== undefined ? { id: m.id } : {}) })), want, roomName)
         assert.deepEqual(messages.map(m => m.messageIndex), want.map((_, i) => i))
-        // an unsigned room ignores `signature`: nothing of it is stored
+        // a signed message is refused by an unsigned room: no record of one carries a signature
         assert.ok(messages.every(m => m.fromPeer === key && m.senderPublicKey === key && !('signature' in m)), roomName)
       }
       assert.equal(peer.frames.length, 0, `nothing more was sent: ${JSON.stringify(peer.frames).slice(0, 300)}`)

@@ -41,8 +41,9 @@ interface Follow {
   again: boolean
   ended: boolean
   wake: (() => void) | null
-  // resolves the frame's handling once its first page or `follow-live` is sent (or the follow ended)
+  // resolves `firstAnswer` once its first page or `follow-live` is sent (or it waits behind the slot, or ended)
   started: (() => void) | null
+  firstAnswer: Promise<void>
 }
 
 /** The first index a room serves: retention's horizon, and for a signed room where its signed history starts. */
@@ -83,8 +84,7 @@ export class Followers {
     return this.byRoom.has(roomName)
   }
 
-  /** Resolves once the follow's first page or `follow-live` is sent, so the peer's next frame is answered after it. */
-  async follow (peer: Peer, roomName: string, req: FollowRequest): Promise<void> {
+  follow (peer: Peer, roomName: string, req: FollowRequest): void {
     let follows = this.byPeer.get(peer)
     const previous = follows?.get(roomName)
     if (previous !== undefined) this.end(previous, 'replaced')
@@ -107,7 +107,8 @@ export class Followers {
       again: false,
       ended: false,
       wake: null,
-      started: null
+      started: null,
+      firstAnswer: Promise.resolve()
     }
     follows.set(roomName, f)
     let room = this.byRoom.get(roomName)
@@ -116,15 +117,16 @@ export class Followers {
       this.byRoom.set(roomName, room)
     }
     room.add(f)
-    const started = new Promise<void>(resolve => { f.started = resolve })
+    f.firstAnswer = new Promise<void>(resolve => { f.started = resolve })
     this.pump(f).catch(safetyCatch).finally(() => f.started?.())
-    await started
   }
 
-  /** False when the peer did not follow the room. */
-  unfollow (peer: Peer, roomName: string, requestId?: RequestId): boolean {
+  /** False when the peer did not follow the room. The follow's first page or `follow-live` goes out first. */
+  async unfollow (peer: Peer, roomName: string, requestId?: RequestId): Promise<boolean> {
     const f = this.byPeer.get(peer)?.get(roomName)
     if (f === undefined) return false
+    await f.firstAnswer
+    if (f.ended) return false
     this.end(f, 'unfollowed', requestId)
     return true
   }

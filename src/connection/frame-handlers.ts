@@ -200,11 +200,11 @@ export class FrameHandlers extends EventEmitter {
     if (exists) this.ctx.topics.touch(frame.roomName)
     // what the follow proved is kept: each of its pages is admitted again under the room's state then
     const { fromIndex, requestId, signature } = frame
-    await this.followers.follow(peer, frame.roomName, { fromIndex, requestId, signature, provenKey })
+    this.followers.follow(peer, frame.roomName, { fromIndex, requestId, signature, provenKey })
   }
 
   async onUnfollow (peer: Peer, frame: UnfollowFrame): Promise<void> {
-    if (!this.followers.unfollow(peer, frame.roomName, frame.requestId)) {
+    if (!(await this.followers.unfollow(peer, frame.roomName, frame.requestId))) {
       this.ctx.connections.send(peer, 'follow-ended', encodeFollowEnded(JSON.stringify(frame.roomName), 'unfollowed', frame.requestId))
     }
   }

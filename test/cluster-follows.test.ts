@@ -1,15 +1,13 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { rendezvousOwner } from '../src/cluster/rendezvous.js'
-import { roomKeyPair, signAccess, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
-import { dial, startCluster, testnet } from './helpers.js'
+import { signAccess, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
+import { dial, signedRoomOwnedBy, startCluster, testnet } from './helpers.js'
 
 test('a follow at a mirror outlives no signing at the primary: an outsider following an unsigned room at B, the room signed and written at its primary A, gets no member record and `follow-ended` `unauthorized`', async t => {
   const net = await testnet(t)
   const members = await startCluster(t, net, {}, 2)
   const [a, b] = members
-  let kp = roomKeyPair('followed room 0')
-  for (let i = 1; rendezvousOwner(signedRoomName(kp.publicKey), members.map(m => m.key)) !== a.key; i++) kp = roomKeyPair(`followed room ${i}`)
+  const kp = signedRoomOwnedBy(members, a, 'followed room')
   const roomName = signedRoomName(kp.publicKey)
   const writerPublicKey = kp.publicKey.toString('hex')
 

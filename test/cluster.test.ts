@@ -6,9 +6,8 @@ import { once } from 'node:events'
 import { RootPeerClient, type MessageAck } from '../src/client/client.js'
 import { readPublicKey } from '../src/cluster/cluster.js'
 import { coreName } from '../src/storage/rooms.js'
-import { rendezvousOwner } from '../src/cluster/rendezvous.js'
-import { roomKeyPair, signAccess, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
-import { NO_RATES, bootstrapEnv, dial, memberConnected, readUntil, roomOwnedBy, runBin, sendAll, startCluster, startMember, teardown, testnet, tmpDir, type Member, type RawPeer } from './helpers.js'
+import { signAccess, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
+import { NO_RATES, bootstrapEnv, dial, memberConnected, readUntil, roomOwnedBy, runBin, sendAll, signedRoomOwnedBy, startCluster, startMember, teardown, testnet, tmpDir, type Member, type RawPeer } from './helpers.js'
 
 /** Opens a stopped member's store in this process: the room's core, by key, for `fn`. */
 async function withCore<T> (storage: string, key: Buffer, fn: (core: any) => Promise<T>): Promise<T> {
@@ -439,8 +438,7 @@ test('signed rooms in a cluster: an outsider\'s unsigned write before the member
   const members = await startCluster(t, net, {}, 2)
   const [a, b] = members
   // a signed room whose primary is A, reached through B
-  let kp = roomKeyPair('cluster room 0')
-  for (let i = 1; rendezvousOwner(signedRoomName(kp.publicKey), members.map(m => m.key)) !== a.key; i++) kp = roomKeyPair(`cluster room ${i}`)
+  const kp = signedRoomOwnedBy(members, a, 'cluster room')
   const roomName = signedRoomName(kp.publicKey)
   const writerPublicKey = kp.publicKey.toString('hex')
 

@@ -15,6 +15,7 @@ import { ChatRootPeer, type RootPeerOptions } from '../src/root-peer.js'
 import { RootPeerClient, type RootPeerClientOptions } from '../src/client/client.js'
 import { readPublicKey } from '../src/cluster/cluster.js'
 import { rendezvousOwner } from '../src/cluster/rendezvous.js'
+import { roomKeyPair, signedRoomName, type KeyPair } from '../src/protocol/room-auth.js'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 export const DISCOVERY = crypto.hash(Buffer.from('holepunch-root-peer-discovery'))
@@ -376,6 +377,15 @@ export async function startCluster (t: any, net: Testnet, extra: Record<string, 
 export function roomOwnedBy (members: Member[], owner: Member, prefix: string): string {
   const keys = members.map(m => m.key)
   for (let i = 0; ; i++) if (rendezvousOwner(`${prefix}-${i}`, keys) === owner.key) return `${prefix}-${i}`
+}
+
+/** A signed room's key pair whose name's rendezvous owner (so its primary) is `owner`. */
+export function signedRoomOwnedBy (members: Member[], owner: Member, seed: string): KeyPair {
+  const keys = members.map(m => m.key)
+  for (let i = 0; ; i++) {
+    const kp = roomKeyPair(`${seed} ${i}`)
+    if (rendezvousOwner(signedRoomName(kp.publicKey), keys) === owner.key) return kp
+  }
 }
 
 /**

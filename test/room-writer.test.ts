@@ -15,7 +15,6 @@ import { teardown, tmpDir } from './helpers.js'
 // The room writer on its own: a real Corestore and Rooms in a temp dir, no network, no cluster.
 
 const PEER = 'cd'.repeat(32)
-const MAX_ROOMS = 7
 
 interface Setup {
   store: Corestore
@@ -47,7 +46,6 @@ async function setup (t: TestContext, { closing = false, pruner = null as Pruner
     pruner,
     counters,
     closing: () => closing,
-    maxRooms: MAX_ROOMS,
     onLatency: null
   })
   const stored: Setup['stored'] = []

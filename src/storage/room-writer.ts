@@ -31,7 +31,6 @@ export interface RoomWriterOptions {
   pruner: Pruner | null
   counters: Counters
   closing: () => boolean
-  maxRooms: number
   onLatency: ((kind: 'append' | 'sync', seconds: number) => void) | null
 }
 

@@ -115,7 +115,6 @@ export class ChatRootPeer extends ReadyResource {
       pruner: this.pruner,
       counters: this.counters,
       closing,
-      maxRooms: s.maxRooms,
       onLatency
     })
     this.connections = new Connections({
@@ -273,7 +272,11 @@ export class ChatRootPeer extends ReadyResource {
     this.connections.on('peer-idle', (id, err) => this.emit('peer-idle', id, err))
     this.connections.on('peer-dropped', (id, err) => this.emit('peer-dropped', id, err))
     this.connections.on('frame-refused', (id, err) => this.emit('frame-refused', id, err))
-    this.connections.on('peer-banned', id => this.emit('peer-banned', id))
+    this.connections.on('peer-banned', id => {
+      // a banned key loses its relay connections too: the ban is the key's, not its chat connection's
+      this.relay?.ban(id)
+      this.emit('peer-banned', id)
+    })
     this.connections.handlers.on('room-registered', e => this.emit('room-registered', e))
   }
 
@@ -420,7 +423,8 @@ export class ChatRootPeer extends ReadyResource {
     const s = this.settings
     this.relay = new Relay({ dht, keyPair, maxPairs: s.relayMaxPairs, maxPairsPerPeer: s.relayMaxPairsPerPeer, maxPairsPerHost: s.relayMaxPairsPerHost,
       pairBytesPerSecond: s.relayPairBytesPerSecond, peerBytesPerSecond: s.relayPeerBytesPerSecond, hostBytesPerSecond: s.relayHostBytesPerSecond,
-      bytesPerSecond: s.relayBytesPerSecond, emptyPairTimeout: s.relayEmptyPairTimeout })
+      bytesPerSecond: s.relayBytesPerSecond, emptyPairTimeout: s.relayEmptyPairTimeout,
+      isBanned: key => this.connections.guard.isBanned(key) })
     await this.relay.ready()
   }
 

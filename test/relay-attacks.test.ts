@@ -377,3 +377,39 @@ test('RELAY_MAX_PAIRS_PER_HOST and RELAY_EMPTY_PAIR_TIMEOUT: 32 keys on one addr
   assert.equal(r.pairsOpen, 1, 'only the members\' pair is left')
   assert.ok(!lifetimes.has(memberToken) && !a.destroyed, 'the members\' pair outlived the attack')
 })
+
+test('a key the root peer banned: refused at the relay\'s handshake, and its open relay connection closed when it is banned', async t => {
+  const net = await testnet(t)
+  const banned = new Set<string>()
+  const { relay: r, refused } = await relay(t, net, { isBanned: key => banned.has(key) })
+  const dht = node(t, net)
+  const connect = async (keyPair: { publicKey: Buffer, secretKey: Buffer }): Promise<{ socket: any, opened: boolean }> => {
+    const socket: any = dht.connect(r.publicKey, { keyPair })
+    socket.on('error', noop)
+    const opened = await new Promise<boolean>(resolve => {
+      socket.once('open', () => resolve(true))
+      socket.once('close', () => resolve(false))
+    })
+    return { socket, opened }
+  }
+
+  // a connected key, banned while it holds its relay connection: the connection is closed
+  const member = HyperDHT.keyPair()
+  const seen = next(r, 'member-connected')
+  const held = await connect(member)
+  assert.equal(held.opened, true)
+  assert.deepEqual(await seen, [member.publicKey.toString('hex')])
+  banned.add(member.publicKey.toString('hex'))
+  // not events.once: the reset comes as an 'error' before the close
+  const closed = new Promise(resolve => held.socket.once('close', resolve))
+  r.ban(member.publicKey.toString('hex'))
+  await closed
+
+  // and it is refused at the handshake from then on, while another key is served
+  const again = await connect(member)
+  assert.equal(again.opened, false, 'a banned key gets no relay connection')
+  const other = await connect(HyperDHT.keyPair())
+  assert.equal(other.opened, true, 'another key is served')
+  assert.deepEqual(refused.filter(reason => reason === 'banned').length, 2, JSON.stringify(refused))
+  console.log(`banned key: its relay connection closed, then refused at the handshake (refusals ${JSON.stringify(refused)}); another key served`)
+})

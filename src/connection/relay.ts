@@ -29,11 +29,13 @@ export interface RelayOptions extends RelayLimits {
   pairingTimeout?: number
   /** the address a relay connection is counted under (default: its remote host) */
   hostOf?: (socket: NoiseStream) => string | null
+  /** a key the root peer banned (hex): refused at the handshake, as by the root peer's own key */
+  isBanned?: (publicKey: string) => boolean
 }
 
 /** The reasons of root_peer_relay_refusals_total. */
 export type RelayRefusal = 'connections' | 'host-connections' | 'pairs' | 'peer-pairs' | 'host-pairs' |
-'pair-bytes' | 'peer-bytes' | 'host-bytes' | 'bytes' | 'empty' | 'idle'
+'pair-bytes' | 'peer-bytes' | 'host-bytes' | 'bytes' | 'empty' | 'idle' | 'banned'
 
 export interface RelayCounters {
   pairsOpened: number
@@ -139,8 +141,12 @@ export class Relay extends ReadyResource {
     // each end of a relayed connection has a relay connection of its own
     const maxConnections = 2 * this.opts.maxPairs
     this.server = this.opts.dht.createServer({
-      firewall: () => {
+      firewall: (remotePublicKey: Buffer) => {
         if (this.closing !== null) return true
+        if (this.opts.isBanned?.(remotePublicKey.toString('hex')) === true) {
+          this.note('banned')
+          return true
+        }
         if (this.members.size < maxConnections) return false
         this.note('connections')
         return true
@@ -182,6 +188,7 @@ export class Relay extends ReadyResource {
     const member: Member = { key: socket.remotePublicKey.toString('hex'), host, socket, session, sides: new Set(), streams: 0, idleSince: Date.now() }
     this.members.add(member)
     this.startMeter()
+    this.emit('member-connected', member.key)
     session.on('error', safetyCatch)
     session.on('pair', (isInitiator, token, stream) => this.onPaired(member, token.toString('hex'), stream, sideOf(token, isInitiator)))
     // blind-relay lets a closed channel's requests go: so do the caps, and the connection serves nothing more
@@ -334,6 +341,15 @@ export class Relay extends ReadyResource {
     this.total.charge(fresh, now)
     this.counters.bytes += fresh
     return fresh
+  }
+
+  /** A key the root peer banned: its relay connections (and so its pairs) are closed. */
+  ban (key: string): void {
+    for (const member of this.members) {
+      if (member.key !== key) continue
+      this.note('banned')
+      member.socket.destroy()
+    }
   }
 
   private note (refusal: RelayRefusal): void {

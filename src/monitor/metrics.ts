@@ -73,7 +73,7 @@ export class Metrics {
     this.single(Gauge, 'root_peer_relay_connections', 'Connections to the blind relay\'s key open now (at most 2 x RELAY_MAX_PAIRS)', rp => rp.relay?.connections ?? 0)
     this.single(Counter, 'root_peer_relay_pairs_total', 'Pairs the blind relay has joined since the process started', rp => rp.relay?.counters.pairsOpened ?? 0)
     this.single(Counter, 'root_peer_relay_bytes_total', 'Bytes the blind relay forwarded, both ways (read every 50 ms and when a pair closes)', rp => rp.relay?.counters.bytes ?? 0)
-    this.labelled(Counter, 'root_peer_relay_refusals_total', 'Relay connections and pair requests refused, and pairs closed, by reason (connections, host-connections, pairs, peer-pairs, host-pairs, pair-bytes, peer-bytes, host-bytes, bytes, empty, idle)', 'reason',
+    this.labelled(Counter, 'root_peer_relay_refusals_total', 'Relay connections and pair requests refused, and pairs closed, by reason (connections, host-connections, pairs, peer-pairs, host-pairs, pair-bytes, peer-bytes, host-bytes, bytes, empty, idle, banned)', 'reason',
       rp => Object.entries(rp.relay?.counters.refusals ?? {}))
     this.appendLatency = new Histogram({
       name: 'root_peer_append_latency_seconds',

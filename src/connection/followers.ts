@@ -250,7 +250,8 @@ export class Followers {
     if (page.entries.length === 0 || !this.active(f)) return false
     // signed while the page was read: what it holds is sent only to a follow proven for the key. A mirror may
     // hold a signed record before its primary's word that the room is signed: a signed record says so itself
-    if (!this.admitted(f, await rooms.lookup(f.roomName)) || (f.provenKey === undefined && page.entries.some(isSignedEntry))) {
+    const now = await rooms.lookup(f.roomName)
+    if (!this.admitted(f, now) || (f.provenKey === undefined && now?.primary !== undefined && page.entries.some(isSignedEntry))) {
       this.end(f, 'unauthorized')
       return false
     }

@@ -182,12 +182,14 @@ export class FrameHandlers extends EventEmitter {
         rooms.release(room)
       }
       // signed since the reader was admitted (while it waited): the page is for the key's holders only
-      const key = (await rooms.lookup(roomName))?.writerPublicKey
+      const now = await rooms.lookup(roomName)
+      const key = now?.writerPublicKey
       if (key !== undefined && key !== provenKey && !verifyAccess(key, this.ctx.publicKey(), peer.challenge, roomName, frame.signature)) {
         throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
       }
       // a mirror can hold a signed record before its primary's word that the room is signed: the record says so
-      if (key === undefined && page.entries.some(isSignedEntry)) {
+      // (a room of this root peer's own is signed in its index before any signed record is stored)
+      if (key === undefined && now?.primary !== undefined && page.entries.some(isSignedEntry)) {
         throw RootPeerError.UNAUTHORIZED('a room being signed: retry, with a signature over (challenge, roomName) by the room\'s key')
       }
       this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, { ...page, firstIndex }, requestId))

@@ -2,8 +2,12 @@
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
+COPY packages/client/package.json ./packages/client/
+COPY packages/dev-tools/package.json ./packages/dev-tools/
 RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
+COPY packages/client/tsconfig.build.json packages/client/events.d.ts ./packages/client/
+COPY packages/client/src ./packages/client/src
 COPY src ./src
 RUN npm run build
 
@@ -16,9 +20,12 @@ ENV NODE_ENV=production \
     DHT_PORT=49737
 WORKDIR /app
 COPY package.json package-lock.json ./
+# the client package (root-peer-client, a workspace the daemon depends on): its manifest, and its dist/ below
+COPY packages/client/package.json ./packages/client/
 # --ignore-scripts: no build here (dist/ comes from the build stage); the native modules ship prebuilt binaries
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist ./dist
+COPY --from=build /app/packages/client/dist ./packages/client/dist
 # private to the daemon's user: the data dir holds the key pair's seed and every room (a named
 # volume takes this owner and mode)
 RUN mkdir -p /data && chown node:node /data && chmod 700 /data

@@ -125,7 +125,7 @@ async function runScenario (name: string, o: Options): Promise<Record<string, an
 
   // the strangers run in a process of their own, so their work does not slow the good client's event loop
   const ctx = { publicKey: publicKey.toString('hex'), bootstrap: net.bootstrap, relay: good.announcement.relay ?? null }
-  const strangers = fork(fileURLToPath(import.meta.url), ['--attack', name, JSON.stringify(ctx)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' })
+  const strangers = fork(fileURLToPath(import.meta.url), ['--attack', name, JSON.stringify(ctx)], { execArgv: ['--conditions=source', '--import', 'tsx'], stdio: 'inherit' })
   cleanups.push(() => strangers.kill('SIGKILL'))
   const messages: string[] = []
   strangers.on('message', m => messages.push(String(m)))

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm start`: the daemon of dist/, in this process. src/ is compiled first only when dist/ is missing or
+// `npm start`: the daemon of dist/, in this process. src/ (and the client package's, packages/client/src) is compiled first only when dist/ is missing or
 // older than it and TypeScript is installed: a production install (npm ci --omit=dev) has no compiler and
 // runs the dist/ it was given. package.json execs this script: npm's child is the daemon, and gets its signals.
 import { spawnSync } from 'node:child_process'
@@ -11,7 +11,8 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const bin = path.join(root, 'dist', 'bin.js')
 const built = modified(bin)
 
-if (built === 0 || built < newest([path.join(root, 'src'), path.join(root, 'tsconfig.json'), path.join(root, 'tsconfig.build.json')])) {
+const sources = ['src', 'tsconfig.json', 'tsconfig.build.json', 'packages/client/src', 'packages/client/tsconfig.build.json']
+if (built === 0 || built < newest(sources.map(p => path.join(root, p)))) {
   if (fs.existsSync(path.join(root, 'node_modules', '.bin', 'tsc'))) {
     // stdout is the daemon's: one JSON log line each
     const { status } = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: ['ignore', process.stderr, process.stderr] })

@@ -12,7 +12,7 @@ import { runTestnet } from './cli/testnet.js'
 import { exportCommand, importCommand, pruneCommand, roomsCommand, verifyCommand, type AdminIO } from './cli/admin.js'
 import { backupCommand, restoreCommand } from './cli/backup.js'
 import { makePrivate, openStore, type LooseModes } from './storage/data-dir-lock.js'
-import { RootPeerError } from './protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import { readPublicKey } from './cluster/cluster.js'
 import { PromoteError, promote } from './cluster/promote.js'
 

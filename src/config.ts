@@ -2,7 +2,7 @@ import { isIP } from 'node:net'
 import path from 'node:path'
 import { DEFAULT_LIMITS } from './protocol/protocol.js'
 import { autoMaxRooms } from './storage/disk.js'
-import { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode } from './protocol/discovery.js'
+import { DEFAULT_DISCOVERY_TOPIC, parseBootstrap, type BootstrapNode } from 'root-peer-client/protocol'
 
 export { DEFAULT_DISCOVERY_TOPIC, type BootstrapNode }
 
@@ -34,7 +34,7 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 const TABLE = {
   storageDir: setting('STORAGE_DIR', '--storage', './root-peer-storage', 'data dir', parseDir),
   syncWrites: setting('SYNC_WRITES', '--sync-writes', 'false', 'fsync storage before each ack, so acked messages survive a power loss too (true or false)', parseBoolean),
-  bootstrap: setting('DHT_BOOTSTRAP', '--bootstrap', '', 'comma-separated host:port DHT bootstrap nodes (default: the public DHT)', parseBootstrap),
+  bootstrap: setting('DHT_BOOTSTRAP', '--bootstrap', '', 'comma-separated host:port DHT bootstrap nodes (default: the public DHT)', parseBootstrapSetting),
   dhtHost: setting('DHT_HOST', '--dht-host', '0.0.0.0', 'address the DHT socket binds (127.0.0.1 on a loopback testnet)', parseHost),
   dhtPort: setting('DHT_PORT', '--dht-port', '', 'UDP port of the DHT socket (default: 49737 or the next free)', parsePort),
   discoveryTopic: setting('DISCOVERY_TOPIC', '--discovery-topic', DEFAULT_DISCOVERY_TOPIC, 'string whose BLAKE2b-256 hash is the discovery topic', parseNonEmpty),
@@ -180,17 +180,12 @@ function parseDir (value: string, name: string): string {
   return path.resolve(value)
 }
 
-function parseBootstrap (value: string, name: string): BootstrapNode[] | null {
-  if (value === '') return null
-  return value.split(',').map(entry => {
-    const m = /^\s*(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})\s*$/.exec(entry)
-    const host = m === null ? '' : (m[1] ?? m[2])
-    const port = m === null ? 0 : Number(m[3])
-    if (host === '' || port < 1 || port > 65535) {
-      throw new ConfigError(name, `${name}: ${JSON.stringify(entry)} is not host:port (a comma-separated list of host:port, port 1-65535)`)
-    }
-    return { host, port }
-  })
+function parseBootstrapSetting (value: string, name: string): BootstrapNode[] | null {
+  try {
+    return parseBootstrap(value)
+  } catch (err) {
+    throw new ConfigError(name, `${name}: ${(err as Error).message}`)
+  }
 }
 
 function parseKeys (value: string, name: string): string[] {

@@ -1,5 +1,5 @@
 export { ChatRootPeer, roomTopic, type RootPeerOptions } from './root-peer.js'
-export * from './client/index.js'
+export * from 'root-peer-client'
 export { parseConfig, ConfigError, type Config } from './config.js'
 export { DEFAULT_LIMITS, PROTOCOL_VERSION, type Limits, type StoredRecord } from './protocol/protocol.js'
 export type { PersistentState, RoomState } from './storage/state-file.js'

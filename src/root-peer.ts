@@ -22,7 +22,7 @@ import { ClusterRooms } from './cluster/cluster-rooms.js'
 import { Connections } from './connection/connections.js'
 import { RELAY_KEY_PAIR, Relay } from './connection/relay.js'
 import { RoomWriter } from './storage/room-writer.js'
-import { newChallenge } from './protocol/room-auth.js'
+import { newChallenge } from 'root-peer-client/protocol'
 import { busiest, createCounters, largest, type Counters, type StatsSnapshot } from './monitor/stats.js'
 
 /** The daemon's settings (see config.ts; unset ones take their default) and what only a library user passes. */

@@ -6,7 +6,7 @@ import path from 'node:path'
 import { after, before, test } from 'node:test'
 import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import { ChatRootPeer } from '../src/root-peer.js'
-import { RootPeerClient } from '../src/client/client.js'
+import { RootPeerClient } from 'root-peer-client'
 import { bootstrapEnv, client, daemon, runBin, tmpDir } from './helpers.js'
 
 const HEX_ROOM = 'ab'.repeat(32)

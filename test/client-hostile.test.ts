@@ -8,9 +8,9 @@ import HyperDHT from 'hyperdht'
 import type { Testnet } from 'hyperdht/testnet.js'
 import Hyperswarm, { type NoiseStream } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
-import { RootPeerClient, type FrameRejected, type RecordRejected } from '../src/client/client.js'
+import { RootPeerClient, type FrameRejected, type RecordRejected } from 'root-peer-client'
 import { DEFAULT_LIMITS } from '../src/protocol/protocol.js'
-import { roomKeyPair, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
+import { roomKeyPair, signedRoomName, signMessage } from 'root-peer-client/protocol'
 import { DISCOVERY, ROOT, bootstrapEnv, childEnv, client, rawPeer, rootPeer, teardown, testnet } from './helpers.js'
 
 type Ctx = Parameters<typeof teardown>[0]
@@ -60,7 +60,7 @@ async function fakeRootPeer (t: Ctx, net: Testnet, behave: Behaviour, onConnect?
 
 /** test/fixtures/hostile-client.ts in a child process: its JSON lines, stderr and exit code. */
 async function hostileClient (t: Ctx, net: Testnet, args: string[]): Promise<{ code: number | null, lines: any[], stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'test/fixtures/hostile-client.ts'), bootstrapEnv(net), ...args], { cwd: ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', path.join(ROOT, 'test/fixtures/hostile-client.ts'), bootstrapEnv(net), ...args], { cwd: ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] })
   teardown(t, () => { child.kill('SIGKILL') })
   const lines: any[] = []
   let stderr = ''

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { signAccess, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
+import { signAccess, signedRoomName, signMessage } from 'root-peer-client/protocol'
 import { dial, signedRoomOwnedBy, startCluster, testnet } from './helpers.js'
 
 test('a follow at a mirror outlives no signing at the primary: an outsider following an unsigned room at B, the room signed and written at its primary A, gets no member record and `follow-ended` `unauthorized`', async t => {

@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import c from 'compact-encoding'
 import fc from 'fast-check'
 import ProtomuxRPC from 'protomux-rpc'
-import { RootPeerError } from '../src/protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import { createRequest, forwardedWrite, requests, roomAd, roomList, writeResult, type RoomAd } from '../src/cluster/messages.js'
 
 // Fast tests of the cluster channel's encodings, and of protomux-rpc carrying them over an in-memory stream.

@@ -3,10 +3,10 @@ import { test } from 'node:test'
 import Corestore from 'corestore'
 import type { Testnet } from 'hyperdht/testnet.js'
 import { once } from 'node:events'
-import { RootPeerClient, type MessageAck } from '../src/client/client.js'
+import { RootPeerClient, type MessageAck } from 'root-peer-client'
 import { readPublicKey } from '../src/cluster/cluster.js'
 import { coreName } from '../src/storage/rooms.js'
-import { signAccess, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
+import { signAccess, signedRoomName, signMessage } from 'root-peer-client/protocol'
 import { NO_RATES, bootstrapEnv, dial, memberConnected, readUntil, roomOwnedBy, runBin, sendAll, signedRoomOwnedBy, startCluster, startMember, teardown, testnet, tmpDir, type Member, type RawPeer } from './helpers.js'
 
 /** Opens a stopped member's store in this process: the room's core, by key, for `fn`. */

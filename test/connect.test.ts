@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import path from 'node:path'
 import { test } from 'node:test'
-import { RootPeerClient } from '../src/client/client.js'
+import { RootPeerClient } from 'root-peer-client'
 import { ROOT, daemon, runBin, teardown, tmpDir } from './helpers.js'
 
 // the bar: each client connected within 2 s (tens of ms here; a dial that stalls costs 2 s more at best,
@@ -14,7 +14,7 @@ const COMMAND_BOUND = 5000
 /** Runs `root-peer-client` (from src/) to completion: its exit code, output, and how long it took. */
 async function clientCli (args: string[]): Promise<{ code: number | null, stdout: string, stderr: string, ms: number }> {
   const started = performance.now()
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/client-cli.ts'), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', path.join(ROOT, 'packages/client/src/cli.ts'), ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''
   child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c })
@@ -24,7 +24,7 @@ async function clientCli (args: string[]): Promise<{ code: number | null, stdout
 }
 
 test('the offline flow: `root-peer testnet`, the daemon, then ten `root-peer-client` commands in a row, each done within the bound; ten library clients in a row, each connected within 2 s', async t => {
-  const testnet = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/bin.ts'), 'testnet', '--port', '0'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] })
+  const testnet = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', path.join(ROOT, 'src/bin.ts'), 'testnet', '--port', '0'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] })
   const stopped = once(testnet, 'exit')
   teardown(t, async () => {
     testnet.kill('SIGTERM')

@@ -161,15 +161,20 @@ test('the runtime stage\'s steps in a clean directory: production install, node 
   const { runtime } = await dockerfile()
   const app = await tmpDir(t, 'root-peer-deploy-')
 
-  // the build stage's output, compiled into the clean dir
-  await run(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(ROOT, 'tsconfig.build.json'), '--outDir', path.join(app, 'dist')], { cwd: ROOT })
-  await fs.copyFile(path.join(ROOT, 'package.json'), path.join(app, 'package.json'))
-  await fs.copyFile(path.join(ROOT, 'package-lock.json'), path.join(app, 'package-lock.json'))
+  // the build stage's `npm run build` (the daemon's dist/ and the client package's), and the runtime stage's COPYs
+  await run('npm', ['run', 'build'], { cwd: ROOT })
+  for (const copy of all(runtime, 'COPY')) {
+    const words = copy.replace(/^--from=build /, '').split(/\s+/).map(w => w.replace(/^\/app\//, ''))
+    const to = words.pop()!
+    for (const from of words) await fs.cp(path.join(ROOT, from), path.join(app, to, to.endsWith('/') ? path.basename(from) : ''), { recursive: true })
+  }
+  assert.ok(existsSync(path.join(app, 'dist/bin.js')) && existsSync(path.join(app, 'packages/client/dist/index.js')), 'the runtime stage gets both dist/')
   // the runtime stage's own install command (without its cache clean, which would empty this machine's cache)
   const install = all(runtime, 'RUN').map(r => r.split('&&')[0].trim()).find(r => r.startsWith('npm ci'))!
   assert.equal(install, 'npm ci --omit=dev --ignore-scripts')
   await run('npm', [...install.split(' ').slice(1), '--prefer-offline', '--no-audit', '--no-fund'], { cwd: app, timeout: 300_000 })
-  for (const dev of ['typescript', 'tsx', 'playwright-core', 'pino-pretty', '@types/node']) {
+  // no test runtime either: the Bare runtime comes with the dev tools (packages/dev-tools), a dev dependency
+  for (const dev of ['typescript', 'tsx', 'playwright-core', 'pino-pretty', '@types/node', 'root-peer-dev-tools', 'bare-runtime-linux-x64']) {
     assert.ok(!existsSync(path.join(app, 'node_modules', dev)), `dev dependency ${dev} is not installed`)
   }
   assert.ok(existsSync(path.join(app, 'node_modules/prom-client')), 'prom-client is a production dependency')

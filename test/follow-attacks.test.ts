@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import test from 'node:test'
-import { roomKeyPair, signAccess, signMessage, signedRoomName } from '../src/protocol/room-auth.js'
+import { roomKeyPair, signAccess, signMessage, signedRoomName } from 'root-peer-client/protocol'
 import { NO_RATES, ROOT, bootstrapEnv, daemon, rawPeer, rootPeer, teardown, testnet, tmpDir, type RawPeer } from './helpers.js'
 
 const UNLIMITED = { messagesPerSecond: 0, bytesPerSecond: 0, syncsPerSecond: 0, registersPerMinute: 0, newRoomsPerMinute: 0 }
@@ -122,7 +122,7 @@ test('follows of peers that do not read: a connection\'s follows share one page 
     before = now
   }
 
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'test/fixtures/silent-followers.ts'), bootstrapEnv(net), key, String(CONNECTIONS), 'big', String(ROOMS)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', path.join(ROOT, 'test/fixtures/silent-followers.ts'), bootstrapEnv(net), key, String(CONNECTIONS), 'big', String(ROOMS)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
   teardown(t, () => { child.kill('SIGKILL') })
   let out = ''
   child.stdout.on('data', c => { out += String(c) })

@@ -119,7 +119,7 @@ test('follow: a follower that stops reading is paused, not buffered for, and cat
   // 3 MB of history: far more than the connection's buffers
   await write(writer, 'big', 0, 1500, payload)
 
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'test/fixtures/stopping-follower.ts'), bootstrapEnv(net), key, 'big', '2500'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', path.join(ROOT, 'test/fixtures/stopping-follower.ts'), bootstrapEnv(net), key, 'big', '2500'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
   teardown(t, () => { child.kill('SIGKILL') })
   let out = ''
   child.stdout.on('data', d => { out += String(d) })

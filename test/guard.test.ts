@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { RootPeerError } from '../src/protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import { Guard, HOST_ROOMS_FACTOR, MAX_BUDGETS, type GuardOptions, type PeerRecord } from '../src/connection/guard.js'
 import { DEFAULT_LIMITS, decodeFrame, type Frame } from '../src/protocol/protocol.js'
 import { PeerBudget, TokenBucket, type RateLimits } from '../src/connection/rate-limit.js'

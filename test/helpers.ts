@@ -12,10 +12,10 @@ import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import Hyperswarm, { type NoiseStream } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import { ChatRootPeer, type RootPeerOptions } from '../src/root-peer.js'
-import { RootPeerClient, type RootPeerClientOptions } from '../src/client/client.js'
+import { RootPeerClient, type RootPeerClientOptions } from 'root-peer-client'
 import { readPublicKey } from '../src/cluster/cluster.js'
 import { rendezvousOwner } from '../src/cluster/rendezvous.js'
-import { roomKeyPair, signedRoomName, type KeyPair } from '../src/protocol/room-auth.js'
+import { roomKeyPair, signedRoomName, type KeyPair } from 'root-peer-client/protocol'
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 export const DISCOVERY = crypto.hash(Buffer.from('holepunch-root-peer-discovery'))
@@ -202,19 +202,30 @@ export async function rawPeer (t: Ctx, net: Testnet): Promise<RawPeer> {
   return peer
 }
 
-/** The daemon as users run it: a child process of `src/bin.ts`, its JSON log lines parsed. */
+/**
+ * How a daemon is run: a command line and its working dir. `launcher`: the command starts the daemon as a child of its
+ * own (npx, npm), so a signal goes to the pid the daemon logs, and the launcher's exit is awaited.
+ */
+export interface Bin { argv: string[], cwd: string, launcher?: boolean }
+
+/** `src/bin.ts` of this checkout, through tsx. */
+export const SOURCE_BIN: Bin = { argv: [process.execPath, '--conditions=source', '--import', 'tsx', path.join(ROOT, 'src/bin.ts')], cwd: ROOT }
+
+/** The daemon as users run it: a child process of `src/bin.ts` (or of `bin`), its JSON log lines parsed. */
 export class Daemon {
   readonly child: ChildProcess
   readonly lines: any[] = []
   readonly stderr: string[] = []
   private waiters: Array<{ match: (l: any) => boolean, resolve: (l: any) => void }> = []
   readonly exited: Promise<{ code: number | null, signal: NodeJS.Signals | null }>
+  private readonly launcher: boolean
 
   /** `prefix`: a command the daemon runs under (strace ...); `child` is then that command's process */
-  constructor (args: string[], env: Record<string, string>, prefix: string[] = []) {
-    const argv = [...prefix, process.execPath, '--import', 'tsx', path.join(ROOT, 'src/bin.ts'), ...args]
+  constructor (args: string[], env: Record<string, string>, prefix: string[] = [], bin = SOURCE_BIN) {
+    this.launcher = bin.launcher === true
+    const argv = [...prefix, ...bin.argv, ...args]
     this.child = spawn(argv[0], argv.slice(1), {
-      cwd: ROOT,
+      cwd: bin.cwd,
       env: childEnv({ NODE_ENV: 'production', PORT: '0', ...env }),
       stdio: ['ignore', 'pipe', 'pipe']
     })
@@ -261,21 +272,25 @@ export class Daemon {
   }
 
   async stop (signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null, signal: NodeJS.Signals | null }> {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal)
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      const logged = this.launcher ? this.lines.find(l => typeof l.pid === 'number')?.pid : undefined
+      if (logged === undefined) this.child.kill(signal)
+      else process.kill(logged, signal)
+    }
     return this.exited
   }
 }
 
-export function daemon (t: Ctx, args: string[], env: Record<string, string>, prefix: string[] = []): Daemon {
-  const d = new Daemon(args, env, prefix)
+export function daemon (t: Ctx, args: string[], env: Record<string, string>, prefix: string[] = [], bin = SOURCE_BIN): Daemon {
+  const d = new Daemon(args, env, prefix, bin)
   teardown(t, () => d.stop('SIGKILL'))
   return d
 }
 
-/** Runs `src/bin.ts` to completion, with `input` on its stdin, and returns its exit code and output. */
-export async function runBin (args: string[], env: Record<string, string> = {}, input = ''): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/bin.ts'), ...args], {
-    cwd: ROOT,
+/** Runs `src/bin.ts` (or `bin`) to completion, with `input` on its stdin, and returns its exit code and output. */
+export async function runBin (args: string[], env: Record<string, string> = {}, input = '', bin = SOURCE_BIN): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const child = spawn(bin.argv[0], [...bin.argv.slice(1), ...args], {
+    cwd: bin.cwd,
     env: childEnv({ NODE_ENV: 'production', PORT: '0', ...env }),
     stdio: ['pipe', 'pipe', 'pipe']
   })

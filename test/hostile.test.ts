@@ -7,7 +7,7 @@ import { test } from 'node:test'
 import fc from 'fast-check'
 import HyperDHT from 'hyperdht'
 import crypto from 'hypercore-crypto'
-import { RootPeerError } from '../src/protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 // only for the test that compares the decoder with the oracle below, which uses nothing of src/protocol
 import { DEFAULT_LIMITS, decodeFrame, type Frame } from '../src/protocol/protocol.js'
 import { ROOT, bootstrapEnv, daemon, rawPeer, rootPeer, teardown, testnet, tmpDir, type RawPeer } from './helpers.js'
@@ -459,7 +459,7 @@ test('a peer that stops reading holds up only itself: of its 400 page requests (
   await fs.writeFile(`/proc/${d.child.pid!}/clear_refs`, '5')
   const before = await memoryMiB(d.child.pid!)
   // 400 requests for the whole 8 MB room (pages of 512 KiB), then the process stops before reading the answers
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'test/fixtures/stopping-client.ts'), bootstrapEnv(net), key, 'big', '400'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', path.join(ROOT, 'test/fixtures/stopping-client.ts'), bootstrapEnv(net), key, 'big', '400'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
   teardown(t, () => { child.kill('SIGKILL') })
   const stalled = await d.line(l => typeof l.msg === 'string' && l.msg.startsWith('peer stalled'), 30_000)
   assert.match(stalled.peerId, /^[0-9a-f]{64}$/)

@@ -145,7 +145,7 @@ test('a peer whose answers go unread has at most 64 of its frames held waiting t
   const watch = setInterval(() => { most = Math.max(most, rp.inboundBytes) }, 5)
   teardown(t, () => clearInterval(watch))
   const stalled = once(rp, 'peer-stalled')
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'test/fixtures/stopping-client.ts'), bootstrapEnv(net), rp.publicKey!.toString('hex'), 'big', '400'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, ['--conditions=source', '--import', 'tsx', path.join(ROOT, 'test/fixtures/stopping-client.ts'), bootstrapEnv(net), rp.publicKey!.toString('hex'), 'big', '400'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
   teardown(t, () => { child.kill('SIGKILL') })
   const [stalledId] = await stalled
   clearInterval(watch)

@@ -15,7 +15,7 @@ import { chromium } from 'playwright-core'
 import * as tar from 'tar'
 import { Metrics } from '../src/monitor/metrics.js'
 import { Monitor, type MonitorOptions } from '../src/monitor/monitor.js'
-import { roomKeyPair } from '../src/protocol/room-auth.js'
+import { roomKeyPair } from 'root-peer-client/protocol'
 import { ChatRootPeer } from '../src/root-peer.js'
 import { UNDER_CI, assertPresent, bootstrapEnv, client, daemon, runBin, skipUnlessCI, teardown, testnet, tmpDir } from './helpers.js'
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import fc from 'fast-check'
-import { RootPeerError, type ErrorCode } from '../src/protocol/errors.js'
+import { RootPeerError, type ErrorCode } from 'root-peer-client/protocol'
 import {
   DEFAULT_LIMITS, MAX_ID, MAX_NESTING, decodeFrame, encodeAck, encodeRecord, frameContext, isHexTopic, isSignedEntry, pageEntry,
   parseRecord, validateRoomName, type Limits, type MessageFrame, type StoredRecord

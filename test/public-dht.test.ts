@@ -3,7 +3,7 @@ import { once } from 'node:events'
 import fs from 'node:fs/promises'
 import { test } from 'node:test'
 import crypto from 'hypercore-crypto'
-import { roomKeyPair, signAccess, signedRoomName, signMessage } from '../src/protocol/room-auth.js'
+import { roomKeyPair, signAccess, signedRoomName, signMessage } from 'root-peer-client/protocol'
 import { bootstrapEnv, client, daemon, RawPeer, rawPeer, rootPeer, runBin, teardown, testnet, tmpDir } from './helpers.js'
 
 /** The daemon child's resident memory, in MiB. */

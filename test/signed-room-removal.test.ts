@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import Corestore from 'corestore'
 import type { Testnet } from 'hyperdht/testnet.js'
 import type { ChatRootPeer } from '../src/root-peer.js'
-import { roomKeyPair, signAccess, signedRoomName, signMessage, type KeyPair } from '../src/protocol/room-auth.js'
+import { roomKeyPair, signAccess, signedRoomName, signMessage, type KeyPair } from 'root-peer-client/protocol'
 import { Rooms } from '../src/storage/rooms.js'
 import { rawPeer, rootPeer, teardown, testnet, tmpDir, type RawPeer } from './helpers.js'
 

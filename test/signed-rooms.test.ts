@@ -7,9 +7,9 @@ import HyperDHT from 'hyperdht'
 import type { Testnet } from 'hyperdht/testnet.js'
 import Hyperswarm, { type NoiseStream } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
-import { RootPeerClient, type RecordRejected } from '../src/client/client.js'
+import { RootPeerClient, type RecordRejected } from 'root-peer-client'
 import { DEFAULT_LIMITS } from '../src/protocol/protocol.js'
-import { roomKeyPair, signable, signAccess, signMessage, signedRoomName, verifyAccess } from '../src/protocol/room-auth.js'
+import { roomKeyPair, signable, signAccess, signMessage, signedRoomName, verifyAccess } from 'root-peer-client/protocol'
 import { client, DISCOVERY, RawPeer, rawPeer, rootPeer, runBin, teardown, testnet, tmpDir } from './helpers.js'
 
 const ROOM_KEY = Buffer.from('the room key every member holds, and the root peer never sees')

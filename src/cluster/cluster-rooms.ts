@@ -5,11 +5,11 @@ import type Hyperswarm from 'hyperswarm'
 import type { NoiseStream } from 'hyperswarm'
 import { Cluster } from './cluster.js'
 import type { ForwardedWrite, Requests, RoomAd, WriteResult } from './messages.js'
-import { RootPeerError } from '../protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import { MirrorWaits, Mirrors } from './mirror.js'
 import { validateRoomName } from '../protocol/protocol.js'
 import { rendezvousOwner } from './rendezvous.js'
-import { keyMatchesName } from '../protocol/room-auth.js'
+import { keyMatchesName } from 'root-peer-client/protocol'
 import type { Rooms } from '../storage/rooms.js'
 
 /** How long a request waits for its member's link to come (back): a link is replaced now and then. */

@@ -1,5 +1,5 @@
 import c, { type Encoder, type State } from 'compact-encoding'
-import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
+import { RootPeerError, type ErrorCode } from 'root-peer-client/protocol'
 
 /** A room as members tell each other of it; keys are hex here, 32 bytes on the wire. */
 export interface RoomAd {

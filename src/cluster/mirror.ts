@@ -1,7 +1,7 @@
 import type Corestore from 'corestore'
 import Hypercore from 'hypercore'
 import { discoveryKey } from 'hypercore-crypto'
-import { RootPeerError } from '../protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import safetyCatch from 'safety-catch'
 
 /** Hypercore has no event for a second peer reaching a length another reached: waits poll this often. */

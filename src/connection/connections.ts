@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events'
 import type { NoiseStream } from 'hyperswarm'
-import { RootPeerError } from '../protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import { Guard, type GuardOptions } from './guard.js'
 import { Inbound, type DropReason, type InboundOptions } from './inbound.js'
 import { CLOSE_GRACE, Peer, endConnection } from './peer.js'

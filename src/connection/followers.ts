@@ -1,4 +1,4 @@
-import { RootPeerError } from '../protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import { encodeFollowEnded, encodeFollowLive, encodeFollowMessages, isSignedEntry, type FollowEndReason, type RequestId } from '../protocol/protocol.js'
 import type { RoomState } from '../storage/state-file.js'
 import type { Rooms } from '../storage/rooms.js'

@@ -1,4 +1,4 @@
-import { RootPeerError } from '../protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import type { Frame } from '../protocol/protocol.js'
 import { PeerBudget, TokenBucket, type RateLimits } from './rate-limit.js'
 

@@ -1,7 +1,7 @@
 import type { NoiseStream } from 'hyperswarm'
 import type { PeerRecord } from './guard.js'
 import type { InboundAccount } from './inbound.js'
-import { newChallenge } from '../protocol/room-auth.js'
+import { newChallenge } from 'root-peer-client/protocol'
 import { PageSlot } from './page-slot.js'
 import safetyCatch from 'safety-catch'
 

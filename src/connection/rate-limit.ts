@@ -1,4 +1,4 @@
-import { TokenBucket } from '../protocol/token-bucket.js'
+import { TokenBucket } from 'root-peer-client/protocol'
 
 export { TokenBucket }
 

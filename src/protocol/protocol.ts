@@ -1,25 +1,7 @@
 import { isUtf8 } from 'node:buffer'
-import { RootPeerError } from './errors.js'
-import { ACCESS_VERSION } from './room-auth.js'
+import { ACCESS_VERSION, PROTOCOL_VERSION, RootPeerError, type Frame, type FollowEndReason, type FollowFrame, type Limits, type MessageFrame, type RegisterRoomFrame, type RequestId, type StoredRecord, type SyncRequestFrame } from 'root-peer-client/protocol'
 
-/** Bumped only for changes an old client would notice. */
-export const PROTOCOL_VERSION = 2
-
-/** What a peer can make the daemon allocate or send (docs/configuration.md#limits). */
-export interface Limits {
-  maxFrameBytes: number
-  maxMessageBytes: number
-  defaultPageMessages: number
-  maxPageMessages: number
-  maxPageBytes: number
-  messagesPerSecond: number
-  bytesPerSecond: number
-  syncsPerSecond: number
-  registersPerMinute: number
-  newRoomsPerMinute: number
-  /** rooms one connection may follow at once */
-  maxFollows: number
-}
+export { PROTOCOL_VERSION, type Frame, type FrameType, type FollowEndReason, type FollowFrame, type Limits, type MessageFrame, type RegisterRoomFrame, type RequestId, type StoredRecord, type SyncRequestFrame, type UnfollowFrame } from 'root-peer-client/protocol'
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxFrameBytes: 256 * 1024,
@@ -42,24 +24,6 @@ export const MAX_ID = 128
 const ROOM_NAME = /^[A-Za-z0-9._~:@+=#-]+$/
 const HEX_TOPIC = /^[0-9a-f]{64}$/i
 const SIGNATURE = /^[0-9a-f]{128}$/i
-
-export interface RegisterRoomFrame { type: 'register-room', roomName: string, requestId?: RequestId, writerPublicKey?: string, signature?: string }
-export interface MessageFrame { type: 'message', roomName: string, message: unknown, id?: string, messageJson: string, size: number, signature?: string }
-export interface SyncRequestFrame { type: 'sync-request', roomName: string, lastIndex: number, limit: number, requestId?: RequestId, signature?: string }
-export interface FollowFrame { type: 'follow', roomName: string, fromIndex: number, requestId?: RequestId, signature?: string }
-export interface UnfollowFrame { type: 'unfollow', roomName: string, requestId?: RequestId }
-export type Frame = RegisterRoomFrame | MessageFrame | SyncRequestFrame | FollowFrame | UnfollowFrame
-export type FrameType = Frame['type']
-export type RequestId = string | number
-
-export interface StoredRecord {
-  message: unknown
-  storedAt: number
-  fromPeer: string
-  senderPublicKey: string
-  id?: string
-  signature?: string
-}
 
 type Obj = Record<string, unknown>
 type Validator = (obj: Obj, limits: Limits, text: string) => Frame
@@ -363,8 +327,6 @@ export function encodeFollowLive (roomNameJson: string, page: { nextIndex: numbe
   return '{"type":"follow-live","roomName":' + roomNameJson + ',"nextIndex":' + page.nextIndex + ',"firstIndex":' + page.firstIndex +
     (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}')
 }
-
-export type FollowEndReason = 'unfollowed' | 'replaced' | 'removed' | 'unauthorized'
 
 export function encodeFollowEnded (roomNameJson: string, reason: FollowEndReason, requestId?: RequestId): string {
   return '{"type":"follow-ended","roomName":' + roomNameJson + ',"reason":"' + reason + '"' +

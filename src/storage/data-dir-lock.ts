@@ -2,7 +2,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import Corestore from 'corestore'
 import HypercoreStorage from 'hypercore-storage'
-import { RootPeerError } from '../protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 import { STATE_FILE_PREFIX } from './state-file.js'
 import safetyCatch from 'safety-catch'
 

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import path from 'node:path'
 import { freeBytes, fullBelow, writable } from './disk.js'
-import { RootPeerError } from '../protocol/errors.js'
+import { RootPeerError } from 'root-peer-client/protocol'
 
 const RETRY_MIN = 1000
 const RETRY_MAX = 30_000

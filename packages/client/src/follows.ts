@@ -1,4 +1,4 @@
-import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
+import { RootPeerError, type ErrorCode } from './protocol/errors.js'
 import { FollowQueue } from './follow-queue.js'
 import type { ErrorFrame, FollowEndedFrame, FollowLiveFrame, FollowMessagesFrame } from './frames.js'
 import type { RecordFilter } from './record-filter.js'

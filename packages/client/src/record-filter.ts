@@ -1,5 +1,5 @@
-import type { StoredRecord } from '../protocol/protocol.js'
-import { verifyMessage } from '../protocol/room-auth.js'
+import type { StoredRecord } from './protocol/frame-types.js'
+import { verifyMessage } from './protocol/room-auth.js'
 
 export interface SyncedMessage extends StoredRecord { messageIndex: number }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-import { ConfigError, parseConfig, SETTINGS } from './config.js'
-import { RootPeerClient } from './client/client.js'
+import { isIP } from 'node:net'
+import { RootPeerClient } from './client.js'
+import { DEFAULT_DISCOVERY_TOPIC, parseBootstrap } from './protocol/discovery.js'
 
 const USAGE = `Usage:
   root-peer-client send --room R --message TEXT [options]   store one message, print its ack
@@ -8,6 +9,8 @@ const USAGE = `Usage:
 
 Options: --bootstrap host:port[,...] (DHT_BOOTSTRAP), --dht-host ADDR (DHT_HOST),
          --discovery-topic S (DISCOVERY_TOPIC), --root-key HEX[,HEX...] (pin the root peer, or a cluster's members), `
+
+const DHT_SETTINGS: Record<string, string> = { '--bootstrap': 'DHT_BOOTSTRAP', '--dht-host': 'DHT_HOST', '--discovery-topic': 'DISCOVERY_TOPIC' }
 
 main(process.argv.slice(2)).then(code => process.exit(code), err => {
   console.error(`root-peer-client: ${err.message ?? err}`)
@@ -20,27 +23,29 @@ async function main (argv: string[]): Promise<number> {
     console.error(USAGE)
     return command === '--help' ? 0 : 2
   }
+  // the DHT's three settings as the daemon names them: the flag, else its environment variable
   const own: Record<string, string> = {}
-  const shared: string[] = []
+  for (const flag of Object.keys(DHT_SETTINGS)) {
+    const env = process.env[DHT_SETTINGS[flag]]
+    if (env !== undefined && env !== '') own[flag] = env
+  }
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split(/=(.*)/s, 2)
     const value = inline ?? argv[++i]
-    if (['--room', '--message', '--from', '--root-key'].includes(flag)) {
-      if (value === undefined) return usage(`${flag} needs a value`)
-      own[flag] = value
-    } else if (SETTINGS.some(s => s.flag === flag && ['bootstrap', 'dhtHost', 'discoveryTopic'].includes(s.key))) {
-      shared.push(flag, value ?? '')
-    } else {
-      return usage(`unknown option ${JSON.stringify(flag)}`)
-    }
+    if (!['--room', '--message', '--from', '--root-key', ...Object.keys(DHT_SETTINGS)].includes(flag)) return usage(`unknown option ${JSON.stringify(flag)}`)
+    if (value === undefined) return usage(`${flag} needs a value`)
+    own[flag] = value
   }
-  let config
+  let bootstrap
   try {
-    config = parseConfig(shared)
+    bootstrap = parseBootstrap(own['--bootstrap'] ?? '')
   } catch (err) {
-    if (err instanceof ConfigError) return usage(err.message)
-    throw err
+    return usage(`--bootstrap (DHT_BOOTSTRAP): ${(err as Error).message}`)
   }
+  const dhtHost = own['--dht-host'] ?? '0.0.0.0'
+  if (isIP(dhtHost) === 0) return usage(`--dht-host (DHT_HOST): ${JSON.stringify(dhtHost)} is not an IP address (for example 0.0.0.0 or 127.0.0.1)`)
+  const discoveryTopic = own['--discovery-topic'] ?? DEFAULT_DISCOVERY_TOPIC
+  if (discoveryTopic.length === 0 || discoveryTopic.length > 1024) return usage('--discovery-topic (DISCOVERY_TOPIC): must be a string of 1 to 1024 characters')
   const room = own['--room']
   if (room === undefined) return usage('--room is required')
   if (command === 'send' && own['--message'] === undefined) return usage('--message is required')
@@ -48,9 +53,9 @@ async function main (argv: string[]): Promise<number> {
   if (!Number.isSafeInteger(from) || from < 0) return usage('--from must be a non-negative integer')
 
   const client = new RootPeerClient({
-    ...(config.bootstrap ? { bootstrap: config.bootstrap } : {}),
-    dhtHost: config.dhtHost,
-    discoveryTopic: config.discoveryTopic,
+    ...(bootstrap !== null ? { bootstrap } : {}),
+    dhtHost,
+    discoveryTopic,
     ...(own['--root-key'] ? { rootPublicKeys: own['--root-key'].split(',') } : {})
   })
   // what a root peer sent that failed its check was dropped: said on stderr, so stdout stays the records

@@ -1,5 +1,5 @@
-import { RootPeerError } from '../protocol/errors.js'
-import type { Limits } from '../protocol/protocol.js'
+import { RootPeerError } from './protocol/errors.js'
+import type { Limits } from './protocol/frame-types.js'
 
 // What a root peer sends a client, decoded once at the edge: a frame of a known type with every field the client
 // reads of the right type, or a BAD_FRAME error the client reports (`frame-rejected`) and drops. Nothing behind

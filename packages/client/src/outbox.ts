@@ -1,6 +1,6 @@
-import { RootPeerError, type ErrorCode } from '../protocol/errors.js'
-import type { Limits } from '../protocol/protocol.js'
-import { TokenBucket } from '../protocol/token-bucket.js'
+import { RootPeerError, type ErrorCode } from './protocol/errors.js'
+import type { Limits } from './protocol/frame-types.js'
+import { TokenBucket } from './protocol/token-bucket.js'
 
 export interface MessageAck { id: string, messageIndex: number, duplicate: boolean }
 

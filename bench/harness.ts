@@ -163,11 +163,13 @@ export class Client {
   }
 }
 
-/** Compiles src/ to dist/ (tsc), so the daemon measured is the current code. */
+/** Compiles the client package and src/ to their dist/ (npm run build), so the daemon measured is the current code. */
 export async function build (): Promise<void> {
-  const tsc = spawn(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' })
-  const [code] = await once(tsc, 'exit')
-  if (code !== 0) throw new Error('build failed')
+  for (const config of ['packages/client/tsconfig.build.json', 'tsconfig.build.json']) {
+    const tsc = spawn(process.execPath, [path.join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', path.join(ROOT, config)], { cwd: ROOT, stdio: 'inherit' })
+    const [code] = await once(tsc, 'exit')
+    if (code !== 0) throw new Error(`build of ${config} failed`)
+  }
 }
 
 /** The daemon's V8 heap and external memory (MB), from prom-client's default metrics on /metrics. */

@@ -66,9 +66,10 @@ export class Daemon {
   private waiters: Array<{ match: (l: any) => boolean, resolve: (l: any) => void }> = []
   readonly exited: Promise<unknown>
 
-  constructor (env: Record<string, string>, profileDir: string | null, bin = path.join(ROOT, 'dist/bin.js')) {
+  /** `execArgv`: node's own flags before `bin` (the reference server runs through tsx) */
+  constructor (env: Record<string, string>, profileDir: string | null, bin = path.join(ROOT, 'dist/bin.js'), execArgv: string[] = []) {
     // the built daemon, as deployed: tsx's loader would add its own memory and startup work
-    const args = [...(profileDir !== null ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), bin]
+    const args = [...execArgv, ...(profileDir !== null ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), bin]
     this.child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, NODE_ENV: 'production', ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
     this.exited = once(this.child, 'exit')
     let buf = ''

@@ -1,10 +1,11 @@
 // npm run bench [-- --clients 4 --messages 5000 --payload 240 --peers 1000 --rooms 10000 --active 1000
 //                  --latency-seconds 5 --latency-rate 500 --latency-burst 50 --settle-seconds 15
-//                  --skip-sync --skip-latency --skip-connections --skip-rooms
+//                  --skip-sync --skip-latency --skip-live --skip-connections --skip-rooms --skip-reference
 //                  --profile DIR (node --cpu-prof on the daemon) --heap-snapshot DIR --daemon-env KEY=VALUE]
-// Starts a loopback DHT testnet and the daemon as a child process, drives it over real Hyperswarm
-// connections, measures Hypercore's own limit on the same records in the same run, and prints one
-// JSON line and a table. Everything stays on 127.0.0.1; temp dirs and the child are removed at the end.
+// Starts a loopback DHT testnet, then the reference server (bench/reference.ts: the wire alone, rooms in memory)
+// and the daemon, each as a child process, drives each over real Hyperswarm connections with the same clients'
+// work, measures Hypercore's own limit on the same records in the same run, and prints one JSON line and a table
+// with the daemon's figures as ratios to the reference's and Hypercore's. Everything stays on 127.0.0.1; temp dirs and the child are removed at the end.
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -13,7 +14,7 @@ import HyperDHT from 'hyperdht'
 import createTestnet, { type Testnet } from 'hyperdht/testnet.js'
 import crypto from 'hypercore-crypto'
 import { encodeRecord } from '../src/protocol/protocol.js'
-import { Client, Daemon, benchEnv, build, cleanups, runBench, heapMB, percentile, rate, round2, sleep, stats, tempDir } from './harness.js'
+import { Client, Daemon, ROOT, benchEnv, build, cleanups, runBench, heapMB, percentile, rate, round2, sleep, stats, tempDir } from './harness.js'
 
 interface Options {
   clients: number
@@ -32,6 +33,8 @@ interface Options {
   skipRooms: boolean
   skipLatency: boolean
   skipSync: boolean
+  skipLive: boolean
+  skipReference: boolean
   profile: string | null
   /** write a heap snapshot of the daemon (a full GC) after the rooms step, into this dir */
   heapSnapshot: string | null
@@ -40,7 +43,7 @@ interface Options {
 }
 
 function parseArgs (argv: string[]): Options {
-  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, latencyBurst: 50, settleSeconds: 15, skipConnections: false, skipRooms: false, skipLatency: false, skipSync: false, profile: null, heapSnapshot: null, daemonEnv: {} }
+  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, latencyBurst: 50, settleSeconds: 15, skipConnections: false, skipRooms: false, skipLatency: false, skipSync: false, skipLive: false, skipReference: false, profile: null, heapSnapshot: null, daemonEnv: {} }
   const numeric: Record<string, keyof Options> = { '--clients': 'clients', '--messages': 'messages', '--payload': 'payload', '--peers': 'peers', '--rooms': 'rooms', '--active': 'active', '--latency-seconds': 'latencySeconds', '--latency-rate': 'latencyRate', '--latency-burst': 'latencyBurst', '--settle-seconds': 'settleSeconds' }
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2)
@@ -48,6 +51,8 @@ function parseArgs (argv: string[]): Options {
     else if (flag === '--skip-rooms') o.skipRooms = true
     else if (flag === '--skip-latency') o.skipLatency = true
     else if (flag === '--skip-sync') o.skipSync = true
+    else if (flag === '--skip-live') o.skipLive = true
+    else if (flag === '--skip-reference') o.skipReference = true
     else if (flag === '--daemon-env') {
       const kv = argv[++i]
       const eq = kv.indexOf('=')
@@ -146,6 +151,92 @@ async function latency (client: Client, seconds: number, perSecond: number, burs
   took.sort((a, b) => a - b)
   const round = (x: number): number => Math.round(x * 100) / 100
   return { p50: round(percentile(took, 0.5)), p99: round(percentile(took, 0.99)), max: round(took[took.length - 1]), count }
+}
+
+/**
+ * Live delivery: `follower` follows a room, `writer` sends to it at `perSecond` in bursts of `burst`; the time from
+ * each write to the follower's page that carries it, and to the writer's ack, from this process.
+ */
+async function live (writer: Client, follower: Client, seconds: number, perSecond: number, burst: number, payload: string): Promise<{ deliveryMs: { p50: number, p99: number, max: number }, ackMs: { p50: number, p99: number, max: number }, count: number }> {
+  const roomName = 'bench-live'
+  const count = Math.round(seconds * perSecond)
+  const sentAt = new Array<number>(count)
+  const delivered: number[] = []
+  const acked: number[] = []
+  await new Promise<void>((resolve, reject) => {
+    follower.onFrame = f => {
+      if (f.type === 'error') reject(new Error(`live: ${f.code} ${f.message}`))
+      if (f.type === 'follow-live') resolve()
+    }
+    follower.send({ type: 'follow', roomName, fromIndex: 0 })
+  })
+  const done = new Promise<void>((resolve, reject) => {
+    const check = (): void => { if (delivered.length === count && acked.length === count) resolve() }
+    follower.onFrame = f => {
+      if (f.type === 'error') reject(new Error(`live: ${f.code} ${f.message}`))
+      if (f.type !== 'follow-messages') return
+      const now = performance.now()
+      for (const m of f.messages) delivered.push(now - sentAt[Number(m.id.slice(1))])
+      check()
+    }
+    writer.onFrame = f => {
+      if (f.type === 'error') reject(new Error(`live: ${f.code} ${f.message}`))
+      if (f.type !== 'message-ack') return
+      acked.push(performance.now() - sentAt[Number(f.id.slice(1))])
+      check()
+    }
+  })
+  const t0 = performance.now()
+  for (let i = 0; i < count; i += burst) {
+    const wait = t0 + i * 1000 / perSecond - performance.now()
+    if (wait > 1) await sleep(wait)
+    for (let j = i; j < Math.min(count, i + burst); j++) {
+      sentAt[j] = performance.now()
+      writer.send({ type: 'message', roomName, message: payload, id: `v${j}` })
+    }
+  }
+  await done
+  const sum = (xs: number[]): { p50: number, p99: number, max: number } => {
+    xs.sort((a, b) => a - b)
+    return { p50: round2(percentile(xs, 0.5)), p99: round2(percentile(xs, 0.99)), max: round2(xs[xs.length - 1]) }
+  }
+  return { deliveryMs: sum(delivered), ackMs: sum(acked), count }
+}
+
+/**
+ * The reference server's figures for the wire steps the daemon is measured on, with fresh clients: ingest, catch-up
+ * (median of three), ack latency. Stopped before the daemon starts, so clients find only one server on the topic.
+ */
+async function reference (net: Testnet, o: Options, payload: string): Promise<Record<string, any>> {
+  const server = new Daemon(benchEnv(net), null, path.join(ROOT, 'bench/reference.ts'), ['--import', 'tsx'])
+  cleanups.push(() => server.stop())
+  await server.line(l => l.msg === 'announced on the discovery topic')
+  const clients = Array.from({ length: o.clients }, () => new Client(net))
+  await Promise.all(clients.map(c => c.connect()))
+  const out: Record<string, any> = {}
+  const cpu0 = await server.cpuSeconds()
+  const ing = await ingest(clients, o.messages, payload)
+  out.ingest = { ...ing, serverCpu: round2((await server.cpuSeconds() - cpu0) / (ing.ms / 1000)) }
+  if (!o.skipSync) out.sync = await syncMedian(net, o, server)
+  const reader = new Client(net)
+  await reader.connect()
+  if (!o.skipLatency) out.ackLatencyMs = await latency(reader, o.latencySeconds, o.latencyRate, o.latencyBurst, payload)
+  await server.stop()
+  await Promise.all([...clients, reader].map(c => c.swarm.destroy()))
+  return out
+}
+
+/** Each time a fresh client reads one full ingest room from index 0; the median of three runs, and the three. */
+async function syncMedian (net: Testnet, o: Options, server: Daemon): Promise<Record<string, any>> {
+  const syncs = []
+  for (let k = 0; k < 3; k++) {
+    const reader = new Client(net)
+    await reader.connect()
+    syncs.push(await sync(reader, `bench-ingest-${k % o.clients}`, server))
+    await reader.swarm.destroy()
+  }
+  syncs.sort((a, b) => a.perSecond - b.perSecond)
+  return { ...syncs[1], runs: syncs.map(x => x.perSecond) }
 }
 
 async function sync (client: Client, roomName: string, daemon: Daemon): Promise<{ perSecond: number, messages: number, pages: number, daemonCpu: number }> {
@@ -359,6 +450,8 @@ async function main (): Promise<void> {
 
   const net = await createTestnet(5, { host: '127.0.0.1' })
   cleanups.push(() => net.destroy())
+  const ref = o.skipReference ? null : await reference(net, o, payload)
+  if (ref !== null) result.reference = ref
   if (o.profile !== null) await fs.mkdir(o.profile, { recursive: true })
   const { daemon, monitorUrl, publicKey } = await startDaemon(net, o)
   const monitor = { url: monitorUrl }
@@ -381,21 +474,31 @@ async function main (): Promise<void> {
   // CPU in cores used during the ingest (1 = one core busy all the time)
   result.ingest = { ...ing, ofLimit: round2(ing.perSecond / limit.appendPerSecond), daemonCpu, clientCpu, messagesPerAppend }
 
-  // each time a fresh client reads one full room from index 0; the median of three
-  const syncs = []
-  for (let k = 0; k < (o.skipSync ? 0 : 3); k++) {
-    const reader = new Client(net)
-    await reader.connect()
-    syncs.push(await sync(reader, `bench-ingest-${k % o.clients}`, daemon))
-    if (k < 2) await reader.swarm.destroy()
+  if (!o.skipSync) {
+    const syn = await syncMedian(net, o, daemon)
+    result.sync = { ...syn, ofLimit: round2(syn.perSecond / limit.getPerSecond) }
   }
-  syncs.sort((a, b) => a.perSecond - b.perSecond)
-  const syn = syncs[1]
-  if (syn !== undefined) result.sync = { ...syn, ofLimit: round2(syn.perSecond / limit.getPerSecond), runs: syncs.map(x => x.perSecond) }
   const reader = new Client(net)
   await reader.connect()
 
   if (!o.skipLatency) result.ackLatencyMs = { rate: o.latencyRate, burst: o.latencyBurst, ...await latency(reader, o.latencySeconds, o.latencyRate, o.latencyBurst, payload) }
+  if (!o.skipLive) {
+    const follower = new Client(net)
+    await follower.connect()
+    const l = await live(reader, follower, o.latencySeconds, o.latencyRate, o.latencyBurst, payload)
+    result.live = { rate: o.latencyRate, burst: o.latencyBurst, ...l, ofAck: { p50: round2(l.deliveryMs.p50 / l.ackMs.p50), p99: round2(l.deliveryMs.p99 / l.ackMs.p99) } }
+    await follower.swarm.destroy()
+  }
+  if (ref !== null) {
+    const of = (a: number | undefined, b: number | undefined): number | null => a === undefined || b === undefined ? null : round2(a / b)
+    const r = result as any
+    result.ofReference = {
+      ingest: of(r.ingest.perSecond, ref.ingest.perSecond),
+      sync: of(r.sync?.perSecond, ref.sync?.perSecond),
+      ackP50: of(r.ackLatencyMs?.p50, ref.ackLatencyMs?.p50),
+      ackP99: of(r.ackLatencyMs?.p99, ref.ackLatencyMs?.p99)
+    }
+  }
   result.memoryMB = { idle: rssIdle, afterIngest: rssAfterIngest, heapIdle, heapAfterIngest }
 
   if (!o.skipConnections) {
@@ -421,10 +524,18 @@ function printTable (r: any): void {
     ['hypercore batched append (limit)', `${r.hypercore.appendPerSecond} blocks/s`, `${r.hypercore.blockBytes}-byte blocks`],
     ['hypercore concurrent get (limit)', `${r.hypercore.getPerSecond} blocks/s`, ''],
     ['hypercore single append', `p50 ${r.hypercore.singleAppendMs.p50} ms, p99 ${r.hypercore.singleAppendMs.p99} ms`, `one block at a time, paced at ${r.ackLatencyMs?.rate ?? '-'} /s`],
-    ['ingest', `${r.ingest.perSecond} msg/s`, `${Math.round(r.ingest.ofLimit * 100)}% of append limit (target ≥ 50%); daemon CPU ${r.ingest.daemonCpu} cores, bench clients ${r.ingest.clientCpu}, ${r.ingest.messagesPerAppend} msg/append`],
   ]
-  if (r.sync !== undefined) rows.push(['sync', `${r.sync.perSecond} msg/s`, `${Math.round(r.sync.ofLimit * 100)}% of get limit (target ≥ 50%); median of ${r.sync.runs.join(', ')}`])
-  if (r.ackLatencyMs !== undefined) rows.push(['ack latency', `p50 ${r.ackLatencyMs.p50} ms, p99 ${r.ackLatencyMs.p99} ms`, `at ${r.ackLatencyMs.rate} msg/s in bursts of ${r.ackLatencyMs.burst} (target p99 ≤ 10 ms)`])
+  const ref = r.reference
+  const ofRef = (key: string): string => r.ofReference?.[key] == null ? '' : `${r.ofReference[key]}× the reference's; `
+  if (ref !== undefined) {
+    rows.push(['reference ingest', `${ref.ingest.perSecond} msg/s`, `the wire alone, rooms in memory (bench/reference.ts); its CPU ${ref.ingest.serverCpu} cores`])
+    if (ref.sync !== undefined) rows.push(['reference catch-up', `${ref.sync.perSecond} msg/s`, `median of ${ref.sync.runs.join(', ')}`])
+    if (ref.ackLatencyMs !== undefined) rows.push(['reference ack latency', `p50 ${ref.ackLatencyMs.p50} ms, p99 ${ref.ackLatencyMs.p99} ms`, ''])
+  }
+  rows.push(['ingest', `${r.ingest.perSecond} msg/s`, `${ofRef('ingest')}${r.ingest.ofLimit}× the append limit; daemon CPU ${r.ingest.daemonCpu} cores, bench clients ${r.ingest.clientCpu}, ${r.ingest.messagesPerAppend} msg/append (target ≥ 0.8× the reference)`])
+  if (r.sync !== undefined) rows.push(['catch-up (sync)', `${r.sync.perSecond} msg/s`, `${ofRef('sync')}${r.sync.ofLimit}× the get limit; median of ${r.sync.runs.join(', ')} (target ≥ 0.8× both)`])
+  if (r.ackLatencyMs !== undefined) rows.push(['ack latency', `p50 ${r.ackLatencyMs.p50} ms, p99 ${r.ackLatencyMs.p99} ms`, `p99 ${ofRef('ackP99')}at ${r.ackLatencyMs.rate} msg/s in bursts of ${r.ackLatencyMs.burst} (target p99 ≤ 1.5× the reference's)`])
+  if (r.live !== undefined) rows.push(['live delivery', `p50 ${r.live.deliveryMs.p50} ms, p99 ${r.live.deliveryMs.p99} ms`, `write to the follower's page; ${r.live.ofAck.p50}× / ${r.live.ofAck.p99}× the same writes' ack p50 ${r.live.ackMs.p50} / p99 ${r.live.ackMs.p99} ms (target ≤ 1.5×)`])
   if (r.connections !== undefined) rows.push(['connections', `${r.connections.announced}/${r.connections.peers} in ${r.connections.ms} ms`, `target: all 1,000 announced; RSS after ${r.connections.rssMBAfter} MB`])
   rows.push(['RSS idle / after ingest', `${r.memoryMB.idle} / ${r.memoryMB.afterIngest} MB`, ''])
   const rm = r.rooms

@@ -11,6 +11,8 @@ declare module 'hypercore' {
     constructor (opts: { core: unknown, weak?: boolean })
     /** the internal core under every session of this core */
     readonly core: unknown
+    /** internal (hypercore 11, pinned): the session's storage, whose read batch reads many blocks in one call */
+    readonly state: { readonly storage: { read (): { getBlock (index: number): Promise<Buffer | null>, tryFlush (): void } } }
     readonly key: Buffer
     readonly discoveryKey: Buffer
     readonly length: number

@@ -200,13 +200,19 @@ test('Room.storeOnce: a second store of one id, even in flight, resolves with th
   assert.deepEqual(await room.storeOnce('a', block('a', 'a')), { index: 6, duplicate: true })
 })
 
-/** Counts the blocks the room's core reads from now on. */
+/** Counts the blocks the room's core reads from now on (a page's read batches, and Hypercore's own gets, read through its storage). */
 function countGets (room: Room): { n: number } {
   const reads = { n: 0 }
-  const get = room.core.get.bind(room.core)
-  room.core.get = async (index, opts) => {
-    reads.n++
-    return await get(index, opts)
+  const storage = room.core.state.storage
+  const read = storage.read.bind(storage)
+  storage.read = () => {
+    const rx = read()
+    const getBlock = rx.getBlock.bind(rx)
+    rx.getBlock = (index: number) => {
+      reads.n++
+      return getBlock(index)
+    }
+    return rx
   }
   return reads
 }

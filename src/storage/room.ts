@@ -324,10 +324,19 @@ export class Room {
     return Math.max(this.info.signedFrom ?? 0, this.info.firstIndex ?? 0)
   }
 
-  private getRange (from: number, to: number): Promise<Array<Buffer | null>> {
-    const gets: Array<Promise<Buffer | null>> = []
-    for (let i = from; i < to; i++) gets.push(this.core.get(i, { wait: false }))
-    return Promise.all(gets)
+  /**
+   * Blocks [from, to) as stored here (null: not here), read in one batch of the store's: Hypercore's own get reads
+   * each block on its own, at about a quarter of the speed (bench: 50,000 against 175,000-190,000 blocks/s).
+   */
+  private async getRange (from: number, to: number): Promise<Array<Buffer | null>> {
+    const rx = this.core.state.storage.read()
+    const reads: Array<Promise<Buffer | null>> = []
+    for (let i = from; i < to; i++) reads.push(rx.getBlock(i))
+    rx.tryFlush()
+    const blocks = await Promise.all(reads)
+    // one the batch did not see (a mirror downloading it, an append landing meanwhile) is asked for the usual way
+    for (let k = 0; k < blocks.length; k++) if (blocks[k] === null) blocks[k] = await this.core.get(from + k, { wait: false })
+    return blocks
   }
 
   private async fitting (from: number, end: number, maxBytes: number, overhead: number): Promise<{ stop: number, start: number | null } | null> {

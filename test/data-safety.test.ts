@@ -112,13 +112,20 @@ async function roomOnDisk (t: Parameters<typeof tmpDir>[0], name = 'r'): Promise
   const core = store.get({ name: `room-${name}` })
   await core.ready()
   const reads = { blocks: 0, bytes: 0, seeks: 0 }
-  const get = core.get.bind(core)
   const seek = core.seek.bind(core)
-  core.get = async (index, opts) => {
-    const block = await get(index, opts)
-    reads.blocks++
-    if (block !== null) reads.bytes += block.byteLength
-    return block
+  // every block read goes through the storage's read batches (a page's batch, and Hypercore's own get)
+  const storage = core.state.storage
+  const read = storage.read.bind(storage)
+  storage.read = () => {
+    const rx = read()
+    const getBlock = rx.getBlock.bind(rx)
+    rx.getBlock = async (index: number) => {
+      const block = await getBlock(index)
+      reads.blocks++
+      if (block !== null) reads.bytes += block.byteLength
+      return block
+    }
+    return rx
   }
   core.seek = async (bytes, opts) => {
     reads.seeks++
@@ -136,8 +143,8 @@ function record (i: number, size: number, id = `id-${i}`): Buffer {
 }
 
 /** The page the docs describe, read the simple way: every block up to `limit`, cut before maxBytes. */
-async function referencePage (core: Hypercore, length: number, from: number, limit: number, maxBytes: number): Promise<string[]> {
-  const entries: string[] = []
+async function referencePage (core: Hypercore, length: number, from: number, limit: number, maxBytes: number): Promise<Buffer[]> {
+  const entries: Buffer[] = []
   let bytes = -1
   for (let i = from; i < Math.min(length, from + limit); i++) {
     const block = await core.get(i, { wait: false })
@@ -346,7 +353,7 @@ function storedMessage (sentText: string): { code: string, message: string } | {
     return { code: err.code, message: err.message }
   }
   const block = Buffer.from(encodeRecord({ message: frame.message, storedAt: 1, fromPeer: 'f', senderPublicKey: 'f', id: 'x' }, frame.messageJson))
-  return { json: JSON.stringify(JSON.parse(pageEntry(block, 0)).message) === frame.messageJson ? frame.messageJson : 'mismatch' }
+  return { json: JSON.stringify(JSON.parse(pageEntry(block, 0).toString()).message) === frame.messageJson ? frame.messageJson : 'mismatch' }
 }
 
 /** Random number texts in JSON's grammar, many beyond what a double holds. */

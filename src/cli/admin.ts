@@ -159,7 +159,7 @@ export async function exportCommand (argv: readonly string[], io: AdminIO): Prom
     for (let at = Math.max(from, room.info.firstIndex ?? 0); at < end;) {
       const page = await room.readPage(at, Math.min(EXPORT_PAGE, end - at), EXPORT_PAGE_BYTES)
       if (page.entries.length === 0) throw new Error(`block ${at} of room ${JSON.stringify(name)} is missing from the store`)
-      await write(io.stdout, page.entries.join('\n') + '\n')
+      await write(io.stdout, page.entries.map(e => e.toString('utf8')).join('\n') + '\n')
       at = page.nextIndex
       progress.update(() => `${at}/${end} messages`)
     }

@@ -206,7 +206,7 @@ export class Connections extends EventEmitter {
     peer.close()
   }
 
-  send (peer: Peer, type: string, frame: object | string): void {
+  send (peer: Peer, type: string, frame: object | string | Buffer): void {
     if (peer.answersWaiting === 0) {
       this.sendNow(peer, type, frame)
       return
@@ -218,7 +218,7 @@ export class Connections extends EventEmitter {
     })
   }
 
-  private sendNow (peer: Peer, type: string, frame: object | string): void {
+  private sendNow (peer: Peer, type: string, frame: object | string | Buffer): void {
     if (peer.closed) return
     peer.send(frame)
     bump(this.ctx.counters.framesSent, type)

@@ -7,7 +7,7 @@ import safetyCatch from 'safety-catch'
 
 export interface FollowersOptions {
   rooms: () => Rooms
-  send: (peer: Peer, type: string, frame: string) => void
+  send: (peer: Peer, type: string, frame: string | Buffer) => void
   /** whether `signature` proves access to the signed room for this peer's connection */
   verify: (peer: Peer, roomName: string, writerPublicKey: string, signature: string | undefined) => boolean
   /** charges one page to the peer's sync budget: 0, or the ms until it could be charged (nothing charged) */

@@ -59,9 +59,9 @@ export class Peer {
     })
   }
 
-  send (frame: object | string): boolean {
+  send (frame: object | string | Buffer): boolean {
     if (this.closed || this.conn.destroyed) return false
-    const ok = this.conn.write(typeof frame === 'string' ? frame : JSON.stringify(frame))
+    const ok = this.conn.write(typeof frame === 'string' || Buffer.isBuffer(frame) ? frame : JSON.stringify(frame))
     if (!ok) this.needDrain = true
     return ok
   }

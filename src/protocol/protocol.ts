@@ -293,11 +293,12 @@ export function encodeRecord (record: StoredRecord, messageJson: string): string
 }
 
 const SIGNED_TAIL = /^,"signature":"[0-9a-f]{128}","messageIndex":\d+}$/
+const SIGNATURE_FIELD = Buffer.from(',"signature":"')
 
 /** Whether a page entry (see pageEntry) is a signed record: the signature is a record's last field. */
-export function isSignedEntry (entry: string): boolean {
-  const at = entry.lastIndexOf(',"signature":"')
-  return at >= 0 && SIGNED_TAIL.test(entry.slice(at))
+export function isSignedEntry (entry: Buffer): boolean {
+  const at = entry.lastIndexOf(SIGNATURE_FIELD)
+  return at >= 0 && SIGNED_TAIL.test(entry.toString('latin1', at))
 }
 
 /** `relay`: the blind relay's public key (hex), absent when the root peer relays nothing. */
@@ -310,16 +311,29 @@ export function errorFrame (err: RootPeerError, context: Record<string, unknown>
   return { type: 'error', code: err.code, message: err.message, ...err.details, ...context }
 }
 
-export function encodeSyncResponse (roomName: string, entries: readonly string[], page: { totalMessages: number, nextIndex: number, firstIndex: number }, requestId?: RequestId): string {
-  return '{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":[' + entries.join(',') +
+export function encodeSyncResponse (roomName: string, entries: readonly Buffer[], page: { totalMessages: number, nextIndex: number, firstIndex: number }, requestId?: RequestId): Buffer {
+  return withEntries('{"type":"sync-response","roomName":' + JSON.stringify(roomName) + ',"messages":[', entries,
     '],"totalMessages":' + page.totalMessages + ',"nextIndex":' + page.nextIndex +
     ',"hasMore":' + (page.nextIndex < page.totalMessages) + ',"firstIndex":' + page.firstIndex +
-    (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}')
+    (requestId === undefined ? '}' : ',"requestId":' + JSON.stringify(requestId) + '}'))
 }
 
 /** Messages of a followed room, in index order from `firstIndex` of the first one; `nextIndex` follows the last. */
-export function encodeFollowMessages (roomNameJson: string, entries: readonly string[], nextIndex: number): string {
-  return '{"type":"follow-messages","roomName":' + roomNameJson + ',"messages":[' + entries.join(',') + '],"nextIndex":' + nextIndex + '}'
+export function encodeFollowMessages (roomNameJson: string, entries: readonly Buffer[], nextIndex: number): Buffer {
+  return withEntries('{"type":"follow-messages","roomName":' + roomNameJson + ',"messages":[', entries, '],"nextIndex":' + nextIndex + '}')
+}
+
+const COMMA = Buffer.from(',')
+
+/** A frame around a page's entries, as bytes: the entries are copied once, never decoded or encoded as text. */
+function withEntries (head: string, entries: readonly Buffer[], tail: string): Buffer {
+  const parts: Buffer[] = [Buffer.from(head)]
+  for (let i = 0; i < entries.length; i++) {
+    if (i > 0) parts.push(COMMA)
+    parts.push(entries[i])
+  }
+  parts.push(Buffer.from(tail))
+  return Buffer.concat(parts)
 }
 
 /** History is done: what follows are messages as they are stored. */
@@ -338,13 +352,18 @@ export function encodeAck (roomNameJson: string, id: string, messageIndex: numbe
     ',"messageIndex":' + messageIndex + (duplicate ? ',"duplicate":true}' : '}')
 }
 
-export function pageEntry (block: Buffer, messageIndex: number): string {
-  const json = block.toString('utf8')
-  if (json.charCodeAt(0) === 0x7b && json.charCodeAt(json.length - 1) === 0x7d) {
-    return json.length === 2 ? `{"messageIndex":${messageIndex}}` : json.slice(0, -1) + ',"messageIndex":' + messageIndex + '}'
+/** A page's entry: the stored block with `messageIndex` spliced in before its closing brace, as bytes (not parsed). */
+export function pageEntry (block: Buffer, messageIndex: number): Buffer {
+  if (block.length >= 2 && block[0] === 0x7b && block[block.length - 1] === 0x7d) {
+    if (block.length === 2) return Buffer.from(`{"messageIndex":${messageIndex}}`)
+    const tail = ',"messageIndex":' + messageIndex + '}'
+    const entry = Buffer.allocUnsafe(block.length - 1 + tail.length)
+    block.copy(entry, 0, 0, block.length - 1)
+    entry.write(tail, block.length - 1, 'latin1')
+    return entry
   }
   // a block that is not a JSON object (not written by this daemon) is passed on as its text
-  return JSON.stringify({ message: json, messageIndex })
+  return Buffer.from(JSON.stringify({ message: block.toString('utf8'), messageIndex }))
 }
 
 export function parseRecord (block: Buffer): StoredRecord | null {

@@ -23,7 +23,8 @@ interface PendingAppend {
 }
 
 export interface Page {
-  entries: string[]
+  /** the records with their messageIndex, as bytes (protocol.ts pageEntry) */
+  entries: Buffer[]
   nextIndex: number
   totalMessages: number
 }
@@ -157,7 +158,7 @@ export class Room {
   async readPage (from: number, limit: number, maxBytes: number): Promise<Page> {
     const totalMessages = this.length
     const end = Math.min(totalMessages, from + limit)
-    const entries: string[] = []
+    const entries: Buffer[] = []
     let next = from
     // the page's bytes so far, counting a comma before each entry but the first
     let bytes = -1
@@ -165,7 +166,7 @@ export class Room {
       for (const block of blocks) {
         if (block === null) return false
         const entry = pageEntry(block, next)
-        const size = Buffer.byteLength(entry) + 1
+        const size = entry.byteLength + 1
         if (entries.length > 0 && bytes + size > maxBytes) return false
         entries.push(entry)
         bytes += size

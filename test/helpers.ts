@@ -38,9 +38,9 @@ export function teardown (t: Ctx, fn: () => unknown): void {
   stack.push(fn)
 }
 
-/** A loopback DHT testnet, destroyed after the test. */
-export async function testnet (t: Ctx): Promise<Testnet> {
-  const net = await createTestnet(5, { host: '127.0.0.1' })
+/** A loopback DHT testnet of `size` nodes, destroyed after the test. */
+export async function testnet (t: Ctx, size = 5): Promise<Testnet> {
+  const net = await createTestnet(size, { host: '127.0.0.1' })
   teardown(t, () => net.destroy())
   return net
 }
@@ -468,4 +468,11 @@ export async function metricAt (m: Member, name: string): Promise<number> {
   const found = new RegExp(`^${name} (\\S+)$`, 'm').exec(text)
   assert.ok(found !== null, `${name} in /metrics`)
   return Number(found[1])
+}
+
+/** The messages `m` holds of `room` (a room it owns, or mirrors: blocks stored without a gap), from /stats; no read. */
+export async function heldAt (m: Member, room: string): Promise<number | null> {
+  const url = (await m.d.line(l => l.url !== undefined)).url as string
+  const stats = await (await fetch(new URL('/stats', url))).json() as { busiestRooms: Array<{ name: string, messageCount: number }> }
+  return stats.busiestRooms.find(r => r.name === room)?.messageCount ?? null
 }

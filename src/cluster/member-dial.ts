@@ -32,6 +32,9 @@ export class MemberDialer {
   }
 
   start (): void {
+    // at its start this member dials every member at once: their dials to it may hang on its DHT record of before a restart
+    const started = Date.now() - FALLBACK_AFTER
+    for (const member of this.members) this.unlinkedSince.set(member, started)
     this.timer = setInterval(() => this.tick(), DIAL_TICK)
     this.timer.unref()
     this.tick()

@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import type { Testnet } from 'hyperdht/testnet.js'
 import { RootPeerClient } from 'root-peer-client'
 import { roomKeyPair, signAccess, signMessage, signedRoomName } from 'root-peer-client/protocol'
-import { DEFAULT_LIMITS } from '../src/protocol/protocol.js'
+import { DEFAULT_LIMITS, decodeFrame } from '../src/protocol/protocol.js'
 import { NO_RATES, RawPeer, bootstrapEnv, client, daemon, rawPeer, rootPeer, teardown, testnet, tmpDir } from './helpers.js'
 
 /** A raw peer whose announcement is kept in `announcement`. */
@@ -22,6 +22,28 @@ async function ackOf (peer: RawPeer, requestId: string): Promise<any> {
   assert.equal(frame.type, 'message-batch-ack', JSON.stringify(frame))
   return frame
 }
+
+test('fast, no network: a batch decodes to its messages, each refused on its own for its size or a number it would alter, at its own position', () => {
+  const limits = { ...DEFAULT_LIMITS, maxMessageBytes: 20 }
+  const text = '{"type":"message-batch","roomName":"r","meta":{"x":[{"message":1e999}]},"messages":[' +
+    '{"id":"a","message":{"message":1e999}},' + // a key `message` inside a message: its number is the message's own
+    '{"id":"b","message":[1,2]},' +
+    '{"message":12345678901234567890,"id":"c"},' +
+    '{"id":"d","message":"far too long a text for this"},' +
+    '{"id":"e","message":1e999,"message":"kept"}' + // a key repeated keeps its last value
+    '],"requestId":7}'
+  const frame = decodeFrame(Buffer.from(text), limits, 10)
+  assert.equal(frame.type, 'message-batch')
+  if (frame.type !== 'message-batch') return
+  assert.equal(frame.requestId, 7)
+  assert.deepEqual(frame.messages.map(m => [m.id, m.refused?.code ?? null]), [['a', 'BAD_FRAME'], ['b', null], ['c', 'BAD_FRAME'], ['d', 'MESSAGE_TOO_LARGE'], ['e', null]])
+  assert.match(frame.messages[2].refused!.message, /12345678901234567890 cannot be stored exactly/)
+  assert.equal(frame.messages[4].message, 'kept')
+  assert.equal(frame.size, frame.messages.reduce((sum, m) => sum + m.size, 0))
+  // not offered: an unknown type, as to a root peer that predates it
+  assert.throws(() => decodeFrame(Buffer.from(text), limits, 0), { code: 'UNKNOWN_TYPE' })
+  assert.throws(() => decodeFrame(Buffer.from(text), limits, 4), { code: 'BATCH_TOO_LARGE' })
+})
 
 test('the announcement offers batches; a batch is stored in its order, each id once: inside the batch, across batches, and against message frames', async t => {
   const net = await testnet(t)

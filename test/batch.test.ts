@@ -268,15 +268,28 @@ test('RootPeerClient resends its outbox after a reconnect in batches', async t =
   assert.equal(again.counters.framesReceived.message, undefined)
 })
 
-test('RootPeerClient rejects a message-batch-ack for no batch it sent', async t => {
+test('RootPeerClient rejects a message-batch-ack for no batch it sent, and malformed ones, as frame-rejected, and goes on, async t => {
   const net = await testnet(t)
   const rp = await rootPeer(t, net)
   const c = await client(t, net)
-  const rejected = new Promise<any>(resolve => c.once('frame-rejected', resolve))
-  for (const peer of rp.peers.values()) peer.send({ type: 'message-batch-ack', roomName: 'r', acks: [{ id: 'never-sent', messageIndex: 3 }], requestId: 'batch-77' })
-  const { type, reason } = await rejected
-  assert.equal(type, 'message-batch-ack')
-  assert.match(reason, /no batch sent/)
+  const rejected: any[] = []
+  c.on('frame-rejected', r => rejected.push(r))
+  const bad = [
+    { type: 'message-batch-ack', roomName: 'r', acks: [{ id: 'never-sent', messageIndex: 3 }], requestId: 'batch-77' },
+    { type: 'message-batch-ack', roomName: 'r', acks: 'all of them' },
+    { type: 'message-batch-ack', roomName: 'r', acks: [] },
+    { type: 'message-batch-ack', roomName: 'r', acks: [{ id: 'x' }] },
+    { type: 'message-batch-ack', roomName: 'r', acks: [{ id: 'x', messageIndex: -1 }] },
+    { type: 'message-batch-ack', roomName: 'r', acks: [{ id: 'x', code: 'lower case' }] },
+    { type: 'message-batch-ack', acks: [{ id: 'x', messageIndex: 1 }] }
+  ]
+  for (const peer of rp.peers.values()) for (const frame of bad) peer.send(frame)
+  while (rejected.length < bad.length) await new Promise(resolve => setTimeout(resolve, 20))
+  assert.ok(rejected.every(r => r.type === 'message-batch-ack'), JSON.stringify(rejected))
+  assert.match(rejected[0].reason, /no batch sent/)
+  assert.equal(c.counters.framesRejected, bad.length)
+  // and the client goes on: its messages are acked
+  assert.equal((await c.sendMessage('after-junk', 'still fine')).messageIndex, 0)
 })
 
 test('batches across kill -9: every acked message is stored at its acked index, and resending every batch stores each id once', async t => {

@@ -268,7 +268,7 @@ test('RootPeerClient resends its outbox after a reconnect in batches', async t =
   assert.equal(again.counters.framesReceived.message, undefined)
 })
 
-test('RootPeerClient rejects a message-batch-ack for no batch it sent, and malformed ones, as frame-rejected, and goes on, async t => {
+test('RootPeerClient rejects a message-batch-ack for no batch it sent, and malformed ones, as frame-rejected, and goes on', async t => {
   const net = await testnet(t)
   const rp = await rootPeer(t, net)
   const c = await client(t, net)

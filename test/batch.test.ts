@@ -268,6 +268,25 @@ test('RootPeerClient resends its outbox after a reconnect in batches', async t =
   assert.equal(again.counters.framesReceived.message, undefined)
 })
 
+test('RootPeerClient: a batch refused whole (STORAGE_FULL) refuses each of its messages, and they are resent together as one batch', async t => {
+  const net = await testnet(t)
+  // the first batch fits under the cap (checked before it), every later one is refused whole
+  const rp = await rootPeer(t, net, { maxStorageBytes: 1, messagesPerSecond: 0, bytesPerSecond: 0 })
+  const c = await client(t, net)
+  const first = await Promise.all(Array.from({ length: 10 }, (_, i) => c.sendMessage('full', `m ${i}`)))
+  assert.deepEqual(first.map(a => a.messageIndex), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+  const refusals: any[] = []
+  c.on('error-frame', f => refusals.push(f))
+  const pending = Array.from({ length: 10 }, (_, i) => c.sendMessage('full', `later ${i}`))
+  for (const p of pending) p.catch(() => {})
+  // refused, then resent after the 1 s backoff: one batch each time, never a message frame
+  while (refusals.length < 2) await new Promise(resolve => setTimeout(resolve, 50))
+  assert.ok(refusals.every(f => f.code === 'STORAGE_FULL' && f.requestType === 'message-batch'), JSON.stringify(refusals))
+  assert.equal(c.unacked, 10)
+  assert.equal(rp.counters.framesReceived['message-batch'], 3)
+  assert.equal(rp.counters.framesReceived.message, undefined)
+})
+
 test('RootPeerClient rejects a message-batch-ack for no batch it sent, and malformed ones, as frame-rejected, and goes on', async t => {
   const net = await testnet(t)
   const rp = await rootPeer(t, net)

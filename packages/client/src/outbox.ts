@@ -38,6 +38,7 @@ export class Outbox {
   private readonly batches = new Map<string, SentBatch>()
   private nextBatch = 1
   private pumpQueued = false
+  private resendTimer: ReturnType<typeof setTimeout> | null = null
 
   get size (): number {
     return this.messages.size
@@ -77,6 +78,8 @@ export class Outbox {
   disconnected (): void {
     this.send = null
     this.batches.clear()
+    if (this.resendTimer !== null) clearTimeout(this.resendTimer)
+    this.resendTimer = null
     if (this.timer !== null) clearTimeout(this.timer)
     this.timer = null
     this.queue = []
@@ -132,7 +135,7 @@ export class Outbox {
     const delay = frame.retryAfterMs !== undefined ? Math.max(frame.retryAfterMs, MIN_RESEND) : RESEND_BACKOFF[Math.min(out.retries++, RESEND_BACKOFF.length - 1)]
     out.timer = setTimeout(() => {
       out.timer = null
-      if (this.messages.has(out.frame.id)) this.enqueue(out)
+      if (this.messages.has(out.frame.id)) this.enqueue(out, true)
     }, delay)
     out.timer.unref()
   }
@@ -146,10 +149,21 @@ export class Outbox {
     this.messages.clear()
   }
 
-  private enqueue (out: Outgoing): void {
+  /** `resent`: after a refusal's delay, whose timers (one a message) fire one by one: they go out together next turn. */
+  private enqueue (out: Outgoing, resent = false): void {
     this.queue.push(out)
     if (this.maxBatch === 0) {
       this.pump()
+      return
+    }
+    if (resent) {
+      if (this.resendTimer === null) {
+        this.resendTimer = setTimeout(() => {
+          this.resendTimer = null
+          this.pump()
+        }, 0)
+        this.resendTimer.unref()
+      }
       return
     }
     // the messages added in this tick go out together

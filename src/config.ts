@@ -61,6 +61,7 @@ const TABLE = {
   registersPerMinute: setting('RATE_REGISTERS', '--rate-registers', String(DEFAULT_LIMITS.registersPerMinute), 'register-room frames a minute per peer (burst: 1 min worth); 0 = unlimited', rate),
   newRoomsPerMinute: setting('RATE_NEW_ROOMS', '--rate-new-rooms', String(DEFAULT_LIMITS.newRoomsPerMinute), 'rooms a peer may create a minute (burst: 1 min worth); 0 = unlimited', rate),
   maxFollows: setting('MAX_FOLLOWS', '--max-follows', String(DEFAULT_LIMITS.maxFollows), 'rooms one connection may follow live at once (follow frames)', (v, n) => parseInteger(v, n, 1, 10_000)),
+  maxBatchMessages: setting('MAX_BATCH_MESSAGES', '--max-batch-messages', '100', 'messages one message-batch frame may carry (offered in the announcement; each charges the rates as a message frame does); 0 = not offered', (v, n) => parseInteger(v, n, 0, 10_000)),
   banThreshold: setting('BAN_THRESHOLD', '--ban-threshold', '100', 'refused frames within a minute that get a peer disconnected and banned; 0 = never', (v, n) => parseInteger(v, n, 0, 1_000_000)),
   banDuration: setting('BAN_DURATION', '--ban-duration', '10m', 'how long a banned peer is refused', parseDuration),
   stallTimeout: setting('STALL_TIMEOUT', '--stall-timeout', '30s', 'how long a peer may leave the daemon\'s writes unread before it is disconnected; 0 = never', parseDuration),

@@ -121,6 +121,7 @@ export class ChatRootPeer extends ReadyResource {
       limits: this.limits,
       guard: { banThreshold: s.banThreshold, banDuration: s.banDuration, onUnban: peerId => this.swarm?.peers.get(peerId)?.ban(false) },
       inbound: { frameTimeout: s.frameTimeout, maxBufferedBytes: s.maxBufferedBytes },
+      maxBatchMessages: s.maxBatchMessages,
       maxPeers: s.maxPeers,
       maxPeersPerHost: s.maxPeersPerHost,
       idleEvictAfter: s.idleEvictAfter,

@@ -224,7 +224,8 @@ test('write anywhere: a message at a mirror is forwarded and acked with the prim
 
 test('client failover: a client pinned to two members moves to the other when its member is killed (kill -9), resends its unacked messages there, and loses no acked message', async t => {
   const net = await testnet(t)
-  const members = await startCluster(t, net, { MIN_MIRRORS: '1' })
+  // batches of 10: the client's outbox sends its 80 messages as 8 batches, acked batch by batch, so most are in flight at the kill
+  const members = await startCluster(t, net, { MIN_MIRRORS: '1', MAX_BATCH_MESSAGES: '10' })
   const [a, b, c] = members
   const room = roomOwnedBy(members, a, 'failover')
   // a short connection timeout: root peers send a keep-alive every 5 s, and B will die without closing

@@ -14,6 +14,8 @@ export interface ConnectionsOptions {
   limits: Readonly<Limits>
   guard: Omit<GuardOptions, keyof Limits>
   inbound: Omit<InboundOptions, 'maxFrameBytes'>
+  /** messages a `message-batch` may carry; 0: the frame is not offered */
+  maxBatchMessages: number
   maxPeers: number
   maxPeersPerHost: number
   idleEvictAfter: number
@@ -39,6 +41,8 @@ export class Connections extends EventEmitter {
   readonly guard: Guard
   readonly inbound: Inbound
   readonly handlers: FrameHandlers
+  /** what a `message-batch` may carry: MAX_BATCH_MESSAGES, at most a burst of RATE_MESSAGES (so each message pays its token) */
+  readonly maxBatchMessages: number
   private readonly hosts = new Map<string, number>()
   private readonly ctx: ConnectionsOptions
 
@@ -47,6 +51,8 @@ export class Connections extends EventEmitter {
     this.ctx = opts
     this.guard = new Guard({ ...opts.limits, ...opts.guard })
     this.inbound = new Inbound({ maxFrameBytes: opts.limits.maxFrameBytes, ...opts.inbound })
+    const rate = opts.limits.messagesPerSecond
+    this.maxBatchMessages = rate > 0 ? Math.min(opts.maxBatchMessages, Math.max(1, Math.floor(rate * 10))) : opts.maxBatchMessages
     const { limits, counters, storage, publicKey, closing, track } = opts
     this.handlers = new FrameHandlers({ ...opts.handlers, limits, counters, storage, publicKey, closing, track, connections: this })
   }
@@ -92,13 +98,13 @@ export class Connections extends EventEmitter {
       this.emit('peer-disconnected', peer.id)
     })
     this.emit('peer-connected', peer.id)
-    this.send(peer, 'root-peer-announcement', encodeAnnouncement(this.ctx.publicKey(), this.ctx.limits, peer.challenge, this.ctx.relayPublicKey()))
+    this.send(peer, 'root-peer-announcement', encodeAnnouncement(this.ctx.publicKey(), this.ctx.limits, peer.challenge, this.ctx.relayPublicKey(), this.maxBatchMessages))
   }
 
   async onFrame (peer: Peer, data: Buffer): Promise<void> {
     let frame: Frame
     try {
-      frame = decodeFrame(data, this.ctx.limits)
+      frame = decodeFrame(data, this.ctx.limits, this.maxBatchMessages)
     } catch (err) {
       bump(this.ctx.counters.framesReceived, 'invalid')
       this.refuse(peer, err, frameContext(data, this.ctx.limits))
@@ -128,11 +134,17 @@ export class Connections extends EventEmitter {
   }
 
   refuse (peer: Peer, err: unknown, context: Record<string, unknown>, send = (frame: object) => this.send(peer, 'error', frame)): void {
+    const { coded, ban } = this.tally(peer, err)
+    send(errorFrame(coded, context))
+    if (ban) this.banPeer(peer)
+  }
+
+  /** Counts a refusal as `refuse` does (a batch's message refused in its ack counts as a refused frame); `ban`: earned one. */
+  tally (peer: Peer, err: unknown): { coded: RootPeerError, ban: boolean } {
     const coded = err instanceof RootPeerError ? err : RootPeerError.INTERNAL_ERROR(err)
     bump(this.ctx.counters.errors, coded.code)
     this.emit('frame-refused', peer.id, coded)
-    send(errorFrame(coded, context))
-    if (!BLAMELESS.has(coded.code) && this.guard.noteRefusal(peer.record)) this.banPeer(peer)
+    return { coded, ban: !BLAMELESS.has(coded.code) && this.guard.noteRefusal(peer.record) }
   }
 
   /**
@@ -195,7 +207,7 @@ export class Connections extends EventEmitter {
     setImmediate(() => conn.destroy())
   }
 
-  private banPeer (peer: Peer): void {
+  banPeer (peer: Peer): void {
     if (peer.closed) return
     this.guard.ban(peer.id)
     this.ctx.counters.bans++

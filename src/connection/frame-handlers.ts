@@ -4,11 +4,11 @@ import type { ForwardedWrite } from '../cluster/cluster.js'
 import type { Connections } from './connections.js'
 import { RootPeerError } from 'root-peer-client/protocol'
 import type { Peer } from './peer.js'
-import { contextOf, encodeAck, encodeFollowEnded, encodeSyncResponse, isSignedEntry, type FollowFrame, type UnfollowFrame, type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame } from '../protocol/protocol.js'
+import { contextOf, encodeAck, encodeBatchAck, encodeFollowEnded, encodeSyncResponse, isSignedEntry, type BatchAck, type FollowFrame, type MessageBatchFrame, type UnfollowFrame, type Frame, type Limits, type MessageFrame, type RegisterRoomFrame, type SyncRequestFrame } from '../protocol/protocol.js'
 import { keyMatchesName, verifyAccess } from 'root-peer-client/protocol'
 import type { RoomTopics } from './room-topics.js'
 import { Followers, firstReadable } from './followers.js'
-import { checkSigned, type RoomWriter } from '../storage/room-writer.js'
+import { checkSigned, type RoomWriter, type WriteResult } from '../storage/room-writer.js'
 import type { Rooms } from '../storage/rooms.js'
 import type { RoomState } from '../storage/state-file.js'
 import type { Counters } from '../monitor/stats.js'
@@ -65,6 +65,7 @@ export class FrameHandlers extends EventEmitter {
     this.handlers = {
       'register-room': this.onRegisterRoom.bind(this),
       message: this.onMessage.bind(this),
+      'message-batch': this.onMessageBatch.bind(this),
       'sync-request': this.onSyncRequest.bind(this),
       follow: this.onFollow.bind(this),
       unfollow: this.onUnfollow.bind(this)
@@ -106,41 +107,115 @@ export class FrameHandlers extends EventEmitter {
   }
 
   async onMessage (peer: Peer, frame: MessageFrame): Promise<void> {
+    const { known, writerPublicKey } = await this.writerOf(frame.roomName)
+    this.checkWriter(frame, writerPublicKey)
+    const room = await this.openForWrite(peer, frame.roomName, known)
+    // returns once the message is queued, so the next frame is handled while it is appended
+    const { result, roomNameJson } = await this.store(peer, frame, room, writerPublicKey)
+    const { id } = frame
+    this.ctx.track(result.then(({ index, duplicate }) => {
+      // acked only once the promise is kept (appended; with SYNC_WRITES synced; with MIN_MIRRORS mirrored)
+      if (id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(roomNameJson, id, index, duplicate))
+    }, err => this.ctx.connections.refuse(peer, err, contextOf(frame))))
+  }
+
+  /**
+   * Several messages for one room, each taken as a `message` frame with it would be, in order (Kafka's producer
+   * batch: one request, a result per record); answered once, when every one is stored or refused.
+   */
+  async onMessageBatch (peer: Peer, frame: MessageBatchFrame): Promise<void> {
+    const { roomName, messages } = frame
+    // what refuses every message refuses the frame, with nothing stored: the room's state, its place, the caps
+    const { known, writerPublicKey } = await this.writerOf(roomName)
+    const outcomes = new Array<Promise<BatchAck>>(messages.length)
+    const accepted: Array<{ at: number, message: MessageFrame }> = []
+    for (let at = 0; at < messages.length; at++) {
+      const { id, message, messageJson, size, signature, refused } = messages[at]
+      const one: MessageFrame = { type: 'message', roomName, message, messageJson, size, id }
+      if (signature !== undefined) one.signature = signature
+      try {
+        if (refused !== undefined) throw refused
+        this.checkWriter(one, writerPublicKey)
+        accepted.push({ at, message: one })
+      } catch (err) {
+        outcomes[at] = Promise.resolve({ id, refused: err as RootPeerError })
+      }
+    }
+    if (accepted.length > 0) {
+      const room = await this.openForWrite(peer, roomName, known)
+      for (const { at, message } of accepted) {
+        const id = message.id!
+        try {
+          const { result } = await this.store(peer, message, room, writerPublicKey)
+          outcomes[at] = result.then(({ index, duplicate }) => ({ id, index, duplicate }), err => ({ id, refused: err }))
+        } catch (err) {
+          outcomes[at] = Promise.resolve({ id, refused: err as RootPeerError })
+        }
+      }
+    }
+    this.ctx.track(Promise.all(outcomes).then(acks => {
+      const connections = this.ctx.connections
+      let ban = false
+      for (const ack of acks) {
+        if (!('refused' in ack)) continue
+        const { coded, ban: earned } = connections.tally(peer, ack.refused)
+        ack.refused = coded
+        ban ||= earned
+      }
+      // sent once every message is stored or refused: an ack in it means stored, as a message-ack does
+      connections.send(peer, 'message-batch-ack', encodeBatchAck(JSON.stringify(roomName), acks, frame.requestId))
+      if (ban) connections.banPeer(peer)
+    }))
+  }
+
+  /** The room's state a message is checked against; refused when no message may be stored now. */
+  private async writerOf (roomName: string): Promise<{ known: RoomState | undefined, writerPublicKey: string | undefined }> {
     if (this.ctx.storage.failure !== null) throw this.ctx.storage.failure
     const rooms = this.ctx.rooms()
-    let known = await rooms.lookup(frame.roomName)
-    const writerPublicKey = known === undefined ? await rooms.writerKey(frame.roomName) : known.writerPublicKey
+    const known = await rooms.lookup(roomName)
+    // a removed signed room's name stays signed: its key is kept (docs/security.md)
+    const writerPublicKey = known === undefined ? await rooms.writerKey(roomName) : known.writerPublicKey
+    if (writerPublicKey === undefined && this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
+    return { known, writerPublicKey }
+  }
+
+  /** A message's own right to its room: a signed room's signature, checked before the room is touched. */
+  private checkWriter (frame: MessageFrame, writerPublicKey: string | undefined): void {
     if (writerPublicKey !== undefined) checkSigned(writerPublicKey, frame)
-    else if (this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
     // a member's message stored unsigned would be hidden below the signedFrom of the room's later signing
     // (in a cluster the primary's writer decides, with its own view of the key)
     else if (frame.signature !== undefined && this.ctx.cluster() === null) throw RootPeerError.UNSIGNED_ROOM()
+  }
+
+  /** The room placed (in a cluster), created within the caps and joined by the peer; its state after. */
+  private async openForWrite (peer: Peer, roomName: string, known: RoomState | undefined): Promise<RoomState | undefined> {
+    const rooms = this.ctx.rooms()
     if (this.ctx.maxStorageBytes > 0 && rooms.totalBytes >= this.ctx.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.ctx.maxStorageBytes)
     const cluster = this.ctx.cluster()
     if (cluster !== null) {
-      if (known === undefined) await this.placeRoom(peer, frame.roomName)
+      if (known === undefined) await this.placeRoom(peer, roomName)
       // the primary is known once another member was heard from (it may have taken our rooms over)
       await cluster.waitWritable()
-      known = await rooms.lookup(frame.roomName)
+      known = await rooms.lookup(roomName)
     }
-    const primary = known?.primary
-    if (primary !== undefined) return await this.forward(peer, frame, primary)
     // the connection's cache of its rooms does not outlive a room's removal
-    if (known !== undefined && peer.rooms.has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
-    else await this.joinRoom(peer, frame.roomName)
-    // returns once the message is queued, so the next frame is handled while it is appended
+    if (known !== undefined && peer.rooms.has(roomName)) this.ctx.topics.touch(roomName)
+    else await this.joinRoom(peer, roomName)
+    return known
+  }
+
+  /** Resolves once the message is queued (here, or forwarded to its room's primary), with its result. */
+  private async store (peer: Peer, frame: MessageFrame, room: RoomState | undefined, writerPublicKey: string | undefined): Promise<{ result: Promise<WriteResult>, roomNameJson: string }> {
+    const primary = room?.primary
+    if (primary !== undefined) return this.forward(peer, frame, primary)
     const { roomName, message, messageJson, id, signature } = frame
     const req = { roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey }
-    const { result, roomNameJson } = await this.ctx.writer.queue(req).catch(async err => {
+    return await this.ctx.writer.queue(req).catch(async err => {
       // removed (an empty room expired or evicted) between the lookup and the writer's pin: joined again, once
       if ((err as RootPeerError).code !== 'UNKNOWN_ROOM') throw err
       await this.joinRoom(peer, roomName)
       return await this.ctx.writer.queue(req)
     })
-    this.ctx.track(result.then(({ index, duplicate }) => {
-      // acked only once the promise is kept (appended; with SYNC_WRITES synced; with MIN_MIRRORS mirrored)
-      if (id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(roomNameJson, id, index, duplicate))
-    }, err => this.ctx.connections.refuse(peer, err, contextOf(frame))))
   }
 
   /** A message another member forwarded to this root peer, its room's primary: stored like a client's. */
@@ -254,22 +329,23 @@ export class FrameHandlers extends EventEmitter {
     })
   }
 
-  /** Acks with the primary's index once this member has the block too. */
-  private async forward (peer: Peer, frame: MessageFrame, primary: string): Promise<void> {
-    if (peer.rooms.has(frame.roomName)) this.ctx.topics.touch(frame.roomName)
-    else await this.joinRoom(peer, frame.roomName)
+  /** The primary's index, once this member has the block too. */
+  private forward (peer: Peer, frame: MessageFrame, primary: string): { result: Promise<WriteResult>, roomNameJson: string } {
     const write: ForwardedWrite = { roomName: frame.roomName, message: frame.message, fromPeer: peer.id }
     if (frame.id !== undefined) write.id = frame.id
     if (frame.signature !== undefined) write.signature = frame.signature
-    const forwarded = this.ctx.cluster()!.forward(primary, write, this.ctx.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
+    const result = this.ctx.cluster()!.forward(primary, write, this.ctx.replicationTimeout + FORWARD_GRACE).then(async ({ messageIndex, duplicate }) => {
       await this.waitForBlock(frame.roomName, messageIndex)
       this.ctx.counters.forwardedWrites++
-      if (frame.id !== undefined) this.ctx.connections.send(peer, 'message-ack', encodeAck(JSON.stringify(frame.roomName), frame.id, messageIndex, duplicate === true))
-    }).catch(err => this.ctx.connections.refuse(peer, err, contextOf(frame))).finally(() => {
+      return { index: messageIndex, duplicate: duplicate === true }
+    })
+    // a read after this message waits for it (admitReader)
+    const forwarded = result.then(() => {}, () => {}).finally(() => {
       if (peer.forwards.get(frame.roomName) === forwarded) peer.forwards.delete(frame.roomName)
     })
     peer.forwards.set(frame.roomName, forwarded)
     this.ctx.track(forwarded)
+    return { result, roomNameJson: JSON.stringify(frame.roomName) }
   }
 
   private async waitForBlock (roomName: string, index: number): Promise<void> {

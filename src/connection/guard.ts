@@ -62,6 +62,13 @@ export class Guard {
       if (wait > 0) throw RootPeerError.RATE_LIMITED('messages', wait)
       b.messages.consume(1)
       b.bytes.consume(frame.size)
+    } else if (frame.type === 'message-batch') {
+      // every message of it, all at once before any is stored: a batch is refused whole, never half-charged
+      const count = frame.messages.length
+      const wait = Math.max(b.messages.wait(count), b.bytes.wait(frame.size))
+      if (wait > 0) throw RootPeerError.RATE_LIMITED('messages', wait)
+      b.messages.consume(count)
+      b.bytes.consume(frame.size)
     } else if (frame.type === 'sync-request' || frame.type === 'follow' || frame.type === 'unfollow') {
       const wait = b.syncs.take(1)
       if (wait > 0) throw RootPeerError.RATE_LIMITED(frame.type === 'sync-request' ? 'sync-requests' : `${frame.type} frames`, wait)

@@ -1,7 +1,7 @@
 import { isUtf8 } from 'node:buffer'
-import { ACCESS_VERSION, PROTOCOL_VERSION, RootPeerError, type Frame, type FollowEndReason, type FollowFrame, type Limits, type MessageFrame, type RegisterRoomFrame, type RequestId, type StoredRecord, type SyncRequestFrame } from 'root-peer-client/protocol'
+import { ACCESS_VERSION, PROTOCOL_VERSION, RootPeerError, type Frame, type FollowEndReason, type FollowFrame, type Limits, type BatchMessage, type MessageFrame, type RegisterRoomFrame, type RequestId, type StoredRecord, type SyncRequestFrame } from 'root-peer-client/protocol'
 
-export { PROTOCOL_VERSION, type Frame, type FrameType, type FollowEndReason, type FollowFrame, type Limits, type MessageFrame, type RegisterRoomFrame, type RequestId, type StoredRecord, type SyncRequestFrame, type UnfollowFrame } from 'root-peer-client/protocol'
+export { PROTOCOL_VERSION, type Frame, type FrameType, type FollowEndReason, type FollowFrame, type Limits, type BatchMessage, type MessageBatchFrame, type MessageFrame, type RegisterRoomFrame, type RequestId, type StoredRecord, type SyncRequestFrame, type UnfollowFrame } from 'root-peer-client/protocol'
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxFrameBytes: 256 * 1024,
@@ -26,7 +26,7 @@ const HEX_TOPIC = /^[0-9a-f]{64}$/i
 const SIGNATURE = /^[0-9a-f]{128}$/i
 
 type Obj = Record<string, unknown>
-type Validator = (obj: Obj, limits: Limits, text: string) => Frame
+type Validator = (obj: Obj, limits: Limits, text: string, maxBatchMessages: number) => Frame
 
 const validators: Record<string, Validator> = {
   'register-room' (obj) {
@@ -57,6 +57,37 @@ const validators: Record<string, Validator> = {
     return frame
   },
 
+  'message-batch' (obj, limits, text, maxBatchMessages) {
+    // not offered (MAX_BATCH_MESSAGES=0): answered as a root peer that predates it answers
+    if (maxBatchMessages === 0) throw RootPeerError.UNKNOWN_TYPE('message-batch')
+    const roomName = roomNameOf(obj)
+    const list = obj.messages
+    if (!Array.isArray(list)) throw RootPeerError.BAD_FRAME('messages: required array')
+    if (list.length === 0) throw RootPeerError.BAD_FRAME('messages: must hold at least one message')
+    if (list.length > maxBatchMessages) throw RootPeerError.BATCH_TOO_LARGE(list.length, maxBatchMessages)
+    const messages: BatchMessage[] = []
+    let size = 0
+    let numbers = false
+    for (let i = 0; i < list.length; i++) {
+      const item: unknown = list[i]
+      if (typeof item !== 'object' || item === null || Array.isArray(item)) throw RootPeerError.BAD_FRAME(`messages[${i}]: must be an object`)
+      const { id, message, signature } = item as Obj
+      if (message === undefined || message === null) throw RootPeerError.BAD_FRAME(`messages[${i}].message: required`)
+      const entry: BatchMessage = { id: idOf(id, `messages[${i}].id`), message, messageJson: JSON.stringify(message), size: 0 }
+      entry.size = typeof message === 'string' ? Buffer.byteLength(message) : Buffer.byteLength(entry.messageJson)
+      if (signature !== undefined) entry.signature = signatureOf(item as Obj, `messages[${i}].signature`).signature
+      // refused on its own, as a `message` frame with it would be; the others are still stored
+      if (entry.size > limits.maxMessageBytes) entry.refused = RootPeerError.MESSAGE_TOO_LARGE(entry.size, limits.maxMessageBytes)
+      if (typeof message !== 'string') numbers = true
+      size += entry.size
+      messages.push(entry)
+    }
+    if (numbers) {
+      for (const [i, problem] of batchNumberProblems(text)) messages[i].refused ??= RootPeerError.BAD_FRAME(problem)
+    }
+    return { type: 'message-batch', roomName, messages, size, ...requestIdOf(obj) }
+  },
+
   'sync-request' (obj, limits) {
     const roomName = roomNameOf(obj)
     const lastIndex = obj.lastIndex === undefined ? 0 : indexOf('lastIndex', obj.lastIndex)
@@ -80,7 +111,7 @@ const validators: Record<string, Validator> = {
 }
 
 /** The bytes of one incoming frame as a typed frame, or a coded RootPeerError; the size is checked first. */
-export function decodeFrame (data: Buffer, limits: Limits): Frame {
+export function decodeFrame (data: Buffer, limits: Limits, maxBatchMessages = 0): Frame {
   if (data.byteLength > limits.maxFrameBytes) throw RootPeerError.FRAME_TOO_LARGE(data.byteLength, limits.maxFrameBytes)
   // decoding would put U+FFFD in place of bad bytes, and the message would be stored altered
   if (!isUtf8(data)) throw RootPeerError.BAD_FRAME('not valid UTF-8')
@@ -97,36 +128,64 @@ export function decodeFrame (data: Buffer, limits: Limits): Frame {
   if (typeof type !== 'string') throw RootPeerError.BAD_FRAME('type: required string')
   const validator = Object.hasOwn(validators, type) ? validators[type] : undefined
   if (validator === undefined) throw RootPeerError.UNKNOWN_TYPE(type)
-  return validator(obj as Obj, limits, text)
+  return validator(obj as Obj, limits, text, maxBatchMessages)
 }
 
 /** Throws BAD_FRAME when a number in `message` would not be stored as the same decimal number. */
 function checkNumbers (text: string): void {
+  const bad = numberProblems(text, false).get(0)
+  if (bad !== undefined) throw RootPeerError.BAD_FRAME(bad)
+}
+
+/** The messages of a `message-batch` (by position) with a number that would not be stored as the same number. */
+function batchNumberProblems (text: string): Map<number, string> {
+  return numberProblems(text, true)
+}
+
+// `message` is a key at depth 1 of a `message` frame, or at depth 3 of a batch (in the objects of its `messages`)
+function numberProblems (text: string, batch: boolean): Map<number, string> {
+  const keyDepth = batch ? 3 : 1
+  const problems = new Map<number, string>()
   let depth = 0
   let expectKey = false
   let inMessage = false
-  let bad: string | null = null
+  let inList = !batch
+  let element = 0
   for (let i = 0; i < text.length; i++) {
     let c = text.charCodeAt(i)
     if (c === 0x22) {
       const close = stringEnd(text, i)
-      if (depth === 1 && expectKey) {
+      if (expectKey && (depth === keyDepth || depth === 1)) {
         expectKey = false
         const key = text.slice(i, close + 1)
-        inMessage = key === '"message"' || (key.includes('\\') && JSON.parse(key) === 'message')
-        if (inMessage) bad = null
+        if (depth === keyDepth && inList) {
+          inMessage = isKey(key, 'message')
+          // a key repeated in one object keeps its last value
+          if (inMessage) problems.delete(element)
+        } else if (depth === 1 && isKey(key, 'messages')) {
+          inList = true
+          element = -1
+          problems.clear()
+        } else if (depth === 1) {
+          inList = false
+        }
       }
       i = close
     } else if (c === 0x7b || c === 0x5b) {
-      if (++depth === 1) expectKey = true
-    } else if (c === 0x7d || c === 0x5d) {
-      depth--
-    } else if (c === 0x2c) {
-      if (depth === 1) {
+      if (++depth === keyDepth) {
         expectKey = true
-        inMessage = false
+        if (batch && inList) element++
+      } else if (depth === 1) {
+        expectKey = true
       }
-    } else if (inMessage && bad === null && (c === 0x2d || isDigit(c))) {
+    } else if (c === 0x7d || c === 0x5d) {
+      if (depth-- === keyDepth) inMessage = false
+    } else if (c === 0x2c) {
+      if (depth === keyDepth || depth === 1) {
+        expectKey = true
+        if (depth === keyDepth) inMessage = false
+      }
+    } else if (inMessage && (c === 0x2d || isDigit(c)) && !problems.has(element)) {
       // the number's digits, its value while an integer, and its exponent: most need no conversion
       const from = i
       let digits = 0
@@ -154,10 +213,14 @@ function checkNumbers (text: string): void {
       if (value === 0 ? !negative : integer ? value <= Number.MAX_SAFE_INTEGER : digits <= 15 && exponent <= 280) continue
       const token = text.slice(from, to)
       const stored = storedAs(token)
-      if (stored !== null) bad = `message: number ${token.length > 40 ? token.slice(0, 40) + '…' : token} cannot be stored exactly (it would be ${stored})`
+      if (stored !== null) problems.set(element, `message: number ${token.length > 40 ? token.slice(0, 40) + '…' : token} cannot be stored exactly (it would be ${stored})`)
     }
   }
-  if (bad !== null) throw RootPeerError.BAD_FRAME(bad)
+  return problems
+}
+
+function isKey (key: string, name: string): boolean {
+  return key === '"' + name + '"' || (key.includes('\\') && JSON.parse(key) === name)
 }
 
 function isDigit (c: number): boolean {
@@ -262,9 +325,9 @@ export function frameContext (data: Buffer, limits: Limits): Obj {
   }
 }
 
-function signatureOf (obj: Obj): { signature?: string } {
+function signatureOf (obj: Obj, field = 'signature'): { signature?: string } {
   if (obj.signature === undefined) return {}
-  if (typeof obj.signature !== 'string' || !SIGNATURE.test(obj.signature)) throw RootPeerError.BAD_FRAME('signature: must be 128 hex characters')
+  if (typeof obj.signature !== 'string' || !SIGNATURE.test(obj.signature)) throw RootPeerError.BAD_FRAME(`${field}: must be 128 hex characters`)
   return { signature: obj.signature.toLowerCase() }
 }
 
@@ -301,10 +364,15 @@ export function isSignedEntry (entry: Buffer): boolean {
   return at >= 0 && SIGNED_TAIL.test(entry.toString('latin1', at))
 }
 
-/** `relay`: the blind relay's public key (hex), absent when the root peer relays nothing. */
-export function encodeAnnouncement (publicKey: string, limits: Readonly<Limits>, challenge: string, relay: string | null = null): object {
-  const announcement = { type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey, limits, challenge, access: ACCESS_VERSION }
-  return relay === null ? announcement : { ...announcement, relay }
+/**
+ * `relay`: the blind relay's public key (hex), absent when the root peer relays nothing; `batch`: the `message-batch`
+ * frame is offered, of at most `maxMessages` messages (absent with MAX_BATCH_MESSAGES=0).
+ */
+export function encodeAnnouncement (publicKey: string, limits: Readonly<Limits>, challenge: string, relay: string | null = null, maxBatchMessages = 0): object {
+  const announcement: Record<string, unknown> = { type: 'root-peer-announcement', version: PROTOCOL_VERSION, publicKey, limits, challenge, access: ACCESS_VERSION }
+  if (relay !== null) announcement.relay = relay
+  if (maxBatchMessages > 0) announcement.batch = { maxMessages: maxBatchMessages }
+  return announcement
 }
 
 export function errorFrame (err: RootPeerError, context: Record<string, unknown> = {}): object {
@@ -352,6 +420,25 @@ export function encodeAck (roomNameJson: string, id: string, messageIndex: numbe
     ',"messageIndex":' + messageIndex + (duplicate ? ',"duplicate":true}' : '}')
 }
 
+/** What became of one message of a batch: stored at `index` (perhaps before: `duplicate`), or refused. */
+export type BatchAck = { id: string, index: number, duplicate: boolean } | { id: string, refused: RootPeerError }
+
+/** The one answer to a `message-batch`, its messages' acks in the batch's order. */
+export function encodeBatchAck (roomNameJson: string, acks: readonly BatchAck[], requestId?: RequestId): string {
+  let json = '{"type":"message-batch-ack","roomName":' + roomNameJson + ',"acks":['
+  for (let i = 0; i < acks.length; i++) {
+    const ack = acks[i]
+    if (i > 0) json += ','
+    if ('refused' in ack) {
+      const { code, message, details } = ack.refused
+      json += JSON.stringify({ ...details, id: ack.id, code, message })
+    } else {
+      json += '{"id":' + JSON.stringify(ack.id) + ',"messageIndex":' + ack.index + (ack.duplicate ? ',"duplicate":true}' : '}')
+    }
+  }
+  return json + (requestId === undefined ? ']}' : '],"requestId":' + JSON.stringify(requestId) + '}')
+}
+
 /** A page's entry: the stored block with `messageIndex` spliced in before its closing brace, as bytes (not parsed). */
 export function pageEntry (block: Buffer, messageIndex: number): Buffer {
   if (block.length >= 2 && block[0] === 0x7b && block[block.length - 1] === 0x7d) {
@@ -379,8 +466,8 @@ function roomNameOf (obj: Obj): string {
   return validateRoomName(obj.roomName !== undefined ? obj.roomName : obj.roomId)
 }
 
-function idOf (id: unknown): string {
-  if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID) throw RootPeerError.BAD_FRAME(`id: must be a string of 1 to ${MAX_ID} characters`)
+function idOf (id: unknown, field = 'id'): string {
+  if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID) throw RootPeerError.BAD_FRAME(`${field}: must be a string of 1 to ${MAX_ID} characters`)
   return id
 }
 

@@ -9,7 +9,7 @@ import type { Limits } from './protocol/frame-types.js'
 import { roomKeyPair, signAccess, signMessage, signedRoomName, type KeyPair } from './protocol/room-auth.js'
 import { ConnectWatchdog } from './connect-watchdog.js'
 import { Follows } from './follows.js'
-import { claimedType, decodeRootPeerFrame, type AnnouncementFrame, type ErrorFrame, type FollowEndedFrame, type FollowLiveFrame, type FollowMessagesFrame, type MessageAckFrame, type RootPeerFrame, type SyncResponseFrame } from './frames.js'
+import { claimedType, decodeRootPeerFrame, type AnnouncementFrame, type ErrorFrame, type FollowEndedFrame, type FollowLiveFrame, type FollowMessagesFrame, type MessageAckFrame, type MessageBatchAckFrame, type RootPeerFrame, type SyncResponseFrame } from './frames.js'
 import { Outbox, type MessageAck } from './outbox.js'
 import { RecordFilter, type RecordRejected, type SyncedMessage } from './record-filter.js'
 
@@ -40,7 +40,7 @@ export interface SyncPage {
  * The root peer's first frame; its `publicKey` is the connection's Noise key, never the frame's word. `limits` holds
  * the limits it announced, each a non-negative integer.
  */
-export interface Announcement { version: number, publicKey: string, limits: Partial<Limits>, challenge?: string, access?: number, relay?: string }
+export interface Announcement { version: number, publicKey: string, limits: Partial<Limits>, challenge?: string, access?: number, relay?: string, batch?: { maxMessages: number } }
 
 /** A frame from the root peer that failed its check and was dropped: its claimed type (or null) and why. */
 export interface FrameRejected { type: string | null, reason: string }
@@ -100,6 +100,10 @@ export class RootPeerClient extends EventEmitter {
     'room-registered': () => this.rejectFrame('room-registered', 'answers no pending request'),
     'sync-response': () => this.rejectFrame('sync-response', 'answers no pending request'),
     'message-ack': (frame: MessageAckFrame) => { if (this.outbox.acked(frame)) this.markUseful() },
+    'message-batch-ack': (frame: MessageBatchAckFrame) => {
+      if (this.outbox.batchAcked(frame)) this.markUseful()
+      else this.rejectFrame('message-batch-ack', 'answers no batch sent, or not with its ids in its order')
+    },
     'follow-messages': (frame: FollowMessagesFrame, bytes) => this.follows.messages(frame, bytes),
     'follow-live': (frame: FollowLiveFrame) => { if (this.follows.live(frame)) this.markUseful() },
     'follow-ended': (frame: FollowEndedFrame) => this.follows.ended(frame),
@@ -285,8 +289,8 @@ export class RootPeerClient extends EventEmitter {
     info?.reconnect(false)
     this.rootKey = conn.remotePublicKey
     if (this.connectionTimeout > 0) conn.setTimeout(this.connectionTimeout)
-    const { version, limits, challenge, access, relay } = announcement
-    this.announcement = { version, publicKey: conn.remotePublicKey.toString('hex'), limits, challenge, access, ...(relay === undefined ? {} : { relay }) }
+    const { version, limits, challenge, access, relay, batch } = announcement
+    this.announcement = { version, publicKey: conn.remotePublicKey.toString('hex'), limits, challenge, access, ...(relay === undefined ? {} : { relay }), ...(batch === undefined ? {} : { batch }) }
     this.usefulTimer = setTimeout(() => this.markUseful(), USEFUL_AFTER)
     this.usefulTimer.unref?.()
     if (this.pinned.length > 1) {
@@ -298,7 +302,7 @@ export class RootPeerClient extends EventEmitter {
     conn.on('close', () => this.detach(conn))
     for (const roomName of this.rooms) this.write(this.withAccess({ type: 'register-room', roomName }))
     this.follows.connected()
-    this.outbox.connected(frame => this.write(frame), this.announcement.limits)
+    this.outbox.connected(frame => this.write(frame), this.announcement.limits, batch?.maxMessages ?? 0)
     this.emit('connect', conn.remotePublicKey.toString('hex'), this.announcement)
   }
 

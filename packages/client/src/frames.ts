@@ -7,16 +7,19 @@ import type { Limits } from './protocol/frame-types.js'
 
 export type RequestId = string | number
 
-export interface AnnouncementFrame { type: 'root-peer-announcement', version: number, publicKey: string, limits: Partial<Limits>, challenge?: string, access?: number, relay?: string }
+export interface AnnouncementFrame { type: 'root-peer-announcement', version: number, publicKey: string, limits: Partial<Limits>, challenge?: string, access?: number, relay?: string, batch?: { maxMessages: number } }
 export interface RoomRegisteredFrame { type: 'room-registered', roomName: string, messageCount: number, requestId?: RequestId }
 export interface MessageAckFrame { type: 'message-ack', roomName?: string, id: string, messageIndex: number, duplicate: boolean }
+/** One message of a batch: stored at `messageIndex`, or refused with `code`. */
+export type BatchAckEntry = { id: string, messageIndex: number, duplicate: boolean } | { id: string, code: string, message: string, retryAfterMs?: number }
+export interface MessageBatchAckFrame { type: 'message-batch-ack', roomName: string, acks: BatchAckEntry[], requestId?: RequestId }
 export interface SyncResponseFrame { type: 'sync-response', roomName: string, messages: unknown[], totalMessages: number, nextIndex: number, hasMore: boolean, firstIndex: number, requestId?: RequestId }
 export interface FollowMessagesFrame { type: 'follow-messages', roomName: string, messages: unknown[], nextIndex: number }
 export interface FollowLiveFrame { type: 'follow-live', roomName: string, nextIndex: number, firstIndex: number, requestId?: RequestId }
 export interface FollowEndedFrame { type: 'follow-ended', roomName: string, reason: string, requestId?: RequestId }
 export interface ErrorFrame { type: 'error', code: string, message: string, requestType?: string, roomName?: string, id?: string, requestId?: RequestId, retryAfterMs?: number, [field: string]: unknown }
 
-export type RootPeerFrame = AnnouncementFrame | RoomRegisteredFrame | MessageAckFrame | SyncResponseFrame | FollowMessagesFrame | FollowLiveFrame | FollowEndedFrame | ErrorFrame
+export type RootPeerFrame = AnnouncementFrame | RoomRegisteredFrame | MessageAckFrame | MessageBatchAckFrame | SyncResponseFrame | FollowMessagesFrame | FollowLiveFrame | FollowEndedFrame | ErrorFrame
 
 /** A longer wait than this in `retryAfterMs` is taken as this: a root peer cannot park a message or a follow for days. */
 export const MAX_RETRY_AFTER = 60_000
@@ -41,6 +44,10 @@ const decoders: Record<string, (obj: Obj) => RootPeerFrame> = {
     if (obj.challenge !== undefined) frame.challenge = key('challenge', obj.challenge)
     if (obj.access !== undefined) frame.access = count('access', obj.access)
     if (obj.relay !== undefined) frame.relay = key('relay', obj.relay)
+    if (obj.batch !== undefined) {
+      if (typeof obj.batch !== 'object' || obj.batch === null || Array.isArray(obj.batch)) throw bad('batch: must be an object')
+      frame.batch = { maxMessages: count('batch.maxMessages', (obj.batch as Obj).maxMessages) }
+    }
     return frame
   },
 
@@ -53,6 +60,24 @@ const decoders: Record<string, (obj: Obj) => RootPeerFrame> = {
     const frame: MessageAckFrame = { type: 'message-ack', id: text('id', obj.id, MAX_NAME), messageIndex: count('messageIndex', obj.messageIndex), duplicate: obj.duplicate === true }
     if (obj.roomName !== undefined) frame.roomName = name(obj.roomName)
     return frame
+  },
+
+  'message-batch-ack' (obj) {
+    if (!Array.isArray(obj.acks) || obj.acks.length === 0) throw bad('acks: required non-empty array')
+    const acks = obj.acks.map((entry: unknown, i: number): BatchAckEntry => {
+      if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw bad(`acks[${i}]: must be an object`)
+      const e = entry as Obj
+      const id = text(`acks[${i}].id`, e.id, MAX_NAME)
+      if (e.messageIndex !== undefined) {
+        if (e.duplicate !== undefined && typeof e.duplicate !== 'boolean') throw bad(`acks[${i}].duplicate: must be a boolean`)
+        return { id, messageIndex: count(`acks[${i}].messageIndex`, e.messageIndex), duplicate: e.duplicate === true }
+      }
+      if (typeof e.code !== 'string' || !CODE.test(e.code)) throw bad(`acks[${i}]: messageIndex or code required`)
+      const refused: BatchAckEntry = { id, code: e.code, message: typeof e.message === 'string' ? e.message.slice(0, MAX_TEXT) : '' }
+      if (e.retryAfterMs !== undefined) refused.retryAfterMs = Math.min(count(`acks[${i}].retryAfterMs`, e.retryAfterMs), MAX_RETRY_AFTER)
+      return refused
+    })
+    return { type: 'message-batch-ack', roomName: name(obj.roomName), acks, ...requestIdOf(obj) }
   },
 
   'sync-response' (obj) {

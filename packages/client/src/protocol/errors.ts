@@ -4,6 +4,7 @@ export type ErrorCode =
   | 'UNKNOWN_TYPE'
   | 'FRAME_TOO_LARGE'
   | 'MESSAGE_TOO_LARGE'
+  | 'BATCH_TOO_LARGE'
   | 'BAD_ROOM_NAME'
   | 'SHUTTING_DOWN'
   | 'STORAGE_ERROR'
@@ -59,6 +60,10 @@ export class RootPeerError extends Error {
 
   static MESSAGE_TOO_LARGE (size: number, max: number): RootPeerError {
     return new RootPeerError('MESSAGE_TOO_LARGE', `message of ${size} bytes is over the ${max}-byte limit`, { maxMessageBytes: max })
+  }
+
+  static BATCH_TOO_LARGE (count: number, max: number): RootPeerError {
+    return new RootPeerError('BATCH_TOO_LARGE', `message-batch of ${count} messages is over the ${max}-message limit`, { maxBatchMessages: max })
   }
 
   static BAD_ROOM_NAME (reason: string): RootPeerError {

@@ -1,5 +1,7 @@
 // The frames a client sends and the records a root peer stores, as both sides type them (docs/protocol.md).
 
+import type { RootPeerError } from './errors.js'
+
 /** Bumped only for changes an old client would notice. */
 export const PROTOCOL_VERSION = 2
 
@@ -24,7 +26,11 @@ export interface MessageFrame { type: 'message', roomName: string, message: unkn
 export interface SyncRequestFrame { type: 'sync-request', roomName: string, lastIndex: number, limit: number, requestId?: RequestId, signature?: string }
 export interface FollowFrame { type: 'follow', roomName: string, fromIndex: number, requestId?: RequestId, signature?: string }
 export interface UnfollowFrame { type: 'unfollow', roomName: string, requestId?: RequestId }
-export type Frame = RegisterRoomFrame | MessageFrame | SyncRequestFrame | FollowFrame | UnfollowFrame
+/** One message of a `message-batch`: `refused` when it broke a rule of its own as it was decoded (its size, a number). */
+export interface BatchMessage { id: string, message: unknown, messageJson: string, size: number, signature?: string, refused?: RootPeerError }
+/** Several messages for one room (docs/protocol.md#batches); `size`: the bytes of all its messages. */
+export interface MessageBatchFrame { type: 'message-batch', roomName: string, messages: BatchMessage[], size: number, requestId?: RequestId }
+export type Frame = RegisterRoomFrame | MessageFrame | MessageBatchFrame | SyncRequestFrame | FollowFrame | UnfollowFrame
 export type FrameType = Frame['type']
 export type RequestId = string | number
 

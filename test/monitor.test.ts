@@ -220,9 +220,12 @@ test('/metrics: Prometheus text from prom-client with every metric of docs/monit
   for (const [type, n] of Object.entries(rootPeer.counters.framesSent)) {
     assert.equal(value(samples, 'root_peer_frames_sent_total', { type }), n, `frames sent of type ${type}`)
   }
-  assert.equal(value(samples, 'root_peer_frames_received_total', { type: 'message' }), 19)
+  // the client's 12 one at a time and the raw peer's 2 as message frames; its 5 at once as one message-batch
+  assert.equal(value(samples, 'root_peer_frames_received_total', { type: 'message' }), 14)
+  assert.equal(value(samples, 'root_peer_frames_received_total', { type: 'message-batch' }), 1)
   assert.equal(value(samples, 'root_peer_frames_received_total', { type: 'invalid' }), 1)
-  assert.equal(value(samples, 'root_peer_frames_sent_total', { type: 'message-ack' }), 19)
+  assert.equal(value(samples, 'root_peer_frames_sent_total', { type: 'message-ack' }), 14)
+  assert.equal(value(samples, 'root_peer_frames_sent_total', { type: 'message-batch-ack' }), 1)
   assert.equal(value(samples, 'root_peer_frames_sent_total', { type: 'root-peer-announcement' }), 2)
   assert.deepEqual(samples.filter(s => s.name === 'root_peer_errors_total').map(s => [s.labels.code, s.value]), [['BAD_FRAME', 1]])
 

@@ -1,6 +1,6 @@
 // npm run bench [-- --clients 4 --messages 5000 --payload 240 --peers 1000 --rooms 10000 --active 1000
 //                  --latency-seconds 5 --latency-rate 500 --latency-burst 50 --settle-seconds 15
-//                  --skip-sync --skip-latency --skip-live --skip-connections --skip-rooms --skip-reference
+//                  --skip-sync --skip-latency --skip-live --skip-batched --skip-connections --skip-rooms --skip-reference
 //                  --profile DIR (node --cpu-prof on the daemon) --heap-snapshot DIR --daemon-env KEY=VALUE]
 // Starts a loopback DHT testnet, then the reference server (bench/reference.ts: the wire alone, rooms in memory)
 // and the daemon, each as a child process, drives each over real Hyperswarm connections with the same clients'
@@ -35,6 +35,7 @@ interface Options {
   skipSync: boolean
   skipLive: boolean
   skipReference: boolean
+  skipBatched: boolean
   profile: string | null
   /** write a heap snapshot of the daemon (a full GC) after the rooms step, into this dir */
   heapSnapshot: string | null
@@ -43,7 +44,7 @@ interface Options {
 }
 
 function parseArgs (argv: string[]): Options {
-  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, latencyBurst: 50, settleSeconds: 15, skipConnections: false, skipRooms: false, skipLatency: false, skipSync: false, skipLive: false, skipReference: false, profile: null, heapSnapshot: null, daemonEnv: {} }
+  const o: Options = { clients: 4, messages: 5000, payload: 240, peers: 1000, rooms: 10_000, active: 1000, latencySeconds: 5, latencyRate: 500, latencyBurst: 50, settleSeconds: 15, skipConnections: false, skipRooms: false, skipLatency: false, skipSync: false, skipLive: false, skipReference: false, skipBatched: false, profile: null, heapSnapshot: null, daemonEnv: {} }
   const numeric: Record<string, keyof Options> = { '--clients': 'clients', '--messages': 'messages', '--payload': 'payload', '--peers': 'peers', '--rooms': 'rooms', '--active': 'active', '--latency-seconds': 'latencySeconds', '--latency-rate': 'latencyRate', '--latency-burst': 'latencyBurst', '--settle-seconds': 'settleSeconds' }
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].split('=', 2)
@@ -53,6 +54,7 @@ function parseArgs (argv: string[]): Options {
     else if (flag === '--skip-sync') o.skipSync = true
     else if (flag === '--skip-live') o.skipLive = true
     else if (flag === '--skip-reference') o.skipReference = true
+    else if (flag === '--skip-batched') o.skipBatched = true
     else if (flag === '--daemon-env') {
       const kv = argv[++i]
       const eq = kv.indexOf('=')
@@ -122,6 +124,32 @@ async function ingest (clients: Client[], messages: number, payload: string): Pr
   })))
   const ms = performance.now() - t0
   return { perSecond: rate(clients.length * messages, ms), ms: Math.round(ms) }
+}
+
+/**
+ * The same clients' work as `message-batch` frames of the announced `batch.maxMessages`, all in flight at once: messages
+ * per second until every batch's ack (each message still stored once by id and acked with its index).
+ */
+async function ingestBatched (clients: Client[], messages: number, payload: string): Promise<{ perSecond: number, ms: number, batch: number }> {
+  const batch = clients[0].announcement?.batch?.maxMessages as number | undefined
+  if (batch === undefined) throw new Error('the root peer offers no message-batch (MAX_BATCH_MESSAGES=0?)')
+  const t0 = performance.now()
+  await Promise.all(clients.map((c, k) => new Promise<void>((resolve, reject) => {
+    let acked = 0
+    c.onFrame = f => {
+      if (f.type === 'error') reject(new Error(`batched ingest: ${f.code} ${f.message}`))
+      if (f.type !== 'message-batch-ack') return
+      for (const a of f.acks) if (a.code !== undefined) reject(new Error(`batched ingest: ${a.code} ${a.message}`))
+      if ((acked += f.acks.length) === messages) resolve()
+    }
+    for (let i = 0; i < messages; i += batch) {
+      const items = []
+      for (let j = i; j < Math.min(messages, i + batch); j++) items.push({ id: `b${k}-${j}`, message: payload })
+      c.send({ type: 'message-batch', roomName: `bench-batch-${k}`, messages: items, requestId: i })
+    }
+  })))
+  const ms = performance.now() - t0
+  return { perSecond: rate(clients.length * messages, ms), ms: Math.round(ms), batch }
 }
 
 /** Acks timed from a separate process, the messages sent in bursts of `burst` at `perSecond` on average. */
@@ -473,6 +501,11 @@ async function main (): Promise<void> {
   const messagesPerAppend = round2(o.clients * o.messages / ((await stats(monitor.url)).counters.appendBatches - batches0))
   // CPU in cores used during the ingest (1 = one core busy all the time)
   result.ingest = { ...ing, ofLimit: round2(ing.perSecond / limit.appendPerSecond), daemonCpu, clientCpu, messagesPerAppend }
+  if (!o.skipBatched) {
+    const bcpu0 = await daemon.cpuSeconds()
+    const b = await ingestBatched(clients, o.messages, payload)
+    result.ingestBatched = { ...b, ofLimit: round2(b.perSecond / limit.appendPerSecond), daemonCpu: round2((await daemon.cpuSeconds() - bcpu0) / (b.ms / 1000)) }
+  }
 
   if (!o.skipSync) {
     const syn = await syncMedian(net, o, daemon)
@@ -533,6 +566,7 @@ function printTable (r: any): void {
     if (ref.ackLatencyMs !== undefined) rows.push(['reference ack latency', `p50 ${ref.ackLatencyMs.p50} ms, p99 ${ref.ackLatencyMs.p99} ms`, ''])
   }
   rows.push(['ingest', `${r.ingest.perSecond} msg/s`, `${ofRef('ingest')}${r.ingest.ofLimit}× the append limit; daemon CPU ${r.ingest.daemonCpu} cores, bench clients ${r.ingest.clientCpu}, ${r.ingest.messagesPerAppend} msg/append (target ≥ 0.8× the reference)`])
+  if (r.ingestBatched !== undefined) rows.push(['ingest, batched', `${r.ingestBatched.perSecond} msg/s`, `${r.ingestBatched.ofLimit}× the append limit, in message-batch frames of ${r.ingestBatched.batch}; daemon CPU ${r.ingestBatched.daemonCpu} cores (target ≥ 0.8× the append limit)`])
   if (r.sync !== undefined) rows.push(['catch-up (sync)', `${r.sync.perSecond} msg/s`, `${ofRef('sync')}${r.sync.ofLimit}× the get limit; median of ${r.sync.runs.join(', ')} (target ≥ 0.8× both)`])
   if (r.ackLatencyMs !== undefined) rows.push(['ack latency', `p50 ${r.ackLatencyMs.p50} ms, p99 ${r.ackLatencyMs.p99} ms`, `p99 ${ofRef('ackP99')}at ${r.ackLatencyMs.rate} msg/s in bursts of ${r.ackLatencyMs.burst} (target p99 ≤ 1.5× the reference's)`])
   if (r.live !== undefined) rows.push(['live delivery', `p50 ${r.live.deliveryMs.p50} ms, p99 ${r.live.deliveryMs.p99} ms`, `write to the follower's page; ${r.live.ofAck.p50}× / ${r.live.ofAck.p99}× the same writes' ack p50 ${r.live.ackMs.p50} / p99 ${r.live.ackMs.p99} ms (target ≤ 1.5×)`])

@@ -4,6 +4,7 @@ import type { Testnet } from 'hyperdht/testnet.js'
 import { RootPeerClient } from 'root-peer-client'
 import { roomKeyPair, signAccess, signMessage, signedRoomName } from 'root-peer-client/protocol'
 import { DEFAULT_LIMITS, decodeFrame } from '../src/protocol/protocol.js'
+import { Outbox } from '../packages/client/src/outbox.js'
 import { NO_RATES, RawPeer, bootstrapEnv, client, daemon, rawPeer, rootPeer, teardown, testnet, tmpDir } from './helpers.js'
 
 /** A raw peer whose announcement is kept in `announcement`. */
@@ -43,6 +44,23 @@ test('fast, no network: a batch decodes to its messages, each refused on its own
   // not offered: an unknown type, as to a root peer that predates it
   assert.throws(() => decodeFrame(Buffer.from(text), limits, 0), { code: 'UNKNOWN_TYPE' })
   assert.throws(() => decodeFrame(Buffer.from(text), limits, 4), { code: 'BATCH_TOO_LARGE' })
+})
+
+test('fast, no network: a root peer that announces no frame cap and a huge batch gets batches of at most 1,000 messages and 1 MiB from the client\'s outbox', async () => {
+  const frames: any[] = []
+  const outbox = new Outbox()
+  outbox.connected(frame => frames.push(frame), { maxFrameBytes: 0, messagesPerSecond: 0, bytesPerSecond: 0 }, 1e9)
+  const body = 'x'.repeat(1000)
+  for (let i = 0; i < 3000; i++) outbox.add('room', body, `id-${i}`).catch(() => {})
+  await new Promise(resolve => setImmediate(resolve))
+  const sent = frames.flatMap(f => f.type === 'message-batch' ? f.messages.map((m: any) => m.id) : [f.id])
+  assert.deepEqual(sent, Array.from({ length: 3000 }, (_, i) => `id-${i}`), 'every message once, in order')
+  const largest = Math.max(...frames.map(f => Buffer.byteLength(JSON.stringify(f))))
+  const most = Math.max(...frames.map(f => f.messages?.length ?? 1))
+  console.log(`3,000 messages of 1 KB to a root peer announcing no cap: ${frames.length} frames, the largest ${largest} bytes and ${most} messages`)
+  assert.ok(largest <= 1024 * 1024, `${largest} bytes`)
+  assert.ok(most <= 1000, `${most} messages`)
+  assert.ok(frames.length < 3000, 'still batched')
 })
 
 test('the announcement offers batches; a batch is stored in its order, each id once: inside the batch, across batches, and against message frames', async t => {

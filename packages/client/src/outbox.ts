@@ -20,6 +20,9 @@ const RESEND_BACKOFF = [1000, 5000, 15000, 60000]
 const MIN_RESEND = 100
 // what a message-batch frame holds besides its messages (type, roomName, requestId), counted generously
 const BATCH_OVERHEAD = 512
+// the client's own bounds on a batch, whatever a root peer announces: a frame of a few MiB can reset the connection
+const MAX_BATCH = 1000
+const MAX_BATCH_FRAME_BYTES = 1024 * 1024
 
 /** A sent batch, until its ack: the ids it carried, in order. */
 interface SentBatch { roomName: string, ids: string[] }
@@ -60,8 +63,9 @@ export class Outbox {
    */
   connected (send: (frame: object) => void, limits: Partial<Limits> | undefined, maxBatch = 0): void {
     this.send = send
-    this.maxBatch = maxBatch
-    this.maxFrameBytes = limits?.maxFrameBytes ?? 0
+    this.maxBatch = Math.min(maxBatch, MAX_BATCH)
+    const announced = limits?.maxFrameBytes ?? 0
+    this.maxFrameBytes = announced > 0 ? Math.min(announced, MAX_BATCH_FRAME_BYTES) : MAX_BATCH_FRAME_BYTES
     this.batches.clear()
     // 90% of the advertised budgets, so a resent outbox is never refused
     this.messageBudget = new TokenBucket((limits?.messagesPerSecond ?? 0) * 0.9, (limits?.messagesPerSecond ?? 0) * 9)
@@ -214,7 +218,7 @@ export class Outbox {
       // the same message queued twice (a resend racing a reconnect) goes once
       if (out.frame.roomName !== first.frame.roomName || ids.has(out.frame.id) || !this.messages.has(out.frame.id)) continue
       const size = Buffer.byteLength(JSON.stringify(batchItem(out.frame))) + 1
-      if (this.maxFrameBytes > 0 && bytes + size > this.maxFrameBytes) break
+      if (bytes + size > this.maxFrameBytes) break
       if (this.messageBudget.wait(1) > 0 || this.byteBudget.wait(out.size) > 0) break
       this.messageBudget.consume(1)
       this.byteBudget.consume(out.size)

@@ -8,6 +8,7 @@ import { contextOf, encodeAck, encodeBatchAck, encodeFollowEnded, encodeSyncResp
 import { keyMatchesName, verifyAccess } from 'root-peer-client/protocol'
 import type { RoomTopics } from './room-topics.js'
 import { Followers, firstReadable } from './followers.js'
+import { ReadAhead, READ_AHEAD_PAGES } from './read-ahead.js'
 import { checkSigned, type RoomWriter, type WriteResult } from '../storage/room-writer.js'
 import type { Rooms } from '../storage/rooms.js'
 import type { RoomState } from '../storage/state-file.js'
@@ -46,12 +47,14 @@ type Handler<F extends Frame> = (peer: Peer, frame: F) => Promise<void>
 /** What each frame a client sends does; a coded error a handler throws is the peer's answer. */
 export class FrameHandlers extends EventEmitter {
   readonly followers: Followers
+  readonly readAhead: ReadAhead
   private readonly ctx: FrameHandlersContext
   private readonly handlers: { [T in Frame['type']]: Handler<Extract<Frame, { type: T }>> }
 
   constructor (ctx: FrameHandlersContext) {
     super()
     this.ctx = ctx
+    this.readAhead = new ReadAhead(READ_AHEAD_PAGES, ctx.counters)
     const { maxFollows, defaultPageMessages, maxPageBytes } = ctx.limits
     this.followers = new Followers({
       rooms: ctx.rooms,
@@ -252,7 +255,9 @@ export class FrameHandlers extends EventEmitter {
         await room.barrier()
         // a signed room's members are served its signed history only, from signedFrom
         firstIndex = firstReadable(room.info)
-        page = await room.readPage(Math.max(lastIndex, firstIndex), limit, this.ctx.limits.maxPageBytes)
+        const from = Math.max(lastIndex, firstIndex)
+        const { maxPageBytes } = this.ctx.limits
+        page = await this.readAhead.take(peer, room, from, limit, maxPageBytes) ?? await room.readPage(from, limit, maxPageBytes)
       } finally {
         rooms.release(room)
       }
@@ -267,6 +272,8 @@ export class FrameHandlers extends EventEmitter {
       if (key === undefined && now?.primary !== undefined && page.entries.some(isSignedEntry)) {
         throw RootPeerError.UNAUTHORIZED('a room being signed: retry, with a signature over (challenge, roomName) by the room\'s key')
       }
+      // the next page is read while this one is on the wire
+      if (page.nextIndex < page.totalMessages) this.readAhead.start(peer, rooms, roomName, page.nextIndex, limit, this.ctx.limits.maxPageBytes)
       this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, { ...page, firstIndex }, requestId))
     })
     if (this.ctx.onLatency !== null) this.ctx.onLatency('sync', (performance.now() - started) / 1000)

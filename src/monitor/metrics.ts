@@ -69,6 +69,8 @@ export class Metrics {
     this.labelled(Counter, 'root_peer_errors_total', 'Refusals and failures, by error code', 'code', rp => Object.entries(rp.counters.errors))
     this.labelled(Counter, 'root_peer_dropped_peers_total', 'Connections dropped by the inbound budget, by reason (frame-too-large, frame-timeout, buffer-full)', 'reason', rp => Object.entries(rp.counters.droppedPeers))
     this.labelled(Counter, 'root_peer_rooms_removed_total', 'Empty rooms removed, by reason (expired, evicted)', 'reason', rp => Object.entries(rp.counters.roomsRemoved))
+    this.labelled(Counter, 'root_peer_pages_read_ahead_total', 'Catch-up pages read while the page before was on the wire, by outcome (used: served to the request they were read for; unused: dropped)', 'outcome',
+      rp => [['used', rp.counters.pagesReadAhead], ['unused', rp.counters.pagesReadAheadUnused]])
     this.single(Gauge, 'root_peer_relay_pairs', 'Pairs the blind relay joins now (at most RELAY_MAX_PAIRS)', rp => rp.relay?.pairsOpen ?? 0)
     this.single(Gauge, 'root_peer_relay_connections', 'Connections to the blind relay\'s key open now (at most 2 x RELAY_MAX_PAIRS)', rp => rp.relay?.connections ?? 0)
     this.single(Counter, 'root_peer_relay_pairs_total', 'Pairs the blind relay has joined since the process started', rp => rp.relay?.counters.pairsOpened ?? 0)

@@ -27,6 +27,9 @@ export interface Counters {
   droppedPeers: Record<string, number>
   /** empty rooms removed, by reason: expired (EMPTY_ROOM_TTL) or evicted (MAX_ROOMS) */
   roomsRemoved: Record<string, number>
+  /** catch-up pages read ahead: used by the request they were read for, or dropped unused */
+  pagesReadAhead: number
+  pagesReadAheadUnused: number
 }
 
 export function createCounters (): Counters {
@@ -47,7 +50,9 @@ export function createCounters (): Counters {
     forwardedWrites: 0,
     idleDisconnects: 0,
     droppedPeers: Object.create(null),
-    roomsRemoved: Object.create(null)
+    roomsRemoved: Object.create(null),
+    pagesReadAhead: 0,
+    pagesReadAheadUnused: 0
   }
 }
 

@@ -1,0 +1,80 @@
+import type { Page, Room } from '../storage/room.js'
+import type { Rooms } from '../storage/rooms.js'
+import type { Counters } from '../monitor/stats.js'
+
+/** Pages read ahead held at once across all connections: at most this many times `maxPageBytes`. */
+export const READ_AHEAD_PAGES = 32
+
+/** How long a page read ahead waits for the request that would take it. */
+export const READ_AHEAD_HOLD_MS = 5000
+
+interface Ahead {
+  room: Room
+  fork: number
+  from: number
+  limit: number
+  maxBytes: number
+  page: Promise<Page | null>
+  timer: ReturnType<typeof setTimeout>
+}
+
+/**
+ * A catch-up's next page, read while the page before it is on the wire (docs/performance.md#read-ahead).
+ * Started only by a sync-request the guard admitted whose page said there is more; at most one per connection
+ * and `maxPages` in all; dropped unused after READ_AHEAD_HOLD_MS. Given to the next request only if it asks for
+ * the same range of the same open room and the room has not grown or forked: what a fresh read would give.
+ */
+export class ReadAhead {
+  private readonly maxPages: number
+  private readonly counters: Counters
+  private readonly held = new WeakMap<object, Ahead>()
+  private count = 0
+
+  constructor (maxPages: number, counters: Counters) {
+    this.maxPages = maxPages
+    this.counters = counters
+  }
+
+  get size (): number {
+    return this.count
+  }
+
+  start (owner: object, rooms: Rooms, roomName: string, from: number, limit: number, maxBytes: number): void {
+    if (this.count >= this.maxPages || this.held.has(owner)) return
+    const room = rooms.getIfOpen(roomName)
+    if (room === null) return
+    // appends in flight would leave the page short of what a read after them gives
+    if (room.length !== room.core.length || from >= room.length) {
+      rooms.release(room)
+      return
+    }
+    const page = room.readPage(from, limit, maxBytes).catch(() => null).finally(() => rooms.release(room))
+    const timer = setTimeout(() => { if (this.drop(owner) !== undefined) this.counters.pagesReadAheadUnused++ }, READ_AHEAD_HOLD_MS)
+    timer.unref?.()
+    this.held.set(owner, { room, fork: room.core.fork, from, limit, maxBytes, page, timer })
+    this.count++
+  }
+
+  /** The page read ahead for exactly this read, or null (the caller reads it itself). Call after `room.barrier()`. */
+  async take (owner: object, room: Room, from: number, limit: number, maxBytes: number): Promise<Page | null> {
+    const ahead = this.drop(owner)
+    if (ahead === undefined) return null
+    const page = ahead.room === room && ahead.from === from && ahead.limit === limit && ahead.maxBytes === maxBytes ? await ahead.page : null
+    // the room grew or forked since: a fresh read gives more, or other blocks
+    if (page === null || page.totalMessages !== room.length || room.core.fork !== ahead.fork || room.core.closed) {
+      this.counters.pagesReadAheadUnused++
+      return null
+    }
+    this.counters.pagesReadAhead++
+    return page
+  }
+
+  private drop (owner: object): Ahead | undefined {
+    const ahead = this.held.get(owner)
+    if (ahead === undefined) return undefined
+    this.held.delete(owner)
+    clearTimeout(ahead.timer)
+    this.count--
+    return ahead
+  }
+}

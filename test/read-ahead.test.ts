@@ -1,0 +1,71 @@
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import type { ChatRootPeer } from '../src/root-peer.js'
+import { type RawPeer, rawPeer, rootPeer, testnet } from './helpers.js'
+
+const LIMIT = 1000
+
+/** `count` messages into `room` from `peer`, in batches of 100, every one acked. */
+async function fill (peer: RawPeer, room: string, from: number, count: number): Promise<void> {
+  for (let i = from; i < from + count; i += 100) {
+    const requestId = `fill-${i}`
+    peer.send({ type: 'message-batch', roomName: room, requestId, messages: Array.from({ length: Math.min(100, from + count - i) }, (_, k) => ({ id: `m${i + k}`, message: `text ${i + k}` })) })
+    const ack = await peer.next(f => f.requestId === requestId)
+    assert.equal(ack.type, 'message-batch-ack', JSON.stringify(ack))
+  }
+}
+
+async function page (peer: RawPeer, room: string, lastIndex: number, requestId: string): Promise<any> {
+  peer.send({ type: 'sync-request', roomName: room, lastIndex, limit: LIMIT, requestId })
+  const frame = await peer.next(f => f.requestId === requestId)
+  assert.equal(frame.type, 'sync-response', JSON.stringify(frame))
+  return frame
+}
+
+function readAheads (rp: ChatRootPeer): { used: number, unused: number } {
+  return { used: rp.counters.pagesReadAhead, unused: rp.counters.pagesReadAheadUnused }
+}
+
+test('a catch-up\'s next page is read while the page before is on the wire, and served only as a fresh read would be', async t => {
+  const net = await testnet(t)
+  const rp = await rootPeer(t, net, { messagesPerSecond: 0, syncsPerSecond: 0 })
+  const writer = await rawPeer(t, net)
+  const room = 'read-ahead'
+  await fill(writer, room, 0, 2500)
+
+  // a catch-up in three pages: the second and third were read ahead, and are what the room holds
+  const reader = await rawPeer(t, net)
+  const seen: number[] = []
+  let next = 0
+  for (let k = 0; ; k++) {
+    const p = await page(reader, room, next, `p${k}`)
+    for (const m of p.messages) {
+      assert.equal(m.message, `text ${m.messageIndex}`)
+      seen.push(m.messageIndex)
+    }
+    next = p.nextIndex
+    if (!p.hasMore) break
+  }
+  assert.deepEqual(seen, Array.from({ length: 2500 }, (_, i) => i))
+  assert.deepEqual(readAheads(rp), { used: 2, unused: 0 })
+
+  // the room grows between two pages: the page read ahead at 2,500 messages is not served, the fresh read is
+  const first = await page(reader, room, 0, 'grow-0')
+  assert.equal(first.totalMessages, 2500)
+  await fill(writer, room, 2500, 300)
+  const second = await page(reader, room, first.nextIndex, 'grow-1')
+  assert.equal(second.totalMessages, 2800)
+  assert.deepEqual(second.messages.map((m: any) => m.messageIndex), Array.from({ length: LIMIT }, (_, i) => LIMIT + i))
+  assert.deepEqual(readAheads(rp), { used: 2, unused: 1 })
+
+  // a request for another range drops the page read ahead (read for 2,000) and reads its own
+  await page(reader, room, 0, 'other-0')
+  const elsewhere = await page(reader, room, 1500, 'other-1')
+  assert.deepEqual([elsewhere.messages[0].messageIndex, elsewhere.messages.length], [1500, LIMIT])
+  // and one to another connection is not given this connection's page
+  const stranger = await rawPeer(t, net)
+  const theirs = await page(stranger, room, LIMIT, 'stranger')
+  assert.equal(theirs.messages[0].messageIndex, LIMIT)
+  assert.deepEqual(readAheads(rp), { used: 2, unused: 3 })
+  console.log(`read ahead: ${JSON.stringify(readAheads(rp))}`)
+})

@@ -62,6 +62,8 @@ export function benchEnv (net: { bootstrap: Array<{ host: string, port: number }
 /** The daemon as a child process, its JSON log lines read for the ready and monitor lines. */
 export class Daemon {
   readonly child: ChildProcess
+  /** when it was spawned (performance.now()): a --cpu-prof profile's samples are timed from about then */
+  readonly spawnedAt = performance.now()
   private readonly lines: any[] = []
   private waiters: Array<{ match: (l: any) => boolean, resolve: (l: any) => void }> = []
   readonly exited: Promise<unknown>

@@ -517,6 +517,10 @@ async function main (): Promise<void> {
   if (ref !== null) result.reference = ref
   if (o.profile !== null) await fs.mkdir(o.profile, { recursive: true })
   const { daemon, monitorUrl, publicKey } = await startDaemon(net, o)
+  // each step's window in seconds from the daemon's spawn: `bench/profile.ts FILE --from A --to B` reads one step's samples
+  const steps: Record<string, [number, number]> = {}
+  result.steps = steps
+  const step = (name: string, t0: number): void => { steps[name] = [round2((t0 - daemon.spawnedAt) / 1000), round2((performance.now() - daemon.spawnedAt) / 1000)] }
   const monitor = { url: monitorUrl }
   await sleep(500)
   const rssIdle = await daemon.rssMB()
@@ -530,6 +534,7 @@ async function main (): Promise<void> {
   const t0 = performance.now()
   const ing = await ingestRuns(clients, o.messages, payload)
   const ingestMs = performance.now() - t0
+  step('ingest', t0)
   const daemonCpu = round2((await daemon.cpuSeconds() - cpu0) / (ingestMs / 1000))
   const own = process.cpuUsage(own0)
   const clientCpu = round2((own.user + own.system) / 1000 / ingestMs)
@@ -543,23 +548,30 @@ async function main (): Promise<void> {
     const bt0 = performance.now()
     const runs = []
     for (let run = 0; run < RUNS; run++) runs.push(await ingestBatched(clients, o.messages, payload, run))
+    step('ingestBatched', bt0)
     const daemonCpu = round2((await daemon.cpuSeconds() - bcpu0) / ((performance.now() - bt0) / 1000))
     const b = [...runs].sort((x, y) => x.perSecond - y.perSecond)[RUNS >> 1]
     result.ingestBatched = { ...b, runs: runs.map(r => r.perSecond), ofLimit: round2(b.perSecond / limit.appendPerSecond), daemonCpu }
   }
 
   if (!o.skipSync) {
+    const st0 = performance.now()
     const syn = await syncMedian(net, o, daemon)
+    step('sync', st0)
     result.sync = { ...syn, ofLimit: round2(syn.perSecond / limit.getPerSecond) }
   }
   const reader = new Client(net)
   await reader.connect()
 
+  const lt0 = performance.now()
   if (!o.skipLatency) result.ackLatencyMs = { rate: o.latencyRate, burst: o.latencyBurst, ...await latency(reader, o.latencySeconds, o.latencyRate, o.latencyBurst, payload) }
+  if (!o.skipLatency) step('ackLatency', lt0)
   if (!o.skipLive) {
     const follower = new Client(net)
     await follower.connect()
+    const vt0 = performance.now()
     const l = await live(reader, follower, o.latencySeconds, o.latencyRate, o.latencyBurst, payload)
+    step('live', vt0)
     result.live = { rate: o.latencyRate, burst: o.latencyBurst, ...l, ofAck: { p50: round2(l.deliveryMs.p50 / l.ackMs.p50), p99: round2(l.deliveryMs.p99 / l.ackMs.p99) } }
     await follower.swarm.destroy()
   }

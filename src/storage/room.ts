@@ -203,6 +203,8 @@ export class Room {
   }
 
   private async flush (): Promise<void> {
+    // the frames that arrived together are queued before the first append: a burst is one append, not 1 + the rest
+    await new Promise(resolve => setImmediate(resolve))
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0, MAX_BATCH)
       try {

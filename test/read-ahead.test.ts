@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import type { ChatRootPeer } from '../src/root-peer.js'
+import { ReadAhead, READ_AHEAD_HOLD_MS } from '../src/connection/read-ahead.js'
+import { createCounters } from '../src/monitor/stats.js'
+import type { Room } from '../src/storage/room.js'
+import type { Rooms } from '../src/storage/rooms.js'
 import { type RawPeer, rawPeer, rootPeer, testnet } from './helpers.js'
 
 const LIMIT = 1000
@@ -68,4 +72,34 @@ test('a catch-up\'s next page is read while the page before is on the wire, and 
   assert.equal(theirs.messages[0].messageIndex, LIMIT)
   assert.deepEqual(readAheads(rp), { used: 2, unused: 3 })
   console.log(`read ahead: ${JSON.stringify(readAheads(rp))}`)
+})
+
+test('fast, no network: read-ahead holds at most its pages, the oldest dropped for a newer one, and none past 5 s', async t => {
+  t.mock.timers.enable({ apis: ['setTimeout'] })
+  const counters = createCounters()
+  // a room whose reads resolve at once with the page asked for; pinned and released as Rooms does
+  let pinned = 0
+  const room = {
+    length: 10_000,
+    core: { length: 10_000, fork: 0, closed: false },
+    readPage: async (from: number, limit: number) => ({ entries: [], nextIndex: from + limit, totalMessages: 10_000 })
+  } as unknown as Room
+  const rooms = { getIfOpen: () => { pinned++; return room }, release: () => { pinned-- } } as unknown as Rooms
+  const ahead = new ReadAhead(3, counters)
+  const owners = [{}, {}, {}, {}]
+  owners.forEach((owner, k) => ahead.start(owner, rooms, 'r', 1000 * k, 1000, 1 << 19))
+  assert.equal(ahead.size, 3, 'the fourth took the first one\'s place')
+  assert.equal(counters.pagesReadAheadUnused, 1)
+  assert.equal(await ahead.take(owners[0], room, 0, 1000, 1 << 19), null, 'the first one\'s page was dropped')
+  assert.deepEqual(await ahead.take(owners[1], room, 1000, 1000, 1 << 19), { entries: [], nextIndex: 2000, totalMessages: 10_000 })
+  assert.equal(counters.pagesReadAhead, 1)
+  // a request for another range drops its page; one for the range takes it only once
+  assert.equal(await ahead.take(owners[2], room, 0, 1000, 1 << 19), null)
+  assert.equal(counters.pagesReadAheadUnused, 2)
+  t.mock.timers.tick(READ_AHEAD_HOLD_MS)
+  assert.equal(ahead.size, 0, 'the last one dropped after READ_AHEAD_HOLD_MS')
+  assert.equal(counters.pagesReadAheadUnused, 3)
+  assert.equal(await ahead.take(owners[3], room, 3000, 1000, 1 << 19), null)
+  await new Promise(resolve => setImmediate(resolve))
+  assert.equal(pinned, 0, 'every room pinned for a read was released')
 })

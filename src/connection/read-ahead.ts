@@ -21,14 +21,15 @@ interface Ahead {
 /**
  * A catch-up's next page, read while the page before it is on the wire (docs/performance.md#read-ahead).
  * Started only by a sync-request the guard admitted whose page said there is more; at most one per connection
- * and `maxPages` in all; dropped unused after READ_AHEAD_HOLD_MS. Given to the next request only if it asks for
- * the same range of the same open room and the room has not grown or forked: what a fresh read would give.
+ * and `maxPages` in all, the oldest dropped for a new one (so pages nobody asks for cannot keep the places of the
+ * ones a client is about to); dropped unused after READ_AHEAD_HOLD_MS. Given to the next request only if it asks
+ * for the same range of the same open room and the room has not grown or forked: what a fresh read would give.
  */
 export class ReadAhead {
   private readonly maxPages: number
   private readonly counters: Counters
-  private readonly held = new WeakMap<object, Ahead>()
-  private count = 0
+  // by connection, oldest first; an entry lives at most READ_AHEAD_HOLD_MS
+  private readonly held = new Map<object, Ahead>()
 
   constructor (maxPages: number, counters: Counters) {
     this.maxPages = maxPages
@@ -36,11 +37,13 @@ export class ReadAhead {
   }
 
   get size (): number {
-    return this.count
+    return this.held.size
   }
 
   start (owner: object, rooms: Rooms, roomName: string, from: number, limit: number, maxBytes: number): void {
-    if (this.count >= this.maxPages || this.held.has(owner)) return
+    if (this.maxPages === 0) return
+    this.unused(owner)
+    if (this.held.size >= this.maxPages) this.unused(this.held.keys().next().value as object)
     const room = rooms.getIfOpen(roomName)
     if (room === null) return
     // appends in flight would leave the page short of what a read after them gives
@@ -49,10 +52,9 @@ export class ReadAhead {
       return
     }
     const page = room.readPage(from, limit, maxBytes).catch(() => null).finally(() => rooms.release(room))
-    const timer = setTimeout(() => { if (this.drop(owner) !== undefined) this.counters.pagesReadAheadUnused++ }, READ_AHEAD_HOLD_MS)
+    const timer = setTimeout(() => this.unused(owner), READ_AHEAD_HOLD_MS)
     timer.unref?.()
     this.held.set(owner, { room, fork: room.core.fork, from, limit, maxBytes, page, timer })
-    this.count++
   }
 
   /** The page read ahead for exactly this read, or null (the caller reads it itself). Call after `room.barrier()`. */
@@ -69,12 +71,15 @@ export class ReadAhead {
     return page
   }
 
+  private unused (owner: object): void {
+    if (this.drop(owner) !== undefined) this.counters.pagesReadAheadUnused++
+  }
+
   private drop (owner: object): Ahead | undefined {
     const ahead = this.held.get(owner)
     if (ahead === undefined) return undefined
     this.held.delete(owner)
     clearTimeout(ahead.timer)
-    this.count--
     return ahead
   }
 }

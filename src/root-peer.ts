@@ -442,6 +442,7 @@ export class ChatRootPeer extends ReadyResource {
       roomIdleTimeout: s.roomIdleTimeout,
       minMirrors: s.minMirrors,
       timeout: s.replicationTimeout,
+      failoverAfter: s.failoverAfter,
       announcement: () => JSON.stringify(encodeAnnouncement(this.publicKey!.toString('hex'), this.limits, newChallenge())),
       onWrite: write => this.connections.handlers.onForwardedWrite(write)
     })
@@ -451,6 +452,7 @@ export class ChatRootPeer extends ReadyResource {
     cluster.on('room-mirrored', e => this.emit('room-mirrored', e))
     cluster.on('room-conflict', e => this.emit('room-conflict', e))
     cluster.on('cluster-error', e => this.emit('cluster-error', e))
+    for (const event of ['room-claimed', 'room-taken-over', 'room-followed', 'failover-error', 'log-error']) cluster.on(event, e => this.emit(event, e))
     this.cluster = cluster
     cluster.start()
   }

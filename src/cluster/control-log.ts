@@ -73,6 +73,7 @@ export class ControlLog extends ReadyResource {
   private readonly opts: ControlLogOptions
   private readonly writers: Map<string, string>
   private base: any = null
+  private ns: Corestore | null = null
   /** the final decisions folded so far, per room */
   private readonly decided = new Map<string, Decision>()
   private folded = 0
@@ -131,12 +132,35 @@ export class ControlLog extends ReadyResource {
     await this.fold()
   }
 
+  /**
+   * Reads the log before this member writes: asks each of `members` for the length of its writer core (up to
+   * `timeout` ms), then updates and folds what became final.
+   */
+  async catchUp (members: readonly string[], timeout: number): Promise<void> {
+    if (this.closing !== null || this.ns === null) return
+    const cores = members.filter(m => this.members.includes(m) && m !== this.self).map(m => this.ns!.get({ key: writerKey(m) }))
+    try {
+      await Promise.all(cores.map(async core => {
+        let timer: NodeJS.Timeout | null = null
+        await Promise.race([
+          core.ready().then(() => core.update({ wait: true })).catch(safetyCatch),
+          new Promise<void>(resolve => { timer = setTimeout(resolve, timeout) })
+        ])
+        if (timer !== null) clearTimeout(timer)
+      }))
+    } finally {
+      await Promise.allSettled(cores.map(core => core.close()))
+    }
+    await this.update()
+  }
+
   protected override async _open (): Promise<void> {
     const members = this.members
     if (!members.includes(this.self)) throw ControlLogError.NOT_A_MEMBER(this.self)
     const writers = this.writers
     const bootstrapWriter = writerKey(this.bootstrap)
-    this.base = new Autobase(this.opts.store.namespace(CONTROL_NAMESPACE), bootstrapWriter, {
+    this.ns = this.opts.store.namespace(CONTROL_NAMESPACE)
+    this.base = new Autobase(this.ns, bootstrapWriter, {
       keyPair: this.opts.keyPair,
       valueEncoding: 'json',
       // our own drive (below) appends the acks that bring a decision to finality

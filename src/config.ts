@@ -28,6 +28,9 @@ function setting<T> (env: string, flag: string, value: string, help: string, par
   return { env, flag, default: value, help, parse }
 }
 
+/** The member link timeout (src/cluster/cluster.ts): a failover cannot be decided before a dead primary's link drops. */
+export const MIN_FAILOVER_AFTER = 3000
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 
 // The one place a setting is described: Config, the defaults, --help and the docs' table come from it.
@@ -232,9 +235,6 @@ function parseLogLevel (value: string, name: string): string {
   if (!LOG_LEVELS.includes(value)) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not one of ${LOG_LEVELS.join(', ')}`)
   return value
 }
-
-/** The member link timeout (src/cluster/cluster.ts): a failover cannot be decided before a dead primary's link drops. */
-export const MIN_FAILOVER_AFTER = 3000
 
 function parseFailoverAfter (value: string, name: string): number {
   const ms = parseDuration(value, name)

@@ -80,6 +80,7 @@ export class ControlLog extends ReadyResource {
   private folding: Promise<void> | null = null
   private driveTimer: NodeJS.Timeout | null = null
   private drives = 0
+  private seen = ''
   private readonly streams = new Set<unknown>()
 
   constructor (opts: ControlLogOptions) {
@@ -100,6 +101,11 @@ export class ControlLog extends ReadyResource {
     return view == null ? { length: 0, signed: 0 } : { length: view.length, signed: view.signedLength }
   }
 
+  /** This member is one of the log's indexers (the bootstrap member made it one). */
+  get isIndexer (): boolean {
+    return this.base?.isIndexer === true
+  }
+
   /** The final decision of `room` with the highest epoch, if any. */
   decision (room: string): Decision | undefined {
     return this.decided.get(room)
@@ -112,8 +118,12 @@ export class ControlLog extends ReadyResource {
 
   /** Replicates the log's wakeup hints on a member link whose stream already carries the store's replication. */
   attach (stream: unknown): void {
-    if (this.base === null || this.closing !== null) return
-    this.streams.add(stream)
+    if (this.closing !== null) return
+    // a link up before the log is open: its stream is added once it is
+    if (this.base === null || !this.base.opened) {
+      this.streams.add(stream)
+      return
+    }
     this.base.wakeupProtocol.addStream(stream)
   }
 
@@ -184,6 +194,8 @@ export class ControlLog extends ReadyResource {
     this.base.on('error', (err: unknown) => this.emit('log-error', err))
     this.base.on('update', () => { this.fold().catch(err => this.emit('log-error', err)) })
     await this.base.ready()
+    for (const stream of this.streams) if ((stream as { destroyed?: boolean }).destroyed !== true) this.base.wakeupProtocol.addStream(stream)
+    this.streams.clear()
     // the bootstrap member makes the others indexers once; its own first entry
     if (this.self === this.bootstrap && this.base.local.length === 0) {
       await this.base.append({ type: 'members', members })
@@ -200,11 +212,14 @@ export class ControlLog extends ReadyResource {
 
   /**
    * Autobase's own acks do not bring a node to finality on time (issue 23: 22 s with stock settings; `ack()` on every
-   * update froze the signed length). While an entry is not final, each member appends a `null` node every
-   * DRIVE_INTERVAL ms, for at most MAX_DRIVES in a row: a `null` that references the heads is what signs them.
+   * update froze the signed length). While an entry is not final (or this member is not an indexer yet: a new
+   * indexer must write before it counts), each member that is a writer appends a `null` node every DRIVE_INTERVAL
+   * ms: a `null` that references the heads is what signs them. At most MAX_DRIVES without progress (a minority
+   * makes none), then it waits for the log to change.
    */
   drive (): void {
     if (this.driveTimer !== null || this.closing !== null || this.base === null) return
+    if (this.drives >= MAX_DRIVES && !this.progressed()) return
     this.driveTimer = setTimeout(() => {
       this.driveTimer = null
       this.step().catch(err => { if (this.closing === null) this.emit('log-error', err) })
@@ -215,23 +230,26 @@ export class ControlLog extends ReadyResource {
     const base = this.base
     if (base === null || !base.opened) return true
     const view = base.view
-    // not yet an indexer, or the system has nodes not yet signed by a majority
-    return view.signedLength < view.length || base.signedLength < base.length || !base.isIndexer
+    return view.signedLength < view.length || !base.isIndexer || pendingIndexers(base) > 0
+  }
+
+  /** True (once) when the log grew or more of it became final since the last look. */
+  private progressed (): boolean {
+    const { length, signed } = this.lengths
+    const now = `${length}/${signed}/${this.isIndexer ? 1 : 0}/${pendingIndexers(this.base)}`
+    if (now === this.seen) return false
+    this.seen = now
+    this.drives = 0
+    return true
   }
 
   private async step (): Promise<void> {
     if (this.closing !== null) return
     await this.base.update()
     await this.fold()
-    if (!this.pending()) {
-      this.drives = 0
-      return
-    }
-    if (this.drives++ >= MAX_DRIVES) {
-      this.drives = 0
-      return
-    }
-    if (this.base.isIndexer && this.base.writable) await this.base.append(null)
+    this.progressed()
+    if (!this.pending() || this.drives++ >= MAX_DRIVES) return
+    if (this.base.writable === true) await this.base.append(null)
     this.drive()
   }
 
@@ -258,8 +276,15 @@ export class ControlLog extends ReadyResource {
       this.decided.set(d.room, d)
       this.emit('decision', d)
     }
-    if (view.length > view.signedLength) this.drive()
+    if (this.pending()) this.drive()
   }
+}
+
+/** Indexers added to the system that do not count yet (Autobase 7.28 internals, as its own `ack` reads them). */
+function pendingIndexers (base: any): number {
+  const added: number = base?._applyState?.system?.indexers?.length ?? 0
+  const counted: number = base?.linearizer?.indexers?.length ?? 0
+  return Math.max(0, added - counted)
 }
 
 function validDecision (d: any): d is Decision {

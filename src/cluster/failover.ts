@@ -16,6 +16,15 @@ const CATCH_UP = 3000
 /** ms a member linked to a majority again waits for the members' writer cores of the log before it writes anyway */
 const SYNC_TIMEOUT = 2000
 
+export interface ControlLogStatus {
+  /** decisions in the log, final or not */
+  entries: number
+  final: number
+  indexer: boolean
+  /** linked to a majority, and the log read since: this member may write to its rooms */
+  writable: boolean
+}
+
 export interface FailoverOptions {
   links: Cluster
   store: () => Corestore
@@ -97,6 +106,11 @@ export class Failover extends EventEmitter {
       }
       this.waiters.add(done)
     })
+  }
+
+  status (): ControlLogStatus {
+    const { length, signed } = this.log.lengths
+    return { entries: length, final: signed, indexer: this.log.isIndexer, writable: this.writable() }
   }
 
   attach (stream: unknown): void {

@@ -215,7 +215,8 @@ export class ControlLog extends ReadyResource {
    * update froze the signed length). While an entry is not final (or this member is not an indexer yet: a new
    * indexer must write before it counts), each member that is a writer appends a `null` node every DRIVE_INTERVAL
    * ms: a `null` that references the heads is what signs them. At most MAX_DRIVES without progress (a minority
-   * makes none), then it waits for the log to change.
+   * makes none), then it waits for the log to change. Jittered: two members appending in lockstep each reference the
+   * other's stale heads, and a decision of two live members of three took 6–30 s to be final instead of some 0.5 s.
    */
   drive (): void {
     if (this.driveTimer !== null || this.closing !== null || this.base === null) return
@@ -223,7 +224,7 @@ export class ControlLog extends ReadyResource {
     this.driveTimer = setTimeout(() => {
       this.driveTimer = null
       this.step().catch(err => { if (this.closing === null) this.emit('log-error', err) })
-    }, DRIVE_INTERVAL)
+    }, DRIVE_INTERVAL / 2 + Math.random() * DRIVE_INTERVAL)
   }
 
   private pending (): boolean {

@@ -10,7 +10,7 @@ import { dial, readUntil, roomOwnedBy, startCluster, testnet, type Member, type 
  */
 
 const FAILOVER_AFTER = 3000
-const EXTRA = { MIN_MIRRORS: '1', REPLICATION_TIMEOUT: '3s', FAILOVER_AFTER: '3s' }
+const EXTRA = { MIN_MIRRORS: '1', REPLICATION_TIMEOUT: '3s', FAILOVER_AFTER: '3s', ...(process.env.FAILOVER_DEBUG ? { LOG_LEVEL: 'debug' } : {}) }
 /** a client's pause before it resends a refused message */
 const RESEND_AFTER = 100
 
@@ -90,7 +90,7 @@ test(`kill -9 of a room's primary while a client writes through another member: 
   console.log(`kill -9 to the first ack of the room again: ${outage} ms (FAILOVER_AFTER ${FAILOVER_AFTER} ms); claim to final and continued: ${claimToFinal} ms, by ${by === b ? 'the forwarder' : 'the third member'}`)
   assert.ok(outage <= FAILOVER_AFTER + 2000, `acked again ${outage} ms after the kill, within FAILOVER_AFTER + 2 s`)
   assert.ok(claimToFinal <= 2000, `the claim was final and the room continued within 2 s (${claimToFinal} ms)`)
-  await writeMany(writer, room, 'after', 20, acked)
+  await writeMany(writer, room, 'more', 20, acked)
   await writer.close()
 
   assertNumbering(acked)
@@ -115,7 +115,7 @@ test('the old primary SIGSTOPped until its room failed over, then SIGCONT: it ac
   stale.send({ type: 'message', roomName: room, message: 'payload of stale-0', id: 'stale-0' })
   acked.push(await writeAcked(writer, room, 'after-0', stoppedAt + 30_000))
   const { by } = await takenOver([b, c], room)
-  await writeMany(writer, room, 'after', 10, acked)
+  await writeMany(writer, room, 'more', 10, acked)
 
   const linesBefore = a.d.lines.length
   a.d.child.kill('SIGCONT')

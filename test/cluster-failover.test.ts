@@ -119,7 +119,14 @@ test('the old primary SIGSTOPped until its room failed over, then SIGCONT: it ac
 
   const linesBefore = a.d.lines.length
   a.d.child.kill('SIGCONT')
-  await a.d.line(l => l.roomName === room && l.msg === 'failover: the room has a new primary' && a.d.lines.indexOf(l) >= linesBefore, 30_000)
+  // it follows the new primary: told by the log, or first by the new primary's announcement of the room (promotedFrom)
+  await a.d.line(l => l.roomName === room && ['failover: the room has a new primary', 'mirroring room'].includes(l.msg) && a.d.lines.indexOf(l) >= linesBefore, 30_000)
+  // and the decision is final in its copy of the log
+  const deadline = Date.now() + 20_000
+  while ((await controlLog(a)).final < 1) {
+    assert.ok(Date.now() < deadline, 'the old primary holds the final decision')
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
   // the message A read on waking: refused, or acked at an index of the new primary's numbering (forwarded)
   const answer = await stale.next(f => f.id === 'stale-0', 30_000).catch(() => null)
   if (answer?.type === 'message-ack') acked.push({ id: 'stale-0', index: answer.messageIndex, at: Date.now() })

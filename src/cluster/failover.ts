@@ -207,17 +207,26 @@ export class Failover extends EventEmitter {
       if (d.primary !== this.self && await rooms.mirror(room, d.core, d.primary)) this.opts.follow(room, d.core, d.primary, d.fromLength)
       return
     }
+    // applied already (a restart folds every decision again), or an older one than the room's
+    if ((info.epoch ?? 0) >= d.epoch) return
     const key = await rooms.coreKey(room)
     if (d.primary === this.self) {
-      if (info.primary === undefined && key === d.core) return
+      if (info.primary === undefined && key === d.core) {
+        await rooms.move(room, d.core, undefined, d.from, { generation: d.epoch, epoch: d.epoch })
+        return
+      }
       await this.takeOver(d, info)
       return
     }
-    if (info.primary === d.primary && key === d.core) return
+    if (info.primary === d.primary && key === d.core) {
+      // followed already, through the new primary's announcement: the epoch is noted
+      await rooms.move(room, d.core, d.primary, d.from, { epoch: d.epoch })
+      return
+    }
     // this member was the room's primary: nothing more in its core is acked
     if (info.primary === undefined && key !== null) this.demoted.add(key)
     await this.opts.unfollow(room)
-    await rooms.move(room, d.core, d.primary, d.from, { settle: true })
+    await rooms.move(room, d.core, d.primary, d.from, { epoch: d.epoch, settle: true })
     this.opts.follow(room, d.core, d.primary, d.fromLength)
     this.emit('room-followed', { roomName: room, primary: d.primary, epoch: d.epoch, from: d.from })
   }
@@ -247,7 +256,7 @@ export class Failover extends EventEmitter {
       await rooms.recordMirrored(d.room, own.length, own.byteLength)
       await this.opts.unfollow(d.room)
       await own.close()
-      await rooms.move(d.room, d.core, undefined, d.from, { generation: d.epoch, settle: true })
+      await rooms.move(d.room, d.core, undefined, d.from, { generation: d.epoch, epoch: d.epoch, settle: true })
       this.emit('room-taken-over', { roomName: d.room, from: d.from, epoch: d.epoch, messages: upTo })
     } finally {
       await Promise.allSettled([mirrored.close(), own.close()])

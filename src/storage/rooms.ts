@@ -155,7 +155,7 @@ export class Rooms extends EventEmitter {
   }
 
   /** Moves a room to the core `key` of the member that took it over (`primary` undefined: this root peer). */
-  async move (name: string, key: string, primary: string | undefined, promotedFrom: string, { generation, settle = false }: { generation?: number, settle?: boolean } = {}): Promise<void> {
+  async move (name: string, key: string, primary: string | undefined, promotedFrom: string, { generation, epoch, settle = false }: { generation?: number, epoch?: number, settle?: boolean } = {}): Promise<void> {
     const e = (await this.entry(name))!
     const info = e.info
     info.coreKey = key
@@ -164,6 +164,7 @@ export class Rooms extends EventEmitter {
     else info.primary = primary
     // an own room's core is opened by name: a failover's core is its epoch's generation (src/cluster/failover.ts)
     if (generation !== undefined) info.generation = generation
+    if (epoch !== undefined) info.epoch = epoch
     this.setEmpty(e, primary === undefined && info.messageCount === 0 ? Date.now() : null)
     this.markDirty(name, e)
     await this.index!.commit()

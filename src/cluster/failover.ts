@@ -10,6 +10,8 @@ import { ControlLog, type Decision } from './control-log.js'
 
 /** ms between looks at the members gone quiet */
 const TICK = 250
+/** ms between evaluations of the same gone members' rooms (each lists every room) */
+const EVALUATE_EVERY = 2000
 const COPY_BATCH = 256
 /** ms the new primary waits for its copy to hold what the live members hold, before it continues the room */
 const CATCH_UP = 3000
@@ -62,6 +64,7 @@ export class Failover extends EventEmitter {
   private readonly waiters = new Set<() => void>()
   private timer: NodeJS.Timeout | null = null
   private evaluating = false
+  private evaluated = { at: 0, gone: '' }
   private closed = false
 
   constructor (opts: FailoverOptions) {
@@ -158,14 +161,20 @@ export class Failover extends EventEmitter {
   private tick (): void {
     if (this.evaluating || !this.writable() || this.opts.failoverAfter <= 0) return
     const now = Date.now()
-    const gone = this.links.all.filter(m => m !== this.self && !this.links.connected(m) && now - (this.links.heardAt(m) ?? this.startedAt) >= this.opts.failoverAfter)
+    const since = (m: string): number => now - (this.links.heardAt(m) ?? this.startedAt)
+    const gone = this.links.all.filter(m => m !== this.self && !this.links.connected(m) && since(m) >= this.opts.failoverAfter)
     if (gone.length === 0) return
+    const key = gone.join()
+    if (key === this.evaluated.gone && now - this.evaluated.at < EVALUATE_EVERY) return
+    this.evaluated = { at: now, gone: key }
+    // gone for twice FAILOVER_AFTER: a room no one claimed (the members saw each other's copies differently) is claimed by any
+    const late = new Set(gone.filter(m => since(m) >= 2 * this.opts.failoverAfter))
     this.evaluating = true
-    this.evaluate(new Set(gone)).catch(err => this.emit('failover-error', err)).finally(() => { this.evaluating = false })
+    this.evaluate(new Set(gone), late).catch(err => { this.emit('failover-error', err) }).finally(() => { this.evaluating = false })
   }
 
   /** Claims each room of a gone primary of which this member holds the longest copy (ties: the lowest key). */
-  private async evaluate (gone: Set<string>): Promise<void> {
+  private async evaluate (gone: Set<string>, late: Set<string>): Promise<void> {
     const rooms = this.opts.rooms()
     const theirs: RoomState[] = []
     for await (const info of rooms.list()) if (info.primary !== undefined && gone.has(info.primary)) theirs.push(info)
@@ -180,7 +189,7 @@ export class Failover extends EventEmitter {
         const length = lengths.get(m) ?? -1
         return length > held || (length === held && m < this.self)
       })
-      if (better) continue
+      if (better && !late.has(info.primary!)) continue
       this.claimed.set(info.name, epoch)
       const core = await ownCoreKey(this.opts.store(), info.name, epoch)
       await this.log.claim({ room: info.name, epoch, fromLength: held, core, from: info.primary! })

@@ -457,7 +457,11 @@ export class ChatRootPeer extends ReadyResource {
     cluster.on('room-mirrored', e => this.emit('room-mirrored', e))
     cluster.on('room-conflict', e => this.emit('room-conflict', e))
     cluster.on('cluster-error', e => this.emit('cluster-error', e))
-    for (const event of ['room-claimed', 'room-taken-over', 'room-followed', 'failover-error', 'log-error']) cluster.on(event, e => this.emit(event, e))
+    cluster.on('room-claimed', e => this.emit('room-claimed', e))
+    cluster.on('room-taken-over', e => this.emit('room-taken-over', e))
+    cluster.on('room-followed', e => this.emit('room-followed', e))
+    cluster.on('failover-error', err => this.emit('failover-error', err))
+    cluster.on('log-error', err => this.emit('log-error', err))
     this.cluster = cluster
     cluster.start()
   }

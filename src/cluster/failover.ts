@@ -235,7 +235,7 @@ export class Failover extends EventEmitter {
     // this member was the room's primary: nothing more in its core is acked
     if (info.primary === undefined && key !== null) this.demoted.add(key)
     await this.opts.unfollow(room)
-    await rooms.move(room, d.core, d.primary, d.from, { epoch: d.epoch, settle: true })
+    await rooms.move(room, d.core, d.primary, d.from, { epoch: d.epoch })
     this.opts.follow(room, d.core, d.primary, d.fromLength)
     this.emit('room-followed', { roomName: room, primary: d.primary, epoch: d.epoch, from: d.from })
   }
@@ -265,7 +265,7 @@ export class Failover extends EventEmitter {
       await rooms.recordMirrored(d.room, own.length, own.byteLength)
       await this.opts.unfollow(d.room)
       await own.close()
-      await rooms.move(d.room, d.core, undefined, d.from, { generation: d.epoch, epoch: d.epoch, settle: true })
+      await rooms.move(d.room, d.core, undefined, d.from, { generation: d.epoch, epoch: d.epoch })
       this.emit('room-taken-over', { roomName: d.room, from: d.from, epoch: d.epoch, messages: upTo })
     } finally {
       await Promise.allSettled([mirrored.close(), own.close()])

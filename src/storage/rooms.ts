@@ -18,9 +18,6 @@ const CACHED_ROOMS = 1024
 const FLUSH_INTERVAL = 5000
 const REMEMBERED_GENERATIONS = 1024
 
-/** ms a live move waits for the room's old core to be unpinned */
-const SETTLE_TIMEOUT = 30_000
-
 export function coreName (roomName: string, generation = 0): string {
   // '/' is not allowed in room names, so no generation's name is another room's
   return generation === 0 ? `room-${roomName}` : `room-${roomName}/${generation}`
@@ -155,7 +152,7 @@ export class Rooms extends EventEmitter {
   }
 
   /** Moves a room to the core `key` of the member that took it over (`primary` undefined: this root peer). */
-  async move (name: string, key: string, primary: string | undefined, promotedFrom: string, { generation, epoch, settle = false }: { generation?: number, epoch?: number, settle?: boolean } = {}): Promise<void> {
+  async move (name: string, key: string, primary: string | undefined, promotedFrom: string, { generation, epoch }: { generation?: number, epoch?: number } = {}): Promise<void> {
     const e = (await this.entry(name))!
     const info = e.info
     info.coreKey = key
@@ -168,11 +165,8 @@ export class Rooms extends EventEmitter {
     this.setEmpty(e, primary === undefined && info.messageCount === 0 ? Date.now() : null)
     this.markDirty(name, e)
     await this.index!.commit()
-    if (this.cores.close(name) || !settle) return
-    // live (a failover): the old core stays open while a read or write pins it; the next use opens the new one
-    const deadline = Date.now() + SETTLE_TIMEOUT
-    while (!this.cores.close(name) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
-    await this.cores.whenClosed(name)
+    // a read or write that pinned the old core finishes on it; the next use opens the new one
+    this.cores.retire(name)
   }
 
   /** The key of the room's core; for a room of this root peer's own, derived without opening it. */
@@ -242,7 +236,7 @@ export class Rooms extends EventEmitter {
   }
 
   release (room: Room): void {
-    this.cores.release(room.name)
+    this.cores.release(room.name, room)
   }
 
   closeIdle (idle: number): void {

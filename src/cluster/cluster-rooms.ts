@@ -192,7 +192,8 @@ export class ClusterRooms extends EventEmitter {
 
   private async request<M extends keyof Requests> (member: string, method: M, value: Requests[M][0], timeout: number): Promise<Requests[M][1]> {
     // with failover, a member gone for longer than a link's replacement takes is not waited for: its rooms move
-    const gone = this.failover !== null && Date.now() - (this.links.heardAt(member) ?? 0) > LINK_WAIT
+    const heard = this.links.heardAt(member)
+    const gone = this.failover !== null && heard !== null && Date.now() - heard > LINK_WAIT
     if (!this.links.connected(member) && !gone) {
       await new Promise<void>(resolve => {
         const done = (): void => {

@@ -153,12 +153,13 @@ export class Failover extends EventEmitter {
       for (const done of this.waiters) done()
       this.waiters.clear()
     })().catch(err => { this.emit('failover-error', err) }).finally(() => {
+      // not synced: tried again on the next tick or link
       this.syncing = null
-      if (!this.synced) this.resync()
     })
   }
 
   private tick (): void {
+    if (!this.synced) this.resync()
     if (this.evaluating || !this.writable() || this.opts.failoverAfter <= 0) return
     const now = Date.now()
     const since = (m: string): number => now - (this.links.heardAt(m) ?? this.startedAt)

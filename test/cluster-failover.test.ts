@@ -168,9 +168,11 @@ test('a majority down (two of three killed): no room fails over; writes to a roo
     for (const r of [theirs, own]) {
       const id = `down-${refusals}-${r}`
       writer.send({ type: 'message', roomName: r, message: 'while the majority is down', id })
+      // until A's links to the dead have timed out (3 s), its own room's write may wait for a mirror in vain instead
+      const cutOff = [b, c].every(m => a.d.lines.some(l => typeof l.msg === 'string' && l.msg.startsWith('cluster member disconnected') && l.member === m.key))
       const answer = await writer.next(f => f.id === id, 30_000)
       assert.equal(answer.type, 'error', `${id}: ${JSON.stringify(answer)}`)
-      assert.equal(answer.code, 'PRIMARY_UNAVAILABLE', JSON.stringify(answer))
+      assert.ok(cutOff ? answer.code === 'PRIMARY_UNAVAILABLE' : ['PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'].includes(answer.code), JSON.stringify(answer))
       refusals++
     }
   }

@@ -271,6 +271,11 @@ function wireLogs (rootPeer: ChatRootPeer, log: Logger, pretty: boolean): void {
   rootPeer.on('room-mirrored', ({ roomName, primary }) => log.info({ roomName, primary }, 'mirroring room'))
   rootPeer.on('room-conflict', ({ roomName, primary, key }) => log.error({ roomName, primary, key }, 'a cluster member is primary for a room this root peer holds in another core: keeping ours, not mirroring theirs'))
   rootPeer.on('cluster-error', ({ member, err }) => log.warn({ member, err }, 'cluster: a room could not be mirrored or announced'))
+  rootPeer.on('room-claimed', ({ roomName, epoch, fromLength, from }) => log.warn({ roomName, epoch, fromLength, from }, 'failover: claimed a room whose primary is unreachable (it counts once final in the control log)'))
+  rootPeer.on('room-taken-over', ({ roomName, epoch, messages, from }) => log.warn({ roomName, epoch, messages, from }, 'failover: this root peer is the room\'s primary now'))
+  rootPeer.on('room-followed', ({ roomName, epoch, primary, from }) => log.warn({ roomName, epoch, primary, from }, 'failover: the room has a new primary'))
+  rootPeer.on('failover-error', err => log.error({ err }, 'failover: a decision could not be made or applied'))
+  rootPeer.on('log-error', err => log.error({ err }, 'cluster control log error'))
   rootPeer.on('state-save-error', err => log.error({ err }, 'saving the state file failed'))
   rootPeer.on('stats', (s: StatsSnapshot) => {
     if (pretty) log.info('\n' + formatStats(s))

@@ -28,6 +28,9 @@ function setting<T> (env: string, flag: string, value: string, help: string, par
   return { env, flag, default: value, help, parse }
 }
 
+/** The member link timeout (src/cluster/cluster.ts): a failover cannot be decided before a dead primary's link drops. */
+export const MIN_FAILOVER_AFTER = 3000
+
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
 
 // The one place a setting is described: Config, the defaults, --help and the docs' table come from it.
@@ -83,6 +86,7 @@ const TABLE = {
   clusterPeers: setting('CLUSTER_PEERS', '--cluster-peers', '', 'comma-separated public keys (64 hex) of the other root peers of this cluster; empty = a single root peer', parseKeys),
   minMirrors: setting('MIN_MIRRORS', '--min-mirrors', '0', 'cluster members besides the primary that must have stored a message before it is acked', (v, n) => parseInteger(v, n, 0, 100)),
   replicationTimeout: setting('REPLICATION_TIMEOUT', '--replication-timeout', '5s', 'how long a write waits for MIN_MIRRORS mirrors (and a forwarded write for its primary) before NOT_REPLICATED', (v, n) => atLeastOneSecond(parseDuration(v, n), n)),
+  failoverAfter: setting('FAILOVER_AFTER', '--failover-after', '5s', 'in a cluster of three or more: how long a room\'s primary may be unreachable before a surviving member takes the room over, decided through the control log (at least 3s, the member link timeout); 0 = off', parseFailoverAfter),
   monitorHosts: setting('MONITOR_HOSTS', '--monitor-hosts', '', 'comma-separated host names the monitor answers (IP addresses and localhost always are); other Host headers get 421', parseHostNames),
   monitorToken: setting('MONITOR_TOKEN', '--monitor-token', '', 'bearer token every monitor endpoint but /health requires (16 to 256 printable characters, e.g. openssl rand -hex 32); empty = none', parseToken),
 }
@@ -230,6 +234,12 @@ function parseDays (value: string, name: string): number {
 function parseLogLevel (value: string, name: string): string {
   if (!LOG_LEVELS.includes(value)) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is not one of ${LOG_LEVELS.join(', ')}`)
   return value
+}
+
+function parseFailoverAfter (value: string, name: string): number {
+  const ms = parseDuration(value, name)
+  if (ms !== 0 && ms < MIN_FAILOVER_AFTER) throw new ConfigError(name, `${name}: ${JSON.stringify(value)} is shorter than the member link timeout (3s); at least 3s, or 0 for no automatic failover`)
+  return ms
 }
 
 /** A duration in ms: `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds. */

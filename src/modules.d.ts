@@ -234,3 +234,12 @@ declare module 'blind-relay' {
   const BlindRelay: { Server: typeof Server, Client: typeof Client, token: typeof token }
   export default BlindRelay
 }
+
+// autobase ships no types; the control log (src/cluster/control-log.ts) is the one caller and types what it reads.
+declare module 'autobase' {
+  import { EventEmitter } from 'node:events'
+  export default class Autobase extends EventEmitter {
+    constructor (store: unknown, bootstrap: Buffer | null, handlers: Record<string, unknown>)
+    [key: string]: any
+  }
+}

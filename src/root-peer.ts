@@ -19,6 +19,7 @@ import { RoomUpkeep } from './storage/room-upkeep.js'
 import { WalSync } from './storage/wal-sync.js'
 import { SWARM_KEY_PAIR } from './cluster/cluster.js'
 import { ClusterRooms } from './cluster/cluster-rooms.js'
+import type { ControlLogStatus } from './cluster/failover.js'
 import { Connections } from './connection/connections.js'
 import { RELAY_KEY_PAIR, Relay } from './connection/relay.js'
 import { RoomWriter } from './storage/room-writer.js'
@@ -40,6 +41,8 @@ export interface Health {
   dht: boolean
   // a member down does not make the root peer unhealthy
   cluster?: Array<{ publicKey: string, connected: boolean }>
+  /** with automatic failover: the control log's entries, how many are final, and whether this member may write */
+  controlLog?: ControlLogStatus
 }
 
 // how long shutdown waits for peers to read their last frames before the swarm is destroyed
@@ -188,6 +191,8 @@ export class ChatRootPeer extends ReadyResource {
     if (!closing && !dht) reasons.push('DHT not bootstrapped')
     const health: Health = { ok: reasons.length === 0, reasons, storage, discovery, dht }
     if (this.cluster !== null) health.cluster = this.cluster.status()
+    const controlLog = this.cluster?.failover?.status()
+    if (controlLog !== undefined) health.controlLog = controlLog
     return health
   }
 
@@ -442,6 +447,7 @@ export class ChatRootPeer extends ReadyResource {
       roomIdleTimeout: s.roomIdleTimeout,
       minMirrors: s.minMirrors,
       timeout: s.replicationTimeout,
+      failoverAfter: s.failoverAfter,
       announcement: () => JSON.stringify(encodeAnnouncement(this.publicKey!.toString('hex'), this.limits, newChallenge())),
       onWrite: write => this.connections.handlers.onForwardedWrite(write)
     })
@@ -451,6 +457,11 @@ export class ChatRootPeer extends ReadyResource {
     cluster.on('room-mirrored', e => this.emit('room-mirrored', e))
     cluster.on('room-conflict', e => this.emit('room-conflict', e))
     cluster.on('cluster-error', e => this.emit('cluster-error', e))
+    cluster.on('room-claimed', e => this.emit('room-claimed', e))
+    cluster.on('room-taken-over', e => this.emit('room-taken-over', e))
+    cluster.on('room-followed', e => this.emit('room-followed', e))
+    cluster.on('failover-error', err => this.emit('failover-error', err))
+    cluster.on('log-error', err => this.emit('log-error', err))
     this.cluster = cluster
     cluster.start()
   }

@@ -95,3 +95,19 @@ test('room and storage settings: MAX_OPEN_ROOMS, MAX_ANNOUNCED_ROOMS, ROOM_IDLE_
     assert.throws(() => parseConfig(argv, {}), (err: unknown) => err instanceof ConfigError && err.message.includes(named), argv.join(' '))
   }
 })
+
+test('FAILOVER_AFTER: 5s by default, 0 turns it off, at least the 3 s member link timeout; a wrong value exits 2 with one line naming it', async () => {
+  assert.equal(parseConfig([], {}).failoverAfter, 5000)
+  assert.equal(parseConfig(['--failover-after', '0'], {}).failoverAfter, 0)
+  assert.equal(parseConfig([], { FAILOVER_AFTER: '3s' }).failoverAfter, 3000)
+  assert.equal(parseConfig([], { FAILOVER_AFTER: '10' }).failoverAfter, 10_000)
+  for (const value of ['2s', '2999ms', 'soon', '-1']) {
+    assert.throws(() => parseConfig(['--failover-after', value], {}), (err: unknown) => err instanceof ConfigError && err.message.includes('--failover-after (FAILOVER_AFTER)'), value)
+  }
+  const { code, stdout, stderr } = await runBin([], { FAILOVER_AFTER: '1s' })
+  assert.equal(code, 2, stderr)
+  assert.equal(stdout, '')
+  const lines = stderr.trim().split('\n')
+  assert.equal(lines.length, 1, stderr)
+  assert.match(lines[0], /FAILOVER_AFTER\): "1s" is shorter than the member link timeout/)
+})

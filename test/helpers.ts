@@ -355,6 +355,8 @@ export function startMember (t: any, net: Testnet, storage: string, keys: string
     DHT_HOST: '127.0.0.1',
     STATS_INTERVAL: '0',
     CLUSTER_PEERS: keys.filter(k => k !== key).join(','),
+    // the suites written before automatic failover test a cluster without it; test/cluster-failover.test.ts sets it
+    FAILOVER_AFTER: '0',
     ...NO_RATES,
     ...extra
   })

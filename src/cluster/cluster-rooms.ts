@@ -7,6 +7,7 @@ import { Cluster } from './cluster.js'
 import type { ForwardedWrite, Requests, RoomAd, WriteResult } from './messages.js'
 import { RootPeerError } from 'root-peer-client/protocol'
 import { MirrorWaits, Mirrors } from './mirror.js'
+import { Failover } from './failover.js'
 import { validateRoomName } from '../protocol/protocol.js'
 import { rendezvousOwner } from './rendezvous.js'
 import { keyMatchesName } from 'root-peer-client/protocol'
@@ -30,16 +31,21 @@ export interface ClusterRoomsOptions {
   minMirrors: number
   /** ms: for the mirrors, for a member's answer, and for the first member to be heard from */
   timeout: number
+  /** ms; 0: no automatic failover and no control log (also with fewer than three members) */
+  failoverAfter: number
   announcement: () => string
   onWrite: (write: ForwardedWrite) => Promise<WriteResult>
 }
 
 /**
  * Which member is primary for which room (docs/cluster.md). Events: `member-connected`,
- * `member-disconnected`, `member-error`, `room-mirrored`, `room-conflict`, `cluster-error`.
+ * `member-disconnected`, `member-error`, `room-mirrored`, `room-conflict`, `cluster-error`; with failover (failover.ts)
+ * `room-claimed`, `room-taken-over`, `room-followed`, `failover-error`, `log-error`.
  */
 export class ClusterRooms extends EventEmitter {
   readonly links: Cluster
+  /** null: a cluster of two, or FAILOVER_AFTER=0 */
+  readonly failover: Failover | null = null
   private readonly opts: ClusterRoomsOptions
   private readonly waits: MirrorWaits
   private mirrors: Mirrors | null = null
@@ -64,7 +70,8 @@ export class ClusterRooms extends EventEmitter {
         knownRooms: () => this.ads(),
         onRooms: (member, ads, more) => this.onRooms(member, ads, more),
         onWrite: (member, write) => opts.onWrite(write),
-        onCreate: (member, req) => this.create(req.roomName, req.writerPublicKey)
+        onCreate: (member, req) => this.create(req.roomName, req.writerPublicKey),
+        onReplicate: stream => this.failover?.attach(stream)
       }
     })
     cluster.on('member-connected', member => this.emit('member-connected', member))
@@ -76,6 +83,28 @@ export class ClusterRooms extends EventEmitter {
     cluster.setMaxListeners(0) // each request waiting for a member's link listens
     this.links = cluster
     this.waits = new MirrorWaits(key => cluster.isMember(key))
+    // a majority must survive the loss of a member: three members at least
+    if (opts.failoverAfter > 0 && cluster.all.length >= 3) {
+      const failover = new Failover({
+        links: cluster,
+        store: opts.store,
+        rooms: opts.rooms,
+        keyPair: opts.swarm.keyPair,
+        failoverAfter: opts.failoverAfter,
+        holders: name => this.mirrors?.holders(name) ?? new Map(),
+        unfollow: async name => { await this.mirrors?.unfollow(name) },
+        follow: (name, key, primary, length) => {
+          this.mirrors?.follow(name, key, primary, 0, true)
+          this.mirrors?.hint(name, key, length)
+        },
+        announce: async name => {
+          const ad = await this.adOf(name)
+          if (ad !== null) this.links.announce([ad])
+        }
+      })
+      for (const event of ['room-claimed', 'room-taken-over', 'room-followed', 'failover-error', 'log-error']) failover.on(event, (e: unknown) => this.emit(event, e))
+      this.failover = failover
+    }
   }
 
   get self (): string {
@@ -86,6 +115,7 @@ export class ClusterRooms extends EventEmitter {
     this.follow(this.opts.store())
     this.watch(this.opts.rooms())
     this.links.start(this.opts.announcement)
+    if (this.failover !== null) this.track(this.failover.start(), null)
   }
 
   attach (conn: NoiseStream): void {
@@ -112,14 +142,21 @@ export class ClusterRooms extends EventEmitter {
     return Mirrors.behind(own, key => this.links.isMember(key))
   }
 
-  waitForMirrors (core: Hypercore, length: number): Promise<void> {
-    return this.waits.wait(core, length, this.opts.minMirrors, this.opts.timeout)
+  async waitForMirrors (core: Hypercore, length: number): Promise<void> {
+    await this.waits.wait(core, length, this.opts.minMirrors, this.opts.timeout)
+    // the fence: a primary cut off from the majority, or whose room a final decision moved, acks nothing
+    if (this.failover !== null && !this.failover.mayAck(core)) {
+      throw RootPeerError.PRIMARY_UNAVAILABLE(this.self, 'this root peer is cut off from the majority of the cluster, or no longer the room\'s primary: the message is not acked; resend it')
+    }
   }
 
   /** Waits until another member was heard from since start (null: it was), or PRIMARY_UNAVAILABLE. */
   waitWritable (): Promise<void> | null {
-    if (this.heard) return null
-    return new Promise((resolve, reject) => {
+    const failover = this.failover
+    // with failover: linked to a majority, and the control log read since
+    const fenced = failover === null || failover.writable() ? null : (): Promise<void> => failover.waitWritable(this.opts.timeout)
+    if (this.heard) return fenced === null ? null : fenced()
+    const heard = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.heardWaiters.delete(done)
         reject(RootPeerError.PRIMARY_UNAVAILABLE(this.self, 'this root peer has not heard from any other cluster member since it started; it takes writes to its rooms once it has'))
@@ -130,6 +167,7 @@ export class ClusterRooms extends EventEmitter {
       }
       this.heardWaiters.add(done)
     })
+    return fenced === null ? heard : heard.then(fenced)
   }
 
   /** Creates a new room at its rendezvous owner and mirrors it; `admit` checks the caps first. */
@@ -153,7 +191,10 @@ export class ClusterRooms extends EventEmitter {
   }
 
   private async request<M extends keyof Requests> (member: string, method: M, value: Requests[M][0], timeout: number): Promise<Requests[M][1]> {
-    if (!this.links.connected(member)) {
+    // with failover, a member gone for longer than a link's replacement takes is not waited for: its rooms move
+    const heard = this.links.heardAt(member)
+    const gone = this.failover !== null && heard !== null && Date.now() - heard > LINK_WAIT
+    if (!this.links.connected(member) && !gone) {
       await new Promise<void>(resolve => {
         const done = (): void => {
           clearTimeout(timer)
@@ -190,6 +231,7 @@ export class ClusterRooms extends EventEmitter {
     this.waits.close()
     this.links.close()
     while (this.pending.size > 0) await Promise.allSettled([...this.pending])
+    await this.failover?.close()
     await this.pause()
   }
 

@@ -29,6 +29,8 @@ export interface ClusterHandlers {
   onRooms: (member: string, rooms: RoomAd[], more: boolean) => void
   onWrite: (member: string, write: ForwardedWrite) => Promise<WriteResult>
   onCreate: (member: string, req: CreateRequest) => Promise<RoomAd>
+  /** the link's replication stream is up (the control log's wakeup rides on it) */
+  onReplicate?: (stream: unknown) => void
 }
 
 interface Link {
@@ -56,6 +58,8 @@ export class Cluster extends EventEmitter {
   private readonly store: () => Corestore
   private readonly handlers: ClusterHandlers
   private readonly links = new Map<string, Link>()
+  /** when each member not linked now was last heard from (its link's last read) */
+  private readonly lastHeard = new Map<string, number>()
   private liveTimer: NodeJS.Timeout | null = null
   private closed = false
   private dialer: MemberDialer | null = null
@@ -100,6 +104,12 @@ export class Cluster extends EventEmitter {
     return this.links.get(member)?.open === true
   }
 
+  /** When `member` was last heard from: now while it is linked; null when never, since this member started. */
+  heardAt (member: string): number | null {
+    if (this.connected(member)) return Date.now()
+    return this.lastHeard.get(member) ?? null
+  }
+
   status (): Array<{ publicKey: string, connected: boolean }> {
     return [...this.others].map(publicKey => ({ publicKey, connected: this.connected(publicKey) }))
   }
@@ -134,7 +144,8 @@ export class Cluster extends EventEmitter {
       // the member's announcement is dropped: from here on the stream carries Protomux
       if (this.closed || conn.destroyed) return
       try {
-        this.store().replicate(conn)
+        const stream = this.store().replicate(conn)
+        this.handlers.onReplicate?.(stream)
         link.rpc = this.channel(member, link)
       } catch (err) {
         // e.g. the store is being reopened after a storage failure: the member redials
@@ -217,6 +228,7 @@ export class Cluster extends EventEmitter {
     const wasOpen = link.open
     link.open = false
     if (!wasOpen) return
+    this.lastHeard.set(member, link.heardAt)
     link.rpc!.destroy(this.closed ? RootPeerError.SHUTTING_DOWN() : RootPeerError.PRIMARY_UNAVAILABLE(member))
     if (!this.closed) this.emit('member-disconnected', member)
   }

@@ -18,6 +18,8 @@ export class OpenRooms {
   // least recently used first
   private readonly slots = new Map<string, Slot>()
   private readonly closing = new Map<string, Promise<void>>()
+  /** rooms whose core was replaced while pinned: each closes at its last release */
+  private readonly retired = new Set<Slot>()
   private waiters: Array<() => void> = []
 
   constructor (max: number, onClosed: (name: string) => void) {
@@ -80,12 +82,37 @@ export class OpenRooms {
     return slot.opened
   }
 
-  release (name: string): void {
+  /** `room`: the room pinned, which may be one retired since (its core replaced) */
+  release (name: string, room?: Room): void {
+    for (const old of this.retired) {
+      if (room === undefined || old.opened !== room) continue
+      if (--old.pins === 0) {
+        this.retired.delete(old)
+        room.close().catch(safetyCatch)
+      }
+      return
+    }
     const slot = this.slots.get(name)
     if (slot === undefined) return
     slot.pins--
     slot.lastUsed = Date.now()
     if (slot.pins === 0 && this.waiters.length > 0) this.closeOne()
+  }
+
+  /**
+   * The room's core is replaced (it moved to another member's core, or to a new one of this member's): the next pin
+   * opens it anew, and the room open now closes at once, or at its last release while it is pinned.
+   */
+  retire (name: string): void {
+    const slot = this.slots.get(name)
+    if (slot === undefined) return
+    if (slot.pins === 0) {
+      this.evict(name, slot)
+      return
+    }
+    this.slots.delete(name)
+    this.retired.add(slot)
+    this.wake()
   }
 
   /** Closes the room's core unless it is pinned; false when it is. */
@@ -113,13 +140,14 @@ export class OpenRooms {
   }
 
   async settled (): Promise<void> {
-    const rooms = await Promise.allSettled([...this.slots.values()].map(s => s.room))
+    const rooms = await Promise.allSettled([...this.slots.values(), ...this.retired].map(s => s.room))
     await Promise.all(rooms.map(r => r.status === 'fulfilled' ? r.value.settled() : null))
   }
 
   async closeAll (): Promise<void> {
-    const rooms = await Promise.allSettled([...this.slots.values()].map(s => s.room))
+    const rooms = await Promise.allSettled([...this.slots.values(), ...this.retired].map(s => s.room))
     this.slots.clear()
+    this.retired.clear()
     await Promise.all(rooms.map(r => r.status === 'fulfilled' ? r.value.close() : null))
     await Promise.allSettled(this.closing.values())
   }

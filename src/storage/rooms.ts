@@ -152,17 +152,21 @@ export class Rooms extends EventEmitter {
   }
 
   /** Moves a room to the core `key` of the member that took it over (`primary` undefined: this root peer). */
-  async move (name: string, key: string, primary: string | undefined, promotedFrom: string): Promise<void> {
+  async move (name: string, key: string, primary: string | undefined, promotedFrom: string, { generation, epoch }: { generation?: number, epoch?: number } = {}): Promise<void> {
     const e = (await this.entry(name))!
     const info = e.info
     info.coreKey = key
     info.promotedFrom = promotedFrom
     if (primary === undefined) delete info.primary
     else info.primary = primary
+    // an own room's core is opened by name: a failover's core is its epoch's generation (src/cluster/failover.ts)
+    if (generation !== undefined) info.generation = generation
+    if (epoch !== undefined) info.epoch = epoch
     this.setEmpty(e, primary === undefined && info.messageCount === 0 ? Date.now() : null)
     this.markDirty(name, e)
     await this.index!.commit()
-    this.cores.close(name)
+    // a read or write that pinned the old core finishes on it; the next use opens the new one
+    this.cores.retire(name)
   }
 
   /** The key of the room's core; for a room of this root peer's own, derived without opening it. */
@@ -232,7 +236,7 @@ export class Rooms extends EventEmitter {
   }
 
   release (room: Room): void {
-    this.cores.release(room.name)
+    this.cores.release(room.name, room)
   }
 
   closeIdle (idle: number): void {

@@ -25,6 +25,8 @@ export interface RoomState {
   /** a room signed after unsigned messages were stored: the first index of its signed history */
   signedFrom?: number
   generation?: number
+  /** the epoch of the control log's last decision for the room this member applied (automatic failover) */
+  epoch?: number
 }
 
 export interface PersistentState {

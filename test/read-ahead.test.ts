@@ -79,10 +79,12 @@ test('fast, no network: read-ahead holds at most its pages, the oldest dropped f
   const counters = createCounters()
   // a room whose reads resolve at once with the page asked for; pinned and released as Rooms does
   let pinned = 0
+  // blocks from 5,000 on are not held yet, as at a mirror catching up
+  let reads = 0
   const room = {
     length: 10_000,
-    core: { length: 10_000, fork: 0, closed: false },
-    readPage: async (from: number, limit: number) => ({ entries: [], nextIndex: from + limit, totalMessages: 10_000 })
+    core: { length: 10_000, fork: 0, closed: false, has: async (from: number, to: number) => to <= 5000 },
+    readPage: async (from: number, limit: number) => { reads++; return { entries: [], nextIndex: from + limit, totalMessages: 10_000 } }
   } as unknown as Room
   const rooms = { getIfOpen: () => { pinned++; return room }, release: () => { pinned-- } } as unknown as Rooms
   const ahead = new ReadAhead(3, counters)
@@ -100,6 +102,11 @@ test('fast, no network: read-ahead holds at most its pages, the oldest dropped f
   assert.equal(ahead.size, 0, 'the last one dropped after READ_AHEAD_HOLD_MS')
   assert.equal(counters.pagesReadAheadUnused, 3)
   assert.equal(await ahead.take(owners[3], room, 3000, 1000, 1 << 19), null)
+  // a range with blocks still to come is not read (they would arrive at the same length): the request reads its own
+  reads = 0
+  ahead.start(owners[0], rooms, 'r', 4500, 1000, 1 << 19)
+  assert.equal(await ahead.take(owners[0], room, 4500, 1000, 1 << 19), null)
+  assert.equal(reads, 0)
   await new Promise(resolve => setImmediate(resolve))
   assert.equal(pinned, 0, 'every room pinned for a read was released')
 })

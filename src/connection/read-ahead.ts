@@ -24,6 +24,7 @@ interface Ahead {
  * and `maxPages` in all, the oldest dropped for a new one (so pages nobody asks for cannot keep the places of the
  * ones a client is about to); dropped unused after READ_AHEAD_HOLD_MS. Given to the next request only if it asks
  * for the same range of the same open room and the room has not grown or forked: what a fresh read would give.
+ * Only a range whose blocks are all held here is read ahead: a mirror's blocks arrive without its length changing.
  */
 export class ReadAhead {
   private readonly maxPages: number
@@ -51,7 +52,12 @@ export class ReadAhead {
       rooms.release(room)
       return
     }
-    const page = room.readPage(from, limit, maxBytes).catch(() => null).finally(() => rooms.release(room))
+    // nor is a page read ahead where blocks are still to come (a mirror catching up): they arrive at the same length
+    const core = room.core
+    const page = core.has(from, Math.min(from + limit, core.length))
+      .then(held => held ? room.readPage(from, limit, maxBytes) : null)
+      .catch(() => null)
+      .finally(() => rooms.release(room))
     const timer = setTimeout(() => this.unused(owner), READ_AHEAD_HOLD_MS)
     timer.unref?.()
     this.held.set(owner, { room, fork: room.core.fork, from, limit, maxBytes, page, timer })

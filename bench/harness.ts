@@ -127,10 +127,11 @@ export class Client {
   conn!: NoiseStream
   announcement: any = null
   onFrame: (frame: any) => void = () => {}
+  private closing = false
 
   constructor (net: Testnet) {
     this.swarm = new Hyperswarm({ dht: new HyperDHT({ bootstrap: net.bootstrap, host: '127.0.0.1' }) })
-    cleanups.push(() => this.swarm.destroy())
+    cleanups.push(() => this.destroy())
     // every connection, not only the first: an unhandled stream error would end the bench
     this.swarm.on('connection', (conn: NoiseStream) => conn.on('error', () => {}))
   }
@@ -140,8 +141,14 @@ export class Client {
     const discovery = this.swarm.join(DISCOVERY, { client: true, server: false })
     const retry = setInterval(() => { discovery.refresh().catch(() => {}) }, 1000)
     const [conn] = await connected.finally(() => clearInterval(retry)) as [NoiseStream]
+    // one connection: further ones (a refresh finding the server again) could replace this one, and the
+    // frames written to it would be lost without a word; a step waits on its answers
+    await this.swarm.leave(DISCOVERY)
     this.conn = conn
     conn.on('error', () => {})
+    conn.once('close', () => {
+      if (!this.closing) this.onFrame({ type: 'error', code: 'CONNECTION_CLOSED', message: 'the bench client\'s connection closed' })
+    })
     const announced = new Promise<void>(resolve => {
       this.onFrame = f => {
         if (f.type !== 'root-peer-announcement') return
@@ -155,6 +162,11 @@ export class Client {
 
   send (frame: object): void {
     this.conn.write(JSON.stringify(frame))
+  }
+
+  async destroy (): Promise<void> {
+    this.closing = true
+    await this.swarm.destroy()
   }
 
   /** Sends a sync-request and resolves with its answer. */

@@ -180,8 +180,9 @@ async function latency (client: Client, seconds: number, perSecond: number, burs
   const count = Math.round(seconds * perSecond)
   const sentAt = new Array<number>(count)
   const took: number[] = []
-  const done = new Promise<void>(resolve => {
+  const done = new Promise<void>((resolve, reject) => {
     client.onFrame = f => {
+      if (f.type === 'error') reject(new Error(`latency: ${f.code} ${f.message}`))
       if (f.type !== 'message-ack') return
       took.push(performance.now() - sentAt[Number(f.id.slice(1))])
       if (took.length === count) resolve()
@@ -274,7 +275,7 @@ async function reference (net: Testnet, o: Options, payload: string): Promise<Re
   await reader.connect()
   if (!o.skipLatency) out.ackLatencyMs = await latency(reader, o.latencySeconds, o.latencyRate, o.latencyBurst, payload)
   await server.stop()
-  await Promise.all([...clients, reader].map(c => c.swarm.destroy()))
+  await Promise.all([...clients, reader].map(c => c.destroy()))
   return out
 }
 
@@ -298,7 +299,7 @@ async function syncMedian (net: Testnet, o: Options, server: Daemon): Promise<Re
     }
     const ms = performance.now() - t0
     syncs.push({ perSecond: rate(messages, ms), messages, pages, daemonCpu: round2((await server.cpuSeconds() - cpu0) / (ms / 1000)) })
-    await reader.swarm.destroy()
+    await reader.destroy()
   }
   const sorted = [...syncs].sort((a, b) => a.perSecond - b.perSecond)
   return { ...sorted[RUNS >> 1], runs: syncs.map(x => x.perSecond) }
@@ -350,7 +351,7 @@ async function roomsStep (net: Testnet, o: Options, payload: string): Promise<Re
   t0 = performance.now()
   await activate(clients, o.active, payload)
   const activeMs = performance.now() - t0
-  await Promise.all(clients.map(c => c.swarm.destroy()))
+  await Promise.all(clients.map(c => c.destroy()))
   await sleep(1000)
   const rssAtOnce = await daemon.rssMB()
   // Corestore closes a core whose last session closed after 4 of its 2 s GC cycles; V8 shrinks its heap when idle
@@ -451,7 +452,7 @@ async function sleptRooms (net: Testnet, o: Options): Promise<{ samples: number,
     if (acked.type !== 'message-ack' || acked.messageIndex !== 1) throw new Error(`slept room ${roomName}: ${JSON.stringify(acked)}`)
     message.push(performance.now() - t0)
   }
-  await client.swarm.destroy()
+  await client.destroy()
   const sum = (xs: number[]): { p50: number, max: number } => {
     xs.sort((a, b) => a - b)
     return { p50: round2(percentile(xs, 0.5)), max: round2(xs[xs.length - 1]) }
@@ -573,7 +574,7 @@ async function main (): Promise<void> {
     const l = await live(reader, follower, o.latencySeconds, o.latencyRate, o.latencyBurst, payload)
     step('live', vt0)
     result.live = { rate: o.latencyRate, burst: o.latencyBurst, ...l, ofAck: { p50: round2(l.deliveryMs.p50 / l.ackMs.p50), p99: round2(l.deliveryMs.p99 / l.ackMs.p99) } }
-    await follower.swarm.destroy()
+    await follower.destroy()
   }
   if (ref !== null) {
     const of = (a: number | undefined, b: number | undefined): number | null => a === undefined || b === undefined ? null : round2(a / b)
@@ -595,7 +596,7 @@ async function main (): Promise<void> {
   const first = await stats(monitor.url)
   result.daemon = { messages: first.totalMessages, appendBatches: first.counters.appendBatches }
   await daemon.stop()
-  await Promise.all([...clients, reader].map(c => c.swarm.destroy()))
+  await Promise.all([...clients, reader].map(c => c.destroy()))
 
   // a fresh daemon, so the rooms' figure is not the high-water mark of the steps before
   if (!o.skipRooms) result.rooms = await roomsStep(net, o, payload)

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { rendezvousHolders } from '../src/cluster/rendezvous.js'
+import { roomKeyPair, signAccess, signedRoomName, signMessage } from 'root-peer-client/protocol'
 import { dial, sendAll, startCluster, testnet, type Member, type RawPeer } from './helpers.js'
 
 /**
@@ -94,10 +95,59 @@ test(`five members, REPLICAS=${K}: ${ROOMS} rooms written through every member; 
     return null
   })
 
+})
+
+test(`five members, REPLICAS=${K}: at a member without a copy, a signed room is registered, written and read with its key only (forwarded reads are served under the holder's view of the key); a room nobody holds reads as empty; a follow is refused`, { timeout: 120_000 }, async t => {
+  const net = await testnet(t)
+  const members = await startCluster(t, net, EXTRA, 5)
+  const keys = members.map(m => m.key)
+  // a signed room that member 0 holds no copy of
+  let kp = roomKeyPair('replicas signed 0')
+  for (let i = 1; rendezvousHolders(signedRoomName(kp.publicKey), keys, K).includes(keys[0]); i++) kp = roomKeyPair(`replicas signed ${i}`)
+  const roomName = signedRoomName(kp.publicKey)
+  const writerPublicKey = kp.publicKey.toString('hex')
+  const [m] = members
+  const peer = await dial(t, net, m)
+  const sign = (p: RawPeer): string => signAccess(kp.secretKey, m.key, p.announcement.challenge, roomName)
+
+  peer.send({ type: 'register-room', roomName, writerPublicKey, signature: sign(peer), requestId: 'reg' })
+  const registered = await peer.next(f => f.requestId === 'reg')
+  assert.equal(registered.type, 'room-registered', JSON.stringify(registered))
+  assert.equal(registered.messageCount, 0)
+  const message = 'ciphertext'
+  peer.send({ type: 'message', roomName, message, id: 'msg-1', signature: signMessage(kp.secretKey, roomName, 'msg-1', message) })
+  const ack = await peer.next(f => f.id === 'msg-1')
+  assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
+  assert.equal(ack.messageIndex, 0)
+  peer.send({ type: 'message', roomName, message: 'unsigned', id: 'msg-2' })
+  assert.equal((await peer.next(f => f.id === 'msg-2')).code, 'UNAUTHORIZED')
+
+  // read without the proof: refused; with it: the message, read at a holder
+  peer.send({ type: 'sync-request', roomName, lastIndex: 0, requestId: 'no-proof' })
+  assert.equal((await peer.next(f => f.requestId === 'no-proof')).code, 'UNAUTHORIZED')
+  peer.send({ type: 'sync-request', roomName, lastIndex: 0, signature: sign(peer), requestId: 'proof' })
+  const page = await peer.next(f => f.requestId === 'proof')
+  assert.equal(page.type, 'sync-response', JSON.stringify(page))
+  assert.deepEqual(page.messages.map((r: any) => [r.messageIndex, r.message]), [[0, message]])
+  assert.equal(page.totalMessages, 1)
+
+  // a stranger's read of a room that does not exist, at a member that would not hold it: an empty page, nothing created
+  let absent = 'replicas-absent-0'
+  for (let i = 1; rendezvousHolders(absent, keys, K).includes(keys[0]); i++) absent = `replicas-absent-${i}`
+  peer.send({ type: 'sync-request', roomName: absent, lastIndex: 0, requestId: 'absent' })
+  const empty = await peer.next(f => f.requestId === 'absent')
+  assert.equal(empty.type, 'sync-response', JSON.stringify(empty))
+  assert.deepEqual(empty.messages, [])
+  assert.equal(empty.totalMessages, 0)
+  const held = members.map(member => rendezvousHolders(roomName, keys, K).includes(member.key) ? 1 : 0)
+  await until(async () => {
+    const counts = await Promise.all(members.map(async member => (await statsAt(member)).totalRooms))
+    return counts.every((n, i) => n === held[i]) ? null : `rooms held ${JSON.stringify(counts)}, expected ${JSON.stringify(held)}`
+  })
+
   // a follow at a member without a copy is refused with a coded error (not forwarded yet), never left silent
-  const room = rooms.find(r => !holdersOf.get(r)!.includes(keys[0]))!
-  peers[0].send({ type: 'follow', roomName: room, requestId: 'f1' })
-  const refused = await peers[0].next(f => f.requestId === 'f1')
+  peer.send({ type: 'follow', roomName, signature: sign(peer), requestId: 'f1' })
+  const refused = await peer.next(f => f.requestId === 'f1')
   assert.equal(refused.type, 'error', JSON.stringify(refused))
   assert.equal(refused.code, 'PRIMARY_UNAVAILABLE')
 })

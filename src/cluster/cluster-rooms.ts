@@ -193,6 +193,11 @@ export class ClusterRooms extends EventEmitter {
     return this.opts.replicas >= all.length || rendezvousHolders(roomName, all, this.opts.replicas).includes(this.self)
   }
 
+  /** The members that hold the room (REPLICAS of them), by rendezvous hashing; its first primary first. */
+  holders (roomName: string): string[] {
+    return rendezvousHolders(roomName, this.links.all, this.opts.replicas)
+  }
+
   /** A room held by other members only, as they told of it; undefined when this member holds it or never heard of it. */
   remoteRoom (roomName: string): RemoteRoom | undefined {
     return this.remote.get(roomName)
@@ -205,12 +210,12 @@ export class ClusterRooms extends EventEmitter {
 
   /**
    * Creates a new room at its rendezvous owner and mirrors it if this member is one of its holders; `admit` checks the
-   * caps first (a room held elsewhere takes no place here, but a client creating rooms is charged the same).
+   * caps first (`held`: whether the room would take a place here; a client creating rooms is charged either way).
    */
-  async place (roomName: string, writerPublicKey: string | undefined, admit: () => void): Promise<void> {
+  async place (roomName: string, writerPublicKey: string | undefined, admit: (held: boolean) => void): Promise<void> {
     const owner = rendezvousOwner(roomName, this.links.all)
     if (owner === this.self) return
-    if (this.holds(roomName)) admit()
+    admit(this.holds(roomName))
     const ad = await this.request(owner, 'create', { roomName, writerPublicKey }, this.opts.timeout)
     await this.adopt(owner, ad)
     if (await this.opts.rooms().lookup(roomName) === undefined && !this.remote.has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
@@ -221,12 +226,12 @@ export class ClusterRooms extends EventEmitter {
    * linked): PRIMARY_UNAVAILABLE when none answers. The holder bounds the page by `maxBytes` as a page read here is.
    */
   async read (req: ReadRequest): Promise<ReadPage> {
-    const room = this.remote.get(req.roomName)
-    if (room === undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(this.self)
+    // a room not heard of yet (this member just started, say) is asked of its holders: they know whether it exists
+    const primary = this.remote.get(req.roomName)?.primary
     const holders = rendezvousHolders(req.roomName, this.links.all, this.opts.replicas).filter(m => m !== this.self)
-    const order = [room.primary, ...holders.filter(m => m !== room.primary)]
+    const order = primary === undefined ? holders : [primary, ...holders.filter(m => m !== primary)]
     const linked = order.filter(m => this.links.connected(m))
-    let last: unknown = RootPeerError.PRIMARY_UNAVAILABLE(room.primary)
+    let last: unknown = RootPeerError.PRIMARY_UNAVAILABLE(order[0] ?? this.self)
     for (const member of linked.length > 0 ? linked : order.slice(0, 1)) {
       try {
         const page = await this.request(member, 'read', req, this.opts.timeout)
@@ -236,7 +241,8 @@ export class ClusterRooms extends EventEmitter {
         return page
       } catch (err) {
         last = err
-        if ((err as RootPeerError).code === 'UNAUTHORIZED') throw err
+        const code = (err as RootPeerError).code
+        if (code === 'UNAUTHORIZED' || code === 'UNKNOWN_ROOM') throw err
       }
     }
     throw last

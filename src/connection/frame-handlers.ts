@@ -256,7 +256,12 @@ export class FrameHandlers extends EventEmitter {
     if (this.ctx.closing()) throw RootPeerError.SHUTTING_DOWN()
     const rooms = this.ctx.rooms()
     const room = await rooms.get(req.roomName)
-    if (room === null) throw RootPeerError.UNKNOWN_ROOM(req.roomName)
+    if (room === null) {
+      // a removed signed room is refused the same: no empty page tells a stranger it is gone
+      const kept = await rooms.writerKey(req.roomName)
+      if (kept !== undefined && kept !== req.provenKey) throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
+      throw RootPeerError.UNKNOWN_ROOM(req.roomName)
+    }
     let page
     let firstIndex = 0
     try {
@@ -282,12 +287,16 @@ export class FrameHandlers extends EventEmitter {
     const rooms = this.ctx.rooms()
     const { provenKey } = await this.admitReader(peer, frame)
     const cluster = this.ctx.cluster()
-    if (cluster !== null && cluster.remoteRoom(roomName) !== undefined && await rooms.lookup(roomName) === undefined) {
+    if (cluster !== null && !cluster.holds(roomName) && await rooms.lookup(roomName) === undefined) {
       // held by other members only (REPLICAS): read at one that holds it, in the connection's one page slot
       await peer.pages.hold(async () => {
         const req: ReadRequest = { roomName, lastIndex, limit, maxBytes: this.ctx.limits.maxPageBytes }
         if (provenKey !== undefined) req.provenKey = provenKey
-        const page = await cluster.read(req)
+        const page = await cluster.read(req).catch(err => {
+          // no such room at its holders: the empty page a root peer without it gives
+          if ((err as RootPeerError).code !== 'UNKNOWN_ROOM') throw err
+          return { entries: [], totalMessages: 0, nextIndex: lastIndex, firstIndex: 0 }
+        })
         this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, page, requestId))
       })
       if (this.ctx.onLatency !== null) this.ctx.onLatency('sync', (performance.now() - started) / 1000)
@@ -333,9 +342,11 @@ export class FrameHandlers extends EventEmitter {
 
   async onFollow (peer: Peer, frame: FollowFrame): Promise<void> {
     const cluster = this.ctx.cluster()
-    const remote = cluster === null || await this.ctx.rooms().lookup(frame.roomName) !== undefined ? undefined : cluster.remoteRoom(frame.roomName)
-    // not forwarded yet: a follow here would never see the room's messages
-    if (remote !== undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(remote.primary, 'this root peer holds no copy of the room (REPLICAS); follow it at its primary, or read it with sync-request here')
+    // not forwarded yet: a follow here of a room held elsewhere would never see its messages
+    if (cluster !== null && !cluster.holds(frame.roomName) && await this.ctx.rooms().lookup(frame.roomName) === undefined) {
+      const primary = cluster.remoteRoom(frame.roomName)?.primary ?? cluster.holders(frame.roomName)[0]
+      throw RootPeerError.PRIMARY_UNAVAILABLE(primary, 'this root peer holds no copy of the room (REPLICAS); follow it at one of its holders, or read it with sync-request here')
+    }
     const { exists, provenKey } = await this.admitReader(peer, frame)
     if (exists) this.ctx.topics.touch(frame.roomName)
     // what the follow proved is kept: each of its pages is admitted again under the room's state then
@@ -392,8 +403,8 @@ export class FrameHandlers extends EventEmitter {
   }
 
   private async placeRoom (peer: Peer, roomName: string, writerPublicKey?: string): Promise<void> {
-    await this.ctx.cluster()!.place(roomName, writerPublicKey, () => {
-      if (this.ctx.rooms().size >= this.ctx.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.ctx.maxRooms)
+    await this.ctx.cluster()!.place(roomName, writerPublicKey, held => {
+      if (held && this.ctx.rooms().size >= this.ctx.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.ctx.maxRooms)
       this.ctx.connections.guard.admitNewRoom(peer.record)
     })
   }

@@ -119,6 +119,11 @@ test(`five members, REPLICAS=${K}: at a member without a copy, a signed room is 
   const ack = await peer.next(f => f.id === 'msg-1')
   assert.equal(ack.type, 'message-ack', JSON.stringify(ack))
   assert.equal(ack.messageIndex, 0)
+  // registered again there: the count now, from a holder
+  peer.send({ type: 'register-room', roomName, writerPublicKey, signature: sign(peer), requestId: 'reg-2' })
+  const again = await peer.next(f => f.requestId === 'reg-2')
+  assert.equal(again.type, 'room-registered', JSON.stringify(again))
+  assert.equal(again.messageCount, 1)
   peer.send({ type: 'message', roomName, message: 'unsigned', id: 'msg-2' })
   assert.equal((await peer.next(f => f.id === 'msg-2')).code, 'UNAUTHORIZED')
 

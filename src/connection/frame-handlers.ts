@@ -103,7 +103,10 @@ export class FrameHandlers extends EventEmitter {
     if (cluster !== null && remote !== undefined) {
       // held by other members only (REPLICAS): registered at its primary, nothing stored here
       if (writerPublicKey !== undefined && remote.writerPublicKey === undefined) await cluster.sign(remote.primary, roomName, writerPublicKey)
-      const messageCount = this.remoteRoom(roomName)?.length ?? remote.length
+      // the count now, from a holder (an empty page past the end); what the members last told, if none answers
+      const proven = writerPublicKey ?? key
+      const count: ReadRequest = { roomName, lastIndex: Number.MAX_SAFE_INTEGER, limit: 1, maxBytes: this.ctx.limits.maxPageBytes, ...(proven === undefined ? {} : { provenKey: proven }) }
+      const messageCount = await cluster.read(count).then(page => page.totalMessages, () => this.remoteRoom(roomName)?.length ?? remote.length)
       this.emit('room-registered', { roomId: roomName, roomName, peerId: peer.id, messageCount })
       if (frame.requestId !== undefined) this.ctx.connections.answerOnce(peer, Promise.resolve(), 'room-registered', { type: 'room-registered', roomName, messageCount, requestId: frame.requestId }, contextOf(frame))
       return

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { rendezvousHolders } from '../src/cluster/rendezvous.js'
 import { roomKeyPair, signAccess, signedRoomName, signMessage } from 'root-peer-client/protocol'
-import { dial, sendAll, startCluster, testnet, type Member, type RawPeer } from './helpers.js'
+import { dial, readUntil, roomOwnedBy, sendAll, startCluster, testnet, type Member, type RawPeer } from './helpers.js'
 
 /**
  * Issue 23, rooms on k of N members: five members, REPLICAS=3, MIN_MIRRORS=1. Rooms are created and written through
@@ -155,4 +155,69 @@ test(`five members, REPLICAS=${K}: at a member without a copy, a signed room is 
   const refused = await peer.next(f => f.requestId === 'f1')
   assert.equal(refused.type, 'error', JSON.stringify(refused))
   assert.equal(refused.code, 'PRIMARY_UNAVAILABLE')
+})
+
+/** Waits (polling /health, 20 s at most) until every member is an indexer of the control log and may write. */
+async function logReady (members: Member[]): Promise<void> {
+  await until(async () => {
+    for (const m of members) {
+      const url = (await m.d.line(l => l.url !== undefined)).url as string
+      const log = (await (await fetch(new URL('/health', url))).json() as any).controlLog
+      if (log?.indexer !== true || log?.writable !== true) return `member ${m.key.slice(0, 8)}'s control log: ${JSON.stringify(log)}`
+    }
+    return null
+  }, 20_000)
+}
+
+/** Sends `id` through `peer` until it is acked, resending on a refusal as RootPeerClient does; its index. */
+async function writeAcked (peer: RawPeer, room: string, id: string, deadline: number): Promise<{ index: number, at: number }> {
+  while (true) {
+    peer.send({ type: 'message', roomName: room, message: `payload of ${id}`, id })
+    const answer = await peer.next(f => f.id === id, 30_000)
+    if (answer.type === 'message-ack') return { index: answer.messageIndex, at: Date.now() }
+    assert.ok(['PRIMARY_UNAVAILABLE', 'NOT_REPLICATED'].includes(answer.code), `${id}: ${JSON.stringify(answer)}`)
+    assert.ok(Date.now() < deadline, `${id} acked before the deadline (last answer: ${JSON.stringify(answer)})`)
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+}
+
+test(`five members, REPLICAS=${K}, FAILOVER_AFTER=3s: kill -9 of a room's primary while a client writes through a member without a copy: a holder takes the room over, the writes are acked again within FAILOVER_AFTER + 2 s, and every survivor serves every acked message at its index (the ones without a copy forwarding)`, { timeout: 120_000 }, async t => {
+  const net = await testnet(t)
+  const members = await startCluster(t, net, { ...EXTRA, REPLICATION_TIMEOUT: '3s', FAILOVER_AFTER: '3s' }, 5)
+  await logReady(members)
+  const keys = members.map(m => m.key)
+  const [a] = members
+  const room = roomOwnedBy(members, a, 'replicas-killed')
+  const holders = rendezvousHolders(room, keys, K)
+  const through = members.find(m => !holders.includes(m.key))!
+  const writer = await dial(t, net, through)
+  const ids: string[] = []
+  const write = async (id: string, deadline: number): Promise<{ index: number, at: number }> => {
+    const acked = await writeAcked(writer, room, id, deadline)
+    assert.equal(acked.index, ids.length, `${id} acked at the next index: no gap, no repeat`)
+    ids.push(id)
+    return acked
+  }
+  for (let i = 0; i < 20; i++) await write(`before-${i}`, Date.now() + 30_000)
+
+  const killedAt = Date.now()
+  a.d.child.kill('SIGKILL')
+  assert.equal((await a.d.exited).signal, 'SIGKILL')
+  const first = await write('after-0', killedAt + 30_000)
+  const outage = first.at - killedAt
+  const survivors = members.filter(m => m !== a)
+  const by = await Promise.any(survivors.map(async m => { await m.d.line(l => l.roomName === room && l.msg.startsWith('failover: this root peer is the room'), 30_000); return m }))
+  const claimedAt = by.d.lines.find(l => l.roomName === room && l.msg.startsWith('failover: claimed'))?.time as number
+  const doneAt = by.d.lines.find(l => l.roomName === room && l.msg.startsWith('failover: this root peer is the room'))?.time as number
+  console.log(`five members, REPLICAS=${K}: kill -9 to the first ack again through a member without a copy: ${outage} ms (claimed after ${claimedAt - killedAt} ms, continued after ${doneAt - killedAt} ms); taken over by a holder: ${holders.includes(by.key)}`)
+  assert.ok(holders.includes(by.key), 'the room was taken over by one of its holders')
+  for (const m of survivors) if (!holders.includes(m.key)) assert.equal(m.d.lines.some(l => l.roomName === room && l.msg.startsWith('failover: claimed')), false, 'a member without a copy claims nothing')
+  assert.ok(outage <= 3000 + 2000, `acked again ${outage} ms after the kill, within FAILOVER_AFTER + 2 s`)
+  for (let i = 0; i < 10; i++) await write(`more-${i}`, Date.now() + 30_000)
+  await writer.close()
+
+  for (const m of survivors) {
+    const messages = await readUntil(t, net, m, room, ids.length)
+    assert.deepEqual(messages.map(e => e.id), ids, `member ${keys.indexOf(m.key)} (${holders.includes(m.key) ? 'a holder' : 'no copy'}) serves every acked message at its index`)
+  }
 })

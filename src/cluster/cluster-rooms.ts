@@ -203,11 +203,6 @@ export class ClusterRooms extends EventEmitter {
     return this.remote.get(roomName)
   }
 
-  /** How many rooms this member knows of that only other members hold. */
-  get remoteRooms (): number {
-    return this.remote.size
-  }
-
   /**
    * Creates a new room at its rendezvous owner and mirrors it if this member is one of its holders; `admit` checks the
    * caps first (`held`: whether the room would take a place here; a client creating rooms is charged either way).
@@ -223,7 +218,8 @@ export class ClusterRooms extends EventEmitter {
 
   /**
    * A page of a room this member holds no copy of, read at one of its holders (the primary first, then the others
-   * linked): PRIMARY_UNAVAILABLE when none answers. The holder bounds the page by `maxBytes` as a page read here is.
+   * linked): UNKNOWN_ROOM only when every one asked has no such room (a holder still catching up may not have it yet);
+   * PRIMARY_UNAVAILABLE when none answers. The holder bounds the page by `maxBytes` as a page read here is.
    */
   async read (req: ReadRequest): Promise<ReadPage> {
     // a room not heard of yet (this member just started, say) is asked of its holders: they know whether it exists
@@ -231,7 +227,7 @@ export class ClusterRooms extends EventEmitter {
     const holders = rendezvousHolders(req.roomName, this.links.all, this.opts.replicas).filter(m => m !== this.self)
     const order = primary === undefined ? holders : [primary, ...holders.filter(m => m !== primary)]
     const linked = order.filter(m => this.links.connected(m))
-    let last: unknown = RootPeerError.PRIMARY_UNAVAILABLE(order[0] ?? this.self)
+    let last: unknown = null
     for (const member of linked.length > 0 ? linked : order.slice(0, 1)) {
       try {
         const page = await this.request(member, 'read', req, this.opts.timeout)
@@ -240,12 +236,13 @@ export class ClusterRooms extends EventEmitter {
         if (page.entries.length > req.limit || (page.entries.length > 1 && bytes > req.maxBytes + 1)) throw RootPeerError.INTERNAL_ERROR(new Error(`member ${member} answered a read with more than a page`))
         return page
       } catch (err) {
-        last = err
         const code = (err as RootPeerError).code
-        if (code === 'UNAUTHORIZED' || code === 'UNKNOWN_ROOM') throw err
+        if (code === 'UNAUTHORIZED') throw err
+        // another answer than "no such room" wins: the client retries rather than reads an empty room
+        if (code !== 'UNKNOWN_ROOM' || last === null) last = err
       }
     }
-    throw last
+    throw last ?? RootPeerError.PRIMARY_UNAVAILABLE(order[0] ?? this.self)
   }
 
   /** A mirrored room's key, learned here: its primary signs the room (it knows where signing starts). */

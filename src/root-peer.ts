@@ -4,7 +4,7 @@ import Hyperswarm, { type NoiseStream, type PeerDiscovery } from 'hyperswarm'
 import crypto from 'hypercore-crypto'
 import ReadyResource from 'ready-resource'
 import safetyCatch from 'safety-catch'
-import { withDefaults, type Config, type Settings } from './config.js'
+import { replicasOf, withDefaults, type Config, type Settings } from './config.js'
 import { openStore } from './storage/data-dir-lock.js'
 import { StorageHealth } from './storage/storage-health.js'
 import { type Peer, delivered } from './connection/peer.js'
@@ -446,10 +446,12 @@ export class ChatRootPeer extends ReadyResource {
       maxOpenRooms: s.maxOpenRooms,
       roomIdleTimeout: s.roomIdleTimeout,
       minMirrors: s.minMirrors,
+      replicas: replicasOf(s),
       timeout: s.replicationTimeout,
       failoverAfter: s.failoverAfter,
       announcement: () => JSON.stringify(encodeAnnouncement(this.publicKey!.toString('hex'), this.limits, newChallenge())),
-      onWrite: write => this.connections.handlers.onForwardedWrite(write)
+      onWrite: write => this.connections.handlers.onForwardedWrite(write),
+      onRead: read => this.connections.handlers.onForwardedRead(read)
     })
     cluster.on('member-connected', member => this.emit('member-connected', member))
     cluster.on('member-disconnected', member => this.emit('member-disconnected', member))

@@ -5,7 +5,7 @@ import c from 'compact-encoding'
 import fc from 'fast-check'
 import ProtomuxRPC from 'protomux-rpc'
 import { RootPeerError } from 'root-peer-client/protocol'
-import { createRequest, forwardedWrite, requests, roomAd, roomList, writeResult, type RoomAd } from '../src/cluster/messages.js'
+import { createRequest, forwardedWrite, readPage, readRequest, requests, roomAd, roomList, writeResult, type RoomAd } from '../src/cluster/messages.js'
 
 // Fast tests of the cluster channel's encodings, and of protomux-rpc carrying them over an in-memory stream.
 
@@ -34,6 +34,10 @@ test('every message decodes to what was encoded, optional fields absent or prese
   fc.assert(fc.property(count, fc.boolean(), (messageIndex, duplicate) => assert.deepEqual(roundTrip(writeResult, { messageIndex, duplicate }), { messageIndex, duplicate })))
   assert.deepEqual(roundTrip(createRequest, { roomName: 'lobby' }), { roomName: 'lobby' })
   assert.deepEqual(roundTrip(createRequest, { roomName: 'lobby', writerPublicKey: 'AB'.repeat(32) }), { roomName: 'lobby', writerPublicKey: 'ab'.repeat(32) })
+  const read = fc.record({ roomName: fc.string(), lastIndex: count, limit: count, maxBytes: count, provenKey: hex(32) }, { requiredKeys: ['roomName', 'lastIndex', 'limit', 'maxBytes'] })
+  fc.assert(fc.property(read, r => assert.deepEqual(roundTrip(readRequest, r), { ...r })))
+  const page = fc.record({ entries: fc.array(fc.uint8Array({ maxLength: 64 }).map(b => Buffer.from(b)), { maxLength: 4 }), totalMessages: count, nextIndex: count, firstIndex: count })
+  fc.assert(fc.property(page, p => assert.deepEqual(roundTrip(readPage, p), { ...p })))
 })
 
 test('a key is 32 bytes on the wire, and a key that is not 64 hex characters is not sent', () => {
@@ -54,7 +58,7 @@ test('a refusal travels with its code, message and details', () => {
 })
 
 test('arbitrary bytes decode to a message or throw a plain Error, never one safety-catch rethrows', () => {
-  const encodings = [roomAd, roomList, forwardedWrite, writeResult, createRequest, requests.write.responseEncoding, requests.create.responseEncoding]
+  const encodings = [roomAd, roomList, forwardedWrite, writeResult, createRequest, readRequest, readPage, requests.write.responseEncoding, requests.create.responseEncoding, requests.read.responseEncoding]
   fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), bytes => {
     for (const enc of encodings) {
       try {

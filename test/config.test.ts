@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import path from 'node:path'
 import { test } from 'node:test'
-import { ConfigError, parseConfig } from '../src/config.js'
+import { ConfigError, parseConfig, replicasOf } from '../src/config.js'
 import { runBin } from './helpers.js'
 
 test('defaults, env and flags (flags win), both flag spellings', () => {
@@ -110,4 +110,28 @@ test('FAILOVER_AFTER: 5s by default, 0 turns it off, at least the 3 s member lin
   const lines = stderr.trim().split('\n')
   assert.equal(lines.length, 1, stderr)
   assert.match(lines[0], /FAILOVER_AFTER\): "1s" is shorter than the member link timeout/)
+})
+
+test('REPLICAS: auto (min(3, members)) by default, at most the members counting this one; a wrong value exits 2 with one line naming it', async () => {
+  const peers = (n: number): string => Array.from({ length: n }, (_, i) => String(i + 1).padStart(2, '0').repeat(32)).join(',')
+  assert.equal(parseConfig([], {}).replicas, null)
+  assert.equal(replicasOf(parseConfig([], {})), 1)
+  assert.equal(replicasOf(parseConfig([], { CLUSTER_PEERS: peers(1) })), 2)
+  assert.equal(replicasOf(parseConfig([], { CLUSTER_PEERS: peers(2) })), 3)
+  assert.equal(replicasOf(parseConfig([], { CLUSTER_PEERS: peers(4) })), 3)
+  assert.equal(replicasOf(parseConfig(['--replicas', 'auto'], { CLUSTER_PEERS: peers(4) })), 3)
+  assert.equal(replicasOf(parseConfig(['--replicas', '5'], { CLUSTER_PEERS: peers(4) })), 5)
+  assert.equal(replicasOf(parseConfig([], { REPLICAS: '2', CLUSTER_PEERS: peers(4) })), 2)
+  assert.equal(replicasOf(parseConfig(['--replicas=1'], {})), 1)
+  for (const [argv, env] of [[['--replicas', '0'], {}], [['--replicas', 'two'], {}], [['--replicas', '1.5'], {}], [['--replicas', '-1'], {}], [[], { REPLICAS: '2' }], [['--replicas', '6'], { CLUSTER_PEERS: peers(4) }]] as Array<[string[], Record<string, string>]>) {
+    assert.throws(() => parseConfig(argv, env), (err: unknown) => err instanceof ConfigError && err.message.includes('--replicas (REPLICAS)'), JSON.stringify({ argv, env }))
+  }
+  for (const [env, says] of [[{ REPLICAS: 'many' }, /REPLICAS\)/], [{ REPLICAS: '3', CLUSTER_PEERS: peers(1) }, /REPLICAS\): 3 is more than the 2 members of the cluster/]] as Array<[Record<string, string>, RegExp]>) {
+    const { code, stdout, stderr } = await runBin([], env)
+    assert.equal(code, 2, stderr)
+    assert.equal(stdout, '')
+    const lines = stderr.trim().split('\n')
+    assert.equal(lines.length, 1, stderr)
+    assert.match(lines[0], says)
+  }
 })

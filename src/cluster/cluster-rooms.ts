@@ -4,12 +4,12 @@ import type Hypercore from 'hypercore'
 import type Hyperswarm from 'hyperswarm'
 import type { NoiseStream } from 'hyperswarm'
 import { Cluster } from './cluster.js'
-import type { ForwardedWrite, Requests, RoomAd, WriteResult } from './messages.js'
+import type { ForwardedWrite, ReadPage, ReadRequest, Requests, RoomAd, WriteResult } from './messages.js'
 import { RootPeerError } from 'root-peer-client/protocol'
 import { MirrorWaits, Mirrors } from './mirror.js'
 import { Failover } from './failover.js'
 import { validateRoomName } from '../protocol/protocol.js'
-import { rendezvousOwner } from './rendezvous.js'
+import { rendezvousHolders, rendezvousOwner } from './rendezvous.js'
 import { keyMatchesName } from 'root-peer-client/protocol'
 import type { Rooms } from '../storage/rooms.js'
 
@@ -29,12 +29,24 @@ export interface ClusterRoomsOptions {
   maxOpenRooms: number
   roomIdleTimeout: number
   minMirrors: number
+  /** members that hold each room (REPLICAS); the members' count or more: every member holds every room */
+  replicas: number
   /** ms: for the mirrors, for a member's answer, and for the first member to be heard from */
   timeout: number
   /** ms; 0: no automatic failover and no control log (also with fewer than three members) */
   failoverAfter: number
   announcement: () => string
   onWrite: (write: ForwardedWrite) => Promise<WriteResult>
+  onRead: (read: ReadRequest) => Promise<ReadPage>
+}
+
+/** A room this member holds no copy of (REPLICAS below the members), as its holders told of it. */
+export interface RemoteRoom {
+  primary: string
+  key: string
+  writerPublicKey?: string
+  promotedFrom?: string
+  length: number
 }
 
 /**
@@ -55,6 +67,8 @@ export class ClusterRooms extends EventEmitter {
   private readonly heardWaiters = new Set<() => void>()
   /** mirrored rooms whose copy here grew since the last report */
   private readonly grown = new Set<string>()
+  /** rooms held by other members only, by name: where to forward their writes and reads */
+  private readonly remote = new Map<string, RemoteRoom>()
   private reportTimer: NodeJS.Timeout | null = null
   private closed = false
 
@@ -71,6 +85,7 @@ export class ClusterRooms extends EventEmitter {
         onRooms: (member, ads, more) => this.onRooms(member, ads, more),
         onWrite: (member, write) => opts.onWrite(write),
         onCreate: (member, req) => this.create(req.roomName, req.writerPublicKey),
+        onRead: (member, req) => opts.onRead(req),
         onReplicate: stream => this.failover?.attach(stream)
       }
     })
@@ -92,6 +107,8 @@ export class ClusterRooms extends EventEmitter {
         keyPair: opts.swarm.keyPair,
         failoverAfter: opts.failoverAfter,
         holders: name => this.mirrors?.holders(name) ?? new Map(),
+        holds: name => this.holds(name),
+        moved: (name, key, primary, from) => this.moved(name, key, primary, from),
         unfollow: async name => { await this.mirrors?.unfollow(name) },
         follow: (name, key, primary, length) => {
           this.mirrors?.follow(name, key, primary, 0, true)
@@ -170,14 +187,62 @@ export class ClusterRooms extends EventEmitter {
     return fenced === null ? heard : heard.then(fenced)
   }
 
-  /** Creates a new room at its rendezvous owner and mirrors it; `admit` checks the caps first. */
-  async place (roomName: string, writerPublicKey: string | undefined, admit: () => void): Promise<void> {
+  /** Whether this member keeps a copy of the room: one of its REPLICAS holders by rendezvous hashing. */
+  holds (roomName: string): boolean {
+    const all = this.links.all
+    return this.opts.replicas >= all.length || rendezvousHolders(roomName, all, this.opts.replicas).includes(this.self)
+  }
+
+  /** The members that hold the room (REPLICAS of them), by rendezvous hashing; its first primary first. */
+  holders (roomName: string): string[] {
+    return rendezvousHolders(roomName, this.links.all, this.opts.replicas)
+  }
+
+  /** A room held by other members only, as they told of it; undefined when this member holds it or never heard of it. */
+  remoteRoom (roomName: string): RemoteRoom | undefined {
+    return this.remote.get(roomName)
+  }
+
+  /**
+   * Creates a new room at its rendezvous owner and mirrors it if this member is one of its holders; `admit` checks the
+   * caps first (`held`: whether the room would take a place here; a client creating rooms is charged either way).
+   */
+  async place (roomName: string, writerPublicKey: string | undefined, admit: (held: boolean) => void): Promise<void> {
     const owner = rendezvousOwner(roomName, this.links.all)
     if (owner === this.self) return
-    admit()
+    admit(this.holds(roomName))
     const ad = await this.request(owner, 'create', { roomName, writerPublicKey }, this.opts.timeout)
     await this.adopt(owner, ad)
-    if (await this.opts.rooms().lookup(roomName) === undefined) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
+    if (await this.opts.rooms().lookup(roomName) === undefined && !this.remote.has(roomName)) throw RootPeerError.PRIMARY_UNAVAILABLE(owner)
+  }
+
+  /**
+   * A page of a room this member holds no copy of, read at one of its holders (the primary first, then the others
+   * linked): UNKNOWN_ROOM only when every one asked has no such room (a holder still catching up may not have it yet);
+   * PRIMARY_UNAVAILABLE when none answers. The holder bounds the page by `maxBytes` as a page read here is.
+   */
+  async read (req: ReadRequest): Promise<ReadPage> {
+    // a room not heard of yet (this member just started, say) is asked of its holders: they know whether it exists
+    const primary = this.remote.get(req.roomName)?.primary
+    const holders = rendezvousHolders(req.roomName, this.links.all, this.opts.replicas).filter(m => m !== this.self)
+    const order = primary === undefined ? holders : [primary, ...holders.filter(m => m !== primary)]
+    const linked = order.filter(m => this.links.connected(m))
+    let last: unknown = null
+    for (const member of linked.length > 0 ? linked : order.slice(0, 1)) {
+      try {
+        const page = await this.request(member, 'read', req, this.opts.timeout)
+        const bytes = page.entries.reduce((sum, e) => sum + e.byteLength + 1, 0)
+        // a member's page is no bigger than asked: what a client is sent from here is bounded here
+        if (page.entries.length > req.limit || (page.entries.length > 1 && bytes > req.maxBytes + 1)) throw RootPeerError.INTERNAL_ERROR(new Error(`member ${member} answered a read with more than a page`))
+        return page
+      } catch (err) {
+        const code = (err as RootPeerError).code
+        if (code === 'UNAUTHORIZED') throw err
+        // another answer than "no such room" wins: the client retries rather than reads an empty room
+        if (code !== 'UNKNOWN_ROOM' || last === null) last = err
+      }
+    }
+    throw last ?? RootPeerError.PRIMARY_UNAVAILABLE(order[0] ?? this.self)
   }
 
   /** A mirrored room's key, learned here: its primary signs the room (it knows where signing starts). */
@@ -360,6 +425,10 @@ export class ClusterRooms extends EventEmitter {
     validateRoomName(ad.name)
     if (ad.writerPublicKey !== undefined && !keyMatchesName(ad.writerPublicKey, ad.name)) return
     const known = await rooms.lookup(ad.name)
+    if (known === undefined && !this.holds(ad.name)) {
+      this.learn(ad, primary)
+      return
+    }
     // news older than ours: the room was taken over from that member already
     if (known !== undefined && known.promotedFrom === primary) return
     const promotedOver = ad.promotedFrom !== undefined && (known?.primary === ad.promotedFrom || (ad.promotedFrom === this.self && known?.primary === undefined))
@@ -380,6 +449,27 @@ export class ClusterRooms extends EventEmitter {
     // the member holds `length` blocks (it may be another mirror): a copy here that is shorter catches up
     if (ad.length !== undefined) this.mirrors?.hint(ad.name, ad.key, ad.length)
     if (known === undefined) this.emit('room-mirrored', { roomName: ad.name, primary })
+  }
+
+  /** A room held elsewhere, as a member tells of it: its primary, key and length (news older than ours is dropped). */
+  private learn (ad: RoomAd, primary: string): void {
+    const known = this.remote.get(ad.name)
+    if (known !== undefined && known.promotedFrom === primary) return
+    const moved = known !== undefined && known.key !== ad.key
+    if (moved && ad.promotedFrom === undefined) return
+    const room: RemoteRoom = { primary, key: ad.key, length: Math.max(ad.length ?? 0, moved ? 0 : known?.length ?? 0) }
+    const writerPublicKey = ad.writerPublicKey ?? known?.writerPublicKey
+    if (writerPublicKey !== undefined) room.writerPublicKey = writerPublicKey
+    const promotedFrom = ad.promotedFrom ?? known?.promotedFrom
+    if (promotedFrom !== undefined) room.promotedFrom = promotedFrom
+    this.remote.set(ad.name, room)
+  }
+
+  /** A final failover decision of a room held elsewhere: its writes and reads go to the new primary. */
+  private moved (name: string, key: string, primary: string, from: string): void {
+    const known = this.remote.get(name)
+    const room: RemoteRoom = { ...known, primary, key, promotedFrom: from, length: known?.length ?? 0 }
+    this.remote.set(name, room)
   }
 
   private async create (roomName: string, writerPublicKey?: string): Promise<RoomAd> {

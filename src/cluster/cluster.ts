@@ -7,7 +7,7 @@ import safetyCatch from 'safety-catch'
 import { RootPeerError } from 'root-peer-client/protocol'
 import { openStore } from '../storage/data-dir-lock.js'
 import { MemberDialer } from './member-dial.js'
-import { requests, roomsEvent, type CreateRequest, type ForwardedWrite, type Requests, type RoomAd, type WriteResult } from './messages.js'
+import { requests, roomsEvent, type CreateRequest, type ForwardedWrite, type ReadPage, type ReadRequest, type Requests, type RoomAd, type WriteResult } from './messages.js'
 
 export type { ForwardedWrite, RoomAd } from './messages.js'
 
@@ -29,6 +29,7 @@ export interface ClusterHandlers {
   onRooms: (member: string, rooms: RoomAd[], more: boolean) => void
   onWrite: (member: string, write: ForwardedWrite) => Promise<WriteResult>
   onCreate: (member: string, req: CreateRequest) => Promise<RoomAd>
+  onRead: (member: string, req: ReadRequest) => Promise<ReadPage>
   /** the link's replication stream is up (the control log's wakeup rides on it) */
   onReplicate?: (stream: unknown) => void
 }
@@ -210,6 +211,7 @@ export class Cluster extends EventEmitter {
     const rpc = new ProtomuxRPC(link.conn, { protocol: CLUSTER_PROTOCOL })
     rpc.respond('write', requests.write, write => this.answer(() => this.handlers.onWrite(member, write)))
     rpc.respond('create', requests.create, req => this.answer(() => this.handlers.onCreate(member, req)))
+    rpc.respond('read', requests.read, req => this.answer(() => this.handlers.onRead(member, req)))
     rpc.respond('rooms', roomsEvent, list => { if (!this.closed) this.handlers.onRooms(member, list.rooms, list.more) })
     rpc.on('open', () => {
       if (this.links.get(member) !== link) return

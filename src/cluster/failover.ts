@@ -36,6 +36,10 @@ export interface FailoverOptions {
   /** per member, the blocks of the room it has told this one's replication it holds */
   holders: (room: string) => Map<string, number>
   unfollow: (room: string) => Promise<void>
+  /** whether this member is one of the room's holders (REPLICAS) */
+  holds: (room: string) => boolean
+  /** a decision about a room held elsewhere: its new primary, for forwarding */
+  moved: (room: string, core: string, primary: string, from: string) => void
   follow: (room: string, key: string, primary: string, length: number) => void
   /** tells the linked members of an own room (a RoomAd with `promotedFrom`) */
   announce: (room: string) => Promise<void>
@@ -213,6 +217,11 @@ export class Failover extends EventEmitter {
     const rooms = this.opts.rooms()
     const info = await rooms.lookup(room)
     if (info === undefined) {
+      // a room held elsewhere (REPLICAS): noted, for forwarding; nothing is stored here
+      if (!this.opts.holds(room)) {
+        this.opts.moved(room, d.core, d.primary, d.from)
+        return
+      }
       // a room this member has not heard of yet: it mirrors the new primary's core
       if (d.primary !== this.self && await rooms.mirror(room, d.core, d.primary)) this.opts.follow(room, d.core, d.primary, d.fromLength)
       return

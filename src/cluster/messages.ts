@@ -25,6 +25,13 @@ export interface ForwardedWrite {
 export interface WriteResult { messageIndex: number, duplicate: boolean }
 export interface CreateRequest { roomName: string, writerPublicKey?: string }
 export interface RoomList { rooms: RoomAd[], more: boolean }
+/**
+ * A client's `sync-request` forwarded by a member that holds no copy of the room (REPLICAS below the members) to one
+ * that does. `provenKey`: the room's key the client proved access for at the forwarding member (none: unsigned there).
+ */
+export interface ReadRequest { roomName: string, lastIndex: number, limit: number, maxBytes: number, provenKey?: string }
+/** A page as the holder read it: its entries as bytes (protocol.ts pageEntry), bounded by the request's maxBytes. */
+export interface ReadPage { entries: Buffer[], totalMessages: number, nextIndex: number, firstIndex: number }
 
 type Fields<T> = ReadonlyArray<readonly [keyof T & string, Encoder<any> | null]>
 
@@ -100,6 +107,8 @@ export const forwardedWrite = struct<ForwardedWrite>(
 )
 export const writeResult = struct<WriteResult>([['messageIndex', c.uint]], [['duplicate', null]])
 export const createRequest = struct<CreateRequest>([['roomName', c.string]], [['writerPublicKey', key]])
+export const readRequest = struct<ReadRequest>([['roomName', c.string], ['lastIndex', c.uint], ['limit', c.uint], ['maxBytes', c.uint]], [['provenKey', key]])
+export const readPage = struct<ReadPage>([['entries', c.array(c.buffer)], ['totalMessages', c.uint], ['nextIndex', c.uint], ['firstIndex', c.uint]])
 export const roomList = struct<RoomList>([['rooms', c.array(roomAd)]], [['more', null]])
 
 const refusal = struct<{ code: string, message: string, details: unknown }>([['code', c.string], ['message', c.string], ['details', json]])
@@ -127,11 +136,13 @@ export function orRefusal<T> (enc: Encoder<T>): Encoder<T | RootPeerError> {
 export interface Requests {
   write: [ForwardedWrite, WriteResult]
   create: [CreateRequest, RoomAd]
+  read: [ReadRequest, ReadPage]
 }
 
 export const requests: { [M in keyof Requests]: { requestEncoding: Encoder<Requests[M][0]>, responseEncoding: Encoder<Requests[M][1] | RootPeerError> } } = {
   write: { requestEncoding: forwardedWrite, responseEncoding: orRefusal(writeResult) },
-  create: { requestEncoding: createRequest, responseEncoding: orRefusal(roomAd) }
+  create: { requestEncoding: createRequest, responseEncoding: orRefusal(roomAd) },
+  read: { requestEncoding: readRequest, responseEncoding: orRefusal(readPage) }
 }
 
 export const roomsEvent = { requestEncoding: roomList }

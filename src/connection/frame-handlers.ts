@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events'
-import type { ClusterRooms } from '../cluster/cluster-rooms.js'
+import type { ClusterRooms, RemoteRoom } from '../cluster/cluster-rooms.js'
 import type { ForwardedWrite } from '../cluster/cluster.js'
+import type { ReadPage, ReadRequest } from '../cluster/messages.js'
 import type { Connections } from './connections.js'
 import { RootPeerError } from 'root-peer-client/protocol'
 import type { Peer } from './peer.js'
@@ -86,18 +87,30 @@ export class FrameHandlers extends EventEmitter {
     const rooms = this.ctx.rooms()
     let known = await rooms.lookup(roomName)
     // a removed signed room's name stays signed: its key is kept (docs/security.md)
-    const key = writerPublicKey ?? (known === undefined ? await rooms.writerKey(roomName) : known.writerPublicKey)
+    const key = writerPublicKey ?? (known === undefined ? this.remoteRoom(roomName)?.writerPublicKey ?? await rooms.writerKey(roomName) : known.writerPublicKey)
     if (key === undefined) {
       if (this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register-room needs writerPublicKey and signature')
     } else if (!verifyAccess(key, this.ctx.publicKey(), peer.challenge, roomName, signature)) {
       throw RootPeerError.UNAUTHORIZED('a signed room: register-room needs a signature over (challenge, roomName) by the room\'s key')
     }
-    if (this.ctx.cluster() !== null && known === undefined) {
+    if (this.ctx.cluster() !== null && known === undefined && this.remoteRoom(roomName) === undefined) {
       await this.placeRoom(peer, roomName, writerPublicKey)
       known = await rooms.lookup(roomName)
     }
     // a mirrored room signed here: its primary signs it, and says where its signed history starts
     const cluster = this.ctx.cluster()
+    const remote = known === undefined ? this.remoteRoom(roomName) : undefined
+    if (cluster !== null && remote !== undefined) {
+      // held by other members only (REPLICAS): registered at its primary, nothing stored here
+      if (writerPublicKey !== undefined && remote.writerPublicKey === undefined) await cluster.sign(remote.primary, roomName, writerPublicKey)
+      // the count now, from a holder (an empty page past the end); what the members last told, if none answers
+      const proven = writerPublicKey ?? key
+      const count: ReadRequest = { roomName, lastIndex: Number.MAX_SAFE_INTEGER, limit: 1, maxBytes: this.ctx.limits.maxPageBytes, ...(proven === undefined ? {} : { provenKey: proven }) }
+      const messageCount = await cluster.read(count).then(page => page.totalMessages, () => this.remoteRoom(roomName)?.length ?? remote.length)
+      this.emit('room-registered', { roomId: roomName, roomName, peerId: peer.id, messageCount })
+      if (frame.requestId !== undefined) this.ctx.connections.answerOnce(peer, Promise.resolve(), 'room-registered', { type: 'room-registered', roomName, messageCount, requestId: frame.requestId }, contextOf(frame))
+      return
+    }
     if (cluster !== null && writerPublicKey !== undefined && known?.primary !== undefined && known.writerPublicKey === undefined) {
       await cluster.sign(known.primary, roomName, writerPublicKey)
     }
@@ -177,7 +190,7 @@ export class FrameHandlers extends EventEmitter {
     const rooms = this.ctx.rooms()
     const known = await rooms.lookup(roomName)
     // a removed signed room's name stays signed: its key is kept (docs/security.md)
-    const writerPublicKey = known === undefined ? await rooms.writerKey(roomName) : known.writerPublicKey
+    const writerPublicKey = known === undefined ? this.remoteRoom(roomName)?.writerPublicKey ?? await rooms.writerKey(roomName) : known.writerPublicKey
     if (writerPublicKey === undefined && this.ctx.requireSignedRooms) throw RootPeerError.UNAUTHORIZED('this root peer keeps signed rooms only: register the room with its key first')
     return { known, writerPublicKey }
   }
@@ -196,10 +209,12 @@ export class FrameHandlers extends EventEmitter {
     if (this.ctx.maxStorageBytes > 0 && rooms.totalBytes >= this.ctx.maxStorageBytes) throw RootPeerError.STORAGE_CAP(this.ctx.maxStorageBytes)
     const cluster = this.ctx.cluster()
     if (cluster !== null) {
-      if (known === undefined) await this.placeRoom(peer, roomName)
+      if (known === undefined && cluster.remoteRoom(roomName) === undefined) await this.placeRoom(peer, roomName)
       // the primary is known once another member was heard from (it may have taken our rooms over)
       await cluster.waitWritable()
       known = await rooms.lookup(roomName)
+      // held by other members only (REPLICAS): the message is forwarded, nothing here to join
+      if (known === undefined && cluster.remoteRoom(roomName) !== undefined) return undefined
     }
     // the connection's cache of its rooms does not outlive a room's removal
     if (known !== undefined && peer.rooms.has(roomName)) this.ctx.topics.touch(roomName)
@@ -209,7 +224,7 @@ export class FrameHandlers extends EventEmitter {
 
   /** Resolves once the message is queued (here, or forwarded to its room's primary), with its result. */
   private async store (peer: Peer, frame: MessageFrame, room: RoomState | undefined, writerPublicKey: string | undefined): Promise<{ result: Promise<WriteResult>, roomNameJson: string }> {
-    const primary = room?.primary
+    const primary = room === undefined ? this.remoteRoom(frame.roomName)?.primary : room.primary
     if (primary !== undefined) return this.forward(peer, frame, primary)
     const { roomName, message, messageJson, id, signature } = frame
     const req = { roomName, message, messageJson, fromPeer: peer.id, id, signature, checkedKey: writerPublicKey }
@@ -236,11 +251,60 @@ export class FrameHandlers extends EventEmitter {
     return { messageIndex: index, duplicate }
   }
 
+  /**
+   * A page another member read here for its client (it holds no copy of the room): bounded by this root peer's own
+   * page limits, and served only under this member's view of the room's key (the forwarder proved `provenKey`).
+   */
+  async onForwardedRead (req: ReadRequest): Promise<ReadPage> {
+    if (this.ctx.closing()) throw RootPeerError.SHUTTING_DOWN()
+    const rooms = this.ctx.rooms()
+    const room = await rooms.get(req.roomName)
+    if (room === null) {
+      // a removed signed room is refused the same: no empty page tells a stranger it is gone
+      const kept = await rooms.writerKey(req.roomName)
+      if (kept !== undefined && kept !== req.provenKey) throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
+      throw RootPeerError.UNKNOWN_ROOM(req.roomName)
+    }
+    let page
+    let firstIndex = 0
+    try {
+      await room.barrier()
+      firstIndex = firstReadable(room.info)
+      const { maxPageMessages, maxPageBytes } = this.ctx.limits
+      page = await room.readPage(Math.max(req.lastIndex, firstIndex), Math.max(1, Math.min(req.limit, maxPageMessages)), Math.min(req.maxBytes, maxPageBytes))
+    } finally {
+      rooms.release(room)
+    }
+    const now = await rooms.lookup(req.roomName)
+    const key = now?.writerPublicKey
+    if (key !== undefined && key !== req.provenKey) throw RootPeerError.UNAUTHORIZED('a signed room: sync-request needs a signature over (challenge, roomName) by the room\'s key')
+    if (key === undefined && now?.primary !== undefined && page.entries.some(isSignedEntry)) {
+      throw RootPeerError.UNAUTHORIZED('a room being signed: retry, with a signature over (challenge, roomName) by the room\'s key')
+    }
+    return { entries: page.entries, totalMessages: page.totalMessages, nextIndex: page.nextIndex, firstIndex }
+  }
+
   async onSyncRequest (peer: Peer, frame: SyncRequestFrame): Promise<void> {
     const { roomName, lastIndex, limit, requestId } = frame
     const started = this.ctx.onLatency === null ? 0 : performance.now()
     const rooms = this.ctx.rooms()
     const { provenKey } = await this.admitReader(peer, frame)
+    const cluster = this.ctx.cluster()
+    if (cluster !== null && !cluster.holds(roomName) && await rooms.lookup(roomName) === undefined) {
+      // held by other members only (REPLICAS): read at one that holds it, in the connection's one page slot
+      await peer.pages.hold(async () => {
+        const req: ReadRequest = { roomName, lastIndex, limit, maxBytes: this.ctx.limits.maxPageBytes }
+        if (provenKey !== undefined) req.provenKey = provenKey
+        const page = await cluster.read(req).catch(err => {
+          // no such room at its holders: the empty page a root peer without it gives
+          if ((err as RootPeerError).code !== 'UNKNOWN_ROOM') throw err
+          return { entries: [], totalMessages: 0, nextIndex: lastIndex, firstIndex: 0 }
+        })
+        this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, page, requestId))
+      })
+      if (this.ctx.onLatency !== null) this.ctx.onLatency('sync', (performance.now() - started) / 1000)
+      return
+    }
     // the connection's one page in flight, shared with its follows
     await peer.pages.hold(async () => {
       const room = await rooms.get(roomName)
@@ -280,6 +344,12 @@ export class FrameHandlers extends EventEmitter {
   }
 
   async onFollow (peer: Peer, frame: FollowFrame): Promise<void> {
+    const cluster = this.ctx.cluster()
+    // not forwarded yet: a follow here of a room held elsewhere would never see its messages
+    if (cluster !== null && !cluster.holds(frame.roomName) && await this.ctx.rooms().lookup(frame.roomName) === undefined) {
+      const primary = cluster.remoteRoom(frame.roomName)?.primary ?? cluster.holders(frame.roomName)[0]
+      throw RootPeerError.PRIMARY_UNAVAILABLE(primary, 'this root peer holds no copy of the room (REPLICAS); follow it at one of its holders, or read it with sync-request here')
+    }
     const { exists, provenKey } = await this.admitReader(peer, frame)
     if (exists) this.ctx.topics.touch(frame.roomName)
     // what the follow proved is kept: each of its pages is admitted again under the room's state then
@@ -300,14 +370,20 @@ export class FrameHandlers extends EventEmitter {
   private async admitReader (peer: Peer, frame: SyncRequestFrame | FollowFrame): Promise<{ exists: boolean, provenKey: string | undefined }> {
     const rooms = this.ctx.rooms()
     const known = await rooms.lookup(frame.roomName)
+    const remote = known === undefined ? this.remoteRoom(frame.roomName) : undefined
     // a removed signed room is refused the same: no empty page tells a stranger it is gone
-    const writerPublicKey = known === undefined ? await rooms.writerKey(frame.roomName) : known.writerPublicKey
+    const writerPublicKey = known === undefined ? remote?.writerPublicKey ?? await rooms.writerKey(frame.roomName) : known.writerPublicKey
     if (writerPublicKey !== undefined && !verifyAccess(writerPublicKey, this.ctx.publicKey(), peer.challenge, frame.roomName, frame.signature)) {
       throw RootPeerError.UNAUTHORIZED(`a signed room: ${frame.type} needs a signature over (challenge, roomName) by the room's key`)
     }
     const forwarded = peer.forwards.get(frame.roomName)
     if (forwarded !== undefined) await forwarded
-    return { exists: known !== undefined, provenKey: writerPublicKey }
+    return { exists: known !== undefined || remote !== undefined, provenKey: writerPublicKey }
+  }
+
+  /** A room this member holds no copy of (REPLICAS below the members), as its holders told of it. */
+  private remoteRoom (roomName: string): RemoteRoom | undefined {
+    return this.ctx.cluster()?.remoteRoom(roomName)
   }
 
   /** Registers the room unless it exists (within the caps); an `explicit` register-room is reported every time. */
@@ -330,8 +406,8 @@ export class FrameHandlers extends EventEmitter {
   }
 
   private async placeRoom (peer: Peer, roomName: string, writerPublicKey?: string): Promise<void> {
-    await this.ctx.cluster()!.place(roomName, writerPublicKey, () => {
-      if (this.ctx.rooms().size >= this.ctx.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.ctx.maxRooms)
+    await this.ctx.cluster()!.place(roomName, writerPublicKey, held => {
+      if (held && this.ctx.rooms().size >= this.ctx.maxRooms) throw RootPeerError.TOO_MANY_ROOMS(this.ctx.maxRooms)
       this.ctx.connections.guard.admitNewRoom(peer.record)
     })
   }
@@ -356,6 +432,8 @@ export class FrameHandlers extends EventEmitter {
   }
 
   private async waitForBlock (roomName: string, index: number): Promise<void> {
+    // a room held by other members only: its primary's ack is the ack (no copy here to wait for)
+    if (this.remoteRoom(roomName) !== undefined && await this.ctx.rooms().lookup(roomName) === undefined) return
     const room = await this.ctx.rooms().get(roomName)
     if (room === null) throw RootPeerError.INTERNAL_ERROR(new Error(`mirrored room ${roomName} is gone`))
     try {

@@ -85,7 +85,7 @@ const TABLE = {
   relayBytesPerSecond: setting('RELAY_RATE_BYTES', '--relay-rate-bytes', '2MiB', 'relayed bytes a second of all pairs (burst: 10 s worth); over it the busiest pairs are closed and new pairs refused until the debt is paid; 0 = unlimited', (v, n) => parseBytes(v, n, 0, Number.MAX_SAFE_INTEGER)),
   clusterPeers: setting('CLUSTER_PEERS', '--cluster-peers', '', 'comma-separated public keys (64 hex) of the other root peers of this cluster; empty = a single root peer', parseKeys),
   minMirrors: setting('MIN_MIRRORS', '--min-mirrors', '0', 'cluster members besides the primary that must have stored a message before it is acked', (v, n) => parseInteger(v, n, 0, 100)),
-  replicas: setting('REPLICAS', '--replicas', 'auto', 'cluster members that hold a copy of each room, chosen by rendezvous hashing (members count this one; at most the members); auto = min(3, members); a member without a copy forwards the room\'s writes and reads', (v, n) => v.trim() === 'auto' ? null : parseInteger(v, n, 1, 100)),
+  replicas: setting('REPLICAS', '--replicas', 'auto', 'cluster members that hold a copy of each room, chosen by rendezvous hashing (members count this one; at most the members); auto = every member (as before REPLICAS existed) until a member without a copy forwards follows too; a member without a copy forwards the room\'s writes and sync-requests, and refuses follow', (v, n) => v.trim() === 'auto' ? null : parseInteger(v, n, 1, 100)),
   replicationTimeout: setting('REPLICATION_TIMEOUT', '--replication-timeout', '5s', 'how long a write waits for MIN_MIRRORS mirrors (and a forwarded write for its primary) before NOT_REPLICATED', (v, n) => atLeastOneSecond(parseDuration(v, n), n)),
   failoverAfter: setting('FAILOVER_AFTER', '--failover-after', '5s', 'in a cluster of three or more: how long a room\'s primary may be unreachable before a surviving member takes the room over, decided through the control log (at least 3s, the member link timeout); 0 = off', parseFailoverAfter),
   monitorHosts: setting('MONITOR_HOSTS', '--monitor-hosts', '', 'comma-separated host names the monitor answers (IP addresses and localhost always are); other Host headers get 421', parseHostNames),
@@ -148,9 +148,9 @@ export function parseConfig (argv: readonly string[], env: NodeJS.ProcessEnv = p
   return Object.freeze(config as unknown as Config)
 }
 
-/** How many members hold each room: REPLICAS, or min(3, members) for `auto` (members counts this root peer). */
+/** How many members hold each room: REPLICAS, or every member for `auto` (members counts this root peer): follows are not forwarded yet. */
 export function replicasOf (config: Pick<Config, 'replicas' | 'clusterPeers'>): number {
-  return config.replicas ?? Math.min(3, config.clusterPeers.length + 1)
+  return config.replicas ?? config.clusterPeers.length + 1
 }
 
 /** Every setting at its default (the data dir resolved against the working directory). */

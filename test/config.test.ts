@@ -112,14 +112,14 @@ test('FAILOVER_AFTER: 5s by default, 0 turns it off, at least the 3 s member lin
   assert.match(lines[0], /FAILOVER_AFTER\): "1s" is shorter than the member link timeout/)
 })
 
-test('REPLICAS: auto (min(3, members)) by default, at most the members counting this one; a wrong value exits 2 with one line naming it', async () => {
+test('REPLICAS: auto (every member, until follows are forwarded) by default, at most the members counting this one; a wrong value exits 2 with one line naming it', async () => {
   const peers = (n: number): string => Array.from({ length: n }, (_, i) => String(i + 1).padStart(2, '0').repeat(32)).join(',')
   assert.equal(parseConfig([], {}).replicas, null)
   assert.equal(replicasOf(parseConfig([], {})), 1)
   assert.equal(replicasOf(parseConfig([], { CLUSTER_PEERS: peers(1) })), 2)
   assert.equal(replicasOf(parseConfig([], { CLUSTER_PEERS: peers(2) })), 3)
-  assert.equal(replicasOf(parseConfig([], { CLUSTER_PEERS: peers(4) })), 3)
-  assert.equal(replicasOf(parseConfig(['--replicas', 'auto'], { CLUSTER_PEERS: peers(4) })), 3)
+  assert.equal(replicasOf(parseConfig([], { CLUSTER_PEERS: peers(4) })), 5)
+  assert.equal(replicasOf(parseConfig(['--replicas', 'auto'], { CLUSTER_PEERS: peers(4) })), 5)
   assert.equal(replicasOf(parseConfig(['--replicas', '5'], { CLUSTER_PEERS: peers(4) })), 5)
   assert.equal(replicasOf(parseConfig([], { REPLICAS: '2', CLUSTER_PEERS: peers(4) })), 2)
   assert.equal(replicasOf(parseConfig(['--replicas=1'], {})), 1)

@@ -336,8 +336,8 @@ export class FrameHandlers extends EventEmitter {
       if (key === undefined && now?.primary !== undefined && page.entries.some(isSignedEntry)) {
         throw RootPeerError.UNAUTHORIZED('a room being signed: retry, with a signature over (challenge, roomName) by the room\'s key')
       }
-      // the next page is read while this one is on the wire
-      if (page.nextIndex < page.totalMessages) this.readAhead.start(peer, rooms, roomName, page.nextIndex, limit, this.ctx.limits.maxPageBytes)
+      // the next page is read while this one is on the wire, unless the peer has asked for others already
+      if (page.nextIndex < page.totalMessages && !peer.pages.queued) this.readAhead.start(peer, rooms, roomName, page.nextIndex, limit, this.ctx.limits.maxPageBytes)
       this.ctx.connections.send(peer, 'sync-response', encodeSyncResponse(roomName, page.entries, { ...page, firstIndex }, requestId))
     })
     if (this.ctx.onLatency !== null) this.ctx.onLatency('sync', (performance.now() - started) / 1000)

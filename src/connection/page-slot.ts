@@ -18,6 +18,11 @@ export class PageSlot {
     this.peer = peer
   }
 
+  /** Whether another holder waits behind the one holding the slot now (the peer asked for more pages at once). */
+  get queued (): boolean {
+    return this.holders > 1
+  }
+
   /** Whether a page is in flight or waiting for the slot: a new holder would wait. */
   get busy (): boolean {
     return this.holders > 0 || this.peer.needsDrain

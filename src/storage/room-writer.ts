@@ -101,7 +101,13 @@ export class RoomWriter extends EventEmitter {
 
   private async reportAppendError (room: Room, err: unknown): Promise<never> {
     this.emit('append-error', { roomName: room.name, err })
-    throw this.opts.closing() ? RootPeerError.STORAGE_ERROR(err) : await this.opts.storage.recordFailure(err)
+    if (this.opts.closing()) throw RootPeerError.STORAGE_ERROR(err)
+    // the room's core was closed under the append: it moved (a failover took it over, docs/cluster.md), which is no
+    // fault of the disk; the resend goes to the room's primary now
+    if (room.core.closed && this.opts.cluster() !== null) {
+      throw RootPeerError.PRIMARY_UNAVAILABLE(this.opts.cluster()!.self, 'the room moved to another core while the message was being stored (a failover)')
+    }
+    throw await this.opts.storage.recordFailure(err)
   }
 }
 
